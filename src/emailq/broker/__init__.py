@@ -1,0 +1,58 @@
+"""Queue backends behind one contract; pick one by URL with :func:`open_broker`."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from emailq.broker.base import (
+    Action,
+    Broker,
+    BrokerOptions,
+    Job,
+    MessageInfo,
+    NewMessage,
+    Outcome,
+    State,
+    Stats,
+)
+from emailq.clock import Clock, now
+from emailq.errors import ConfigurationError
+
+DEFAULT_URL = "sqlite:///emailq.db"
+
+__all__ = [
+    "DEFAULT_URL",
+    "Action",
+    "Broker",
+    "BrokerOptions",
+    "Job",
+    "MessageInfo",
+    "NewMessage",
+    "Outcome",
+    "State",
+    "Stats",
+    "open_broker",
+]
+
+
+def open_broker(
+    url: str = DEFAULT_URL, options: BrokerOptions | None = None, clock: Clock = now
+) -> Broker:
+    """Open the backend a URL names; backends are imported only when chosen.
+
+    ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``redis://host:port/db``,
+    ``rediss://…`` (TLS) and ``redis+sentinel://host:port[,host:port]/service_name``.
+    A ``?prefix=name`` query on a Redis URL keeps several queues apart on one server.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from emailq.broker.sqlite import SQLiteBroker
+
+        return SQLiteBroker.from_url(url, options=options, clock=clock)
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
+        from emailq.broker.redis import RedisBroker
+
+        return RedisBroker.from_url(url, options=options, clock=clock)
+    raise ConfigurationError(
+        f"unknown broker URL scheme {scheme!r}: use sqlite:///path.db or redis://host:port/db"
+    )

@@ -1,0 +1,308 @@
+"""The broker contract: what every queue backend does, and the records it speaks in.
+
+Public methods here do the shared checks and bookkeeping, then call the ``_``-prefixed
+method that each backend implements (the SAQ shape). Timestamps are epoch seconds from
+the injected clock. Payloads are opaque bytes: the broker never parses an email.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from emailq.clock import Clock, now
+from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
+
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # the 10 MB message limit plus JSON/base64 overhead
+
+
+class State(StrEnum):
+    QUEUED = "queued"  # ready to lease now
+    SCHEDULED = "scheduled"  # waits for its send_at
+    LEASED = "leased"  # owned by a worker until its lease expires
+    RETRYING = "retrying"  # waits for its retry delay
+    SENT = "sent"
+    DEAD = "dead"  # gave up: permanent failure or attempts exhausted
+    CANCELLED = "cancelled"
+
+
+# States whose messages are still the queue's to deliver.
+LIVE_STATES: tuple[State, ...] = (
+    State.QUEUED,
+    State.SCHEDULED,
+    State.LEASED,
+    State.RETRYING,
+)
+FINAL_STATES: tuple[State, ...] = (State.SENT, State.DEAD, State.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message to enqueue."""
+
+    payload: bytes
+    lane: Lane = Lane.STANDARD
+    tenant: str = "default"
+    idempotency_key: str | None = None
+    send_at: float | None = None  # epoch seconds; None or past means now
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A leased message. ``token`` fences it: settling with a stale token is refused."""
+
+    id: str
+    token: int
+    lane: Lane
+    payload: bytes
+    attempts: int  # including this one
+    max_attempts: int
+    enqueued_at: float
+    tenant: str
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempts >= self.max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """What the broker knows of one message."""
+
+    id: str
+    state: State
+    lane: Lane
+    tenant: str
+    attempts: int
+    max_attempts: int
+    enqueued_at: float
+    updated_at: float
+    available_at: float
+    last_error: str | None
+    idempotency_key: str | None
+
+
+class Action(StrEnum):
+    COMPLETE = "complete"
+    RETRY = "retry"
+    BURY = "bury"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one leased message ended; a batch of these is settled in one call."""
+
+    job: Job
+    action: Action
+    delay: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LaneStats:
+    counts: dict[State, int]
+    oldest_age: float  # seconds the oldest queued (ready) message has waited; 0 when none
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    lanes: dict[Lane, LaneStats]
+    taken_at: float
+
+    def count(self, state: State, lane: Lane | None = None) -> int:
+        lanes = [lane] if lane else list(self.lanes)
+        return sum(self.lanes[x].counts.get(state, 0) for x in lanes)
+
+    @property
+    def backlog(self) -> int:
+        """Messages not yet delivered: everything in a live state."""
+        return sum(self.count(s) for s in LIVE_STATES)
+
+
+@dataclass(slots=True)
+class BrokerOptions:
+    lane_weights: Mapping[Lane, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+    retention: float = DEFAULT_RETENTION  # how long sent/dead/cancelled records are kept
+
+
+class Broker(abc.ABC):
+    """A durable queue of email payloads in priority lanes."""
+
+    def __init__(self, options: BrokerOptions | None = None, clock: Clock = now) -> None:
+        self.options = options or BrokerOptions()
+        self.clock = clock
+
+    # -- intake -------------------------------------------------------------------------
+    def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
+        """Store the messages, all or none; returns their ids in order.
+
+        A message whose (tenant, idempotency key) was seen within the idempotency window
+        gets the first message's id, and no second copy is stored.
+        """
+        for index, message in enumerate(messages):
+            _check_message(index, message)
+        if not messages:
+            return []
+        return self._enqueue_many(messages, self.clock())
+
+    def enqueue(self, message: NewMessage) -> str:
+        return self.enqueue_many([message])[0]
+
+    # -- workers ------------------------------------------------------------------------
+    def lease(self, worker: str, max_n: int, lease_s: float) -> list[Job]:
+        """Take up to ``max_n`` ready messages, critical first, for ``lease_s`` seconds.
+
+        Due scheduled and retrying messages are promoted first, in the same step.
+        """
+        if max_n < 1:
+            raise ValueError("max_n must be at least 1")
+        if not lease_s > 0:
+            raise ValueError("lease_s must be positive")
+        return self._lease(worker, max_n, lease_s, self.clock())
+
+    def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
+        """Extend the leases still held; returns the ids whose lease was extended."""
+        if not jobs:
+            return []
+        return self._heartbeat(jobs, lease_s, self.clock())
+
+    def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
+        """Apply a batch of outcomes; returns the ids settled (stale leases are skipped).
+
+        A retry of a message on its last attempt buries it with the error instead.
+        """
+        for outcome in outcomes:
+            if outcome.delay < 0 or not math.isfinite(outcome.delay):
+                raise ValueError(f"retry delay must be a finite number >= 0: {outcome.delay}")
+        if not outcomes:
+            return []
+        return self._settle(outcomes, self.clock())
+
+    def complete(self, jobs: Sequence[Job]) -> list[str]:
+        return self.settle([Outcome(job, Action.COMPLETE) for job in jobs])
+
+    def retry(self, job: Job, delay: float, error: str) -> bool:
+        return bool(self.settle([Outcome(job, Action.RETRY, delay, error)]))
+
+    def bury(self, job: Job, error: str) -> bool:
+        return bool(self.settle([Outcome(job, Action.BURY, error=error)]))
+
+    # -- housekeeping -------------------------------------------------------------------
+    def reap_expired(self, limit: int = 1000) -> int:
+        """Return messages whose lease expired to their lane (or bury them when their
+        attempts are spent); returns how many were reaped."""
+        return self._reap_expired(self.clock(), limit)
+
+    def promote_due(self, limit: int = 1000) -> int:
+        """Make scheduled and retrying messages whose time has come ready to lease."""
+        return self._promote_due(self.clock(), limit)
+
+    def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
+        """Give dead messages a fresh set of attempts; all of them (up to limit) when no ids."""
+        return self._requeue_dead(ids, limit, self.clock())
+
+    def cancel(self, message_id: str) -> bool:
+        """Cancel a message that no worker holds yet; False when it is leased, final or unknown."""
+        return self._cancel(message_id, self.clock())
+
+    def purge_expired(self, limit: int = 10_000) -> int:
+        """Delete final records (sent, dead, cancelled) older than the retention period."""
+        return self._purge_expired(self.clock() - self.options.retention, limit)
+
+    # -- reads --------------------------------------------------------------------------
+    def get(self, message_id: str) -> MessageInfo | None:
+        return self._get(message_id)
+
+    def stats(self) -> Stats:
+        taken_at = self.clock()
+        counts, oldest = self._stats(taken_at)
+        lanes = {
+            lane: LaneStats(
+                counts={s: counts.get((lane, s), 0) for s in State},
+                oldest_age=max(0.0, taken_at - oldest[lane]) if lane in oldest else 0.0,
+            )
+            for lane in LANE_ORDER
+        }
+        return Stats(lanes=lanes, taken_at=taken_at)
+
+    def ping(self) -> bool:
+        """True when the backend answers."""
+        return self._ping()
+
+    def close(self) -> None:  # noqa: B027 - backends without resources need not override
+        """Release connections."""
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what a backend implements ------------------------------------------------------
+    @abc.abstractmethod
+    def _enqueue_many(self, messages: Sequence[NewMessage], at: float) -> list[str]: ...
+
+    @abc.abstractmethod
+    def _lease(self, worker: str, max_n: int, lease_s: float, at: float) -> list[Job]: ...
+
+    @abc.abstractmethod
+    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float) -> list[str]: ...
+
+    @abc.abstractmethod
+    def _settle(self, outcomes: Sequence[Outcome], at: float) -> list[str]: ...
+
+    @abc.abstractmethod
+    def _reap_expired(self, at: float, limit: int) -> int: ...
+
+    @abc.abstractmethod
+    def _promote_due(self, at: float, limit: int) -> int: ...
+
+    @abc.abstractmethod
+    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float) -> int: ...
+
+    @abc.abstractmethod
+    def _cancel(self, message_id: str, at: float) -> bool: ...
+
+    @abc.abstractmethod
+    def _purge_expired(self, before: float, limit: int) -> int: ...
+
+    @abc.abstractmethod
+    def _get(self, message_id: str) -> MessageInfo | None: ...
+
+    @abc.abstractmethod
+    def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
+        """Counts per (lane, state), and per lane the enqueue time of its oldest ready message."""
+
+    @abc.abstractmethod
+    def _ping(self) -> bool: ...
+
+    @abc.abstractmethod
+    def purge(self) -> None:
+        """Delete everything this broker holds (tests and demos)."""
+
+
+def _check_message(index: int, message: NewMessage) -> None:
+    where = f"messages[{index}]"
+    if not isinstance(message.payload, bytes):
+        raise TypeError(f"{where}.payload must be bytes")
+    if len(message.payload) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"{where}.payload is larger than {MAX_PAYLOAD_BYTES} bytes")
+    if not isinstance(message.lane, Lane):
+        raise TypeError(f"{where}.lane must be a Lane")
+    if message.max_attempts < 1:
+        raise ValueError(f"{where}.max_attempts must be at least 1")
+    if not message.tenant or len(message.tenant) > 128:
+        raise ValueError(f"{where}.tenant must be 1 to 128 characters")
+    key = message.idempotency_key
+    if key is not None and not 0 < len(key) <= 256:
+        raise ValueError(f"{where}.idempotency_key must be 1 to 256 characters")
+    if message.send_at is not None and not math.isfinite(message.send_at):
+        raise ValueError(f"{where}.send_at must be a finite timestamp")

@@ -1,0 +1,351 @@
+"""The embedded broker: one SQLite file in WAL mode, safe for several processes on one machine.
+
+Every write runs in a ``BEGIN IMMEDIATE`` transaction, so concurrent workers queue up on
+SQLite's write lock (``busy_timeout``) instead of failing; leases are one
+``UPDATE … RETURNING`` per lane, so a message can only be taken by one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from emailq.broker.base import (
+    FINAL_STATES,
+    Action,
+    Broker,
+    BrokerOptions,
+    Job,
+    MessageInfo,
+    NewMessage,
+    Outcome,
+    State,
+)
+from emailq.clock import Clock, now
+from emailq.errors import ConfigurationError
+from emailq.ids import new_id
+from emailq.lanes import LANE_ORDER, Lane
+from emailq.scheduling import allot
+
+_SYNC_MODES = ("off", "normal", "full", "extra")
+_CHUNK = 400  # rows per multi-row statement; stays far below SQLite's variable limit
+_JOB_COLUMNS = "id, seq, lane, payload, attempts, max_attempts, enqueued_at, tenant, available_at"
+_INFO_COLUMNS = (
+    "id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,"
+    " available_at, last_error, idempotency_key"
+)
+
+
+class SQLiteBroker(Broker):
+    def __init__(
+        self,
+        path: str | Path,
+        options: BrokerOptions | None = None,
+        clock: Clock = now,
+        synchronous: str = "full",
+    ) -> None:
+        super().__init__(options, clock)
+        if synchronous not in _SYNC_MODES:
+            raise ConfigurationError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
+        self.path = str(path)
+        self._lock = threading.Lock()  # one connection, shared by the threads of a process
+        self._db = sqlite3.connect(
+            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a 202 means the message survives power loss; NORMAL trades that for speed.
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db.execute("PRAGMA busy_timeout=60000")
+        schema = resources.files("emailq.broker").joinpath("sqlite_schema.sql").read_text()
+        with self._lock:  # executescript manages its own transaction
+            self._db.executescript(schema)
+
+    @classmethod
+    def from_url(
+        cls, url: str, options: BrokerOptions | None = None, clock: Clock = now
+    ) -> SQLiteBroker:
+        """``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``; ``?synchronous=normal``."""
+        parts = urlsplit(url)
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc or not path:
+            raise ConfigurationError(f"a SQLite URL looks like sqlite:///path/to/file.db: {url}")
+        query = parse_qs(parts.query)
+        synchronous = query.get("synchronous", ["full"])[0].lower()
+        return cls(path, options=options, clock=clock, synchronous=synchronous)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # -- intake -------------------------------------------------------------------------
+    def _enqueue_many(self, messages: Sequence[NewMessage], at: float) -> list[str]:
+        ids: list[str] = []
+        rows: list[tuple[Any, ...]] = []
+        with self._write() as db:
+            db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (at,))
+            for message in messages:
+                message_id = new_id()
+                owner = self._claim_key(db, message, message_id, at)
+                ids.append(owner)
+                if owner != message_id:
+                    continue  # the key was seen: the first message stands for this one
+                due = message.send_at if message.send_at and message.send_at > at else at
+                state = State.SCHEDULED if due > at else State.QUEUED
+                rows.append((
+                    message_id, message.lane.value, state.value, message.tenant, message.payload,
+                    message.max_attempts, at, at, due, message.idempotency_key,
+                ))  # fmt: skip
+            db.executemany(
+                "INSERT INTO messages (id, lane, state, tenant, payload, max_attempts,"
+                " enqueued_at, updated_at, available_at, idempotency_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return ids
+
+    def _claim_key(
+        self, db: sqlite3.Connection, message: NewMessage, message_id: str, at: float
+    ) -> str:
+        """The id that owns this message's idempotency key: an earlier one, or ``message_id``."""
+        if message.idempotency_key is None:
+            return message_id
+        scope = f"{message.tenant}\x1f{message.idempotency_key}"
+        row = db.execute("SELECT id FROM idempotency WHERE scope = ?", (scope,)).fetchone()
+        if row:
+            return str(row[0])
+        db.execute(
+            "INSERT INTO idempotency (scope, id, expires_at) VALUES (?, ?, ?)",
+            (scope, message_id, at + self.options.idempotency_ttl),
+        )
+        return message_id
+
+    # -- workers ------------------------------------------------------------------------
+    def _lease(self, worker: str, max_n: int, lease_s: float, at: float) -> list[Job]:
+        jobs: list[tuple[Any, ...]] = []
+        with self._write() as db:
+            self._promote(db, at, 1000)
+            ready = {
+                lane: db.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM messages"
+                    " WHERE state = 'queued' AND lane = ? LIMIT ?)",
+                    (lane.value, max_n),
+                ).fetchone()[0]
+                for lane in LANE_ORDER
+            }
+            credit = {Lane(k): v for k, v in db.execute("SELECT lane, credit FROM lane_credit")}
+            take = allot(max_n, ready, self.options.lane_weights, credit)
+            db.executemany(
+                "INSERT INTO lane_credit (lane, credit) VALUES (?, ?)"
+                " ON CONFLICT (lane) DO UPDATE SET credit = excluded.credit",
+                [(lane.value, value) for lane, value in credit.items()],
+            )
+            for lane, count in take.items():
+                if count:
+                    jobs.extend(self._take(db, lane, count, worker, at + lease_s, at))
+        rank = {lane.value: i for i, lane in enumerate(LANE_ORDER)}
+        jobs.sort(key=lambda row: (rank[row[2]], row[8], row[0]))
+        return [
+            Job(row[0], row[1], Lane(row[2]), row[3], row[4], row[5], row[6], row[7])
+            for row in jobs
+        ]
+
+    @staticmethod
+    def _take(
+        db: sqlite3.Connection, lane: Lane, count: int, worker: str, expires: float, at: float
+    ) -> list[tuple[Any, ...]]:
+        return db.execute(
+            "UPDATE messages SET state = 'leased', attempts = attempts + 1, seq = seq + 1,"
+            " owner = ?, lease_expires = ?, updated_at = ?"
+            " WHERE id IN (SELECT id FROM messages WHERE state = 'queued' AND lane = ?"
+            " ORDER BY available_at, id LIMIT ?)"
+            f" RETURNING {_JOB_COLUMNS}",
+            (worker, expires, at, lane.value, count),
+        ).fetchall()
+
+    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float) -> list[str]:
+        with self._write() as db:
+            return self._update_leased(
+                db,
+                "lease_expires = ?, updated_at = ?",
+                (at + lease_s, at),
+                [(job.id, job.token) for job in jobs],
+            )
+
+    def _settle(self, outcomes: Sequence[Outcome], at: float) -> list[str]:
+        by_action: dict[Action, list[Outcome]] = {action: [] for action in Action}
+        for outcome in outcomes:
+            by_action[outcome.action].append(outcome)
+        settled: list[str] = []
+        with self._write() as db:
+            settled += self._update_leased(
+                db,
+                "state = 'sent', owner = NULL, lease_expires = NULL, updated_at = ?",
+                (at,),
+                [(o.job.id, o.job.token) for o in by_action[Action.COMPLETE]],
+            )
+            # On the last attempt a retry becomes a burial, with the same error kept.
+            settled += self._update_leased(
+                db,
+                "state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'retrying' END,"
+                " available_at = v.due, last_error = v.error, owner = NULL,"
+                " lease_expires = NULL, updated_at = ?",
+                (at,),
+                [(o.job.id, o.job.token, at + o.delay, o.error) for o in by_action[Action.RETRY]],
+            )
+            settled += self._update_leased(
+                db,
+                "state = 'dead', last_error = v.error, owner = NULL, lease_expires = NULL,"
+                " updated_at = ?",
+                (at,),
+                [(o.job.id, o.job.token, at, o.error) for o in by_action[Action.BURY]],
+            )
+        return settled
+
+    @staticmethod
+    def _update_leased(
+        db: sqlite3.Connection,
+        assignments: str,
+        params: tuple[Any, ...],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> list[str]:
+        """Update the rows whose (id, token) still hold the lease; returns their ids.
+
+        ``rows`` are (id, token[, due, error]) and are visible to ``assignments`` as ``v.*``.
+        """
+        done: list[str] = []
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            width = len(chunk[0])
+            names = ", ".join(
+                f"column{i + 1} AS {name}"
+                for i, name in enumerate(("id", "token", "due", "error")[:width])
+            )
+            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
+            sql = (
+                f"UPDATE messages SET {assignments}"
+                f" FROM (SELECT {names} FROM (VALUES {values})) AS v"
+                " WHERE messages.id = v.id AND messages.seq = v.token"
+                " AND messages.state = 'leased' RETURNING messages.id"
+            )
+            flat = [value for row in chunk for value in row]
+            done += [row[0] for row in db.execute(sql, (*params, *flat))]
+        return done
+
+    # -- housekeeping -------------------------------------------------------------------
+    def _reap_expired(self, at: float, limit: int) -> int:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE messages SET"
+                " state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,"
+                " last_error = CASE WHEN attempts >= max_attempts"
+                "   THEN 'lease expired on attempt ' || attempts ELSE last_error END,"
+                " owner = NULL, lease_expires = NULL, updated_at = ?"
+                " WHERE id IN (SELECT id FROM messages WHERE state = 'leased'"
+                " AND lease_expires <= ? LIMIT ?)",
+                (at, at, limit),
+            )
+            return cursor.rowcount
+
+    def _promote_due(self, at: float, limit: int) -> int:
+        with self._write() as db:
+            return self._promote(db, at, limit)
+
+    @staticmethod
+    def _promote(db: sqlite3.Connection, at: float, limit: int) -> int:
+        return db.execute(
+            "UPDATE messages SET state = 'queued', updated_at = ?"
+            " WHERE id IN (SELECT id FROM messages WHERE state IN ('scheduled', 'retrying')"
+            " AND available_at <= ? ORDER BY available_at LIMIT ?)",
+            (at, at, limit),
+        ).rowcount
+
+    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float) -> int:
+        chosen = "SELECT id FROM messages WHERE state = 'dead'"
+        params: list[Any] = []
+        if ids is not None:
+            chosen += f" AND id IN ({', '.join('?' * len(ids))})" if ids else " AND 0"
+            params += ids
+        with self._write() as db:
+            return db.execute(
+                "UPDATE messages SET state = 'queued', attempts = 0, available_at = ?,"
+                f" updated_at = ? WHERE id IN ({chosen} LIMIT ?)",
+                (at, at, *params, limit),
+            ).rowcount
+
+    def _cancel(self, message_id: str, at: float) -> bool:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE messages SET state = 'cancelled', updated_at = ?"
+                " WHERE id = ? AND state IN ('queued', 'scheduled', 'retrying')",
+                (at, message_id),
+            )
+            return cursor.rowcount == 1
+
+    def _purge_expired(self, before: float, limit: int) -> int:
+        final = ", ".join(f"'{state.value}'" for state in FINAL_STATES)
+        with self._write() as db:
+            return db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
+                f" WHERE state IN ({final}) AND updated_at < ? LIMIT ?)",
+                (before, limit),
+            ).rowcount
+
+    # -- reads --------------------------------------------------------------------------
+    def _get(self, message_id: str) -> MessageInfo | None:
+        rows = self._read(f"SELECT {_INFO_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        return MessageInfo(
+            row[0], State(row[1]), Lane(row[2]), row[3], row[4], row[5], row[6], row[7],
+            row[8], row[9], row[10],
+        )  # fmt: skip
+
+    def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
+        counts = {
+            (Lane(lane), State(state)): n
+            for lane, state, n in self._read(
+                "SELECT lane, state, COUNT(*) FROM messages GROUP BY state, lane"
+            )
+        }
+        oldest: dict[Lane, float] = {}
+        for lane in LANE_ORDER:
+            row = self._read(
+                "SELECT MIN(available_at) FROM messages WHERE state = 'queued' AND lane = ?",
+                (lane.value,),
+            )
+            if row and row[0][0] is not None:
+                oldest[lane] = row[0][0]
+        return counts, oldest
+
+    def _ping(self) -> bool:
+        try:
+            return self._read("SELECT 1") == [(1,)]
+        except sqlite3.Error:
+            return False
+
+    def purge(self) -> None:
+        with self._write() as db:
+            for table in ("messages", "idempotency", "lane_credit"):
+                db.execute(f"DELETE FROM {table}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,37 @@
+-- The embedded broker's schema. One row per message; the partial indexes are the queues.
+CREATE TABLE IF NOT EXISTS messages (
+    id              TEXT PRIMARY KEY,
+    lane            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    tenant          TEXT NOT NULL,
+    payload         BLOB NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    max_attempts    INTEGER NOT NULL,
+    seq             INTEGER NOT NULL DEFAULT 0,   -- fencing token: +1 at every lease, never reset
+    owner           TEXT,
+    lease_expires   REAL,
+    enqueued_at     REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    available_at    REAL NOT NULL,                -- ready since (queued) or due at (scheduled, retrying)
+    last_error      TEXT,
+    idempotency_key TEXT
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id)
+    WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS messages_delayed ON messages (available_at)
+    WHERE state IN ('scheduled', 'retrying');
+CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_expires)
+    WHERE state = 'leased';
+CREATE INDEX IF NOT EXISTS messages_state ON messages (state, lane, updated_at);
+
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope      TEXT PRIMARY KEY,                  -- tenant, US (0x1f), key
+    id         TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS lane_credit (
+    lane   TEXT PRIMARY KEY,
+    credit INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -1,0 +1,61 @@
+"""Shared fixtures: a broker of each backend, a controllable clock, and service checks.
+
+When the ``CI`` environment variable is set, a missing service fails the run; locally the
+tests that need it are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from emailq.broker import Broker, open_broker
+from emailq.clock import ManualClock
+
+REDIS_URL = os.environ.get("EMAILQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+BACKENDS = ("sqlite", "redis")
+
+
+def require_redis() -> None:
+    """Fail (under CI) or skip (locally) when the test Redis does not answer."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as error:
+        reason = f"Redis at {REDIS_URL} did not answer: {error}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so a missing Redis is a failure)")
+        pytest.skip(reason)
+
+
+def redis_url_with_prefix(prefix: str) -> str:
+    return f"{REDIS_URL}?prefix={prefix}"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(params=BACKENDS)
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL for an empty queue of each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/queue.db"
+        return
+    require_redis()
+    url = redis_url_with_prefix(f"emailq-test-{uuid.uuid4().hex}")
+    yield url
+    with open_broker(url) as leftover:
+        leftover.purge()
+
+
+@pytest.fixture
+def broker(broker_url: str, clock: ManualClock) -> Iterator[Broker]:
+    """An empty broker of each backend whose time is the manual ``clock``."""
+    with open_broker(broker_url, clock=clock) as opened:
+        yield opened

@@ -1,0 +1,310 @@
+"""The broker contract: every test here runs against SQLite and against Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from emailq.broker import Action, Broker, BrokerOptions, NewMessage, Outcome, State, open_broker
+from emailq.clock import ManualClock
+from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
+
+PAYLOAD = bytes(range(256)) * 6  # 1.5 KB, every byte value: payloads are opaque bytes
+
+
+def enqueue(broker: Broker, lane: Lane = Lane.STANDARD, n: int = 1, **kw: object) -> list[str]:
+    return broker.enqueue_many([NewMessage(PAYLOAD, lane=lane, **kw) for _ in range(n)])  # type: ignore[arg-type]
+
+
+def state_of(broker: Broker, message_id: str) -> State:
+    info = broker.get(message_id)
+    assert info is not None
+    return info.state
+
+
+# -- intake ---------------------------------------------------------------------------------
+def test_enqueue_stores_messages_in_order_with_their_fields(broker: Broker) -> None:
+    ids = broker.enqueue_many([
+        NewMessage(PAYLOAD, lane=Lane.BULK, tenant="acme", max_attempts=3),
+        NewMessage(b"second", lane=Lane.CRITICAL),
+    ])  # fmt: skip
+    assert len(ids) == len(set(ids)) == 2
+    first = broker.get(ids[0])
+    assert first is not None
+    assert (first.state, first.lane, first.tenant, first.attempts, first.max_attempts) == (
+        State.QUEUED, Lane.BULK, "acme", 0, 3,
+    )  # fmt: skip
+    assert first.enqueued_at == broker.clock()
+    assert broker.get("no-such-id") is None
+    assert broker.enqueue_many([]) == []
+
+
+def test_payload_bytes_come_back_unchanged(broker: Broker) -> None:
+    [message_id] = enqueue(broker)
+    [job] = broker.lease("w1", 10, 30)
+    assert (job.id, job.payload, job.attempts, job.token) == (message_id, PAYLOAD, 1, job.token)
+
+
+def test_bad_messages_are_refused_before_anything_is_stored(broker: Broker) -> None:
+    with pytest.raises(TypeError, match=r"messages\[1\]\.payload"):
+        broker.enqueue_many([NewMessage(b"ok"), NewMessage("text")])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"messages\[0\]\.max_attempts"):
+        broker.enqueue_many([NewMessage(b"x", max_attempts=0)])
+    with pytest.raises(ValueError, match="idempotency_key"):
+        broker.enqueue_many([NewMessage(b"x", idempotency_key="")])
+    assert broker.stats().backlog == 0
+
+
+def test_idempotency_key_returns_the_first_id_and_stores_one_copy(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [first] = enqueue(broker, idempotency_key="guest-17")
+    clock.advance(60)
+    again = broker.enqueue_many([
+        NewMessage(b"retry", idempotency_key="guest-17"),
+        NewMessage(b"other", idempotency_key="guest-18"),
+        NewMessage(b"dup in batch", idempotency_key="guest-18"),
+        NewMessage(b"other tenant", idempotency_key="guest-17", tenant="t2"),
+    ])  # fmt: skip
+    assert again[0] == first
+    assert again[1] == again[2] != first
+    assert again[3] not in (first, again[1])
+    assert broker.stats().count(State.QUEUED) == 3
+
+
+def test_idempotency_key_is_forgotten_after_its_window(broker_url: str, clock: ManualClock) -> None:
+    options = BrokerOptions(idempotency_ttl=100)
+    with open_broker(broker_url, options=options, clock=clock) as broker:
+        [first] = enqueue(broker, idempotency_key="k")
+        clock.advance(99)
+        assert enqueue(broker, idempotency_key="k") == [first]
+        clock.advance(2)
+        assert enqueue(broker, idempotency_key="k") != [first]
+
+
+def test_scheduled_messages_wait_for_send_at(broker: Broker, clock: ManualClock) -> None:
+    [later] = enqueue(broker, send_at=clock() + 120)
+    [past] = enqueue(broker, send_at=clock() - 5)
+    assert state_of(broker, later) == State.SCHEDULED
+    assert [j.id for j in broker.lease("w", 10, 30)] == [past]
+    clock.advance(119)
+    assert broker.lease("w", 10, 30) == []
+    clock.advance(1)
+    assert [j.id for j in broker.lease("w", 10, 30)] == [later]
+
+
+def test_promote_due_makes_scheduled_mail_ready(broker: Broker, clock: ManualClock) -> None:
+    ids = enqueue(broker, n=3, send_at=clock() + 10)
+    assert broker.promote_due() == 0
+    clock.advance(10)
+    assert broker.promote_due() == 3
+    assert {state_of(broker, i) for i in ids} == {State.QUEUED}
+
+
+# -- leasing order --------------------------------------------------------------------------
+def test_critical_goes_first_even_when_enqueued_last(broker: Broker) -> None:
+    enqueue(broker, Lane.BULK, 50)
+    enqueue(broker, Lane.STANDARD, 50)
+    critical = enqueue(broker, Lane.CRITICAL, 3)
+    jobs = broker.lease("w", 3, 30)
+    assert [j.id for j in jobs] == critical
+
+
+def test_lanes_are_fifo_and_a_batch_comes_back_lane_ordered(broker: Broker) -> None:
+    bulk = enqueue(broker, Lane.BULK, 5)
+    standard = enqueue(broker, Lane.STANDARD, 5)
+    jobs = broker.lease("w", 10, 30)
+    assert [j.id for j in jobs] == standard + bulk
+
+
+def test_a_saturated_lane_does_not_starve_bulk(broker: Broker) -> None:
+    enqueue(broker, Lane.STANDARD, 900)
+    enqueue(broker, Lane.BULK, 300)
+    taken = {Lane.STANDARD: 0, Lane.BULK: 0}
+    for _ in range(30):
+        jobs = broker.lease("w", 10, 30)
+        for job in jobs:
+            taken[job.lane] += 1
+        broker.complete(jobs)
+    # standard:bulk weights are 2:1, so 300 slots split 200:100 (smooth, not bursty).
+    assert taken == {Lane.STANDARD: 200, Lane.BULK: 100}
+
+
+def test_single_message_leases_still_share_between_lanes(broker: Broker) -> None:
+    enqueue(broker, Lane.WEDDING_DAY, 40)
+    enqueue(broker, Lane.BULK, 40)
+    lanes = []
+    for _ in range(18):
+        [job] = broker.lease("w", 1, 30)
+        lanes.append(job.lane)
+    assert lanes.count(Lane.BULK) == 2  # weights 8:1 over 18 slots
+
+
+def test_weights_are_configurable(broker_url: str, clock: ManualClock) -> None:
+    weights = dict(DEFAULT_WEIGHTS) | {Lane.STANDARD: 1, Lane.BULK: 1}
+    with open_broker(broker_url, BrokerOptions(lane_weights=weights), clock) as broker:
+        enqueue(broker, Lane.STANDARD, 20)
+        enqueue(broker, Lane.BULK, 20)
+        jobs = broker.lease("w", 20, 30)
+        assert sum(j.lane == Lane.BULK for j in jobs) == 10
+
+
+# -- leases, settling and fencing -----------------------------------------------------------
+def test_a_leased_message_is_not_leased_again_while_its_lease_lives(
+    broker: Broker, clock: ManualClock
+) -> None:
+    enqueue(broker, n=5)
+    first = broker.lease("w1", 3, 30)
+    second = broker.lease("w2", 10, 30)
+    assert len(first) == 3 and len(second) == 2
+    assert not {j.id for j in first} & {j.id for j in second}
+    clock.advance(29)
+    assert broker.reap_expired() == 0
+    assert broker.lease("w3", 10, 30) == []
+
+
+def test_an_expired_lease_returns_the_message_and_fences_the_old_holder(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [message_id] = enqueue(broker)
+    [old] = broker.lease("slow-worker", 1, 10)
+    clock.advance(10)
+    assert broker.reap_expired() == 1
+    assert state_of(broker, message_id) == State.QUEUED
+    [new] = broker.lease("fast-worker", 1, 10)
+    assert (new.id, new.attempts) == (message_id, 2)
+    assert new.token != old.token
+    assert broker.complete([old]) == []  # the stale holder may not settle it
+    assert broker.heartbeat([old], 60) == []
+    assert state_of(broker, message_id) == State.LEASED
+    assert broker.complete([new]) == [message_id]
+    assert state_of(broker, message_id) == State.SENT
+
+
+def test_heartbeat_keeps_a_slow_send_leased(broker: Broker, clock: ManualClock) -> None:
+    enqueue(broker, n=2)
+    jobs = broker.lease("w", 2, 10)
+    clock.advance(8)
+    assert sorted(broker.heartbeat(jobs, 10)) == sorted(j.id for j in jobs)
+    clock.advance(8)
+    assert broker.reap_expired() == 0
+    clock.advance(2)
+    assert broker.reap_expired() == 2
+
+
+def test_settle_applies_a_mixed_batch(broker: Broker, clock: ManualClock) -> None:
+    ids = enqueue(broker, n=3)
+    sent, retried, buried = broker.lease("w", 3, 30)
+    done = broker.settle([
+        Outcome(sent, Action.COMPLETE),
+        Outcome(retried, Action.RETRY, delay=60, error="451 try later"),
+        Outcome(buried, Action.BURY, error="550 no such user"),
+    ])  # fmt: skip
+    assert sorted(done) == sorted(ids)
+    assert state_of(broker, sent.id) == State.SENT
+    info = broker.get(retried.id)
+    assert info is not None
+    assert (info.state, info.last_error, info.available_at) == (
+        State.RETRYING, "451 try later", clock() + 60,
+    )  # fmt: skip
+    dead = broker.get(buried.id)
+    assert dead is not None and (dead.state, dead.last_error) == (State.DEAD, "550 no such user")
+    assert broker.settle([Outcome(sent, Action.COMPLETE)]) == []  # settling twice is harmless
+
+
+def test_retry_waits_its_delay_then_the_last_attempt_is_buried(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [message_id] = enqueue(broker, max_attempts=2)
+    [job] = broker.lease("w", 1, 30)
+    assert broker.retry(job, 30, "421 busy")
+    assert broker.lease("w", 1, 30) == []
+    clock.advance(30)
+    [job] = broker.lease("w", 1, 30)
+    assert job.attempts == 2 and job.last_attempt
+    assert broker.retry(job, 30, "421 still busy")
+    info = broker.get(message_id)
+    assert info is not None and (info.state, info.last_error) == (State.DEAD, "421 still busy")
+
+
+def test_a_lease_that_expires_on_the_last_attempt_is_buried(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [message_id] = enqueue(broker, max_attempts=1)
+    broker.lease("crashing-worker", 1, 5)
+    clock.advance(5)
+    assert broker.reap_expired() == 1
+    info = broker.get(message_id)
+    assert info is not None and info.state == State.DEAD
+    assert info.last_error and "lease expired" in info.last_error
+
+
+def test_requeue_dead_gives_fresh_attempts(broker: Broker) -> None:
+    ids = enqueue(broker, n=3, max_attempts=1)
+    for job in broker.lease("w", 3, 30):
+        broker.bury(job, "550 rejected")
+    assert broker.requeue_dead([ids[0]]) == 1
+    assert broker.requeue_dead([]) == 0
+    [job] = broker.lease("w", 3, 30)
+    assert (job.id, job.attempts) == (ids[0], 1)
+    assert broker.requeue_dead() == 2
+    assert broker.stats().count(State.DEAD) == 0
+
+
+def test_cancel_only_what_no_worker_holds(broker: Broker, clock: ManualClock) -> None:
+    queued, leased, scheduled = enqueue(broker, n=2) + enqueue(broker, send_at=clock() + 60)
+    [job] = broker.lease("w", 1, 30)
+    assert job.id == queued
+    assert broker.cancel(leased) is True
+    assert broker.cancel(scheduled) is True
+    assert broker.cancel(queued) is False  # leased: the worker may be sending it now
+    assert broker.cancel(leased) is False  # already cancelled
+    assert broker.cancel("unknown") is False
+    clock.advance(60)
+    assert broker.lease("w", 10, 30) == []
+    assert state_of(broker, scheduled) == State.CANCELLED
+
+
+# -- reads and housekeeping -----------------------------------------------------------------
+def test_stats_count_each_lane_and_state_and_the_oldest_age(
+    broker: Broker, clock: ManualClock
+) -> None:
+    enqueue(broker, Lane.BULK, 4)
+    clock.advance(30)
+    enqueue(broker, Lane.CRITICAL, 2)
+    enqueue(broker, Lane.STANDARD, 1, send_at=clock() + 100)
+    clock.advance(10)
+    [critical, _] = broker.lease("w", 2, 30)
+    broker.complete([critical])
+    stats = broker.stats()
+    bulk = stats.lanes[Lane.BULK]
+    assert bulk.counts[State.QUEUED] == 4 and bulk.oldest_age == 40
+    assert stats.lanes[Lane.CRITICAL].counts[State.LEASED] == 1
+    assert stats.lanes[Lane.CRITICAL].counts[State.SENT] == 1
+    assert stats.lanes[Lane.CRITICAL].oldest_age == 0
+    assert stats.count(State.SCHEDULED, Lane.STANDARD) == 1
+    assert stats.backlog == 6
+    assert set(stats.lanes) == set(LANE_ORDER)
+
+
+def test_purge_expired_drops_final_records_after_retention(
+    broker_url: str, clock: ManualClock
+) -> None:
+    with open_broker(broker_url, BrokerOptions(retention=3600), clock) as broker:
+        kept, dropped = enqueue(broker, n=2)
+        jobs = {j.id: j for j in broker.lease("w", 2, 30)}
+        broker.complete([jobs[dropped]])
+        clock.advance(3601)
+        broker.purge_expired()
+        assert broker.get(dropped) is None
+        assert broker.get(kept) is not None  # still leased: never purged
+
+
+def test_ping_answers(broker: Broker) -> None:
+    assert broker.ping() is True
+
+
+def test_lease_arguments_are_checked(broker: Broker) -> None:
+    with pytest.raises(ValueError, match="max_n"):
+        broker.lease("w", 0, 30)
+    with pytest.raises(ValueError, match="lease_s"):
+        broker.lease("w", 1, 0)
