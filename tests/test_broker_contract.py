@@ -211,6 +211,16 @@ def test_settle_applies_a_mixed_batch(broker: Broker, clock: ManualClock) -> Non
     assert broker.settle([Outcome(sent, Action.COMPLETE)]) == []  # settling twice is harmless
 
 
+def test_release_returns_mail_unsent_without_spending_an_attempt(broker: Broker) -> None:
+    first, second = enqueue(broker, n=2)
+    jobs = broker.lease("stopping-worker", 2, 30)
+    assert sorted(broker.release(jobs)) == sorted([first, second])
+    again = broker.lease("w", 2, 30)
+    assert [j.id for j in again] == [first, second]  # back in their places, in order
+    assert {j.attempts for j in again} == {1}
+    assert broker.release(jobs) == []  # the old lease is stale
+
+
 def test_retry_waits_its_delay_then_the_last_attempt_is_buried(
     broker: Broker, clock: ManualClock
 ) -> None:

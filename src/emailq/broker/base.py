@@ -90,9 +90,10 @@ class MessageInfo:
 
 
 class Action(StrEnum):
-    COMPLETE = "complete"
-    RETRY = "retry"
-    BURY = "bury"
+    COMPLETE = "complete"  # delivered
+    RETRY = "retry"  # failed for now: wait ``delay``, or die if attempts are spent
+    BURY = "bury"  # failed for good
+    RELEASE = "release"  # not tried (shutdown, rate limit): queued again, attempt not counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +195,9 @@ class Broker(abc.ABC):
 
     def bury(self, job: Job, error: str) -> bool:
         return bool(self.settle([Outcome(job, Action.BURY, error=error)]))
+
+    def release(self, jobs: Sequence[Job]) -> list[str]:
+        return self.settle([Outcome(job, Action.RELEASE) for job in jobs])
 
     # -- housekeeping -------------------------------------------------------------------
     def reap_expired(self, limit: int = 1000) -> int:

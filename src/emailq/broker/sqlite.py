@@ -216,6 +216,14 @@ class SQLiteBroker(Broker):
                 (at,),
                 [(o.job.id, o.job.token, at, o.error) for o in by_action[Action.BURY]],
             )
+            # Released mail keeps its place in its lane: available_at is left as it was.
+            settled += self._update_leased(
+                db,
+                "state = 'queued', attempts = attempts - 1, owner = NULL, lease_expires = NULL,"
+                " updated_at = ?",
+                (at,),
+                [(o.job.id, o.job.token) for o in by_action[Action.RELEASE]],
+            )
         return settled
 
     @staticmethod

@@ -1,0 +1,186 @@
+"""The ``emailq`` command line: it parses, then calls the library. Nothing else lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from emailq.broker import State, Stats, open_broker
+from emailq.config import Settings
+from emailq.errors import EmailqError
+from emailq.lanes import LANE_ORDER
+from emailq.ratelimit.rules import RateRules
+from emailq.worker import WorkerSettings
+
+BROKER_OPTION = click.option(
+    "--broker-url",
+    envvar="EMAILQ_BROKER_URL",
+    default=Settings().broker_url,
+    show_default=True,
+    help="sqlite:///path.db (embedded) or redis://host:port/db",
+)
+
+
+@click.group()
+@click.version_option(package_name="emailq")
+def cli() -> None:
+    """emailq: a durable, priority-aware outbound email queue."""
+
+
+@cli.command()
+@click.option("--weddings", default=3, show_default=True, help="weddings sending invitations")
+@click.option("--guests", default=500, show_default=True, help="invitations per wedding")
+@click.option("--vendors", default=40, show_default=True, help="recipients of the ceremony change")
+@click.option("--broker-url", default=None, help="default: a fresh SQLite file in a temp dir")
+def demo(weddings: int, guests: int, vendors: int, broker_url: str | None) -> None:
+    """Queue a wedding Saturday's mail and deliver it to the built-in SMTP sink."""
+    from emailq.demo import DemoPlan
+    from emailq.demo import demo as run
+
+    sys.exit(run(DemoPlan(weddings, guests, vendors), broker_url))
+
+
+@cli.command()
+@BROKER_OPTION
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(broker_url: str, as_json: bool) -> None:
+    """Depth per lane and state, and how long the oldest ready message has waited."""
+    with open_broker(broker_url) as broker:
+        stats = broker.stats()
+    if as_json:
+        click.echo(json.dumps(stats_to_dict(stats), indent=2))
+    else:
+        Console().print(stats_table(stats))
+
+
+@cli.command()
+@BROKER_OPTION
+@click.argument("message_id")
+def get(broker_url: str, message_id: str) -> None:
+    """One message's state, attempts and last error."""
+    with open_broker(broker_url) as broker:
+        info = broker.get(message_id)
+    if info is None:
+        raise click.ClickException(f"no message {message_id}")
+    fields = {k: getattr(info, k) for k in info.__dataclass_fields__}
+    click.echo(json.dumps(fields, indent=2, default=str))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=2525, show_default=True)
+def sink(host: str, port: int) -> None:
+    """Run the built-in SMTP sink, printing how many messages arrived each second."""
+    from emailq.sink import SmtpSink
+
+    with SmtpSink(host, port) as server:
+        click.echo(f"SMTP sink listening on {host}:{server.port} (Ctrl-C to stop)")
+        last = 0
+        try:
+            while True:
+                time.sleep(1)
+                count = server.count
+                click.echo(f"received {count} (+{count - last}/s)")
+                last = count
+        except KeyboardInterrupt:
+            click.echo(f"stopped after {server.count} messages")
+
+
+def worker_options(default_processes: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options every command that runs workers takes."""
+    options = [
+        BROKER_OPTION,
+        click.option(
+            "--provider-url", envvar="EMAILQ_PROVIDER_URL", default=Settings().provider_url,
+            show_default=True, help="smtp://host:port, smtps://, resend://, file:///dir",
+        ),
+        click.option("-n", "--processes", default=default_processes, show_default=True),
+        click.option("--batch", default=100, show_default=True, help="messages per lease"),
+        click.option("--concurrency", default=2, show_default=True, help="batches in flight"),
+        click.option("--provider-rate", type=float, help="messages/s through the provider"),
+        click.option("--domain-rate", type=float, help="messages/s per recipient domain"),
+        click.option("--tenant-rate", type=float, help="messages/s per tenant"),
+    ]  # fmt: skip
+
+    def apply(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+def start_workers(processes: int, **flags: Any) -> None:
+    from emailq.supervisor import Supervisor, WorkerConfig, worker_main
+
+    config = WorkerConfig(
+        broker_url=flags["broker_url"],
+        provider_url=flags["provider_url"],
+        settings=WorkerSettings(batch_size=flags["batch"], concurrency=flags["concurrency"]),
+        rules=RateRules(
+            provider_rate=flags["provider_rate"],
+            domain_rate=flags["domain_rate"],
+            tenant_rate=flags["tenant_rate"],
+        ),
+    )
+    if processes == 1:
+        worker_main(config)
+    else:
+        sys.exit(Supervisor(config, processes).run())
+
+
+@cli.command()
+@worker_options(default_processes=1)
+def worker(processes: int, **flags: Any) -> None:
+    """Deliver queued mail until SIGTERM or Ctrl-C (finishing the batches in hand)."""
+    start_workers(processes, **flags)
+
+
+@cli.command()
+@worker_options(default_processes=2)
+def run(processes: int, **flags: Any) -> None:
+    """The all-in-one process for one machine: a supervised pool of workers."""
+    start_workers(processes, **flags)
+
+
+def stats_to_dict(stats: Stats) -> dict[str, object]:
+    return {
+        "taken_at": stats.taken_at,
+        "lanes": {
+            lane.value: {
+                "counts": {state.value: n for state, n in lane_stats.counts.items()},
+                "oldest_age_s": round(lane_stats.oldest_age, 3),
+            }
+            for lane, lane_stats in stats.lanes.items()
+        },
+    }
+
+
+def stats_table(stats: Stats) -> Table:
+    table = Table(title="emailq queue")
+    table.add_column("lane")
+    for state in State:
+        table.add_column(state.value, justify="right")
+    table.add_column("oldest ready", justify="right")
+    for lane in LANE_ORDER:
+        lane_stats = stats.lanes[lane]
+        counts = [str(lane_stats.counts.get(state, 0)) for state in State]
+        table.add_row(lane.value, *counts, f"{lane_stats.oldest_age:.1f} s")
+    return table
+
+
+def main() -> None:
+    try:
+        cli()
+    except EmailqError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)

@@ -1,0 +1,59 @@
+"""Open a provider from a URL, the way brokers are opened.
+
+``smtp://[user:password@]host[:port][?pool=8&starttls=auto|yes|no&timeout=30]``,
+``smtps://…`` (implicit TLS, port 465), ``file:///path/to/folder``,
+``resend://[api_key@]api.resend.com`` (key from ``RESEND_API_KEY`` when not in the URL;
+``resend+http://127.0.0.1:8025`` reaches a local stand-in over plain HTTP).
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from emailq.errors import ConfigurationError
+from emailq.providers.base import Provider
+
+_STARTTLS = {"auto": None, "yes": True, "no": False}
+
+
+def open_provider(url: str) -> Provider:
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if parts.scheme in ("smtp", "smtps"):
+        from emailq.providers.smtp import SmtpProvider, SmtpSettings
+
+        implicit = parts.scheme == "smtps"
+        starttls = query.get("starttls", "auto")
+        if starttls not in _STARTTLS:
+            raise ConfigurationError("starttls must be auto, yes or no")
+        return SmtpProvider(
+            SmtpSettings(
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or (465 if implicit else 25),
+                pool_size=int(query.get("pool", "8")),
+                timeout=float(query.get("timeout", "30")),
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                start_tls=False if implicit else _STARTTLS[starttls],
+                use_tls=implicit,
+            )
+        )
+    if parts.scheme == "file":
+        from emailq.providers.file import FileProvider
+
+        return FileProvider(unquote(parts.path))
+    if parts.scheme in ("resend", "resend+http"):
+        from emailq.providers.resend import ResendProvider, ResendSettings
+
+        key = unquote(parts.username or "") or os.environ.get("RESEND_API_KEY", "")
+        if not key:
+            raise ConfigurationError("Resend needs an API key: set RESEND_API_KEY")
+        scheme = "http" if parts.scheme == "resend+http" else "https"
+        return ResendProvider(
+            ResendSettings(api_key=key, base_url=f"{scheme}://{parts.hostname or 'api.resend.com'}"
+                           + (f":{parts.port}" if parts.port else ""))
+        )
+    raise ConfigurationError(
+        f"unknown provider URL scheme {parts.scheme!r}: use smtp://, smtps://, file:// or resend://"
+    )

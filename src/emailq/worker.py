@@ -1,0 +1,174 @@
+"""The worker: lease a batch → render → pass the rate limits → send → settle in one call.
+
+A worker runs ``concurrency`` batch loops in one event loop, so one batch is being sent
+while the next is leased and rendered. Broker calls are blocking (SQLite, redis-py) and
+short; they run on threads. Leases are kept alive by heartbeats while a batch is in hand,
+and every worker reaps expired leases, so a crashed worker's mail comes back wherever
+another worker runs. On stop, loops lease nothing more and finish their batch; past the
+shutdown deadline, unsent mail is released back to the queue without spending an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from emailq.broker import Action, Broker, Job, Outcome
+from emailq.message import Email
+from emailq.mime import envelope, render
+from emailq.providers import Accepted, Permanent, Provider, Rendered, SendResult
+from emailq.ratelimit import Limiter
+from emailq.ratelimit.rules import RateRules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    batch_size: int = 100
+    concurrency: int = 2  # batches in flight per worker process
+    lease_s: float = 30.0
+    idle_sleep: float = 0.05  # between empty leases
+    reap_interval: float = 1.0
+    retry_base_s: float = 10.0  # first retry after 5-10 s, doubling, with jitter
+    retry_cap_s: float = 3600.0
+    shutdown_timeout: float = 20.0  # after stop, how long in-flight batches may take
+    domain: str = "emailq.local"  # right-hand side of generated Message-IDs
+
+
+def retry_delay(attempt: int, settings: WorkerSettings, hint: float | None = None) -> float:
+    """Exponential backoff with jitter; a provider's retry-after hint is a floor."""
+    ceiling = min(settings.retry_cap_s, settings.retry_base_s * 2 ** max(0, attempt - 1))
+    return max(random.uniform(ceiling / 2, ceiling), hint or 0.0)
+
+
+def render_job(job: Job, domain: str) -> Rendered:
+    email = Email.from_payload(job.payload)
+    mail_from, recipients = envelope(email)
+    data = render(email, message_id=job.id, domain=domain)
+    return Rendered(job.id, mail_from, tuple(recipients), data, email.idempotency_key)
+
+
+class Worker:
+    def __init__(
+        self,
+        broker: Broker,
+        provider: Provider,
+        settings: WorkerSettings | None = None,
+        *,
+        name: str | None = None,
+        limiter: Limiter | None = None,
+        rules: RateRules | None = None,
+        on_settled: Callable[[Sequence[Outcome]], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.provider = provider
+        self.settings = settings or WorkerSettings()
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.limiter = limiter if rules and rules.active else None
+        self.rules = rules or RateRules()
+        self.on_settled = on_settled
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set, then finish (or release) what is in hand."""
+        loops = [asyncio.create_task(self._loop(stop)) for _ in range(self.settings.concurrency)]
+        reaper = asyncio.create_task(self._reap(stop))
+        await stop.wait()
+        _, late = await asyncio.wait(loops, timeout=self.settings.shutdown_timeout)
+        for task in late:  # past the deadline: cancelling releases their unsent mail
+            task.cancel()
+        await asyncio.gather(*loops, reaper, return_exceptions=True)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        while not stop.is_set():
+            jobs = await asyncio.to_thread(self.broker.lease, self.name, s.batch_size, s.lease_s)
+            if jobs:
+                await self.process(jobs)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), s.idle_sleep)
+
+    async def _reap(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            reaped = await asyncio.to_thread(self.broker.reap_expired)
+            if reaped:
+                log.warning("returned %d messages whose lease expired", reaped)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.reap_interval)
+
+    async def process(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """Deliver one leased batch and settle it; on cancellation, release it unsent."""
+        heartbeat = asyncio.create_task(self._heartbeat(jobs))
+        try:
+            outcomes = await self._deliver(jobs)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.to_thread(self.broker.release, jobs))
+            raise
+        finally:
+            heartbeat.cancel()
+        await asyncio.to_thread(self.broker.settle, outcomes)
+        if self.on_settled:
+            self.on_settled(outcomes)
+        return outcomes
+
+    async def _heartbeat(self, jobs: Sequence[Job]) -> None:
+        interval = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            kept = await asyncio.to_thread(self.broker.heartbeat, jobs, self.settings.lease_s)
+            if len(kept) < len(jobs):
+                log.warning("lost the lease of %d messages", len(jobs) - len(kept))
+
+    async def _deliver(self, jobs: Sequence[Job]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        ready: list[tuple[Job, Rendered]] = []
+        for job in jobs:
+            try:
+                ready.append((job, render_job(job, self.settings.domain)))
+            except ValueError as error:  # a payload we cannot read now never will be
+                outcomes.append(Outcome(job, Action.BURY, error=f"unreadable payload: {error}"))
+        sends: list[asyncio.Task[list[Outcome]]] = []
+        while ready:  # each group the rate limits let through is sent while the rest waits
+            granted, ready, wait = await self._pass_limits(ready)
+            sends.append(asyncio.create_task(self._send(granted)))
+            if ready:
+                await asyncio.sleep(wait)
+        for results in await asyncio.gather(*sends):
+            outcomes += results
+        return outcomes
+
+    async def _pass_limits(
+        self, ready: list[tuple[Job, Rendered]]
+    ) -> tuple[list[tuple[Job, Rendered]], list[tuple[Job, Rendered]], float]:
+        """(may go now, must wait, how long) under the rate limits."""
+        if self.limiter is None:
+            return ready, [], 0.0
+        requests = [
+            self.rules.request(self.provider.name, job.tenant, rendered.recipients)
+            for job, rendered in ready
+        ]
+        grant = await asyncio.to_thread(self.limiter.try_acquire, requests)
+        granted = [item for item, ok in zip(ready, grant.granted, strict=True) if ok]
+        waiting = [item for item, ok in zip(ready, grant.granted, strict=True) if not ok]
+        return granted, waiting, grant.wait
+
+    async def _send(self, batch: list[tuple[Job, Rendered]]) -> list[Outcome]:
+        if not batch:
+            return []
+        results = await self.provider.send_batch([rendered for _, rendered in batch])
+        return [self.outcome(job, result) for (job, _), result in zip(batch, results)]
+
+    def outcome(self, job: Job, result: SendResult) -> Outcome:
+        if isinstance(result, Accepted):
+            return Outcome(job, Action.COMPLETE)
+        if isinstance(result, Permanent):
+            return Outcome(job, Action.BURY, error=result.reason)
+        delay = retry_delay(job.attempts, self.settings, result.retry_after)
+        return Outcome(job, Action.RETRY, delay=delay, error=result.reason)

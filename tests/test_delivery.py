@@ -1,0 +1,109 @@
+"""The worker delivering through the SMTP provider into a real SMTP server (the sink)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+from collections.abc import Iterator
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from emailq.broker import Broker, NewMessage, State
+from emailq.lanes import Lane
+from emailq.message import parse_email
+from emailq.providers.smtp import SmtpProvider, SmtpSettings
+from emailq.sink import SinkHandler, SmtpSink, message_id_of
+from emailq.worker import Worker, WorkerSettings
+
+
+class PickySink(SinkHandler):
+    """Refuses some recipients: ``bounce…`` permanently (550), ``busy…`` for now (451)."""
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("bounce"):
+            return "550 5.1.1 no such user"
+        if address.startswith("busy"):
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink(handler=PickySink(keep_data=True)) as server:
+        yield server
+
+
+def new_message(to: str, subject: str = "Hello", lane: Lane = Lane.STANDARD) -> NewMessage:
+    parsed = parse_email(
+        {"from": "Planner <planner@weddings.example>", "to": to, "subject": subject,
+         "text": "Plain body", "html": "<p>HTML body</p>"}
+    )  # fmt: skip
+    return NewMessage(parsed.to_payload(), lane=lane, max_attempts=2)
+
+
+def deliver(broker: Broker, sink: SmtpSink) -> list[object]:
+    """Run one worker until the queue holds nothing ready, then return the outcomes."""
+    outcomes: list[object] = []
+
+    async def run() -> None:
+        provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=3))
+        worker = Worker(broker, provider, WorkerSettings(batch_size=10), on_settled=outcomes.extend)
+        while jobs := await asyncio.to_thread(broker.lease, worker.name, 10, 30):
+            await worker.process(jobs)
+        await provider.close()
+
+    asyncio.run(run())
+    return outcomes
+
+
+def test_every_message_arrives_once_with_its_id_header(broker: Broker, sink: SmtpSink) -> None:
+    ids = broker.enqueue_many([new_message(f"guest{i}@example.org") for i in range(25)])
+    deliver(broker, sink)
+    assert sorted(d.message_id for d in sink.deliveries) == sorted(ids)
+    assert {state for i in ids if (info := broker.get(i)) for state in [info.state]} == {
+        State.SENT
+    }
+    parsed = email.message_from_bytes(sink.handler.data[ids[0]], policy=email.policy.default)
+    assert parsed["Subject"] == "Hello"
+    assert parsed["To"] == "guest0@example.org"
+    assert parsed.get_body(("plain",)).get_content().strip() == "Plain body"  # type: ignore[union-attr]
+
+
+def test_a_permanent_refusal_is_dead_with_the_reason(broker: Broker, sink: SmtpSink) -> None:
+    [bounced, ok] = broker.enqueue_many(
+        [new_message("bounce@example.org"), new_message("fine@example.org")]
+    )
+    deliver(broker, sink)
+    info = broker.get(bounced)
+    assert info is not None and info.state == State.DEAD
+    assert info.last_error is not None and "550" in info.last_error
+    assert [d.message_id for d in sink.deliveries] == [ok]
+
+
+def test_a_temporary_refusal_is_retried_later(broker: Broker, sink: SmtpSink) -> None:
+    [busy] = broker.enqueue_many([new_message("busy@example.org")])
+    deliver(broker, sink)
+    info = broker.get(busy)
+    assert info is not None and info.state == State.RETRYING
+    assert info.last_error is not None and "451" in info.last_error
+    assert info.available_at > broker.clock()
+    assert sink.count == 0
+
+
+def test_critical_mail_is_sent_before_bulk_queued_earlier(broker: Broker, sink: SmtpSink) -> None:
+    broker.enqueue_many([new_message(f"b{i}@example.org", lane=Lane.BULK) for i in range(30)])
+    [urgent] = broker.enqueue_many([new_message("vendor@example.org", lane=Lane.CRITICAL)])
+    deliver(broker, sink)
+    # It is leased first, in the first batch of 10, which is sent concurrently.
+    assert [d.message_id for d in sink.deliveries].index(urgent) < 10
+    assert sink.count == 31
+
+
+def test_message_id_of_reads_only_the_header_block() -> None:
+    assert message_id_of(b"Subject: x\r\nX-Emailq-Id: abc\r\n\r\nbody") == "abc"
+    assert message_id_of(b"Subject: x\r\n\r\nX-Emailq-Id: abc\r\n") == ""
