@@ -106,6 +106,10 @@ def worker_options(default_processes: int) -> Callable[[Callable[..., None]], Ca
         click.option("-n", "--processes", default=default_processes, show_default=True),
         click.option("--batch", default=100, show_default=True, help="messages per lease"),
         click.option("--concurrency", default=2, show_default=True, help="batches in flight"),
+        click.option("--lease", default=30.0, show_default=True, help="lease seconds"),
+        click.option("--retry-base", default=10.0, show_default=True, help="first retry delay s"),
+        click.option("--shutdown-timeout", default=20.0, show_default=True,
+                     help="seconds in-flight batches get after SIGTERM"),
         click.option("--provider-rate", type=float, help="messages/s through the provider"),
         click.option("--domain-rate", type=float, help="messages/s per recipient domain"),
         click.option("--tenant-rate", type=float, help="messages/s per tenant"),
@@ -125,7 +129,13 @@ def start_workers(processes: int, **flags: Any) -> None:
     config = WorkerConfig(
         broker_url=flags["broker_url"],
         provider_url=flags["provider_url"],
-        settings=WorkerSettings(batch_size=flags["batch"], concurrency=flags["concurrency"]),
+        settings=WorkerSettings(
+            batch_size=flags["batch"],
+            concurrency=flags["concurrency"],
+            lease_s=flags["lease"],
+            retry_base_s=flags["retry_base"],
+            shutdown_timeout=flags["shutdown_timeout"],
+        ),
         rules=RateRules(
             provider_rate=flags["provider_rate"],
             domain_rate=flags["domain_rate"],
@@ -184,3 +194,7 @@ def main() -> None:
     except EmailqError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -57,7 +57,7 @@ def wedding_emails(
     plan: DemoPlan, now: datetime, kind: str, wedding: int
 ) -> Iterator[dict[str, Any]]:
     """The emails of one kind for one wedding, as an application would submit them."""
-    ceremony = (now + timedelta(days=(0, 5, 60)[wedding % 3], hours=1, minutes=30)).isoformat()
+    ceremony = (now + timedelta(days=(0, 5, 60)[wedding % 3], hours=3)).isoformat()
     count = plan.guests if kind == "invitation" else plan.vendors
     couple = ("Ana & Ben", "Chloe & Dev", "Eli & Faye")[wedding % 3]
     for n in range(count):
