@@ -11,6 +11,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from emailq.broker import Broker, NewMessage, State
+from emailq.clock import ManualClock
 from emailq.lanes import Lane
 from emailq.message import parse_email
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
@@ -38,12 +39,14 @@ def sink() -> Iterator[SmtpSink]:
         yield server
 
 
-def new_message(to: str, subject: str = "Hello", lane: Lane = Lane.STANDARD) -> NewMessage:
+def new_message(
+    to: str, subject: str = "Hello", lane: Lane = Lane.STANDARD, max_attempts: int = 2
+) -> NewMessage:
     parsed = parse_email(
         {"from": "Planner <planner@weddings.example>", "to": to, "subject": subject,
          "text": "Plain body", "html": "<p>HTML body</p>"}
     )  # fmt: skip
-    return NewMessage(parsed.to_payload(), lane=lane, max_attempts=2)
+    return NewMessage(parsed.to_payload(), lane=lane, max_attempts=max_attempts)
 
 
 def deliver(broker: Broker, sink: SmtpSink) -> list[object]:
@@ -107,3 +110,47 @@ def test_critical_mail_is_sent_before_bulk_queued_earlier(broker: Broker, sink: 
 def test_message_id_of_reads_only_the_header_block() -> None:
     assert message_id_of(b"Subject: x\r\nX-Emailq-Id: abc\r\n\r\nbody") == "abc"
     assert message_id_of(b"Subject: x\r\n\r\nX-Emailq-Id: abc\r\n") == ""
+
+
+class FlakySink(SinkHandler):
+    """Answers 451 to the first try of every message, and drops the connection on one."""
+
+    def __init__(self, drop_subject: str) -> None:
+        super().__init__()
+        self.drop_subject = drop_subject.encode()
+        self.tried: set[str] = set()
+        self.dropped = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        raw = envelope.original_content or b""
+        if self.drop_subject in raw and not self.dropped:
+            self.dropped += 1
+            assert server.transport is not None
+            server.transport.abort()  # the connection dies mid-transaction, no reply
+            return "451 never seen"
+        message_id = message_id_of(raw)
+        if message_id not in self.tried:
+            self.tried.add(message_id)
+            return "451 4.7.1 greylisted, try again later"
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_temporary_failures_and_a_dropped_connection_are_retried_until_delivered(
+    broker: Broker, clock: ManualClock
+) -> None:
+    handler = FlakySink(drop_subject="Subject: drop me")
+    with SmtpSink(handler=handler) as flaky:
+        ids = broker.enqueue_many(
+            [new_message(f"g{i}@example.org", max_attempts=5) for i in range(12)]
+            + [new_message("x@y.org", "drop me", max_attempts=5)]
+        )
+        deliver(broker, flaky)
+        assert broker.stats().count(State.RETRYING) == 13
+        assert handler.dropped == 1
+        for _ in range(3):  # the dropped one needs a second round for its greylisting
+            clock.advance(3600)
+            deliver(broker, flaky)
+        assert sorted(d.message_id for d in flaky.deliveries) == sorted(ids)
+        assert broker.stats().count(State.SENT) == 13
+        info = broker.get(ids[0])
+        assert info is not None and info.attempts == 2

@@ -162,6 +162,71 @@ def run(processes: int, **flags: Any) -> None:
     start_workers(processes, **flags)
 
 
+@cli.command()
+@BROKER_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8025, show_default=True)
+@click.option("--provider-url", envvar="EMAILQ_PROVIDER_URL", default=None,
+              help="checked by /health/ready")
+@click.option("--tenant-rate", type=float, help="emails/s each tenant may submit")
+def serve(
+    broker_url: str, host: str, port: int, provider_url: str | None, tenant_rate: float | None
+) -> None:
+    """Serve the HTTP intake API."""
+    import uvicorn
+
+    from emailq.api import ApiSettings, create_app
+
+    settings = ApiSettings(broker_url, provider_url=provider_url, tenant_rate=tenant_rate)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level="warning",
+        loop="uvloop", http="httptools", access_log=False,
+    )  # fmt: skip
+
+
+@cli.group()
+def keys() -> None:
+    """Manage API keys (stored hashed beside the queue)."""
+
+
+@keys.command("create")
+@BROKER_OPTION
+@click.option("--tenant", required=True)
+@click.option("--name", default="", help="what the key is for")
+@click.option("--trusted", is_flag=True, help="may set an explicit priority")
+def keys_create(broker_url: str, tenant: str, name: str, trusted: bool) -> None:
+    """Create a key; it is shown once and only its hash is stored."""
+    from emailq.keys import open_key_store
+
+    key, secret = open_key_store(broker_url).create(tenant, name, trusted)
+    click.echo(f"created key {key.key_id} for tenant {tenant}:")
+    click.echo(secret)
+
+
+@keys.command("list")
+@BROKER_OPTION
+def keys_list(broker_url: str) -> None:
+    """List keys (ids, tenants, state; never the secrets)."""
+    from emailq.keys import open_key_store
+
+    for key in open_key_store(broker_url).list():
+        state = "active" if key.active else "revoked"
+        trusted = " trusted" if key.trusted else ""
+        click.echo(f"{key.key_id}  {key.tenant:<20} {state}{trusted}  {key.name}")
+
+
+@keys.command("revoke")
+@BROKER_OPTION
+@click.argument("key_id")
+def keys_revoke(broker_url: str, key_id: str) -> None:
+    """Revoke a key by its id (takes effect within 5 seconds everywhere)."""
+    from emailq.keys import open_key_store
+
+    if not open_key_store(broker_url).revoke(key_id):
+        raise click.ClickException(f"no active key {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
 def stats_to_dict(stats: Stats) -> dict[str, object]:
     return {
         "taken_at": stats.taken_at,

@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from emailq.broker import Broker, NewMessage, open_broker
+from emailq.broker import Broker, open_broker
+from emailq.intake import to_new_message
 from emailq.lanes import LANE_ORDER, Lane
-from emailq.message import Email, parse_email
-from emailq.policy import place
+from emailq.message import parse_email
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.sink import SmtpSink
 from emailq.worker import Worker, WorkerSettings
@@ -71,22 +71,6 @@ def wedding_emails(
             "idempotency_key": f"w{wedding}-{kind}-{n}",
             "wedding": {"wedding_id": f"w{wedding}", "ceremony_at": ceremony, "kind": kind},
         }
-
-
-def to_new_message(email: Email, now: datetime) -> NewMessage:
-    wedding = email.wedding
-    placement = place(
-        wedding.kind if wedding else None,
-        wedding.ceremony_at if wedding else None,
-        now,
-        email.priority,
-    )
-    return NewMessage(
-        email.to_payload(),
-        lane=placement.lane,
-        tenant=email.tenant,
-        idempotency_key=email.idempotency_key,
-    )
 
 
 def submit(broker: Broker, ledger: Ledger, plan: DemoPlan, kind: str, weddings: range) -> int:

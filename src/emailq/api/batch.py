@@ -1,0 +1,100 @@
+"""Guest-list sends: one template, up to 1,000 recipients with their own variables.
+
+Templates are Jinja2 in its sandbox (no access to Python internals from a template), with
+HTML autoescaped so a guest's name cannot inject markup. Every recipient is rendered and
+validated before anything is queued; any error rejects the whole batch, listing each
+problem as ``recipients.<index>.<field>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from emailq.errors import FieldError, InvalidEmail
+from emailq.message import Email, parse_email
+
+MAX_RECIPIENTS = 1000
+TEMPLATED = ("subject", "text", "html")
+
+_PLAIN = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+_HTML = SandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+
+
+class Recipient(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str | dict[str, Any] | list[Any]
+    variables: dict[str, Any] = {}
+    idempotency_key: str | None = None
+
+
+class BatchRequest(BaseModel):
+    """``template`` holds every email field but ``to``; subject, text and html may use
+    ``{{ variables }}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    template: dict[str, Any]
+    recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+
+
+def parse_batch(data: bytes, tenant_fields: Mapping[str, Any]) -> list[Email]:
+    """Every recipient's email, or InvalidEmail listing every error in the batch."""
+    try:
+        batch = BatchRequest.model_validate_json(data)
+    except ValidationError as error:
+        raise InvalidEmail([
+            FieldError(".".join(str(p) for p in e["loc"]), e["msg"]) for e in error.errors()
+        ]) from None  # fmt: skip
+    template = {**batch.template, **tenant_fields}
+    if "to" in template:
+        raise InvalidEmail([FieldError("template.to", "recipients come from 'recipients'")])
+    compiled, errors = _compile(template)
+    if errors:
+        raise InvalidEmail(errors)
+    emails: list[Email] = []
+    for index, recipient in enumerate(batch.recipients):
+        try:
+            emails.append(_personalise(template, compiled, recipient))
+        except InvalidEmail as error:
+            errors += [FieldError(f"recipients.{index}.{e.field}", e.message) for e in error.errors]
+    if errors:
+        raise InvalidEmail(errors)
+    return emails
+
+
+def _compile(template: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
+    compiled: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    for field in TEMPLATED:
+        source = template.get(field)
+        if source is None:
+            continue
+        if not isinstance(source, str):
+            errors.append(FieldError(f"template.{field}", "must be a string"))
+            continue
+        env = _HTML if field == "html" else _PLAIN
+        try:
+            compiled[field] = env.from_string(source)
+        except TemplateError as error:
+            errors.append(FieldError(f"template.{field}", f"template error: {error}"))
+    return compiled, errors
+
+
+def _personalise(template: dict[str, Any], compiled: dict[str, Any], guest: Recipient) -> Email:
+    fields = dict(template)
+    errors: list[FieldError] = []
+    for name, tmpl in compiled.items():
+        try:
+            fields[name] = tmpl.render(guest.variables)
+        except TemplateError as error:  # e.g. a variable this guest does not have
+            errors.append(FieldError(name, f"template error: {error}"))
+    if errors:
+        raise InvalidEmail(errors)
+    fields["to"] = guest.to
+    if guest.idempotency_key is not None:
+        fields["idempotency_key"] = guest.idempotency_key
+    return parse_email(fields)

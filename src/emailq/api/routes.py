@@ -1,0 +1,194 @@
+"""The API's routes. Handlers parse with the email model (one set of rules for every
+intake), place mail with the policy, and call the broker on a worker thread."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from emailq.api import auth
+from emailq.api.batch import BatchRequest, parse_batch
+from emailq.api.problems import Problem
+from emailq.broker import MessageInfo, NewMessage
+from emailq.errors import FieldError, InvalidEmail
+from emailq.intake import to_new_message
+from emailq.keys import ApiKey
+from emailq.message import Email, parse_email
+
+ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"description": "Queued"}}
+
+
+def _json_object(body: bytes, where: str = "") -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidEmail([FieldError(where, "the body is not valid JSON")]) from None
+    if not isinstance(data, dict):
+        raise InvalidEmail([FieldError(where, "expected a JSON object")])
+    return data
+
+
+def scope_to_key(data: dict[str, Any], key: ApiKey, idempotency_key: str | None) -> None:
+    """Bind the fields the API key decides: the tenant, whether a priority may be set."""
+    if data.get("tenant", key.tenant) != key.tenant:
+        raise Problem(403, "this API key may only send for its own tenant")
+    data["tenant"] = key.tenant
+    if data.get("priority") is not None and not key.trusted:
+        raise Problem(403, "only trusted API keys may set an explicit priority")
+    if idempotency_key is not None:
+        if data.get("idempotency_key", idempotency_key) != idempotency_key:
+            raise InvalidEmail([FieldError("idempotency_key", "differs from the header's")])
+        data["idempotency_key"] = idempotency_key
+
+
+def info_body(info: MessageInfo) -> dict[str, Any]:
+    return {
+        "id": info.id, "state": info.state.value, "lane": info.lane.value,
+        "attempts": info.attempts, "max_attempts": info.max_attempts,
+        "last_error": info.last_error, "enqueued_at": _iso(info.enqueued_at),
+        "updated_at": _iso(info.updated_at), "available_at": _iso(info.available_at),
+    }  # fmt: skip
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per route
+    async def caller(request: Request) -> ApiKey:
+        return await auth.authenticate(request, ctx.keys)
+
+    async def enqueue(key: ApiKey, emails: list[Email]) -> list[tuple[str, NewMessage]]:
+        await auth.spend_tenant_budget(
+            ctx.limiter, key.tenant, ctx.settings.tenant_rate, ctx.settings.tenant_burst,
+            len(emails),
+        )  # fmt: skip
+        now = datetime.now(UTC)
+        messages = [to_new_message(email, now) for email in emails]
+        ids = await run_in_threadpool(ctx.broker.enqueue_many, messages)
+        for message in messages:
+            ctx.metrics.accepted.labels(message.lane.value).inc()
+        return list(zip(ids, messages, strict=True))
+
+    @app.post("/v1/emails", status_code=202, responses=ACCEPTED,
+              openapi_extra=_body_schema("Email"))  # fmt: skip
+    async def send_email(request: Request) -> JSONResponse:
+        """Queue one email. 202 once the broker holds it; repeats of an Idempotency-Key
+        return the first email's id."""
+        started = time.perf_counter()
+        key = await caller(request)
+        data = _json_object(await request.body())
+        scope_to_key(data, key, request.headers.get("idempotency-key"))
+        [(message_id, message)] = await enqueue(key, [parse_email(data)])
+        ctx.metrics.request_seconds.labels("send").observe(time.perf_counter() - started)
+        return JSONResponse(
+            {"id": message_id, "lane": message.lane.value},
+            status_code=202,
+            headers={"Location": f"/v1/emails/{message_id}"},
+        )
+
+    @app.post("/v1/emails/batch", status_code=202, responses=ACCEPTED,
+              openapi_extra=_body_schema("BatchRequest"))  # fmt: skip
+    async def send_batch(request: Request) -> JSONResponse:
+        """Queue a guest list: one template, up to 1,000 recipients with their variables;
+        accepted whole or rejected whole with every error's index and field."""
+        started = time.perf_counter()
+        key = await caller(request)
+        body = await request.body()
+        template = _json_object(body).get("template")
+        fields: dict[str, Any] = dict(template) if isinstance(template, dict) else {}
+        scope_to_key(fields, key, None)
+        bound = {"tenant": key.tenant}
+        emails = await run_in_threadpool(parse_batch, body, bound)
+        queued = await enqueue(key, emails)
+        ctx.metrics.request_seconds.labels("batch").observe(time.perf_counter() - started)
+        return JSONResponse(
+            {"ids": [message_id for message_id, _ in queued], "count": len(queued)},
+            status_code=202,
+        )
+
+    async def owned_info(request: Request, message_id: str) -> MessageInfo:
+        key = await caller(request)
+        info = await run_in_threadpool(ctx.broker.get, message_id)
+        if info is None or info.tenant != key.tenant:
+            raise Problem(404, f"no email {message_id!r} for this tenant")
+        return info
+
+    @app.get("/v1/emails/{message_id}")
+    async def get_email(request: Request, message_id: str) -> JSONResponse:
+        """An email's state, lane, attempts, last error and timestamps."""
+        return JSONResponse(info_body(await owned_info(request, message_id)))
+
+    @app.delete("/v1/emails/{message_id}")
+    async def cancel_email(request: Request, message_id: str) -> JSONResponse:
+        """Cancel an email no worker has taken yet; 409 when it is being sent or done."""
+        info = await owned_info(request, message_id)
+        if not await run_in_threadpool(ctx.broker.cancel, message_id):
+            current = await run_in_threadpool(ctx.broker.get, message_id)
+            state = current.state.value if current else info.state.value
+            raise Problem(409, f"the email is {state} and can no longer be cancelled")
+        return JSONResponse({"id": message_id, "state": "cancelled"})
+
+    @app.get("/v1/queues")
+    async def queues(request: Request) -> JSONResponse:
+        """Depth per lane and state, and the oldest ready message's age."""
+        await caller(request)
+        stats = await run_in_threadpool(ctx.broker.stats)
+        return JSONResponse({
+            lane.value: {
+                "depth": {state.value: n for state, n in lane_stats.counts.items()},
+                "oldest_age_s": round(lane_stats.oldest_age, 3),
+            }
+            for lane, lane_stats in stats.lanes.items()
+        })  # fmt: skip
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Liveness: the process answers."""
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: the broker and the provider answer; 503 when either does not."""
+        broker_ok = await run_in_threadpool(ctx.broker.ping)
+        provider_ok = await run_in_threadpool(ctx.provider_ready)
+        ok = broker_ok and provider_ok
+        body = {"status": "ready" if ok else "not ready",
+                "broker": broker_ok, "provider": provider_ok}  # fmt: skip
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        data = await run_in_threadpool(generate_latest, ctx.metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+
+def _body_schema(model: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{model}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated spec, plus the email model's schemas that the raw-body routes use."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    template = "#/components/schemas/{model}"
+    for model in (Email, BatchRequest):
+        schema = model.model_json_schema(by_alias=True, ref_template=template)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    app.openapi_schema = spec
+    return spec

@@ -1,0 +1,34 @@
+"""From a validated email to a queue message: the lane from the policy, the key, the time.
+
+Every intake (HTTP API, Python library, CLI, demo) goes through :func:`to_new_message`, so
+the same email lands in the same lane whichever way it came in.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from emailq.broker import NewMessage
+from emailq.message import Email
+from emailq.policy import Placement, place
+
+
+def placement_of(email: Email, now: datetime) -> Placement:
+    wedding = email.wedding
+    return place(
+        wedding.kind if wedding else None,
+        wedding.ceremony_at if wedding else None,
+        now,
+        email.priority,
+    )
+
+
+def to_new_message(email: Email, now: datetime | None = None) -> NewMessage:
+    at = now or datetime.now(UTC)
+    return NewMessage(
+        email.to_payload(),
+        lane=placement_of(email, at).lane,
+        tenant=email.tenant,
+        idempotency_key=email.idempotency_key,
+        send_at=email.send_at.timestamp() if email.send_at else None,
+    )

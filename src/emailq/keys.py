@@ -1,0 +1,195 @@
+"""API keys, one or more per tenant, stored as SHA-256 hashes next to the queue.
+
+A key is ``eq_<key id>_<secret>``; only its hash is stored, so a leaked database gives no
+usable key (the secret has 256 random bits, so a plain hash is enough: nothing to brute
+force). Keys live in the broker's own store (the SQLite file, or Redis under the queue's
+prefix), so every API process of a queue sees the same keys.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+
+from emailq.broker.sqlite import SQLiteBroker
+from emailq.clock import Clock, now
+
+PREFIX = "eq_"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    tenant: str
+    name: str
+    trusted: bool  # may set an explicit priority
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> tuple[str, str]:
+    """``(key_id, full key)``."""
+    key_id = secrets.token_hex(6)
+    return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+class KeyStore(abc.ABC):
+    def __init__(self, clock: Clock = now, cache_s: float = 5.0) -> None:
+        self.clock = clock
+        self.cache_s = cache_s  # a revoked key stops working within this many seconds
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    def create(self, tenant: str, name: str = "", trusted: bool = False) -> tuple[ApiKey, str]:
+        key_id, secret = new_secret()
+        key = ApiKey(key_id, tenant, name, trusted, self.clock())
+        self._store(key, digest(secret))
+        return key, secret
+
+    def verify(self, secret: str) -> ApiKey | None:
+        """The active key this secret belongs to, or None."""
+        if not secret.startswith(PREFIX) or len(secret) > 200:
+            return None
+        hashed = digest(secret)
+        cached = self._cache.get(hashed)
+        at = time.monotonic()
+        if cached and at - cached[0] < self.cache_s:
+            return cached[1]
+        key = self._load(hashed)
+        found = key if key and key.active else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[hashed] = (at, found)
+        return found
+
+    @abc.abstractmethod
+    def _store(self, key: ApiKey, hashed: str) -> None: ...
+
+    @abc.abstractmethod
+    def _load(self, hashed: str) -> ApiKey | None: ...
+
+    @abc.abstractmethod
+    def list(self) -> list[ApiKey]: ...
+
+    @abc.abstractmethod
+    def revoke(self, key_id: str) -> bool: ...
+
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
+    name TEXT NOT NULL, trusted INTEGER NOT NULL, created_at REAL NOT NULL, revoked_at REAL)"""
+_COLUMNS = "key_id, tenant, name, trusted, created_at, revoked_at"
+
+
+class SQLiteKeyStore(KeyStore):
+    def __init__(self, path: str, clock: Clock = now) -> None:
+        super().__init__(clock)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=60000")
+        self._db.execute(_SCHEMA)
+
+    def _store(self, key: ApiKey, hashed: str) -> None:
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO api_keys (hash, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (hashed, key.key_id, key.tenant, key.name, key.trusted, key.created_at, None),
+            )
+
+    def _load(self, hashed: str) -> ApiKey | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE hash = ?", (hashed,)
+            ).fetchone()
+        return _row_to_key(row) if row else None
+
+    def list(self) -> list[ApiKey]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at")
+            return [_row_to_key(row) for row in rows]
+
+    def revoke(self, key_id: str) -> bool:
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (self.clock(), key_id),
+            )
+        return cursor.rowcount == 1
+
+
+def _row_to_key(row: tuple[object, ...]) -> ApiKey:
+    key_id, tenant, name, trusted, created_at, revoked_at = row
+    return ApiKey(
+        str(key_id), str(tenant), str(name), bool(trusted), float(created_at),  # type: ignore[arg-type]
+        None if revoked_at is None else float(revoked_at),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+class RedisKeyStore(KeyStore):
+    """``{prefix}:key:<hash>`` → the key's fields; ``{prefix}:keys`` → key id → hash."""
+
+    def __init__(self, client: redis.Redis, prefix: str, clock: Clock = now) -> None:
+        super().__init__(clock)
+        self.client = client
+        self.base = f"{{{prefix}}}"
+
+    def _store(self, key: ApiKey, hashed: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(f"{self.base}:key:{hashed}", mapping={
+            "key_id": key.key_id, "tenant": key.tenant, "name": key.name,
+            "trusted": int(key.trusted), "created_at": key.created_at,
+        })  # fmt: skip
+        pipe.hset(f"{self.base}:keys", key.key_id, hashed)
+        pipe.execute()
+
+    def _load(self, hashed: str) -> ApiKey | None:
+        fields = self.client.hgetall(f"{self.base}:key:{hashed}")
+        if not fields:
+            return None
+        text = {k.decode(): v.decode() for k, v in fields.items()}
+        revoked = text.get("revoked_at")
+        return ApiKey(
+            text["key_id"], text["tenant"], text["name"], text["trusted"] == "1",
+            float(text["created_at"]), float(revoked) if revoked else None,
+        )  # fmt: skip
+
+    def list(self) -> list[ApiKey]:
+        hashes = self.client.hvals(f"{self.base}:keys")
+        keys = [self._load(h.decode()) for h in hashes]
+        return sorted((k for k in keys if k), key=lambda k: k.created_at)
+
+    def revoke(self, key_id: str) -> bool:
+        hashed = self.client.hget(f"{self.base}:keys", key_id)
+        if hashed is None:
+            return False
+        name = f"{self.base}:key:{hashed.decode()}"
+        return bool(self.client.hsetnx(name, "revoked_at", self.clock()))
+
+
+def open_key_store(broker_url: str) -> KeyStore:
+    """The key store that lives beside the queue at ``broker_url``."""
+    parts = urlsplit(broker_url)
+    if parts.scheme == "sqlite":
+        with SQLiteBroker.from_url(broker_url) as broker:  # creates the file when needed
+            path = broker.path
+        return SQLiteKeyStore(path)
+    prefix = parse_qs(parts.query).get("prefix", ["emailq"])[0]
+    from emailq.broker.redis import RedisBroker
+
+    broker = RedisBroker.from_url(broker_url)
+    return RedisKeyStore(broker.client, prefix)

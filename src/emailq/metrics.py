@@ -1,0 +1,67 @@
+"""Prometheus metrics: intake counters and latencies, plus the queue's depth read at scrape.
+
+Each process exposes what it did itself (the API: accepted mail and request latency; a
+worker: sent, failed and retried mail with delivery latency), which is how Prometheus
+expects to aggregate several processes. Queue depth comes from the broker at scrape time,
+so any process can report it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from emailq.broker import Broker
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class QueueCollector(Collector):
+    """Depth per lane and state, and the oldest ready message's age, cached for a second."""
+
+    def __init__(self, broker: Broker, max_age_s: float = 1.0) -> None:
+        self.broker = broker
+        self.max_age_s = max_age_s
+        self._cached: tuple[float, list[GaugeMetricFamily]] = (0.0, [])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        taken, families = self._cached
+        if time.monotonic() - taken > self.max_age_s:
+            families = self._read()
+            self._cached = (time.monotonic(), families)
+        yield from families
+
+    def _read(self) -> list[GaugeMetricFamily]:
+        stats = self.broker.stats()
+        depth = GaugeMetricFamily(
+            "emailq_queue_messages", "Messages per lane and state", labels=["lane", "state"]
+        )
+        oldest = GaugeMetricFamily(
+            "emailq_queue_oldest_age_seconds", "Age of the oldest ready message", labels=["lane"]
+        )
+        for lane, lane_stats in stats.lanes.items():
+            for state, count in lane_stats.counts.items():
+                depth.add_metric([lane.value, state.value], count)
+            oldest.add_metric([lane.value], lane_stats.oldest_age)
+        return [depth, oldest]
+
+
+class IntakeMetrics:
+    def __init__(self, broker: Broker) -> None:
+        self.registry = CollectorRegistry()
+        self.accepted = Counter(
+            "emailq_accepted", "Emails accepted into the queue", ["lane"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "emailq_rejected", "Requests refused, by HTTP status", ["status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "emailq_api_request_seconds", "API request latency", ["route"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(QueueCollector(broker))
