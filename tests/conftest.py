@@ -37,6 +37,11 @@ def redis_url_with_prefix(prefix: str) -> str:
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
 

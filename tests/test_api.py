@@ -1,0 +1,274 @@
+"""The HTTP API through the real ASGI stack (httpx's ASGI transport), on both brokers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from emailq.api import ApiSettings, create_app
+from emailq.broker import Broker, State, open_broker
+from emailq.keys import KeyStore, open_key_store
+
+pytestmark = pytest.mark.anyio
+
+EMAIL = {"from": "planner@weddings.example", "to": "guest@example.org",
+         "subject": "Ceremony moved to 16:30", "text": "See you there."}  # fmt: skip
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    broker: Broker
+    keys: KeyStore
+    secret: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"}
+
+    async def post(self, path: str, body: Any, **headers: str) -> httpx.Response:
+        return await self.client.post(path, json=body, headers=self.auth | headers)
+
+
+@pytest.fixture
+def broker_for_api(broker_url: str) -> Iterator[Broker]:
+    with open_broker(broker_url) as broker:
+        yield broker
+
+
+@pytest.fixture
+async def api(broker_url: str, broker_for_api: Broker) -> AsyncIterator[Api]:
+    keys = open_key_store(broker_url)
+    _, secret = keys.create("acme", "tests")
+    app = create_app(
+        ApiSettings(broker_url, max_body_bytes=64 * 1024), broker=broker_for_api, keys=keys
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
+        yield Api(client, broker_for_api, keys, secret)
+
+
+def fields_of(response: httpx.Response) -> list[str]:
+    assert response.headers["content-type"] == "application/problem+json"
+    return [error["field"] for error in response.json().get("errors", [])]
+
+
+async def test_a_valid_email_is_queued_in_its_lane(api: Api) -> None:
+    wedding = {"wedding_id": "w1", "ceremony_at": "2030-06-01T16:00:00+02:00",
+               "kind": "ceremony_change"}  # fmt: skip
+    response = await api.post("/v1/emails", EMAIL | {"wedding": wedding})
+    assert response.status_code == 202
+    body = response.json()
+    assert response.headers["location"] == f"/v1/emails/{body['id']}"
+    info = api.broker.get(body["id"])
+    assert info is not None and (info.state, info.tenant) == (State.QUEUED, "acme")
+    status = await api.client.get(f"/v1/emails/{body['id']}", headers=api.auth)
+    assert status.json()["state"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"to": "not-an-address"}, "to.0.email"),
+        ({"from": "a@b"}, "from.email"),
+        ({"subject": "Hi\r\nBcc: victim@example.org"}, "subject"),
+        ({"headers": {"X-Note": "a\nb"}}, "headers.X-Note"),
+        ({"headers": {"Bcc": "x@example.org"}}, "headers.Bcc"),
+        ({"to": {"email": "ok@example.org", "name": "Evil\r\nBcc: x@y.org"}}, "to.0.name"),
+        ({"text": "   "}, "text"),
+        ({"unknown": 1}, "unknown"),
+        ({"send_at": "2030-01-01T10:00:00"}, "send_at"),
+        ({"tenant": "other"}, None),  # 403, below
+    ],
+)
+async def test_invalid_emails_are_refused_naming_the_field(
+    api: Api, change: dict[str, Any], field: str | None
+) -> None:
+    response = await api.post("/v1/emails", EMAIL | change)
+    if field is None:
+        assert response.status_code == 403
+        return
+    assert response.status_code == 422, response.text
+    assert field in fields_of(response)
+    assert api.broker.stats().backlog == 0
+
+
+async def test_bodies_that_are_not_json_objects_are_refused(api: Api) -> None:
+    for body in (b"not json", b"[1, 2]", b"\xff\xfe"):
+        response = await api.client.post("/v1/emails", content=body, headers=api.auth)
+        assert response.status_code == 422
+
+
+async def test_oversized_bodies_are_refused_with_413(api: Api) -> None:
+    response = await api.post("/v1/emails", EMAIL | {"text": "x" * 70_000})
+    assert response.status_code == 413
+    assert response.json()["title"] == "Request body too large"
+
+    async def stream() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b" " * 8192
+
+    response = await api.client.post("/v1/emails", content=stream(), headers=api.auth)
+    assert response.status_code == 413
+
+
+async def test_keys_absent_wrong_and_revoked_are_refused(api: Api) -> None:
+    absent = await api.client.post("/v1/emails", json=EMAIL)
+    assert absent.status_code == 401 and "Bearer" in absent.headers["www-authenticate"]
+    wrong = await api.client.post("/v1/emails", json=EMAIL, headers={"Authorization": "Bearer eq_x"})
+    assert wrong.status_code == 401
+    key, secret = api.keys.create("acme", "to revoke")
+    assert api.keys.revoke(key.key_id)
+    api.keys.cache_s = 0  # revocation is immediate once the cache is out of the way
+    revoked = await api.client.post(
+        "/v1/emails", json=EMAIL, headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert revoked.status_code == 401
+    assert secret not in revoked.text
+
+
+async def test_only_trusted_keys_set_a_priority(api: Api) -> None:
+    refused = await api.post("/v1/emails", EMAIL | {"priority": 100})
+    assert refused.status_code == 403
+    _, trusted = api.keys.create("acme", "ops", trusted=True)
+    response = await api.client.post(
+        "/v1/emails", json=EMAIL | {"priority": 100}, headers={"Authorization": f"Bearer {trusted}"}
+    )
+    assert response.status_code == 202 and response.json()["lane"] == "critical"
+
+
+async def test_idempotent_retries_return_the_first_id(api: Api) -> None:
+    first = await api.post("/v1/emails", EMAIL, **{"Idempotency-Key": "change-42"})
+    again = await asyncio.gather(
+        *(api.post("/v1/emails", EMAIL, **{"Idempotency-Key": "change-42"}) for _ in range(5))
+    )
+    assert {r.json()["id"] for r in again} == {first.json()["id"]}
+    assert api.broker.stats().count(State.QUEUED) == 1
+    clash = await api.post("/v1/emails", EMAIL | {"idempotency_key": "other"},
+                           **{"Idempotency-Key": "change-42"})  # fmt: skip
+    assert clash.status_code == 422 and fields_of(clash) == ["idempotency_key"]
+
+
+def guest_list(n: int, bad: dict[int, Any] | None = None) -> dict[str, Any]:
+    recipients: list[dict[str, Any]] = [
+        {"to": f"guest{i}@example.org", "variables": {"name": f"Guest {i}"}} for i in range(n)
+    ]
+    for index, recipient in (bad or {}).items():
+        recipients[index] = recipient
+    return {
+        "template": {"from": "couple@weddings.example", "subject": "Dear {{ name }}",
+                     "text": "Hello {{ name }}", "html": "<p>Hello {{ name }}</p>",
+                     "wedding": {"wedding_id": "w9", "ceremony_at": "2031-05-01T15:00:00Z",
+                                 "kind": "invitation"}},
+        "recipients": recipients,
+    }  # fmt: skip
+
+
+async def test_a_guest_list_is_queued_whole_with_personal_content(api: Api) -> None:
+    body = guest_list(300)
+    body["recipients"][0]["variables"]["name"] = "<script>alert(1)</script>"
+    response = await api.post("/v1/emails/batch", body)
+    assert response.status_code == 202, response.text
+    ids = response.json()["ids"]
+    assert len(ids) == 300
+    assert api.broker.stats().count(State.QUEUED, lane=None) == 300
+    [job] = [j for j in api.broker.lease("w", 300, 30) if j.id == ids[0]]
+    assert b"&lt;script&gt;" in job.payload  # html escaped; the text part keeps the name as is
+    assert job.lane.value == "bulk"
+
+
+async def test_a_guest_list_with_errors_is_rejected_whole_with_every_error(api: Api) -> None:
+    bad = {
+        3: {"to": "broken", "variables": {"name": "x"}},
+        7: {"to": "g7@example.org", "variables": {}},
+        9: {"to": "g9@example.org", "variables": {"name": "Evil\r\nBcc: x@y.org"}},
+    }
+    response = await api.post("/v1/emails/batch", guest_list(20, bad))
+    assert response.status_code == 422
+    fields = fields_of(response)
+    assert "recipients.3.to.0.email" in fields
+    assert {"recipients.7.subject", "recipients.7.text", "recipients.7.html"} <= set(fields)
+    assert "recipients.9.subject" in fields
+    assert api.broker.stats().backlog == 0
+
+
+async def test_guest_list_shape_errors(api: Api) -> None:
+    too_many = await api.post("/v1/emails/batch", guest_list(1001))
+    assert too_many.status_code in (413, 422)
+    bad_template = guest_list(2)
+    bad_template["template"]["subject"] = "Hi {{ name"
+    response = await api.post("/v1/emails/batch", bad_template)
+    assert response.status_code == 422 and fields_of(response) == ["template.subject"]
+    with_to = guest_list(2)
+    with_to["template"]["to"] = "x@example.org"
+    assert fields_of(await api.post("/v1/emails/batch", with_to)) == ["template.to"]
+
+
+async def test_cancel_before_a_worker_takes_it_and_not_after(api: Api) -> None:
+    first = (await api.post("/v1/emails", EMAIL)).json()["id"]
+    second = (await api.post("/v1/emails", EMAIL)).json()["id"]
+    cancelled = await api.client.delete(f"/v1/emails/{first}", headers=api.auth)
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    [job] = api.broker.lease("worker", 10, 30)  # the worker takes the second one...
+    assert job.id == second
+    late = await api.client.delete(f"/v1/emails/{second}", headers=api.auth)
+    assert late.status_code == 409 and "leased" in late.json()["detail"]
+
+
+async def test_cancel_racing_a_worker_has_one_winner(api: Api) -> None:
+    ids = [(await api.post("/v1/emails", EMAIL)).json()["id"] for _ in range(40)]
+
+    async def cancel_all() -> list[int]:
+        return [
+            (await api.client.delete(f"/v1/emails/{i}", headers=api.auth)).status_code
+            for i in ids
+        ]
+
+    leased, statuses = await asyncio.gather(
+        asyncio.to_thread(api.broker.lease, "racer", 40, 30), cancel_all()
+    )
+    taken = {job.id for job in leased}
+    for message_id, status in zip(ids, statuses, strict=True):
+        info = api.broker.get(message_id)
+        assert info is not None
+        if status == 200:
+            assert message_id not in taken and info.state == State.CANCELLED
+        else:
+            assert status == 409 and message_id in taken and info.state == State.LEASED
+
+
+async def test_other_tenants_cannot_see_or_cancel(api: Api) -> None:
+    message_id = (await api.post("/v1/emails", EMAIL)).json()["id"]
+    _, other = api.keys.create("globex")
+    headers = {"Authorization": f"Bearer {other}"}
+    assert (await api.client.get(f"/v1/emails/{message_id}", headers=headers)).status_code == 404
+    assert (await api.client.delete(f"/v1/emails/{message_id}", headers=headers)).status_code == 404
+
+
+async def test_queues_health_and_metrics(api: Api) -> None:
+    await api.post("/v1/emails", EMAIL)
+    queues = (await api.client.get("/v1/queues", headers=api.auth)).json()
+    assert queues["standard"]["depth"]["queued"] == 1
+    assert (await api.client.get("/health")).json() == {"status": "ok"}
+    ready = await api.client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["broker"] is True
+    metrics = (await api.client.get("/metrics")).text
+    assert 'emailq_accepted_total{lane="standard"} 1.0' in metrics
+    assert 'emailq_queue_messages{lane="standard",state="queued"} 1.0' in metrics
+
+
+async def test_tenant_intake_rate_is_answered_with_429(broker_url: str, broker_for_api: Broker) -> None:
+    keys = open_key_store(broker_url)
+    _, secret = keys.create("acme")
+    app = create_app(ApiSettings(broker_url, tenant_rate=1, tenant_burst=3), broker=broker_for_api,
+                     keys=keys)  # fmt: skip
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        headers = {"Authorization": f"Bearer {secret}"}
+        codes = [(await c.post("/v1/emails", json=EMAIL, headers=headers)) for _ in range(5)]
+    assert [r.status_code for r in codes] == [202, 202, 202, 429, 429]
+    assert int(codes[3].headers["retry-after"]) >= 1

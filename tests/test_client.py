@@ -1,0 +1,108 @@
+"""The Python clients and `emailq send` against the API served by uvicorn on a real socket."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from click.testing import CliRunner
+
+from emailq.api import ApiSettings, create_app
+from emailq.broker import Broker, State, open_broker
+from emailq.cli import cli
+from emailq.client import ApiError, AsyncClient, Client
+from emailq.keys import open_key_store
+from emailq.sink import free_port
+
+EMAIL = {"from": "planner@weddings.example", "to": ["guest@example.org"],
+         "subject": "Rain plan", "text": "We move indoors."}  # fmt: skip
+
+
+@dataclass
+class Served:
+    url: str
+    secret: str
+    broker: Broker
+    broker_url: str
+
+
+@pytest.fixture
+def served(broker_url: str) -> Iterator[Served]:
+    _, secret = open_key_store(broker_url).create("acme")
+    port = free_port()
+    app = create_app(ApiSettings(broker_url))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the API server did not start"
+        time.sleep(0.01)
+    with open_broker(broker_url) as broker:
+        yield Served(f"http://127.0.0.1:{port}", secret, broker, broker_url)
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_the_sync_client_sends_reads_and_cancels(served: Served) -> None:
+    with Client(served.url, served.secret) as client:
+        queued = client.send(EMAIL, idempotency_key="rain-1")
+        assert client.send(EMAIL, idempotency_key="rain-1").id == queued.id
+        assert client.get(queued.id)["state"] == "queued"
+        ids = client.send_batch(
+            {"from": "a@weddings.example", "subject": "Hi {{ n }}", "text": "x"},
+            [{"to": f"g{i}@example.org", "variables": {"n": i}} for i in range(3)],
+        )
+        assert len(ids) == 3
+        assert client.cancel(ids[0]) is True
+        assert client.cancel(ids[0]) is False
+        assert client.queues()["standard"]["depth"]["queued"] == 3
+        with pytest.raises(ApiError) as refused:
+            client.send(EMAIL | {"to": "nobody"})
+        assert refused.value.status == 422
+        assert refused.value.errors[0].field == "to.0.email"
+
+
+@pytest.mark.anyio
+async def test_the_async_client_sends(served: Served) -> None:
+    async with AsyncClient(served.url, served.secret) as client:
+        queued = await client.send(EMAIL)
+        assert (await client.get(queued.id))["lane"] == "standard"
+    info = served.broker.get(queued.id)
+    assert info is not None and info.state == State.QUEUED
+
+
+def test_a_wrong_key_is_an_error_not_a_retry_loop(served: Served) -> None:
+    with Client(served.url, "eq_wrong") as client, pytest.raises(ApiError) as refused:
+        client.send(EMAIL)
+    assert refused.value.status == 401
+
+
+def test_emailq_send_through_the_api_and_from_an_eml_file(served: Served, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, [
+        "send", "--api-url", served.url, "--api-key", served.secret,
+        "--from", "planner@weddings.example", "--to", "vendor@example.org",
+        "--subject", "Ceremony moved", "--text", "To 16:30", "--kind", "ceremony_change",
+        "--wedding-id", "w1", "--ceremony-at", "2030-01-01T12:00:00+00:00",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    message_id, lane = result.output.split()
+    assert lane == "standard"  # years ahead, even a ceremony change is not urgent yet
+    eml = tmp_path / "note.eml"
+    eml.write_bytes(
+        b"From: Planner <planner@weddings.example>\r\nTo: guest@example.org\r\n"
+        b"Subject: Parking\r\nContent-Type: text/plain\r\n\r\nPark at the back.\r\n"
+    )
+    result = runner.invoke(cli, ["send", "--broker-url", served.broker_url, "--file", str(eml)])
+    assert result.exit_code == 0, result.output
+    [job_id, _] = result.output.split()
+    jobs = {job.id: job for job in served.broker.lease("w", 10, 30)}
+    assert json.loads(jobs[job_id].payload)["subject"] == "Parking"
+    assert message_id in jobs
