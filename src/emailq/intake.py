@@ -6,11 +6,20 @@ the same email lands in the same lane whichever way it came in.
 
 from __future__ import annotations
 
+import functools
+import os
 from datetime import UTC, datetime
 
 from emailq.broker import NewMessage
 from emailq.message import Email
-from emailq.policy import Placement, place
+from emailq.policy import DEFAULT_POLICY, Placement, Policy, place
+
+
+@functools.cache
+def configured_policy() -> Policy:
+    """The policy from ``EMAILQ_POLICY_FILE`` (TOML), else the built-in one."""
+    path = os.environ.get("EMAILQ_POLICY_FILE")
+    return Policy.from_toml(path) if path else DEFAULT_POLICY
 
 
 def placement_of(email: Email, now: datetime) -> Placement:
@@ -20,6 +29,7 @@ def placement_of(email: Email, now: datetime) -> Placement:
         wedding.ceremony_at if wedding else None,
         now,
         email.priority,
+        configured_policy(),
     )
 
 

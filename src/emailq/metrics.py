@@ -9,7 +9,7 @@ so any process can report it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -23,7 +23,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class QueueCollector(Collector):
     """Depth per lane and state, and the oldest ready message's age, cached for a second."""
 
-    def __init__(self, broker: Broker, max_age_s: float = 1.0) -> None:
+    def __init__(self, broker: Callable[[], Broker], max_age_s: float = 1.0) -> None:
         self.broker = broker
         self.max_age_s = max_age_s
         self._cached: tuple[float, list[GaugeMetricFamily]] = (0.0, [])
@@ -36,7 +36,7 @@ class QueueCollector(Collector):
         yield from families
 
     def _read(self) -> list[GaugeMetricFamily]:
-        stats = self.broker.stats()
+        stats = self.broker().stats()
         depth = GaugeMetricFamily(
             "emailq_queue_messages", "Messages per lane and state", labels=["lane", "state"]
         )
@@ -51,7 +51,7 @@ class QueueCollector(Collector):
 
 
 class IntakeMetrics:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Callable[[], Broker]) -> None:
         self.registry = CollectorRegistry()
         self.accepted = Counter(
             "emailq_accepted", "Emails accepted into the queue", ["lane"], registry=self.registry

@@ -8,11 +8,14 @@ approaches a message only ever moves up. Mail without wedding context goes to st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 
-from emailq.lanes import Lane
+from emailq.lanes import LANE_ORDER, Lane
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -75,28 +78,76 @@ class Placement:
     objective_s: float  # the lane's delivery objective
 
 
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Which kinds are which class, and each class's ladder; loadable from a TOML file."""
+
+    kinds: Mapping[str, KindClass] = field(default_factory=lambda: dict(KIND_CLASS))
+    ladders: Mapping[KindClass, tuple[tuple[timedelta, Lane], ...]] = field(
+        default_factory=lambda: dict(LADDERS)
+    )
+    after_ceremony: timedelta = AFTER_CEREMONY
+
+    def __post_init__(self) -> None:
+        for kind_class, ladder in self.ladders.items():
+            windows = [window for window, _ in ladder]
+            ranks = [LANE_ORDER.index(lane) for _, lane in ladder]
+            # Closer to the ceremony must never mean a lower lane, whatever a file says.
+            if windows != sorted(windows) or ranks != sorted(ranks):
+                raise ValueError(
+                    f"the {kind_class} ladder must go from the closest window to the farthest,"
+                    " and from the highest lane down"
+                )
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Policy:
+        """``[kinds]`` kind = "urgent" …; ``[ladders]`` urgent = [[hours, "lane"], …];
+        ``after_ceremony_hours`` = 12. Missing parts keep their defaults."""
+        data = tomllib.loads(Path(path).read_text())
+        kinds = dict(KIND_CLASS) | {k: KindClass(v) for k, v in data.get("kinds", {}).items()}
+        ladders = dict(LADDERS) | {
+            KindClass(name): tuple((timedelta(hours=h), Lane(lane)) for h, lane in rungs)
+            for name, rungs in data.get("ladders", {}).items()
+        }
+        hours = data.get("after_ceremony_hours", AFTER_CEREMONY / HOUR)
+        return cls(kinds, ladders, timedelta(hours=hours))
+
+
+DEFAULT_POLICY = Policy()
+
+
 def place(
     kind: str | None,
     ceremony_at: datetime | None,
     now: datetime,
     priority: int | None = None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> Placement:
     """The lane for a message of ``kind`` for a ceremony at ``ceremony_at``, sent ``now``."""
     if priority is not None:
         lane = Lane.for_priority(priority)
         return Placement(lane, priority, LANE_OBJECTIVE_S[lane])
-    lane = lane_for(KIND_CLASS.get(kind or "other", KindClass.ROUTINE), ceremony_at, now)
+    kind_class = policy.kinds.get(kind or "other", KindClass.ROUTINE)
+    lane = lane_for(kind_class, ceremony_at, now, policy)
     return Placement(lane, lane.priority, LANE_OBJECTIVE_S[lane])
 
 
-def lane_for(kind_class: KindClass, ceremony_at: datetime | None, now: datetime) -> Lane:
+def lane_for(
+    kind_class: KindClass,
+    ceremony_at: datetime | None,
+    now: datetime,
+    policy: Policy = DEFAULT_POLICY,
+) -> Lane:
+    """Instants, not calendar dates: a window is the same length across DST changes."""
     default = Lane.BULK if kind_class is KindClass.BULK else Lane.STANDARD
     if ceremony_at is None:
         return default
-    ahead = ceremony_at - now
-    if ahead < -AFTER_CEREMONY:
+    # Subtracting two datetimes that share a ZoneInfo gives wall-clock time, wrong across
+    # a DST change; in UTC the difference is the real one.
+    ahead = ceremony_at.astimezone(UTC) - now.astimezone(UTC)
+    if ahead < -policy.after_ceremony:
         return default
-    for window, lane in LADDERS[kind_class]:
+    for window, lane in policy.ladders.get(kind_class, ()):
         if ahead <= window:
             return lane
     return default

@@ -46,7 +46,7 @@ def create_app(
     keys: KeyStore | None = None,
     limiter: Limiter | None = None,
 ) -> FastAPI:
-    owned = broker is None
+    owned = broker is None  # then the app opens and closes it with its lifespan
     broker = broker or open_broker(settings.broker_url)
     if limiter is None and settings.tenant_rate:
         from emailq.supervisor import limiter_for
@@ -56,16 +56,19 @@ def create_app(
         settings=settings,
         broker=broker,
         keys=keys or open_key_store(settings.broker_url),
-        metrics=IntakeMetrics(broker),
+        metrics=IntakeMetrics(lambda: context.broker),
         limiter=limiter,
         provider_ready=provider_probe(settings.provider_url),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owned and context.broker is None:  # started again after a shutdown
+            context.broker = open_broker(settings.broker_url)
         yield
-        if owned:
+        if owned and context.broker is not None:
             context.broker.close()
+            context.broker = None  # type: ignore[assignment]
 
     app = FastAPI(
         title="emailq",
