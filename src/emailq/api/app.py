@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emailq.api import problems, routes
+from emailq.api.grouping import EnqueueGroup
 from emailq.broker import Broker, open_broker
 from emailq.keys import KeyStore, open_key_store
 from emailq.metrics import IntakeMetrics
@@ -38,6 +39,7 @@ class ApiContext:
     metrics: IntakeMetrics
     limiter: Limiter | None
     provider_ready: Callable[[], bool]
+    group: EnqueueGroup
 
 
 def create_app(
@@ -59,12 +61,14 @@ def create_app(
         metrics=IntakeMetrics(lambda: context.broker),
         limiter=limiter,
         provider_ready=provider_probe(settings.provider_url),
+        group=EnqueueGroup(broker),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned and context.broker is None:  # started again after a shutdown
             context.broker = open_broker(settings.broker_url)
+            context.group = EnqueueGroup(context.broker)
         yield
         if owned and context.broker is not None:
             context.broker.close()

@@ -73,7 +73,7 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
         )  # fmt: skip
         now = datetime.now(UTC)
         messages = [to_new_message(email, now) for email in emails]
-        ids = await run_in_threadpool(ctx.broker.enqueue_many, messages)
+        ids = await ctx.group.enqueue(messages)
         for message in messages:
             ctx.metrics.accepted.labels(message.lane.value).inc()
         return list(zip(ids, messages, strict=True))
