@@ -19,7 +19,9 @@ async def authenticate(request: Request, keys: KeyStore) -> ApiKey:
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Problem(401, "send an API key as 'Authorization: Bearer <key>'", headers=_CHALLENGE)
-    key = await run_in_threadpool(keys.verify, secret.strip())
+    known, key = keys.cached(secret.strip())
+    if not known:  # a miss reads the store: off the event loop
+        key = await run_in_threadpool(keys.verify, secret.strip())
     if key is None:  # unknown and revoked keys look alike: nothing to learn by probing
         raise Problem(401, "the API key is not valid", headers=_CHALLENGE)
     return key
