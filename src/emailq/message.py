@@ -1,0 +1,458 @@
+"""The email model: one validated shape for every intake, and the queue payload.
+
+Every intake goes through :func:`parse_email`: an :class:`Email`, or an ``InvalidEmail``
+naming each problem's field ("to.2.email", "attachments.0.filename"). CR, LF or NUL in
+anything bound for a header is refused here, so the renderer never meets one. The worker
+reads payloads back with :meth:`Email.from_payload`, which trusts them and skips the
+costly intake checks (address syntax, size estimates).
+"""
+
+import base64
+import mimetypes
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from enum import StrEnum
+from typing import Annotated, Any, Self
+from zoneinfo import ZoneInfo
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from emailq.errors import FieldError, InvalidEmail
+
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # Postfix's default message_size_limit
+MAX_HEADER_BYTES = 100 * 1024  # Postfix's default header_size_limit
+MAX_RECIPIENTS = 100  # to + cc + bcc
+MAX_ATTACHMENTS = 100
+MAX_TAGS = 50
+MAX_DISPLAY_NAME = 256
+
+# Headers the model builds from its own fields (or the MTA adds): setting them by hand
+# would give two conflicting copies.
+RESERVED_HEADERS = frozenset(
+    {"from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "reply-to"}
+    | {"return-path", "x-emailq-id"}
+)
+
+_TRUSTED = {"trusted": True}
+_HEADER_BREAKERS = re.compile("[\r\n\0]")
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 ftext: printable but ":"
+_TENANT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_TAG_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?")
+_CONTENT_ID = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]{1,250}")  # printable but "<" and ">"
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?: *; *{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\r\n]*\"))*")
+_NAME_ADDR = re.compile(r"(?P<name>.*)<(?P<email>[^<>]*)>", re.DOTALL)
+
+
+def _invalid(message: str, path: str = "") -> PydanticCustomError:
+    """A validation error; ``path`` extends the field's location (e.g. a header's name)."""
+    return PydanticCustomError("emailq", message, {"path": path} if path else None)
+
+
+def _trusted(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("trusted"))
+
+
+def _no_line_breaks(value: str, path: str = "") -> str:
+    # Why: a CR or LF here would let a caller start a header of their own choosing.
+    if _HEADER_BREAKERS.search(value):
+        raise _invalid("must not contain CR, LF or NUL", path)
+    return value
+
+
+HeaderText = Annotated[str, AfterValidator(lambda value: _no_line_breaks(value))]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)
+
+
+class MessageKind(StrEnum):
+    CEREMONY_CHANGE = "ceremony_change"
+    WEATHER_ALERT = "weather_alert"
+    VENUE_CHANGE = "venue_change"
+    EMERGENCY = "emergency"
+    VENDOR_SCHEDULE_CHANGE = "vendor_schedule_change"
+    WEDDING_DAY_UPDATE = "wedding_day_update"
+    VENDOR_UPDATE = "vendor_update"
+    RSVP_REMINDER = "rsvp_reminder"
+    SEATING_UPDATE = "seating_update"
+    PAYMENT_REMINDER = "payment_reminder"
+    INVITATION = "invitation"
+    SAVE_THE_DATE = "save_the_date"
+    THANK_YOU = "thank_you"
+    PHOTO_GALLERY = "photo_gallery"
+    NEWSLETTER = "newsletter"
+    OTHER = "other"
+
+
+def _fixed_offset(value: datetime) -> datetime:
+    # Why: a ZoneInfo would not survive the JSON payload; its offset at that instant does.
+    # JSON offsets are whole minutes, so an old local-mean-time offset becomes UTC.
+    offset = value.utcoffset()
+    assert offset is not None  # AwareDatetime guarantees it
+    if offset % timedelta(minutes=1):
+        return value.astimezone(UTC)
+    return value.replace(tzinfo=UTC if not offset else timezone(offset))
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_fixed_offset)]
+
+
+class Address(_Model):
+    """A mailbox; also accepts the string forms ``"a@b.c"`` and ``"Name <a@b.c>"``."""
+
+    email: str
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        _no_line_breaks(value)  # before any stripping could hide one
+        match = _NAME_ADDR.fullmatch(value.strip())
+        if not match:
+            return {"email": value.strip()}
+        name = match["name"].strip()
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = re.sub(r"\\(.)", r"\1", name[1:-1])
+        return {"email": match["email"].strip(), "name": name or None}
+
+    @field_validator("email")
+    @classmethod
+    def _valid_address(cls, value: str, info: ValidationInfo) -> str:
+        if _trusted(info):
+            return value
+        _no_line_breaks(value)
+        if len(value) > 320:
+            raise _invalid("is too long to be an email address")
+        try:
+            # No DNS at intake; SMTPUTF8 (non-ASCII before the @) is not supported.
+            checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+        except EmailNotValidError as error:
+            raise _invalid(str(error)) from None
+        return checked.normalized
+
+    @field_validator("name")
+    @classmethod
+    def _display_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Why: in a display name a run of whitespace means one space (RFC 5322 3.2.2), and
+        # parsers do collapse it, so store what every reader will see.
+        value = " ".join(_no_line_breaks(value).split())
+        if len(value) > MAX_DISPLAY_NAME:
+            raise _invalid(f"must be at most {MAX_DISPLAY_NAME} characters")
+        return value or None
+
+
+def _as_list(value: Any) -> Any:
+    """One address may be given alone instead of in a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str | dict | Address) else value
+
+
+Addresses = Annotated[list[Address], BeforeValidator(_as_list)]
+
+
+def _decode_content(value: Any) -> Any:
+    # Why: JSON has no bytes, so a string is always base64; Python callers pass raw bytes.
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            raise _invalid("must be base64 (standard alphabet, padded, no line breaks)") from None
+    return value
+
+
+Content = Annotated[
+    bytes,
+    BeforeValidator(_decode_content),
+    PlainSerializer(lambda raw: base64.b64encode(raw).decode(), return_type=str, when_used="json"),
+]
+
+
+def _filename(value: str) -> str:
+    value = _no_line_breaks(value).strip()  # mail clients strip it anyway
+    if not value or len(value) > 255:
+        raise _invalid("must be 1-255 characters, not blank")
+    return value
+
+
+def _guess_type(filename: str) -> str | None:
+    # Only the extension: guess_type would read "data:x/y,..." as a data: URL.
+    if "." not in filename:
+        return None
+    guessed, encoding = mimetypes.guess_type("file." + filename.rpartition(".")[2])
+    return None if encoding else guessed
+
+
+class Attachment(_Model):
+    filename: Annotated[str, AfterValidator(_filename)]
+    content: Content
+    content_type: str = ""  # guessed from the filename when not given (never stays empty)
+    content_id: str | None = None  # set for an inline part the HTML refers to as cid:...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _guess_content_type(cls, value: Any) -> Any:
+        if isinstance(value, dict) and not value.get("content_type"):
+            filename = value.get("filename")
+            guessed = _guess_type(filename) if isinstance(filename, str) else None
+            return {**value, "content_type": guessed or "application/octet-stream"}
+        return value
+
+    @field_validator("content_type")
+    @classmethod
+    def _valid_content_type(cls, value: str) -> str:
+        value = value.strip()
+        if len(value) > 255 or not _CONTENT_TYPE.fullmatch(value):
+            raise _invalid('must be a MIME type such as "application/pdf"')
+        if re.search(r";\s*(name|boundary)\s*=", value, re.IGNORECASE):
+            raise _invalid("must not set name or boundary (they come from the attachment)")
+        return value
+
+    @field_validator("content_id")
+    @classmethod
+    def _valid_content_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.removeprefix("<").removesuffix(">")
+        if not _CONTENT_ID.fullmatch(value):
+            raise _invalid("must be 1-250 printable ASCII characters, without spaces or <>")
+        return value
+
+
+class WeddingContext(_Model):
+    wedding_id: Annotated[HeaderText, Field(min_length=1, max_length=128)]
+    ceremony_at: Instant
+    timezone: str | None = None  # IANA name; when absent, ceremony_at's offset is the zone
+    kind: MessageKind = MessageKind.OTHER
+
+    @model_validator(mode="before")
+    @classmethod
+    def _zone_from_ceremony(cls, value: Any) -> Any:
+        # Why: a ceremony_at given with a ZoneInfo names its zone; keep the name.
+        if isinstance(value, dict) and not value.get("timezone"):
+            at = value.get("ceremony_at")
+            if isinstance(at, datetime) and isinstance(at.tzinfo, ZoneInfo):
+                return {**value, "timezone": at.tzinfo.key}
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else ZoneInfo(value).key
+        except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+            raise _invalid("is not a known IANA time zone (e.g. Europe/Paris)") from None
+
+    @property
+    def zone(self) -> tzinfo:
+        """The wedding's time zone: the named one, else ceremony_at's offset."""
+        if self.timezone:
+            return ZoneInfo(self.timezone)
+        offset = self.ceremony_at.utcoffset() or timedelta(0)
+        return timezone(offset)
+
+    @property
+    def local_ceremony_at(self) -> datetime:
+        return self.ceremony_at.astimezone(self.zone)
+
+
+def _body(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if "\0" in value:
+        raise _invalid("must not contain NUL")
+    return value if value.strip() else None  # a blank body is no body
+
+
+Body = Annotated[str | None, AfterValidator(_body)]
+
+
+def _matching(pattern: re.Pattern[str], message: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise _invalid(message)
+        return value
+
+    return AfterValidator(check)
+
+
+Tenant = Annotated[str, _matching(_TENANT, "must be 1-128 letters, digits, '_', '.' or '-'")]
+IdempotencyKey = Annotated[
+    str, _matching(_IDEMPOTENCY_KEY, "must be 1-256 printable ASCII, no space at either end")
+]
+
+
+class Email(_Model):
+    sender: Address = Field(alias="from")
+    to: Annotated[Addresses, Field(min_length=1, max_length=MAX_RECIPIENTS)]
+    cc: Annotated[Addresses, Field(max_length=MAX_RECIPIENTS)] = []
+    bcc: Annotated[Addresses, Field(max_length=MAX_RECIPIENTS)] = []
+    reply_to: Annotated[Addresses, Field(max_length=10)] = []
+    subject: Annotated[HeaderText, Field(max_length=998)]
+    text: Body = None
+    html: Body = None
+    headers: dict[str, str] = {}
+    attachments: Annotated[list[Attachment], Field(max_length=MAX_ATTACHMENTS)] = []
+    tags: dict[str, str] = {}
+    tenant: Tenant = "default"
+    idempotency_key: IdempotencyKey | None = None
+    send_at: Instant | None = None
+    wedding: WeddingContext | None = None
+    priority: Annotated[int | None, Field(ge=0, le=100)] = None  # trusted callers only
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        seen: set[str] = set()
+        for name, text in value.items():
+            lowered = name.lower()
+            if not _FIELD_NAME.fullmatch(name):
+                raise _invalid("names are 1-76 printable ASCII characters without ':'", name)
+            if lowered in RESERVED_HEADERS or lowered.startswith("content-"):
+                raise _invalid("is set from the email's own fields, not by hand", name)
+            if lowered in seen:
+                raise _invalid("header given twice (names are case-insensitive)", name)
+            seen.add(lowered)
+            _no_line_breaks(text, name)
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_TAGS:
+            raise _invalid(f"at most {MAX_TAGS} tags")
+        for name, text in value.items():
+            if not _TAG_NAME.fullmatch(name):
+                raise _invalid("tag names are 1-64 letters, digits, '_', '.' or '-'", name)
+            if len(text) > 256:
+                raise _invalid("tag values are at most 256 characters", name)
+            _no_line_breaks(text, name)
+        return value
+
+    @field_validator("attachments")
+    @classmethod
+    def _unique_content_ids(cls, value: list[Attachment]) -> list[Attachment]:
+        ids = [a.content_id for a in value if a.content_id]
+        if len(ids) != len(set(ids)):
+            raise _invalid("two inline attachments share a content_id")
+        return value
+
+    @model_validator(mode="after")
+    def _whole_message(self, info: ValidationInfo) -> Self:
+        if self.text is None and self.html is None:
+            raise _invalid("text or html is required (and must not be blank)", "text")
+        counts = {"to": len(self.to), "cc": len(self.cc), "bcc": len(self.bcc)}
+        if sum(counts.values()) > MAX_RECIPIENTS:
+            last = [name for name, count in counts.items() if count][-1]
+            message = f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together"
+            raise _invalid(message, last)
+        if not _trusted(info):
+            limit = (info.context or {}).get("max_message_bytes", MAX_MESSAGE_BYTES)
+            _check_sizes(self, limit)
+        return self
+
+    def recipients(self) -> list[str]:
+        """Envelope recipients: to, cc and bcc, each address once, in that order."""
+        return list(dict.fromkeys(a.email for a in (*self.to, *self.cc, *self.bcc)))
+
+    def to_payload(self) -> bytes:
+        """Compact JSON for the queue; :meth:`from_payload` reads it back exactly."""
+        return self.model_dump_json(by_alias=True, exclude_defaults=True).encode()
+
+    @classmethod
+    def from_payload(cls, payload: bytes | str) -> "Email":
+        """Read back a payload written by :meth:`to_payload` (trusted: skips intake checks)."""
+        return cls.model_validate_json(payload, context=_TRUSTED)
+
+
+def _text_size(text: str) -> int:
+    # Why an estimate: ASCII goes out about as is; anything else at worst as base64.
+    return len(text) if text.isascii() else len(text.encode()) * 4 // 3 + 2
+
+
+def _header_sizes(email: Email) -> dict[str, int]:
+    fields = {"from": [email.sender], "to": email.to, "cc": email.cc, "reply_to": email.reply_to}
+    sizes = {
+        field: sum(len(a.email) + _text_size(a.name or "") + 8 for a in addresses)
+        for field, addresses in fields.items()
+    }
+    sizes["subject"] = _text_size(email.subject) + 12
+    sizes["headers"] = sum(len(n) + _text_size(v) + 4 for n, v in email.headers.items())
+    return sizes
+
+
+def _check_sizes(email: Email, limit: int) -> None:
+    """Postfix-like limits; an error names the field that contributes the most."""
+    headers = _header_sizes(email)
+    header_total = sum(headers.values()) + 400  # Date, Message-ID, MIME headers...
+    if header_total > MAX_HEADER_BYTES:
+        largest = max(headers, key=headers.__getitem__)
+        message = f"headers would be about {header_total} bytes, over {MAX_HEADER_BYTES}"
+        raise _invalid(message, largest)
+    parts = {
+        "text": _text_size(email.text or ""),
+        "html": _text_size(email.html or ""),
+        # base64: 4/3 the size, CRLF every 76 characters; and the part's own headers
+        "attachments": sum(
+            (len(a.content) + 2) // 3 * 4 * 78 // 76 + 300 for a in email.attachments
+        ),
+    }
+    total = header_total + sum(parts.values())
+    if total > limit:
+        largest = max(parts, key=parts.__getitem__)
+        raise _invalid(f"message would be about {total} bytes, over the limit of {limit}", largest)
+
+
+def parse_email(
+    data: Mapping[str, Any] | bytes | str, *, max_message_bytes: int | None = None
+) -> Email:
+    """Validate an email from JSON text or a parsed mapping; raise InvalidEmail if it is not one.
+
+    ``max_message_bytes`` overrides :data:`MAX_MESSAGE_BYTES` (read at call time).
+    """
+    limit = MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
+    context = {"max_message_bytes": limit}
+    try:
+        if isinstance(data, bytes | bytearray | str):
+            return Email.model_validate_json(data, context=context)
+        if isinstance(data, Mapping):
+            return Email.model_validate(dict(data), context=context)
+    except PydanticValidationError as error:
+        # from None: the pydantic error repeats the input (addresses) into tracebacks and logs
+        raise InvalidEmail([_field_error(e) for e in error.errors()]) from None
+    raise InvalidEmail([FieldError("", f"expected a JSON object, not {type(data).__name__}")])
+
+
+_FRIENDLY = {"extra_forbidden": "unknown field", "missing": "required"}
+
+
+def _field_error(error: ErrorDetails) -> FieldError:
+    loc = [str(part) for part in error["loc"]]
+    if loc[:1] == ["sender"]:
+        loc[0] = "from"  # the name callers use
+    ctx = error.get("ctx") or {}
+    if ctx.get("path"):
+        loc.append(str(ctx["path"]))
+    return FieldError(".".join(loc), _FRIENDLY.get(error["type"], error["msg"]))
