@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from emailq.keys import open_key_store
 from emailq.sink import free_port

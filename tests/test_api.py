@@ -120,7 +120,9 @@ async def test_oversized_bodies_are_refused_with_413(api: Api) -> None:
 async def test_keys_absent_wrong_and_revoked_are_refused(api: Api) -> None:
     absent = await api.client.post("/v1/emails", json=EMAIL)
     assert absent.status_code == 401 and "Bearer" in absent.headers["www-authenticate"]
-    wrong = await api.client.post("/v1/emails", json=EMAIL, headers={"Authorization": "Bearer eq_x"})
+    wrong = await api.client.post(
+        "/v1/emails", json=EMAIL, headers={"Authorization": "Bearer eq_x"}
+    )
     assert wrong.status_code == 401
     key, secret = api.keys.create("acme", "to revoke")
     assert api.keys.revoke(key.key_id)
@@ -225,8 +227,7 @@ async def test_cancel_racing_a_worker_has_one_winner(api: Api) -> None:
 
     async def cancel_all() -> list[int]:
         return [
-            (await api.client.delete(f"/v1/emails/{i}", headers=api.auth)).status_code
-            for i in ids
+            (await api.client.delete(f"/v1/emails/{i}", headers=api.auth)).status_code for i in ids
         ]
 
     leased, statuses = await asyncio.gather(
@@ -262,7 +263,9 @@ async def test_queues_health_and_metrics(api: Api) -> None:
     assert 'emailq_queue_messages{lane="standard",state="queued"} 1.0' in metrics
 
 
-async def test_tenant_intake_rate_is_answered_with_429(broker_url: str, broker_for_api: Broker) -> None:
+async def test_tenant_intake_rate_is_answered_with_429(
+    broker_url: str, broker_for_api: Broker
+) -> None:
     keys = open_key_store(broker_url)
     _, secret = keys.create("acme")
     app = create_app(ApiSettings(broker_url, tenant_rate=1, tenant_burst=3), broker=broker_for_api,

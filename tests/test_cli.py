@@ -42,7 +42,9 @@ def test_a_bad_broker_url_is_a_clear_error() -> None:
 
 
 def test_demo_delivers_everything_critical_first() -> None:
-    result = CliRunner().invoke(cli, ["demo", "--weddings", "2", "--guests", "150", "--vendors", "10"])
+    result = CliRunner().invoke(
+        cli, ["demo", "--weddings", "2", "--guests", "150", "--vendors", "10"]
+    )
     assert result.exit_code == 0, result.output
     rows = {
         m.group(1): (int(m.group(2)), int(m.group(3)))

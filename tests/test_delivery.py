@@ -22,7 +22,7 @@ from emailq.worker import Worker, WorkerSettings
 class PickySink(SinkHandler):
     """Refuses some recipients: ``bounce…`` permanently (550), ``busy…`` for now (451)."""
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if address.startswith("bounce"):
@@ -68,9 +68,7 @@ def test_every_message_arrives_once_with_its_id_header(broker: Broker, sink: Smt
     ids = broker.enqueue_many([new_message(f"guest{i}@example.org") for i in range(25)])
     deliver(broker, sink)
     assert sorted(d.message_id for d in sink.deliveries) == sorted(ids)
-    assert {state for i in ids if (info := broker.get(i)) for state in [info.state]} == {
-        State.SENT
-    }
+    assert {state for i in ids if (info := broker.get(i)) for state in [info.state]} == {State.SENT}
     parsed = email.message_from_bytes(sink.handler.data[ids[0]], policy=email.policy.default)
     assert parsed["Subject"] == "Hello"
     assert parsed["To"] == "guest0@example.org"
@@ -121,7 +119,7 @@ class FlakySink(SinkHandler):
         self.tried: set[str] = set()
         self.dropped = 0
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         if self.drop_subject in raw and not self.dropped:
             self.dropped += 1

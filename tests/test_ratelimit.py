@@ -49,9 +49,7 @@ def test_a_request_passes_all_its_limits_or_spends_none(
     assert provider_only.granted.count(True) == 3
 
 
-def test_sqlite_limits_are_shared_between_connections(
-    clock: ManualClock, tmp_path: Path
-) -> None:
+def test_sqlite_limits_are_shared_between_connections(clock: ManualClock, tmp_path: Path) -> None:
     one = SQLiteLimiter(str(tmp_path / "shared.db"), clock)
     two = SQLiteLimiter(str(tmp_path / "shared.db"), clock)
     assert one.try_acquire([LimitRequest((DOMAIN,))]).granted == (True,)

@@ -164,8 +164,12 @@ def run(processes: int, **flags: Any) -> None:
 @BROKER_OPTION
 @click.option("--api-url", envvar="EMAILQ_API_URL", help="send through a running API instead")
 @click.option("--api-key", envvar="EMAILQ_API_KEY", help="the API key (with --api-url)")
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False),
-              help="the email as JSON (the API's shape) or as an .eml message")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="the email as JSON (the API's shape) or as an .eml message",
+)
 @click.option("--from", "sender", help="sender address")
 @click.option("--to", multiple=True, help="recipient (repeatable)")
 @click.option("--subject")
@@ -194,8 +198,9 @@ def send(broker_url: str, api_url: str | None, api_key: str | None, path: str | 
 @BROKER_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8025, show_default=True)
-@click.option("--provider-url", envvar="EMAILQ_PROVIDER_URL", default=None,
-              help="checked by /health/ready")
+@click.option(
+    "--provider-url", envvar="EMAILQ_PROVIDER_URL", default=None, help="checked by /health/ready"
+)
 @click.option("--tenant-rate", type=float, help="emails/s each tenant may submit")
 def serve(
     broker_url: str, host: str, port: int, provider_url: str | None, tenant_rate: float | None

@@ -45,10 +45,10 @@ class RetryPolicy:
     backoff_s: float = 0.25  # doubles each time; a Retry-After answer is honoured
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
-        hinted = response.headers.get("retry-after") if response is not None else None
+        hinted: str | None = response.headers.get("retry-after") if response else None
         if hinted and hinted.isdigit():
             return float(hinted)
-        return self.backoff_s * 2**attempt
+        return float(self.backoff_s * 2.0**attempt)
 
 
 def email_body(email: Email | Mapping[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from emailq.broker import DEFAULT_URL
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     broker_url: str = DEFAULT_URL
     provider_url: str = "smtp://127.0.0.1:25"

@@ -136,9 +136,8 @@ def _update(progress: Progress, bars: dict[Lane, Any], ledger: Ledger, sink: Smt
         queued[lane] += 1
     arrived = {lane: 0 for lane in LANE_ORDER}
     for delivery in list(sink.deliveries):
-        lane = ledger.lane_of.get(delivery.message_id)
-        if lane:
-            arrived[lane] += 1
+        if delivery.message_id in ledger.lane_of:
+            arrived[ledger.lane_of[delivery.message_id]] += 1
     for lane, task in bars.items():
         progress.update(task, total=queued[lane], completed=arrived[lane])
 

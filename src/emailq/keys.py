@@ -165,7 +165,7 @@ class RedisKeyStore(KeyStore):
         pipe.execute()
 
     def _load(self, hashed: str) -> ApiKey | None:
-        fields = self.client.hgetall(f"{self.base}:key:{hashed}")
+        fields: dict[bytes, bytes] = self.client.hgetall(f"{self.base}:key:{hashed}")  # type: ignore[assignment]
         if not fields:
             return None
         text = {k.decode(): v.decode() for k, v in fields.items()}
@@ -176,12 +176,12 @@ class RedisKeyStore(KeyStore):
         )  # fmt: skip
 
     def list(self) -> list[ApiKey]:
-        hashes = self.client.hvals(f"{self.base}:keys")
+        hashes: list[bytes] = self.client.hvals(f"{self.base}:keys")  # type: ignore[assignment]
         keys = [self._load(h.decode()) for h in hashes]
         return sorted((k for k in keys if k), key=lambda k: k.created_at)
 
     def revoke(self, key_id: str) -> bool:
-        hashed = self.client.hget(f"{self.base}:keys", key_id)
+        hashed: bytes | None = self.client.hget(f"{self.base}:keys", key_id)  # type: ignore[assignment]
         if hashed is None:
             return False
         name = f"{self.base}:key:{hashed.decode()}"
@@ -192,11 +192,11 @@ def open_key_store(broker_url: str) -> KeyStore:
     """The key store that lives beside the queue at ``broker_url``."""
     parts = urlsplit(broker_url)
     if parts.scheme == "sqlite":
-        with SQLiteBroker.from_url(broker_url) as broker:  # creates the file when needed
-            path = broker.path
-        return SQLiteKeyStore(path)
+        broker = SQLiteBroker.from_url(broker_url)  # creates the file when needed
+        broker.close()
+        return SQLiteKeyStore(broker.path)
     prefix = parse_qs(parts.query).get("prefix", ["emailq"])[0]
     from emailq.broker.redis import RedisBroker
 
-    broker = RedisBroker.from_url(broker_url)
-    return RedisKeyStore(broker.client, prefix)
+    redis_broker = RedisBroker.from_url(broker_url)
+    return RedisKeyStore(redis_broker.client, prefix)

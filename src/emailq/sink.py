@@ -48,7 +48,7 @@ class SinkHandler:
     data: dict[str, bytes] = field(default_factory=dict)
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         delivery = Delivery(
             message_id=message_id_of(raw),

@@ -99,7 +99,9 @@ class Supervisor:
         while not self._stopping:
             for index, process in enumerate(self._workers):
                 if not process.is_alive():
-                    log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
+                    log.warning(
+                        "worker %s exited with %s; restarting", process.pid, process.exitcode
+                    )
                     self._workers[index] = self._spawn()
             time.sleep(0.2)
         return self._shutdown()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from emailq.broker import Action, Broker, Job, Outcome
 from emailq.message import Email
 from emailq.mime import envelope, render
-from emailq.providers import Accepted, Permanent, Provider, Rendered, SendResult
+from emailq.providers import Accepted, Permanent, Provider, Rendered, SendResult, Transient
 from emailq.ratelimit import Limiter
 from emailq.ratelimit.rules import RateRules
 
@@ -163,7 +163,11 @@ class Worker:
         if not batch:
             return []
         results = await self.provider.send_batch([rendered for _, rendered in batch])
-        return [self.outcome(job, result) for (job, _), result in zip(batch, results)]
+        if len(results) != len(batch):  # a provider bug must not lose track of mail
+            log.error("%s answered %d results for %d messages", self.provider.name,
+                      len(results), len(batch))  # fmt: skip
+            results = [Transient("provider returned no result")] * len(batch)
+        return [self.outcome(job, r) for (job, _), r in zip(batch, results, strict=True)]
 
     def outcome(self, job: Job, result: SendResult) -> Outcome:
         if isinstance(result, Accepted):

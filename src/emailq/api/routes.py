@@ -117,7 +117,7 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
 
     async def owned_info(request: Request, message_id: str) -> MessageInfo:
         key = await caller(request)
-        info = await run_in_threadpool(ctx.broker.get, message_id)
+        info: MessageInfo | None = await run_in_threadpool(ctx.broker.get, message_id)
         if info is None or info.tenant != key.tenant:
             raise Problem(404, f"no email {message_id!r} for this tenant")
         return info

@@ -51,8 +51,11 @@ def open_provider(url: str) -> Provider:
             raise ConfigurationError("Resend needs an API key: set RESEND_API_KEY")
         scheme = "http" if parts.scheme == "resend+http" else "https"
         return ResendProvider(
-            ResendSettings(api_key=key, base_url=f"{scheme}://{parts.hostname or 'api.resend.com'}"
-                           + (f":{parts.port}" if parts.port else ""))
+            ResendSettings(
+                api_key=key,
+                base_url=f"{scheme}://{parts.hostname or 'api.resend.com'}"
+                + (f":{parts.port}" if parts.port else ""),
+            )
         )
     raise ConfigurationError(
         f"unknown provider URL scheme {parts.scheme!r}: use smtp://, smtps://, file:// or resend://"

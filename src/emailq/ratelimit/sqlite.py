@@ -45,4 +45,3 @@ class SQLiteLimiter(Limiter):
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
