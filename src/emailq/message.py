@@ -8,6 +8,7 @@ costly intake checks (address syntax, size estimates).
 """
 
 import base64
+import functools
 import mimetypes
 import re
 from collections.abc import Mapping
@@ -143,12 +144,10 @@ class Address(_Model):
         _no_line_breaks(value)
         if len(value) > 320:
             raise _invalid("is too long to be an email address")
-        try:
-            # No DNS at intake; SMTPUTF8 (non-ASCII before the @) is not supported.
-            checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
-        except EmailNotValidError as error:
-            raise _invalid(str(error)) from None
-        return checked.normalized
+        normalized, problem = _checked_address(value)
+        if problem:
+            raise _invalid(problem)
+        return normalized
 
     @field_validator("name")
     @classmethod
@@ -161,6 +160,18 @@ class Address(_Model):
         if len(value) > MAX_DISPLAY_NAME:
             raise _invalid(f"must be at most {MAX_DISPLAY_NAME} characters")
         return value or None
+
+
+@functools.lru_cache(maxsize=65536)
+def _checked_address(value: str) -> tuple[str, str]:
+    """``(normalized, "")`` or ``("", why not)``. Cached: a sender's address, or a guest's
+    on every send to them, is checked once (the check is most of an email's intake cost)."""
+    try:
+        # No DNS at intake; SMTPUTF8 (non-ASCII before the @) is not supported.
+        checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as error:
+        return "", str(error)
+    return checked.normalized, ""
 
 
 def _as_list(value: Any) -> Any:

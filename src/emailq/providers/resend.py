@@ -1,0 +1,427 @@
+"""Delivery through Resend's HTTP API, over one pooled ``httpx.AsyncClient``.
+
+Resend takes JSON fields, not MIME, so each rendered message is parsed back into them
+(:func:`to_resend_json`). Messages without attachments go up to 100 a call to
+``POST /emails/batch`` in permissive mode, so one invalid email does not sink the rest;
+messages with attachments go one by one to ``POST /emails`` (the batch endpoint takes none).
+
+Every call carries an ``Idempotency-Key`` (Resend keeps them 24 h): a message's own key, or
+``emailq/<message_id>``; for a batch, a hash of its sorted message ids. Batches are sent in
+message-id order, so a retried batch of the same messages is the same request, which Resend
+answers from its record instead of sending again.
+
+HTTP 2xx is accepted; 429, 5xx, timeouts, connection errors and a 409 for a concurrent
+request with the same key are transient; any other 4xx is permanent. Reasons never hold the
+API key or a full address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email
+import email.policy
+import hashlib
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.headerregistry import Address
+from email.message import Message
+from email.utils import getaddresses
+from typing import Any, NotRequired, TypedDict
+
+import httpx
+
+from emailq.clock import Clock, now
+from emailq.providers.base import Accepted, Permanent, Provider, Rendered, SendResult, Transient
+
+MAX_BATCH = 100  # Resend's limit of emails in one batch call
+MAX_KEY_LENGTH = 256  # Resend's limit on an Idempotency-Key
+
+# Headers Resend writes from its own fields (or itself); anything else is passed on as is.
+_OWN_HEADERS = frozenset(
+    {"from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "mime-version"}
+)
+_ADDRESS = re.compile(r"[^\s'\"<>()\[\],;:@]+@(?=[^\s'\"<>()\[\],;:@])")
+_MAX_REASON = 300
+_FOLD = re.compile(r"\r?\n(?=[ \t])")  # unfolding removes the line break, not the space
+
+
+class ResendAttachment(TypedDict):
+    content: str  # base64
+    filename: str
+    content_type: NotRequired[str]
+    content_id: NotRequired[str]  # for inline images, referenced as cid:<content_id>
+
+
+# The functional form because "from" is a keyword.
+ResendEmail = TypedDict(
+    "ResendEmail",
+    {
+        "from": str,
+        "to": list[str],
+        "subject": str,
+        "cc": NotRequired[list[str]],
+        "bcc": NotRequired[list[str]],
+        "reply_to": NotRequired[list[str]],
+        "text": NotRequired[str],
+        "html": NotRequired[str],
+        "headers": NotRequired[dict[str, str]],
+        "attachments": NotRequired[list[ResendAttachment]],
+    },
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ResendSettings:
+    api_key: str = field(repr=False)  # never in a repr, a log line or a reason
+    base_url: str = "https://api.resend.com"
+    timeout: float = 30.0
+    max_batch: int = MAX_BATCH
+    max_connections: int = 10
+
+    def __post_init__(self) -> None:
+        if any(not char.isprintable() or char.isspace() for char in self.api_key):
+            raise ValueError("the API key must be printable characters without spaces")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise ValueError(f"max_batch must be between 1 and {MAX_BATCH}")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """The last ``ratelimit-*`` headers Resend sent, for the rate limiter to read."""
+
+    limit: int | None
+    remaining: int | None
+    reset: float | None  # seconds from seen_at until the window resets
+    seen_at: float
+
+
+def to_resend_json(rendered: Rendered) -> ResendEmail:
+    """The JSON fields of ``POST /emails`` for a rendered message, read back from its MIME.
+
+    Bcc is the envelope recipients that are in neither To nor Cc. Raises ``ValueError`` when
+    the message has no From or To address (the message is unusable, not the call).
+    """
+    # Why compat32 and our own header decoding: the default policy parses every header into
+    # objects, about 3 ms a message, 15 times this; 100 of those would stall the event loop.
+    parsed = email.message_from_bytes(rendered.data, policy=email.policy.compat32)
+    sender, to, cc = _addresses(parsed, "From"), _addresses(parsed, "To"), _addresses(parsed, "Cc")
+    if not sender or not to:
+        raise ValueError("the message has no From or no To address")
+    result: ResendEmail = {
+        "from": str(sender[0]),
+        "to": [str(a) for a in to],
+        "subject": _header_text(parsed.get("Subject", "")),
+    }
+    if cc:
+        result["cc"] = [str(a) for a in cc]
+    listed = {a.addr_spec.lower() for a in (*to, *cc)}
+    if bcc := [r for r in dict.fromkeys(rendered.recipients) if r.lower() not in listed]:
+        result["bcc"] = bcc
+    if reply_to := _addresses(parsed, "Reply-To"):
+        result["reply_to"] = [str(a) for a in reply_to]
+    if headers := _custom_headers(parsed):
+        result["headers"] = headers
+    _add_contents(result, parsed)
+    return result
+
+
+def idempotency_key(message: Rendered) -> str:
+    """The key of a single send: the message's own, else ``emailq/<message_id>``."""
+    key = message.idempotency_key or f"emailq/{message.message_id}"
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    return "emailq/" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def batch_idempotency_key(message_ids: Sequence[str]) -> str:
+    """The key of a batch: the same set of messages gives the same key, in any order."""
+    digest = hashlib.sha256("\n".join(sorted(message_ids)).encode()).hexdigest()
+    return f"emailq-batch/{digest[:32]}"
+
+
+class ResendProvider(Provider):
+    name = "resend"
+
+    def __init__(self, settings: ResendSettings, *, clock: Clock = now) -> None:
+        self.settings = settings
+        self.ratelimit: RateLimit | None = None
+        self._clock = clock
+        self._client: httpx.AsyncClient | None = None
+
+    async def send_batch(self, batch: Sequence[Rendered]) -> list[SendResult]:
+        results: list[SendResult] = [Transient("not sent")] * len(batch)
+        singles: list[_Item] = []
+        batchable: list[_Item] = []
+        for index, message in enumerate(batch):
+            try:
+                body = to_resend_json(message)
+            except (ValueError, LookupError) as error:
+                results[index] = Permanent(self._clean(f"unreadable message: {error}"))
+                continue
+            item = _Item(index, message, body)
+            (singles if "attachments" in body else batchable).append(item)
+        chunks = list(_chunks(sorted(batchable, key=lambda i: i.message.message_id),
+                              self.settings.max_batch))  # fmt: skip
+        singles += [chunk[0] for chunk in chunks if len(chunk) == 1]
+        calls = [self._send_one(item) for item in singles]
+        calls += [self._send_chunk(chunk) for chunk in chunks if len(chunk) > 1]
+        for outcomes in await asyncio.gather(*calls):
+            for index, result in outcomes:
+                results[index] = result
+        return results
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def _send_one(self, item: _Item) -> list[tuple[int, SendResult]]:
+        outcome = await self._post("/emails", item.body, idempotency_key(item.message))
+        if isinstance(outcome, httpx.Response):
+            return [(item.index, Accepted(_id_of(_json(outcome))))]
+        return [(item.index, outcome)]
+
+    async def _send_chunk(self, chunk: list[_Item]) -> list[tuple[int, SendResult]]:
+        key = batch_idempotency_key([item.message.message_id for item in chunk])
+        outcome = await self._post("/emails/batch", [item.body for item in chunk], key, batch=True)
+        if not isinstance(outcome, httpx.Response):
+            return [(item.index, outcome) for item in chunk]
+        results = self._batch_results(_json(outcome), len(chunk))
+        return [(item.index, result) for item, result in zip(chunk, results, strict=True)]
+
+    async def _post(
+        self, path: str, payload: object, key: str, *, batch: bool = False
+    ) -> httpx.Response | Transient | Permanent:
+        headers = {"Idempotency-Key": key}
+        if batch:
+            headers["x-batch-validation"] = "permissive"
+        try:
+            response = await self._http().post(path, json=payload, headers=headers)
+        except httpx.TimeoutException as error:
+            # The call may have gone through: the retry's idempotency key makes that safe.
+            return Transient(f"timeout after {self.settings.timeout:g}s: {type(error).__name__}")
+        except httpx.LocalProtocolError as error:
+            # Ours, not the network's: the same request would fail again. No str(error): it
+            # can quote a header value.
+            return Permanent(f"request could not be sent: {type(error).__name__}")
+        except httpx.TransportError as error:
+            return Transient(self._clean(f"connection: {type(error).__name__}: {error}"))
+        self._note_ratelimit(response.headers)
+        if response.is_success:
+            return response
+        return self._classify(response)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            limits = httpx.Limits(
+                max_connections=self.settings.max_connections,
+                max_keepalive_connections=self.settings.max_connections,
+            )
+            self._client = httpx.AsyncClient(
+                base_url=self.settings.base_url,
+                headers=self._headers(),
+                timeout=httpx.Timeout(self.settings.timeout),
+                limits=limits,
+            )
+        return self._client
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": "emailq"}
+        if self.settings.api_key:  # none: Resend answers 401 missing_api_key, a clear reason
+            headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        return headers
+
+    def _classify(self, response: httpx.Response) -> Transient | Permanent:
+        status = response.status_code
+        body = _json(response)
+        name = str(body.get("name", "")) if isinstance(body, dict) else ""
+        message = str(body.get("message", "")) if isinstance(body, dict) else ""
+        reason = self._clean(f"{status} {name or response.reason_phrase}: {message}".rstrip(": "))
+        # 409 concurrent_idempotent_requests: the first call with this key is still running.
+        if status in (408, 429) or status >= 500 or name == "concurrent_idempotent_requests":
+            return Transient(reason, self._retry_after(response.headers))
+        if 400 <= status < 500:
+            return Permanent(reason)
+        return Transient(f"unexpected HTTP status {status}")
+
+    def _batch_results(self, body: Any, size: int) -> list[SendResult]:
+        """Map a permissive batch answer onto the request's emails.
+
+        ``errors`` name the invalid emails by index; ``data`` holds the ids of the others,
+        in order (or one entry per email, if it lists every one).
+        """
+        if not isinstance(body, dict):
+            return [Accepted("")] * size  # a 2xx without a readable body: Resend took them
+        errors = {
+            error["index"]: str(error.get("message", ""))
+            for error in body.get("errors") or []
+            if isinstance(error, dict) and isinstance(error.get("index"), int)
+        }
+        ids = [_id_of(entry) for entry in body.get("data") or []]
+        if len(ids) != size:
+            ids = _spread(ids, [i for i in range(size) if i not in errors], size)
+        return [
+            Permanent(self._clean(f"rejected in batch: {errors[i]}"))
+            if i in errors else Accepted(ids[i])
+            for i in range(size)
+        ]  # fmt: skip
+
+    def _note_ratelimit(self, headers: httpx.Headers) -> None:
+        if not any(name in headers for name in ("ratelimit-limit", "ratelimit-remaining")):
+            return
+        self.ratelimit = RateLimit(
+            limit=_int(headers.get("ratelimit-limit")),
+            remaining=_int(headers.get("ratelimit-remaining")),
+            reset=_seconds(headers.get("ratelimit-reset")),
+            seen_at=self._clock(),
+        )
+
+    @staticmethod
+    def _retry_after(headers: httpx.Headers) -> float | None:
+        """Seconds to wait: ``retry-after``, else ``ratelimit-reset``."""
+        for name in ("retry-after", "ratelimit-reset"):
+            if (seconds := _seconds(headers.get(name))) is not None:
+                return seconds
+        return None
+
+    def _clean(self, text: str) -> str:
+        """A reason fit for logs: no API key, no full address, bounded length."""
+        if self.settings.api_key:
+            text = text.replace(self.settings.api_key, "[api key]")
+        text = _ADDRESS.sub("***@", text)
+        return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    index: int  # position in the batch handed to send_batch
+    message: Rendered
+    body: ResendEmail
+
+
+def _chunks(items: list[_Item], size: int) -> Iterator[list[_Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _header_text(value: str) -> str:
+    """An unstructured header's text: unfolded, RFC 2047 encoded-words decoded."""
+    unfolded = _FOLD.sub("", str(value))
+    if "=?" not in unfolded:
+        return unfolded
+    try:
+        return str(make_header(decode_header(unfolded)))
+    except (HeaderParseError, LookupError, UnicodeError):  # malformed: keep it as sent
+        return unfolded
+
+
+def _addresses(parsed: Message, name: str) -> list[Address]:
+    values = parsed.get_all(name) or []
+    pairs = getaddresses([_FOLD.sub("", str(value)) for value in values])
+    return [_address(display, addr) for display, addr in pairs if "@" in addr]
+
+
+def _address(display: str, addr: str) -> Address:
+    username, _, domain = addr.rpartition("@")
+    return Address(display_name=_header_text(display), username=username, domain=domain)
+
+
+def _custom_headers(parsed: Message) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, value in parsed.items():
+        lowered = name.lower()
+        if lowered in _OWN_HEADERS or lowered.startswith("content-") or lowered in seen:
+            continue
+        seen.add(lowered)
+        headers[name] = _header_text(value)
+    return headers
+
+
+def _add_contents(result: ResendEmail, parsed: Message) -> None:
+    """The first text/plain and text/html bodies; every other leaf part is an attachment."""
+    attachments: list[ResendAttachment] = []
+    for part in parsed.walk():
+        if part.is_multipart():
+            continue
+        kind = part.get_content_type()
+        if kind == "text/plain" and "text" not in result and _is_body(part):
+            result["text"] = _text(part)
+        elif kind == "text/html" and "html" not in result and _is_body(part):
+            result["html"] = _text(part)
+        else:
+            attachments.append(_attachment(part))
+    if attachments:
+        result["attachments"] = attachments
+
+
+def _is_body(part: Message) -> bool:
+    return (
+        part.get_content_disposition() != "attachment"
+        and part.get_filename() is None
+        and "Content-ID" not in part
+    )
+
+
+def _text(part: Message) -> str:
+    data = _payload(part)
+    try:
+        text = data.decode(part.get_content_charset() or "us-ascii", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = data.decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n")
+
+
+def _payload(part: Message) -> bytes:
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _attachment(part: Message) -> ResendAttachment:
+    attachment: ResendAttachment = {
+        "content": base64.b64encode(_payload(part)).decode("ascii"),
+        "filename": part.get_filename() or "attachment",
+        "content_type": part.get_content_type(),
+    }
+    if content_id := _FOLD.sub("", str(part.get("Content-ID", ""))).strip().strip("<>"):
+        attachment["content_id"] = content_id
+    return attachment
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:  # not JSON (json.JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        return None
+
+
+def _id_of(entry: Any) -> str:
+    return str(entry.get("id", "")) if isinstance(entry, dict) else ""
+
+
+def _spread(ids: list[str], valid: list[int], size: int) -> list[str]:
+    """Ids listed for the valid emails only, laid out by request index ("" if short)."""
+    laid_out = [""] * size
+    for index, provider_id in zip(valid, ids, strict=False):
+        laid_out[index] = provider_id
+    return laid_out
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:  # an HTTP-date retry-after: Resend sends seconds, so fall through
+        return None
+    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
