@@ -484,3 +484,31 @@ def test_datetimes_keep_their_instant_and_offset_through_the_payload() -> None:
     assert back.send_at.tzinfo == timezone(timedelta(hours=-4))
     assert back.wedding is not None and back.wedding.ceremony_at == old
     assert back.wedding.timezone == "Europe/Amsterdam"
+
+
+# -- the fast address path agrees with email-validator ----------------------------------------
+_ATOM_CHARS = "abcXYZ019!#$%&'*+/=?^_`{|}~-."
+_DOMAINS = ["example.org", "Example.COM", "mail.example.co.uk", "bücher.example",
+            "xn--bcher-kva.example", "localhost", "a.test", "x.local", "1.2.3.4",
+            "-bad.example", "ok-.example", "example",
+            "EXAMPLE.org.", "a..b.example", "very-long-" + "x" * 60 + ".example"]  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(
+    local=st.text(alphabet=_ATOM_CHARS + '" ()<>,;:@[]\\', min_size=0, max_size=70),
+    domain=st.sampled_from(_DOMAINS) | st.text(alphabet="abc.-1é", min_size=0, max_size=20),
+)
+def test_the_fast_address_path_gives_email_validators_answer(local: str, domain: str) -> None:
+    from email_validator import EmailNotValidError, validate_email
+
+    from emailq.message import _checked_address
+
+    address = f"{local}@{domain}"
+    try:
+        expected = (validate_email(address, check_deliverability=False,
+                                   allow_smtputf8=False).normalized, True)  # fmt: skip
+    except EmailNotValidError:
+        expected = ("", False)
+    normalized, problem = _checked_address(address)
+    assert (normalized, not problem) == expected

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,8 +21,7 @@ from emailq.message import Email, parse_email
 MAX_RECIPIENTS = 1000
 TEMPLATED = ("subject", "text", "html")
 
-_PLAIN = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
-_HTML = SandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+_ENV = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
 
 
 class Recipient(BaseModel):
@@ -52,13 +51,14 @@ def parse_batch(data: bytes, tenant_fields: Mapping[str, Any]) -> list[Email]:
     template = {**batch.template, **tenant_fields}
     if "to" in template:
         raise InvalidEmail([FieldError("template.to", "recipients come from 'recipients'")])
-    compiled, errors = _compile(template)
+    errors = _check_templates(template)
     if errors:
         raise InvalidEmail(errors)
+    personal = _combined(template)
     emails: list[Email] = []
     for index, recipient in enumerate(batch.recipients):
         try:
-            emails.append(_personalise(template, compiled, recipient))
+            emails.append(_personalise(template, personal, recipient))
         except InvalidEmail as error:
             errors += [FieldError(f"recipients.{index}.{e.field}", e.message) for e in error.errors]
     if errors:
@@ -66,8 +66,8 @@ def parse_batch(data: bytes, tenant_fields: Mapping[str, Any]) -> list[Email]:
     return emails
 
 
-def _compile(template: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
-    compiled: dict[str, Any] = {}
+def _check_templates(template: dict[str, Any]) -> list[FieldError]:
+    """Compile each templated field on its own, so an error names its field."""
     errors: list[FieldError] = []
     for field in TEMPLATED:
         source = template.get(field)
@@ -76,20 +76,36 @@ def _compile(template: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]
         if not isinstance(source, str):
             errors.append(FieldError(f"template.{field}", "must be a string"))
             continue
-        env = _HTML if field == "html" else _PLAIN
         try:
-            compiled[field] = env.from_string(source)
+            _ENV.from_string(source)
         except TemplateError as error:
             errors.append(FieldError(f"template.{field}", f"template error: {error}"))
-    return compiled, errors
+    return errors
 
 
-def _personalise(template: dict[str, Any], compiled: dict[str, Any], guest: Recipient) -> Email:
+def _combined(template: dict[str, Any]) -> Template:
+    """One template whose blocks are the fields: each guest then costs one Jinja context
+    instead of three. HTML is autoescaped inside its own block."""
+    parts = []
+    for field in TEMPLATED:
+        source = template.get(field)
+        if source is not None:
+            body = (
+                f"{{% autoescape true %}}{source}{{% endautoescape %}}"
+                if field == "html"
+                else source
+            )
+            parts.append(f"{{% block {field} %}}{body}{{% endblock %}}")
+    return _ENV.from_string("".join(parts))
+
+
+def _personalise(template: dict[str, Any], combined: Template, guest: Recipient) -> Email:
     fields = dict(template)
     errors: list[FieldError] = []
-    for name, tmpl in compiled.items():
+    context = combined.new_context(guest.variables)
+    for name, block in combined.blocks.items():
         try:
-            fields[name] = tmpl.render(guest.variables)
+            fields[name] = "".join(block(context))
         except TemplateError as error:  # e.g. a variable this guest does not have
             errors.append(FieldError(name, f"template error: {error}"))
     if errors:
