@@ -8,7 +8,7 @@ problem as ``recipients.<index>.<field>``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateError
@@ -40,15 +40,19 @@ class BatchRequest(BaseModel):
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
 
 
-def parse_batch(data: bytes, tenant_fields: Mapping[str, Any]) -> list[Email]:
-    """Every recipient's email, or InvalidEmail listing every error in the batch."""
+def parse_batch(data: bytes, scope: Callable[[dict[str, Any]], None]) -> list[Email]:
+    """Every recipient's email, or InvalidEmail listing every error in the batch.
+
+    ``scope`` binds the fields the caller's API key decides (the tenant) on the template.
+    """
     try:
         batch = BatchRequest.model_validate_json(data)
     except ValidationError as error:
         raise InvalidEmail([
             FieldError(".".join(str(p) for p in e["loc"]), e["msg"]) for e in error.errors()
         ]) from None  # fmt: skip
-    template = {**batch.template, **tenant_fields}
+    template = dict(batch.template)
+    scope(template)
     if "to" in template:
         raise InvalidEmail([FieldError("template.to", "recipients come from 'recipients'")])
     errors = _check_templates(template)

@@ -103,11 +103,9 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
         started = time.perf_counter()
         key = await caller(request)
         body = await request.body()
-        template = _json_object(body).get("template")
-        fields: dict[str, Any] = dict(template) if isinstance(template, dict) else {}
-        scope_to_key(fields, key, None)
-        bound = {"tenant": key.tenant}
-        emails = await run_in_threadpool(parse_batch, body, bound)
+        emails = await run_in_threadpool(
+            parse_batch, body, lambda template: scope_to_key(template, key, None)
+        )
         queued = await enqueue(key, emails)
         ctx.metrics.request_seconds.labels("batch").observe(time.perf_counter() - started)
         return JSONResponse(
