@@ -1,0 +1,84 @@
+"""The Celery peer: one task per email, built with EmailMessage and sent with smtplib.
+
+    celery -A peers.celery_app worker --pool prefork -c 2 ...   (from benchmarks/)
+    python -m peers.celery_app enqueue N                          prints {"seconds": ...}
+
+Configured by the environment benchmarks/e2e.py sets: ``BENCH_REDIS_URL`` (broker and
+completion counter), ``BENCH_SMTP`` (host:port of the sink), ``BENCH_COUNTER`` (key).
+What a typical application does: no result backend (fire and forget), JSON arguments, one
+SMTP connection per pool process reused across tasks and reopened after an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import sys
+import time
+from email.message import EmailMessage
+
+import redis
+from celery import Celery
+
+from peers.workload import build_message, invitation
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+SMTP_HOST, _, SMTP_PORT = os.environ.get("BENCH_SMTP", "127.0.0.1:2525").rpartition(":")
+COUNTER = os.environ.get("BENCH_COUNTER", "bench:done")
+
+app = Celery("peers", broker=REDIS_URL)
+app.conf.update(
+    task_ignore_result=True,  # nobody reads an email task's return value
+    broker_connection_retry_on_startup=True,  # the default; said so, Celery 5 does not warn
+)
+
+
+class Mailer:
+    """One SMTP connection per pool process, reused across tasks, reopened after an error."""
+
+    def __init__(self) -> None:
+        self.smtp: smtplib.SMTP | None = None  # opened on first use, after the fork
+
+    def send(self, message: EmailMessage) -> None:
+        try:
+            self._open().send_message(message)
+        except (smtplib.SMTPServerDisconnected, OSError):
+            self.close()  # the connection broke: send once more on a fresh one
+            self._open().send_message(message)
+
+    def _open(self) -> smtplib.SMTP:
+        if self.smtp is None:
+            self.smtp = smtplib.SMTP(SMTP_HOST, int(SMTP_PORT), timeout=30)
+        return self.smtp
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            self.smtp.close()
+            self.smtp = None
+
+
+mailer = Mailer()
+counter = redis.Redis.from_url(REDIS_URL)  # redis-py reconnects in each forked process
+
+
+@app.task(name="send_invitation")
+def send_invitation(fields: dict[str, str]) -> None:
+    mailer.send(build_message(fields))
+    counter.incr(COUNTER)  # how the benchmark sees completion
+
+
+def enqueue(n: int) -> float:
+    """Queue n invitations the way a bulk sender would: one task each, one producer."""
+    work = [invitation(i) for i in range(n)]
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for fields in work:
+            send_invitation.apply_async((fields,), producer=producer)
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["enqueue"]:
+        sys.exit("usage: python -m peers.celery_app enqueue N")
+    print(json.dumps({"seconds": enqueue(int(sys.argv[2]))}))
