@@ -1,0 +1,84 @@
+-- Store a batch of new messages; ids come from the client, so a re-run stores nothing twice.
+-- The payloads arrive by an MSET in the same MULTI (they are large, and Lua would copy them
+-- twice): a message that is not stored (its idempotency key has an owner) drops its payload.
+-- KEYS[1]     message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
+-- KEYS[2]     idempotency key prefix "{p}:idem:" (+ tenant .. "\31" .. key)
+-- KEYS[3]     payload key prefix "{p}:p:" (a payload is the string KEYS[3] .. id)
+-- KEYS[4]     delayed zset (due time → id)
+-- KEYS[5]     counts hash ("lane:state" → n)
+-- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
+-- ARGV[1]     now
+-- ARGV[2]     idempotency window in ms (the Redis TTL of a key)
+-- ARGV[3]     when a key claimed now stops counting, on the broker's clock
+-- ARGV[4..8]  lane names
+-- ARGV[9..]   6 per message: id, lane, tenant, idempotency key or "", due, max_attempts
+-- Returns     one id per message: its own, or the id that already owns its idempotency key.
+-- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
+local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+local now = tonumber(ARGV[1])
+local ready = {}
+for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[5 + i] end
+local delta = {}
+local function count(field)
+  delta[field] = (delta[field] or 0) + 1
+end
+
+-- The id already holding this idempotency key, or nil after claiming it for ``id``.
+local function claim(scope, id)
+  local idem = KEYS[2] .. scope
+  local held = redis.call('GET', idem)
+  if held then
+    local sep = string.find(held, '|', 1, true)
+    if tonumber(string.sub(held, sep + 1)) > now then return string.sub(held, 1, sep - 1) end
+  end
+  redis.call('SET', idem, id .. '|' .. ARGV[3], 'PX', ARGV[2])
+  return nil
+end
+
+local lined_up = {}  -- zset key → {score, id, score, id, ...}, added in one ZADD each
+local function line_up(key, score, id)
+  local list = lined_up[key]
+  if not list then list = {}; lined_up[key] = list end
+  list[#list + 1] = score
+  list[#list + 1] = id
+end
+
+local function store(i, msg)
+  local id, lane, key, due = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
+  local state = 'queued'
+  if tonumber(due) > now then state = 'scheduled' end
+  redis.call('HSET', msg, 'state', state, 'lane', lane,
+    'tenant', ARGV[i + 2], 'attempts', '0', 'max_attempts', ARGV[i + 5], 'seq', '0',
+    'enqueued_at', ARGV[1], 'updated_at', ARGV[1], 'available_at', due)
+  if key ~= '' then redis.call('HSET', msg, 'idem', key) end
+  if state == 'queued' then line_up(ready[lane], ms(due), id) else line_up(KEYS[4], ms(due), id) end
+  count(lane .. ':' .. state)
+end
+
+-- A re-run finds its messages stored: check one by one only when any is.
+local msgs = {}
+for i = 9, #ARGV, 6 do msgs[#msgs + 1] = KEYS[1] .. ARGV[i] end
+local rerun = false
+for j = 1, #msgs, 1000 do  -- in chunks: unpack() has a limit
+  rerun = rerun or redis.call('EXISTS', unpack(msgs, j, math.min(j + 999, #msgs))) > 0
+end
+
+local ids = {}
+for i = 9, #ARGV, 6 do
+  local id, tenant, key = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  local msg = msgs[#ids + 1]
+  local owner = id
+  local state = rerun and redis.call('HGET', msg, 'state')
+  if not state then
+    if key ~= '' then owner = claim(tenant .. '\31' .. key, id) or id end
+    if owner == id then store(i, msg) else redis.call('UNLINK', KEYS[3] .. id) end
+  elseif state == 'sent' or state == 'cancelled' then  -- stored and done with already:
+    redis.call('UNLINK', KEYS[3] .. id)  -- the MSET wrote its payload again
+  end
+  ids[#ids + 1] = owner
+end
+for key, list in pairs(lined_up) do
+  for j = 1, #list, 1000 do redis.call('ZADD', key, unpack(list, j, math.min(j + 999, #list))) end
+end
+for field, n in pairs(delta) do redis.call('HINCRBY', KEYS[5], field, n) end
+return ids

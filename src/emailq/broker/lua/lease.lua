@@ -1,0 +1,117 @@
+-- Lease up to N ready messages to a worker: promote what is due, share N between the lanes
+-- (emailq.scheduling.allot, step for step), pop each lane's oldest, and fence each with seq+1.
+-- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
+-- KEYS[2]      payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
+-- KEYS[3]      delayed zset (due time → id)
+-- KEYS[4]      leased zset (lease expiry → id)
+-- KEYS[5]      counts hash ("lane:state" → n)
+-- KEYS[6]      credit hash (lane → smooth weighted round robin credit)
+-- KEYS[7..11]  ready zsets in lease order: critical first, then the lanes that share
+-- ARGV[1]      now
+-- ARGV[2]      lease expiry
+-- ARGV[3]      worker name
+-- ARGV[4]      N, the most messages to lease
+-- ARGV[5]      the most due messages to promote first
+-- ARGV[6..10]  lane names in lease order
+-- ARGV[11..14] weights of the sharing lanes (lanes 2..5)
+-- Returns      8 per leased message, lane by lane, oldest first:
+--              id, token (seq), lane, payload, attempts, max_attempts, enqueued_at, tenant
+-- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
+local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+local now = tonumber(ARGV[1])
+local lanes, ready_key = {}, {}
+for i = 1, 5 do
+  lanes[i] = ARGV[5 + i]
+  ready_key[ARGV[5 + i]] = KEYS[6 + i]
+end
+local delta = {}
+local function count(field, n)
+  delta[field] = (delta[field] or 0) + n
+end
+
+-- Promote: due scheduled and retrying messages join their lane (kept in step with promote.lua).
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ms(ARGV[1]), 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[5]))
+for j = 1, #due, 2 do
+  local id = due[j]
+  local msg = KEYS[1] .. id
+  local f = redis.call('HMGET', msg, 'state', 'lane')
+  if f[1] == 'scheduled' or f[1] == 'retrying' then
+    redis.call('HSET', msg, 'state', 'queued', 'updated_at', ARGV[1])
+    redis.call('ZADD', ready_key[f[2]], due[j + 1], id)
+    count(f[2] .. ':' .. f[1], -1)
+    count(f[2] .. ':queued', 1)
+  end
+  redis.call('ZREM', KEYS[3], id)
+end
+
+-- Allot: critical takes what it can; the rest goes by smooth weighted round robin.
+local n = tonumber(ARGV[4])
+local ready, take, weight, credit = {}, {}, {}, {}
+for i = 1, 5 do
+  ready[i] = redis.call('ZCARD', KEYS[6 + i])
+  take[i] = 0
+end
+local stored = redis.call('HMGET', KEYS[6], lanes[2], lanes[3], lanes[4], lanes[5])
+for i = 2, 5 do
+  weight[i] = tonumber(ARGV[9 + i])
+  credit[i] = tonumber(stored[i - 1] or 0)
+end
+take[1] = math.min(n, ready[1])
+local slots, shared = n - take[1], false
+while slots > 0 do
+  local total, best = 0, nil
+  for i = 2, 5 do
+    if ready[i] > take[i] then
+      total = total + weight[i]
+      credit[i] = credit[i] + weight[i]
+      if best == nil or credit[i] > credit[best] then best = i end  -- ties: the higher lane
+    end
+  end
+  if best == nil then break end
+  credit[best] = credit[best] - total
+  take[best] = take[best] + 1
+  slots = slots - 1
+  shared = true
+end
+if shared then
+  redis.call('HSET', KEYS[6], lanes[2], credit[2], lanes[3], credit[3],
+    lanes[4], credit[4], lanes[5], credit[5])
+end
+
+-- Take: pop each lane's oldest and hand them to the worker.
+local jobs, expiries, payloads, expiry = {}, {}, {}, ms(ARGV[2])
+for i = 1, 5 do
+  local popped = {}
+  if take[i] > 0 then popped = redis.call('ZPOPMIN', KEYS[6 + i], take[i]) end
+  for j = 1, #popped, 2 do
+    local id = popped[j]
+    local msg = KEYS[1] .. id
+    local f = redis.call('HMGET', msg, 'state', 'attempts', 'max_attempts', 'seq', 'enqueued_at',
+      'tenant')
+    if f[1] == 'queued' then
+      local attempts, seq = tonumber(f[2]) + 1, tonumber(f[4]) + 1
+      redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'seq', seq,
+        'owner', ARGV[3], 'updated_at', ARGV[1])
+      count(lanes[i] .. ':queued', -1)
+      count(lanes[i] .. ':leased', 1)
+      expiries[#expiries + 1] = expiry
+      expiries[#expiries + 1] = id
+      payloads[#payloads + 1] = KEYS[2] .. id
+      local k = #jobs
+      jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, seq, lanes[i], false
+      jobs[k + 5], jobs[k + 6], jobs[k + 7], jobs[k + 8] = attempts, tonumber(f[3]), f[5], f[6]
+    end
+  end
+end
+for j = 1, #expiries, 1000 do  -- in chunks: unpack() has a limit
+  redis.call('ZADD', KEYS[4], unpack(expiries, j, math.min(j + 999, #expiries)))
+end
+for j = 1, #payloads, 1000 do
+  local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
+  for n = 1, #got do jobs[(j + n - 2) * 8 + 4] = got[n] end
+end
+for field, d in pairs(delta) do
+  if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end
+end
+return jobs

@@ -1,0 +1,39 @@
+-- Make due scheduled and retrying messages ready: each joins its lane at its due time.
+-- (lease.lua runs the same step first; keep the two in step.)
+-- KEYS[1]     message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
+-- KEYS[2]     delayed zset (due time → id)
+-- KEYS[3]     counts hash ("lane:state" → n)
+-- KEYS[4..8]  ready zsets, one per lane, in the order of the lane names below
+-- ARGV[1]     now
+-- ARGV[2]     the most messages to promote
+-- ARGV[3..7]  lane names
+-- Returns     how many messages were promoted.
+-- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
+local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+local ready = {}
+for i = 1, 5 do ready[ARGV[2 + i]] = KEYS[3 + i] end
+local delta = {}
+local function count(field, n)
+  delta[field] = (delta[field] or 0) + n
+end
+
+local promoted = 0
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms(ARGV[1]), 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[2]))
+for j = 1, #due, 2 do
+  local id = due[j]
+  local msg = KEYS[1] .. id
+  local f = redis.call('HMGET', msg, 'state', 'lane')
+  if f[1] == 'scheduled' or f[1] == 'retrying' then
+    redis.call('HSET', msg, 'state', 'queued', 'updated_at', ARGV[1])
+    redis.call('ZADD', ready[f[2]], due[j + 1], id)
+    count(f[2] .. ':' .. f[1], -1)
+    count(f[2] .. ':queued', 1)
+    promoted = promoted + 1
+  end
+  redis.call('ZREM', KEYS[2], id)
+end
+for field, d in pairs(delta) do
+  if d ~= 0 then redis.call('HINCRBY', KEYS[3], field, d) end
+end
+return promoted

@@ -1,0 +1,117 @@
+-- Settle a batch of leased messages: complete, retry, bury or release, each fenced by its token.
+-- A message whose state is not leased or whose seq is not the token is skipped: a re-run of a
+-- settled batch, or a worker whose lease expired and was re-leased, changes nothing.
+-- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
+-- KEYS[2]      payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
+-- KEYS[3]      leased zset (lease expiry → id)
+-- KEYS[4]      delayed zset (due time → id)
+-- KEYS[5]      counts hash ("lane:state" → n)
+-- KEYS[6]      final zset (finished at → "lane:state:id"), what purge_expired reads
+-- KEYS[7]      dead zset (died at → id)
+-- KEYS[8..12]  ready zsets, one per lane, in the order of the lane names below
+-- ARGV[1]      now
+-- ARGV[2]      retention in ms (the Redis TTL of a finished message)
+-- ARGV[3..7]   lane names
+-- ARGV[8..11]  how many complete, retry, bury and release outcomes follow, in that order:
+--              complete: id, token · retry: id, token, due, error · bury: id, token, error
+--              release: id, token (an error of "" leaves none)
+-- Returns      the ids settled.
+-- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
+local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+local now, now_ms = ARGV[1], ms(ARGV[1])
+local ready = {}
+for i = 1, 5 do ready[ARGV[2 + i]] = KEYS[7 + i] end
+local delta = {}
+local function move(lane, to)
+  delta[lane .. ':leased'] = (delta[lane .. ':leased'] or 0) - 1
+  delta[lane .. ':' .. to] = (delta[lane .. ':' .. to] or 0) + 1
+end
+local settled, finished, sent_payloads = {}, {}, {}
+
+-- The message's hash and lane when this token still holds its lease, else nil.
+local function held(id, token)
+  local msg = KEYS[1] .. id
+  local f = redis.call('HMGET', msg, 'state', 'seq', 'lane')
+  if f[1] ~= 'leased' or f[2] ~= token then return nil end
+  settled[#settled + 1] = id
+  return msg, f[3]
+end
+
+-- Sent and dead messages are kept for the retention period (a sent one without its payload).
+local function finish(msg, id, lane, state)
+  redis.call('HSET', msg, 'state', state, 'updated_at', now)
+  redis.call('PEXPIRE', msg, ARGV[2])
+  if state == 'sent' then
+    sent_payloads[#sent_payloads + 1] = KEYS[2] .. id
+  else
+    redis.call('PEXPIRE', KEYS[2] .. id, ARGV[2])
+    redis.call('ZADD', KEYS[7], now_ms, id)
+  end
+  finished[#finished + 1] = now_ms
+  finished[#finished + 1] = lane .. ':' .. state .. ':' .. id
+  move(lane, state)
+end
+
+local function set_error(msg, err)
+  if err == '' then redis.call('HDEL', msg, 'last_error')
+  else redis.call('HSET', msg, 'last_error', err) end
+end
+
+local function bury(msg, id, lane, err)
+  set_error(msg, err)
+  finish(msg, id, lane, 'dead')
+end
+
+local function complete(i)
+  local msg, lane = held(ARGV[i], ARGV[i + 1])
+  if msg then finish(msg, ARGV[i], lane, 'sent') end
+end
+
+local function retry(i)
+  local id, due, err = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  local msg, lane = held(id, ARGV[i + 1])
+  if not msg then return end
+  local f = redis.call('HMGET', msg, 'attempts', 'max_attempts')
+  if tonumber(f[1]) >= tonumber(f[2]) then return bury(msg, id, lane, err) end  -- spent
+  set_error(msg, err)
+  redis.call('HSET', msg, 'state', 'retrying', 'available_at', due, 'updated_at', now)
+  redis.call('ZADD', KEYS[4], ms(due), id)
+  move(lane, 'retrying')
+end
+
+local function bury_one(i)
+  local msg, lane = held(ARGV[i], ARGV[i + 1])
+  if msg then bury(msg, ARGV[i], lane, ARGV[i + 2]) end
+end
+
+-- Released mail goes back to its place in its lane; the attempt is not counted.
+local function release(i)
+  local id = ARGV[i]
+  local msg, lane = held(id, ARGV[i + 1])
+  if not msg then return end
+  redis.call('HINCRBY', msg, 'attempts', -1)
+  redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
+  redis.call('ZADD', ready[lane], ms(redis.call('HGET', msg, 'available_at')), id)
+  move(lane, 'queued')
+end
+
+local i = 12
+for section, step in ipairs({{complete, 2}, {retry, 4}, {bury_one, 3}, {release, 2}}) do
+  for _ = 1, tonumber(ARGV[7 + section]) do
+    step[1](i)
+    i = i + step[2]
+  end
+end
+for j = 1, #settled, 1000 do  -- in chunks: unpack() has a limit
+  redis.call('ZREM', KEYS[3], unpack(settled, j, math.min(j + 999, #settled)))
+end
+for j = 1, #finished, 1000 do
+  redis.call('ZADD', KEYS[6], unpack(finished, j, math.min(j + 999, #finished)))
+end
+for j = 1, #sent_payloads, 1000 do
+  redis.call('UNLINK', unpack(sent_payloads, j, math.min(j + 999, #sent_payloads)))
+end
+for field, d in pairs(delta) do
+  if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end
+end
+return settled

@@ -1,0 +1,398 @@
+"""The distributed broker: Redis, where every state change is one Lua script (``lua/*.lua``).
+
+Keys (all built by :class:`Keys`; ``{prefix}`` is one hash tag, so a Redis Cluster keeps a
+whole queue on one slot, and the scripts may build per-message keys from a prefix):
+
+    {p}:m:<id>                   hash: state, lane, tenant, attempts, max_attempts, seq (the
+                                 fencing token, never reset), enqueued_at, updated_at,
+                                 available_at, last_error, idem, owner (the last to lease it)
+    {p}:p:<id>                   string: the payload, stored once, apart from the hash so that
+                                 the hash stays small (listpack) and a sent one just drops it
+    {p}:ready:<lane>             zset: ready since → id (ids are time-ordered: ties are FIFO)
+    {p}:delayed                  zset: due → id, for scheduled and retrying messages
+    {p}:leased                   zset: lease expiry → id
+    {p}:dead                     zset: died at → id
+    {p}:final                    zset: finished at → "lane:state:id" (sent, dead, cancelled)
+    {p}:counts                   hash: "lane:state" → messages in that state
+    {p}:credit                   hash: lane → smooth weighted round robin credit
+    {p}:idem:<tenant>\\x1f<key>   string: "id|expires_at", with a Redis TTL of the window
+
+Times are the injected clock's (passed in ARGV), never Redis ``TIME``: epoch seconds in the
+hashes, whole milliseconds as zset scores (Redis compares small sorted sets by parsing their
+scores as text, and integers parse several times faster than 17-digit fractions). Finished messages
+carry a Redis TTL of the retention period; ``purge_expired`` deletes them on the broker's
+clock and keeps ``{p}:counts`` exact, so the counts of sent, dead and cancelled mail include
+records whose TTL ran out until it next runs: call it periodically.
+
+Durability is the server's: an acknowledged enqueue survives a crash with ``appendonly yes``
+(``appendfsync always``, or ``everysec`` losing up to a second); replication is asynchronous.
+Redis must not evict (``maxmemory-policy noeviction``): it is checked at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from emailq.broker.base import (
+    Action,
+    Broker,
+    BrokerOptions,
+    Job,
+    MessageInfo,
+    NewMessage,
+    Outcome,
+    State,
+)
+from emailq.clock import Clock, now
+from emailq.errors import ConfigurationError
+from emailq.ids import new_id
+from emailq.lanes import LANE_ORDER, SHARED_LANES, Lane
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "emailq"
+PROMOTE_LIMIT = 1000  # due messages promoted by one lease
+SENTINEL_PORT = 26379
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # no braces (the hash tag), no glob characters
+
+
+def client_options() -> dict[str, Any]:
+    """How every connection behaves; the retry budget outlasts a Sentinel failover.
+
+    About a minute of reconnecting (0.2, 0.4, 0.8, 1.6 s, then every 2 s), so a worker waits a
+    failover out instead of failing its batch. A script that raised ConnectionError may have
+    run: every script is idempotent by message id and lease token, so the retry is safe. A
+    demoted master answers READONLY: that reconnects and retries too.
+    """
+    retry = Retry(
+        ExponentialBackoff(cap=2.0, base=0.1),
+        retries=33,
+        supported_errors=(
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            redis.exceptions.ReadOnlyError,
+        ),
+    )
+    return {
+        "decode_responses": False,  # payloads are bytes
+        "retry": retry,
+        "socket_timeout": 10.0,  # a silent network partition fails over instead of hanging
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 30,  # a connection idle that long is pinged before use
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Every key name of one queue, in one place."""
+
+    tag: str
+    message: str  # + id
+    payload: str  # + id
+    idempotency: str  # + tenant, US (0x1f), key
+    delayed: str
+    leased: str
+    dead: str
+    final: str
+    counts: str
+    credit: str
+    ready: tuple[str, ...]  # one per lane, in LANE_ORDER
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> Keys:
+        if not _PREFIX.fullmatch(prefix):
+            raise ConfigurationError(f"a queue prefix is 1-100 of A-Z a-z 0-9 _ . -: {prefix!r}")
+        tag = f"{{{prefix}}}"
+        return cls(
+            tag=tag,
+            message=f"{tag}:m:",
+            payload=f"{tag}:p:",
+            idempotency=f"{tag}:idem:",
+            delayed=f"{tag}:delayed",
+            leased=f"{tag}:leased",
+            dead=f"{tag}:dead",
+            final=f"{tag}:final",
+            counts=f"{tag}:counts",
+            credit=f"{tag}:credit",
+            ready=tuple(f"{tag}:ready:{lane.value}" for lane in LANE_ORDER),
+        )
+
+
+_SCRIPTS = {
+    name: resources.files("emailq.broker").joinpath("lua", f"{name}.lua").read_text()
+    for name in (
+        "enqueue", "lease", "heartbeat", "settle", "reap", "promote", "cancel",
+        "requeue_dead", "purge_expired",
+    )
+}  # fmt: skip
+_SETTLE_ORDER = (Action.COMPLETE, Action.RETRY, Action.BURY, Action.RELEASE)  # as settle.lua
+_LANE_NAMES = tuple(lane.value for lane in LANE_ORDER)
+_LANES = {lane.value.encode(): lane for lane in Lane}
+_INFO_FIELDS = (
+    "state", "lane", "tenant", "attempts", "max_attempts", "enqueued_at", "updated_at",
+    "available_at", "last_error", "idem",
+)  # fmt: skip
+
+
+class RedisBroker(Broker):
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        options: BrokerOptions | None = None,
+        clock: Clock = now,
+    ) -> None:
+        super().__init__(options, clock)
+        self.client = client
+        self.prefix = prefix
+        self.keys = Keys.for_prefix(prefix)
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(text) for name, text in _SCRIPTS.items()
+        }
+        warn_unless_noeviction(client)
+
+    @classmethod
+    def from_url(
+        cls, url: str, options: BrokerOptions | None = None, clock: Clock = now
+    ) -> RedisBroker:
+        """``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://h:p[,h:p]/service``;
+        ``?prefix=name`` picks the queue (default ``emailq``)."""
+        client, prefix = connect(url)
+        return cls(client, prefix, options=options, clock=clock)
+
+    def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._scripts[script](keys=keys, args=args)
+
+    def _retention_ms(self) -> int:
+        return max(1, round(self.options.retention * 1000))
+
+    # -- intake -------------------------------------------------------------------------
+    def _enqueue_many(self, messages: Sequence[NewMessage], at: float) -> list[str]:
+        ttl = self.options.idempotency_ttl
+        args: list[Any] = [at, max(1, round(ttl * 1000)), at + ttl, *_LANE_NAMES]
+        payloads: dict[str, bytes] = {}
+        for message in messages:
+            message_id = new_id()
+            payloads[self.keys.payload + message_id] = message.payload
+            due = message.send_at if message.send_at is not None and message.send_at > at else at
+            key = message.idempotency_key or ""
+            args += (message_id, message.lane.value, message.tenant, key, due, message.max_attempts)
+        k = self.keys
+        keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready]
+        # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
+        # EVALSHA: a NOSCRIPT inside EXEC would leave the MSET applied; the text is small.
+        pipe = self.client.pipeline(transaction=True)
+        pipe.mset(payloads)
+        pipe.eval(_SCRIPTS["enqueue"], len(keys), *keys, *args)
+        return _texts(pipe.execute()[1])
+
+    # -- workers ------------------------------------------------------------------------
+    def _lease(self, worker: str, max_n: int, lease_s: float, at: float) -> list[Job]:
+        k = self.keys
+        weights = [self.options.lane_weights[lane] for lane in SHARED_LANES]
+        reply = self._run(
+            "lease",
+            [k.message, k.payload, k.delayed, k.leased, k.counts, k.credit, *k.ready],
+            [at, at + lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights],
+        )
+        return [_job(reply[i : i + 8]) for i in range(0, len(reply), 8)]
+
+    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float) -> list[str]:
+        args: list[Any] = [at, at + lease_s]
+        for job in jobs:
+            args += (job.id, job.token)
+        return _texts(self._run("heartbeat", [self.keys.message, self.keys.leased], args))
+
+    def _settle(self, outcomes: Sequence[Outcome], at: float) -> list[str]:
+        by_action: dict[Action, list[Outcome]] = {action: [] for action in _SETTLE_ORDER}
+        for outcome in outcomes:
+            by_action[outcome.action].append(outcome)
+        args: list[Any] = [at, self._retention_ms(), *_LANE_NAMES]
+        args += [len(by_action[action]) for action in _SETTLE_ORDER]
+        for o in by_action[Action.COMPLETE]:
+            args += (o.job.id, o.job.token)
+        for o in by_action[Action.RETRY]:
+            args += (o.job.id, o.job.token, at + o.delay, o.error or "")
+        for o in by_action[Action.BURY]:
+            args += (o.job.id, o.job.token, o.error or "")
+        for o in by_action[Action.RELEASE]:
+            args += (o.job.id, o.job.token)
+        k = self.keys
+        keys = [k.message, k.payload, k.leased, k.delayed, k.counts, k.final, k.dead, *k.ready]
+        return _texts(self._run("settle", keys, args))
+
+    # -- housekeeping -------------------------------------------------------------------
+    def _reap_expired(self, at: float, limit: int) -> int:
+        k = self.keys
+        keys = [k.message, k.payload, k.leased, k.counts, k.final, k.dead, *k.ready]
+        return int(self._run("reap", keys, [at, limit, self._retention_ms(), *_LANE_NAMES]))
+
+    def _promote_due(self, at: float, limit: int) -> int:
+        k = self.keys
+        keys = [k.message, k.delayed, k.counts, *k.ready]
+        return int(self._run("promote", keys, [at, limit, *_LANE_NAMES]))
+
+    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float) -> int:
+        k = self.keys
+        keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready]
+        mode = "all" if ids is None else "ids"
+        return int(self._run("requeue_dead", keys, [at, limit, mode, *_LANE_NAMES, *(ids or ())]))
+
+    def _cancel(self, message_id: str, at: float) -> bool:
+        k = self.keys
+        keys = [k.message, k.payload, k.delayed, k.counts, k.final, *k.ready]
+        args = [at, message_id, self._retention_ms(), *_LANE_NAMES]
+        return bool(self._run("cancel", keys, args))
+
+    def _purge_expired(self, before: float, limit: int) -> int:
+        k = self.keys
+        keys = [k.message, k.payload, k.final, k.dead, k.counts]
+        return int(self._run("purge_expired", keys, [before, limit]))
+
+    # -- reads --------------------------------------------------------------------------
+    def _get(self, message_id: str) -> MessageInfo | None:
+        values: list[Any] = self.client.hmget(self.keys.message + message_id, _INFO_FIELDS)
+        if values[0] is None:
+            return None
+        state, lane, tenant, attempts, max_attempts, enqueued, updated, available, error, idem = (
+            values
+        )
+        return MessageInfo(
+            message_id, State(state.decode()), _LANES[lane], tenant.decode(), int(attempts),
+            int(max_attempts), float(enqueued), float(updated), float(available),
+            error.decode() if error is not None else None,
+            idem.decode() if idem is not None else None,
+        )  # fmt: skip
+
+    def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.counts)
+        for key in self.keys.ready:
+            pipe.zrange(key, 0, 0, withscores=True)
+        raw_counts, *heads = pipe.execute()
+        counts: dict[tuple[Lane, State], int] = {}
+        for field, value in raw_counts.items():
+            lane, state = field.decode().split(":")
+            counts[Lane(lane), State(state)] = int(value)
+        oldest = {
+            lane: head[0][1] / 1000 for lane, head in zip(LANE_ORDER, heads, strict=True) if head
+        }
+        return counts, oldest
+
+    def _ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def purge(self) -> None:
+        """Delete every key under this queue's prefix (its rate limits and API keys too)."""
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=f"{self.keys.tag}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            self.client.unlink(*batch)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _job(fields: Sequence[Any]) -> Job:
+    message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant = fields
+    return Job(
+        message_id.decode(), token, _LANES[lane], payload, attempts, max_attempts,
+        float(enqueued_at), tenant.decode(),
+    )  # fmt: skip
+
+
+def _texts(values: Sequence[bytes]) -> list[str]:
+    return [value.decode() for value in values]
+
+
+def warn_unless_noeviction(client: redis.Redis) -> str | None:
+    """Warn unless Redis refuses writes when full (``noeviction``) instead of evicting queued
+    mail; returns the policy, or None when it cannot be read (CONFIG may be disabled)."""
+    try:
+        reply = client.config_get("maxmemory-policy")
+    except redis.RedisError as error:
+        log.info("could not read maxmemory-policy (%s); it must be noeviction", error)
+        return None
+    values = [_text(value) for value in reply.values()]
+    policy = values[0] if values else None
+    if policy != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %s: a full Redis may evict queued mail; set it to"
+            " noeviction",
+            policy,
+        )
+    return policy
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def connect(url: str) -> tuple[redis.Redis, str]:
+    """A client for a broker URL, and the queue prefix its ``?prefix=`` names."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    prefix = query.pop("prefix", [DEFAULT_PREFIX])[-1]
+    Keys.for_prefix(prefix)  # refuse a bad prefix before connecting
+    if parts.scheme == "redis+sentinel":
+        return _sentinel_client(parts.netloc, parts.path, query), prefix
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(f"not a Redis URL: {url}")
+    plain = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+    return redis.Redis.from_url(plain, **client_options()), prefix
+
+
+def _sentinel_client(netloc: str, path: str, query: dict[str, list[str]]) -> redis.Redis:
+    """``redis+sentinel://[user:password@]host:port[,host:port]/service_name[?db=N]``.
+
+    The credentials are the master's; Sentinel finds the master again after a failover.
+    """
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    service = path.strip("/")
+    db = query.pop("db", ["0"])[-1]
+    if not service or not hosts or query or not db.isdigit():
+        raise ConfigurationError(
+            "a Sentinel URL looks like redis+sentinel://host:port[,host:port]/service_name"
+            "[?db=N&prefix=name]"
+        )
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        [_host_port(item) for item in hosts.split(",")],
+        sentinel_kwargs={"socket_timeout": 2.0, "socket_connect_timeout": 2.0},
+    )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service,
+        db=int(db),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        **client_options(),
+    )
+    return client
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    host, colon, port = item.rpartition(":")
+    if not colon or "]" in port:  # no port given ("[::1]" has colons of its own)
+        return item.strip("[]"), SENTINEL_PORT
+    if not port.isdigit():
+        raise ConfigurationError(f"a Sentinel address is host:port: {item!r}")
+    return host.strip("[]"), int(port)
