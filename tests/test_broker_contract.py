@@ -318,3 +318,13 @@ def test_lease_arguments_are_checked(broker: Broker) -> None:
         broker.lease("w", 0, 30)
     with pytest.raises(ValueError, match="lease_s"):
         broker.lease("w", 1, 0)
+
+
+def test_a_lease_can_be_limited_to_some_lanes(broker: Broker) -> None:
+    enqueue(broker, Lane.BULK, 5)
+    critical = enqueue(broker, Lane.CRITICAL, 2)
+    assert [j.id for j in broker.lease("express", 10, 30, lanes=[Lane.CRITICAL])] == critical
+    assert broker.lease("express", 10, 30, lanes=[Lane.CRITICAL]) == []
+    assert len(broker.lease("w", 10, 30, lanes=[Lane.BULK, Lane.STANDARD])) == 5
+    with pytest.raises(ValueError, match="at least one lane"):
+        broker.lease("w", 1, 30, lanes=[])

@@ -87,7 +87,8 @@ async def run_demo(plan: DemoPlan, broker: Broker, console: Console) -> tuple[Ta
     ledger = Ledger()
     with SmtpSink() as sink:
         provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=4))
-        worker = Worker(broker, provider, WorkerSettings(batch_size=100))
+        express = SmtpProvider(SmtpSettings(port=sink.port, pool_size=2))
+        worker = Worker(broker, provider, WorkerSettings(), express_provider=express)
         stop = asyncio.Event()
         total = submit(broker, ledger, plan, "invitation", range(plan.weddings))
         console.print(f"queued {total} invitations for {plan.weddings} weddings (bulk lane)")
@@ -105,6 +106,7 @@ async def run_demo(plan: DemoPlan, broker: Broker, console: Console) -> tuple[Ta
         stop.set()
         await running
         await provider.close()
+        await express.close()
         return _report(ledger, sink), _overtaking(ledger, sink)
 
 

@@ -55,11 +55,16 @@ def limiter_for(broker_url: str) -> Limiter:
 async def serve_worker(config: WorkerConfig, stop: asyncio.Event) -> None:
     """One worker process's life: open, deliver until ``stop``, close."""
     provider = open_provider(config.provider_url)
+    express = open_provider(config.provider_url)
     limiter = limiter_for(config.broker_url) if config.rules.active else None
     with open_broker(config.broker_url) as broker:
-        worker = Worker(broker, provider, config.settings, limiter=limiter, rules=config.rules)
+        worker = Worker(
+            broker, provider, config.settings,
+            limiter=limiter, rules=config.rules, express_provider=express,
+        )  # fmt: skip
         await worker.run(stop)
     await provider.close()
+    await express.close()
 
 
 def worker_main(config: WorkerConfig) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from emailq.broker import Action, Broker, Job, Outcome
+from emailq.lanes import Lane
 from emailq.message import Email
 from emailq.mime import envelope, render
 from emailq.providers import Accepted, Permanent, Provider, Rendered, SendResult, Transient
@@ -40,6 +41,11 @@ class WorkerSettings:
     retry_cap_s: float = 3600.0
     shutdown_timeout: float = 20.0  # after stop, how long in-flight batches may take
     domain: str = "emailq.local"  # right-hand side of generated Message-IDs
+    # The express loop takes only these lanes, in small batches, polling often: critical mail
+    # then waits for neither a bulk batch in flight nor a large batch of its own.
+    express_lanes: tuple[Lane, ...] = (Lane.CRITICAL,)
+    express_batch: int = 20
+    express_idle_sleep: float = 0.02
 
 
 def retry_delay(attempt: int, settings: WorkerSettings, hint: float | None = None) -> float:
@@ -65,10 +71,13 @@ class Worker:
         name: str | None = None,
         limiter: Limiter | None = None,
         rules: RateRules | None = None,
+        express_provider: Provider | None = None,
         on_settled: Callable[[Sequence[Outcome]], None] | None = None,
     ) -> None:
         self.broker = broker
         self.provider = provider
+        # Its own connections, so critical mail never queues behind a bulk batch's sends.
+        self.express_provider = express_provider or provider
         self.settings = settings or WorkerSettings()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.limiter = limiter if rules and rules.active else None
@@ -77,7 +86,14 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then finish (or release) what is in hand."""
-        loops = [asyncio.create_task(self._loop(stop)) for _ in range(self.settings.concurrency)]
+        s = self.settings
+        loops = [asyncio.create_task(self._loop(stop)) for _ in range(s.concurrency)]
+        if s.express_lanes:
+            express = self._loop(
+                stop, s.express_lanes, s.express_batch, s.express_idle_sleep,
+                self.express_provider,
+            )  # fmt: skip
+            loops.append(asyncio.create_task(express))
         reaper = asyncio.create_task(self._reap(stop))
         await stop.wait()
         _, late = await asyncio.wait(loops, timeout=self.settings.shutdown_timeout)
@@ -85,15 +101,23 @@ class Worker:
             task.cancel()
         await asyncio.gather(*loops, reaper, return_exceptions=True)
 
-    async def _loop(self, stop: asyncio.Event) -> None:
+    async def _loop(
+        self,
+        stop: asyncio.Event,
+        lanes: tuple[Lane, ...] | None = None,
+        batch_size: int | None = None,
+        idle_sleep: float | None = None,
+        provider: Provider | None = None,
+    ) -> None:
         s = self.settings
+        batch = batch_size or s.batch_size
         while not stop.is_set():
-            jobs = await asyncio.to_thread(self.broker.lease, self.name, s.batch_size, s.lease_s)
+            jobs = await asyncio.to_thread(self.broker.lease, self.name, batch, s.lease_s, lanes)
             if jobs:
-                await self.process(jobs)
+                await self.process(jobs, provider)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), s.idle_sleep)
+                await asyncio.wait_for(stop.wait(), idle_sleep or s.idle_sleep)
 
     async def _reap(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -103,11 +127,13 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reap_interval)
 
-    async def process(self, jobs: Sequence[Job]) -> list[Outcome]:
+    async def process(
+        self, jobs: Sequence[Job], provider: Provider | None = None
+    ) -> list[Outcome]:
         """Deliver one leased batch and settle it; on cancellation, release it unsent."""
         heartbeat = asyncio.create_task(self._heartbeat(jobs))
         try:
-            outcomes = await self._deliver(jobs)
+            outcomes = await self._deliver(jobs, provider or self.provider)
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self.broker.release, jobs))
             raise
@@ -126,7 +152,7 @@ class Worker:
             if len(kept) < len(jobs):
                 log.warning("lost the lease of %d messages", len(jobs) - len(kept))
 
-    async def _deliver(self, jobs: Sequence[Job]) -> list[Outcome]:
+    async def _deliver(self, jobs: Sequence[Job], provider: Provider) -> list[Outcome]:
         outcomes: list[Outcome] = []
         ready: list[tuple[Job, Rendered]] = []
         for job in jobs:
@@ -137,7 +163,7 @@ class Worker:
         sends: list[asyncio.Task[list[Outcome]]] = []
         while ready:  # each group the rate limits let through is sent while the rest waits
             granted, ready, wait = await self._pass_limits(ready)
-            sends.append(asyncio.create_task(self._send(granted)))
+            sends.append(asyncio.create_task(self._send(granted, provider)))
             if ready:
                 await asyncio.sleep(wait)
         for results in await asyncio.gather(*sends):
@@ -159,12 +185,12 @@ class Worker:
         waiting = [item for item, ok in zip(ready, grant.granted, strict=True) if not ok]
         return granted, waiting, grant.wait
 
-    async def _send(self, batch: list[tuple[Job, Rendered]]) -> list[Outcome]:
+    async def _send(self, batch: list[tuple[Job, Rendered]], provider: Provider) -> list[Outcome]:
         if not batch:
             return []
-        results = await self.provider.send_batch([rendered for _, rendered in batch])
+        results = await provider.send_batch([rendered for _, rendered in batch])
         if len(results) != len(batch):  # a provider bug must not lose track of mail
-            log.error("%s answered %d results for %d messages", self.provider.name,
+            log.error("%s answered %d results for %d messages", provider.name,
                       len(results), len(batch))  # fmt: skip
             results = [Transient("provider returned no result")] * len(batch)
         return [self.outcome(job, r) for (job, _), r in zip(batch, results, strict=True)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -158,16 +158,26 @@ class Broker(abc.ABC):
         return self.enqueue_many([message])[0]
 
     # -- workers ------------------------------------------------------------------------
-    def lease(self, worker: str, max_n: int, lease_s: float) -> list[Job]:
+    def lease(
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        lanes: Collection[Lane] | None = None,
+    ) -> list[Job]:
         """Take up to ``max_n`` ready messages, critical first, for ``lease_s`` seconds.
 
-        Due scheduled and retrying messages are promoted first, in the same step.
+        Due scheduled and retrying messages are promoted first, in the same step. ``lanes``
+        restricts the lease to those lanes (a worker's express loop takes only critical).
         """
         if max_n < 1:
             raise ValueError("max_n must be at least 1")
         if not lease_s > 0:
             raise ValueError("lease_s must be positive")
-        return self._lease(worker, max_n, lease_s, self.clock())
+        chosen = frozenset(LANE_ORDER if lanes is None else lanes)
+        if not chosen:
+            raise ValueError("lanes must name at least one lane")
+        return self._lease(worker, max_n, lease_s, self.clock(), chosen)
 
     def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
         """Extend the leases still held; returns the ids whose lease was extended."""
@@ -255,7 +265,9 @@ class Broker(abc.ABC):
     def _enqueue_many(self, messages: Sequence[NewMessage], at: float) -> list[str]: ...
 
     @abc.abstractmethod
-    def _lease(self, worker: str, max_n: int, lease_s: float, at: float) -> list[Job]: ...
+    def _lease(
+        self, worker: str, max_n: int, lease_s: float, at: float, lanes: frozenset[Lane]
+    ) -> list[Job]: ...
 
     @abc.abstractmethod
     def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float) -> list[str]: ...

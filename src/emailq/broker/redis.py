@@ -199,13 +199,16 @@ class RedisBroker(Broker):
         return _texts(pipe.execute()[1])
 
     # -- workers ------------------------------------------------------------------------
-    def _lease(self, worker: str, max_n: int, lease_s: float, at: float) -> list[Job]:
+    def _lease(
+        self, worker: str, max_n: int, lease_s: float, at: float, lanes: frozenset[Lane]
+    ) -> list[Job]:
         k = self.keys
         weights = [self.options.lane_weights[lane] for lane in SHARED_LANES]
+        mask = "".join("1" if lane in lanes else "0" for lane in LANE_ORDER)
         reply = self._run(
             "lease",
             [k.message, k.payload, k.delayed, k.leased, k.counts, k.credit, *k.ready],
-            [at, at + lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights],
+            [at, at + lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask],
         )
         return [_job(reply[i : i + 8]) for i in range(0, len(reply), 8)]
 

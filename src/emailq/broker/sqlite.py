@@ -137,7 +137,9 @@ class SQLiteBroker(Broker):
         return message_id
 
     # -- workers ------------------------------------------------------------------------
-    def _lease(self, worker: str, max_n: int, lease_s: float, at: float) -> list[Job]:
+    def _lease(
+        self, worker: str, max_n: int, lease_s: float, at: float, lanes: frozenset[Lane]
+    ) -> list[Job]:
         jobs: list[tuple[Any, ...]] = []
         with self._write() as db:
             self._promote(db, at, 1000)
@@ -147,6 +149,8 @@ class SQLiteBroker(Broker):
                     " WHERE state = 'queued' AND lane = ? LIMIT ?)",
                     (lane.value, max_n),
                 ).fetchone()[0]
+                if lane in lanes
+                else 0
                 for lane in LANE_ORDER
             }
             credit = {Lane(k): v for k, v in db.execute("SELECT lane, credit FROM lane_credit")}

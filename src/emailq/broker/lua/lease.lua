@@ -14,6 +14,8 @@
 -- ARGV[5]      the most due messages to promote first
 -- ARGV[6..10]  lane names in lease order
 -- ARGV[11..14] weights of the sharing lanes (lanes 2..5)
+-- ARGV[15]     the lanes this lease may take from, "1" or "0" per lane in lease order
+--              ("10000": an express loop that only takes critical mail)
 -- Returns      8 per leased message, lane by lane, oldest first:
 --              id, token (seq), lane, payload, attempts, max_attempts, enqueued_at, tenant
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
@@ -49,7 +51,8 @@ end
 local n = tonumber(ARGV[4])
 local ready, take, weight, credit = {}, {}, {}, {}
 for i = 1, 5 do
-  ready[i] = redis.call('ZCARD', KEYS[6 + i])
+  ready[i] = 0
+  if string.sub(ARGV[15], i, i) == '1' then ready[i] = redis.call('ZCARD', KEYS[6 + i]) end
   take[i] = 0
 end
 local stored = redis.call('HMGET', KEYS[6], lanes[2], lanes[3], lanes[4], lanes[5])
