@@ -10,11 +10,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 from emailq.broker import Broker, NewMessage, State, open_broker
 from emailq.message import parse_email
-from emailq.sink import SmtpSink
+from emailq.sink import SmtpSink, free_port
 
 pytestmark = pytest.mark.slow
 EMAILQ = [sys.executable, "-m", "emailq"]
@@ -120,3 +121,17 @@ def test_three_processes_share_one_provider_limit(
     observed = (len(arrivals) - burst) / (arrivals[-1] - arrivals[0])
     assert observed == pytest.approx(rate, rel=0.10)
     assert os.environ.get("EMAILQ_PROVIDER_URL") is None  # the flags, not the environment
+
+
+def test_a_worker_exposes_its_delivery_metrics(
+    broker_url: str, queue: Broker, sink: SmtpSink
+) -> None:
+    ids = fill(queue, 30)
+    port = free_port()
+    worker = start_worker(broker_url, sink, "--metrics-port", str(port))
+    wait_until(lambda: queue.stats().count(State.SENT) == len(ids), 60, "every message sent")
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert 'emailq_sent_total{lane="standard"} 30.0' in text
+    assert 'emailq_delivery_seconds_count{lane="standard"} 30.0' in text

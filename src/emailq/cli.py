@@ -111,6 +111,8 @@ def worker_options(default_processes: int) -> Callable[[Callable[..., None]], Ca
         click.option("--provider-rate", type=float, help="messages/s through the provider"),
         click.option("--domain-rate", type=float, help="messages/s per recipient domain"),
         click.option("--tenant-rate", type=float, help="messages/s per tenant"),
+        click.option("--metrics-port", default=0, help="Prometheus port of the first worker"
+                     " (the next worker +1, …); 0: none"),
     ]  # fmt: skip
 
     def apply(command: Callable[..., None]) -> Callable[..., None]:
@@ -139,6 +141,7 @@ def start_workers(processes: int, **flags: Any) -> None:
             domain_rate=flags["domain_rate"],
             tenant_rate=flags["tenant_rate"],
         ),
+        metrics_port=flags["metrics_port"],
     )
     if processes == 1:
         worker_main(config)

@@ -9,13 +9,13 @@ so any process can report it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from emailq.broker import Broker
+from emailq.broker import Action, Broker, Outcome
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -65,3 +65,37 @@ class IntakeMetrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.registry.register(QueueCollector(broker))
+
+
+class DeliveryMetrics:
+    """A worker's own metrics: what it sent, retried and buried, and how long mail waited
+    from enqueue to settlement, per lane."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = ["lane"]
+        self.sent = Counter("emailq_sent", "Emails delivered", labels, registry=self.registry)
+        self.failed = Counter(
+            "emailq_failed", "Emails that failed for good", labels, registry=self.registry
+        )
+        self.retried = Counter(
+            "emailq_retried", "Delivery attempts to be retried", labels, registry=self.registry
+        )
+        self.released = Counter(
+            "emailq_released", "Emails given back unsent", labels, registry=self.registry
+        )
+        self.latency = Histogram(
+            "emailq_delivery_seconds", "Enqueue to delivery", labels,
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+
+    def observe(self, outcomes: Sequence[Outcome], at: float) -> None:
+        counters = {
+            Action.COMPLETE: self.sent, Action.BURY: self.failed,
+            Action.RETRY: self.retried, Action.RELEASE: self.released,
+        }  # fmt: skip
+        for outcome in outcomes:
+            lane = outcome.job.lane.value
+            counters[outcome.action].labels(lane).inc()
+            if outcome.action is Action.COMPLETE:
+                self.latency.labels(lane).observe(max(0.0, at - outcome.job.enqueued_at))

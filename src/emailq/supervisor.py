@@ -15,10 +15,13 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 
+from prometheus_client import start_http_server
+
 from emailq.broker import open_broker
+from emailq.metrics import DeliveryMetrics
 from emailq.providers.factory import open_provider
 from emailq.ratelimit import Limiter
 from emailq.ratelimit.rules import RateRules
@@ -33,6 +36,7 @@ class WorkerConfig:
     provider_url: str
     settings: WorkerSettings = field(default_factory=WorkerSettings)
     rules: RateRules = field(default_factory=RateRules)
+    metrics_port: int = 0  # Prometheus endpoint of the first worker; the next gets +1...; 0: off
 
 
 def limiter_for(broker_url: str) -> Limiter:
@@ -57,10 +61,13 @@ async def serve_worker(config: WorkerConfig, stop: asyncio.Event) -> None:
     provider = open_provider(config.provider_url)
     express = open_provider(config.provider_url)
     limiter = limiter_for(config.broker_url) if config.rules.active else None
+    metrics = DeliveryMetrics()
+    if config.metrics_port:
+        start_http_server(config.metrics_port, "127.0.0.1", registry=metrics.registry)
     with open_broker(config.broker_url) as broker:
         worker = Worker(
             broker, provider, config.settings,
-            limiter=limiter, rules=config.rules, express_provider=express,
+            limiter=limiter, rules=config.rules, express_provider=express, metrics=metrics,
         )  # fmt: skip
         await worker.run(stop)
     await provider.close()
@@ -89,8 +96,11 @@ class Supervisor:
         self._workers: list[BaseProcess] = []
         self._stopping = False
 
-    def _spawn(self) -> BaseProcess:
-        process = self._context.Process(target=worker_main, args=(self.config,), daemon=False)
+    def _spawn(self, index: int) -> BaseProcess:
+        config = self.config
+        if config.metrics_port:
+            config = replace(config, metrics_port=config.metrics_port + index)
+        process = self._context.Process(target=worker_main, args=(config,), daemon=False)
         process.start()
         return process
 
@@ -100,14 +110,14 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        self._workers = [self._spawn() for _ in range(self.processes)]
+        self._workers = [self._spawn(index) for index in range(self.processes)]
         while not self._stopping:
             for index, process in enumerate(self._workers):
                 if not process.is_alive():
                     log.warning(
                         "worker %s exited with %s; restarting", process.pid, process.exitcode
                     )
-                    self._workers[index] = self._spawn()
+                    self._workers[index] = self._spawn(index)
             time.sleep(0.2)
         return self._shutdown()
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from emailq.broker import Action, Broker, Job, Outcome
 from emailq.lanes import Lane
 from emailq.message import Email
+from emailq.metrics import DeliveryMetrics
 from emailq.mime import envelope, render
 from emailq.providers import Accepted, Permanent, Provider, Rendered, SendResult, Transient
 from emailq.ratelimit import Limiter
@@ -72,6 +73,7 @@ class Worker:
         limiter: Limiter | None = None,
         rules: RateRules | None = None,
         express_provider: Provider | None = None,
+        metrics: DeliveryMetrics | None = None,
         on_settled: Callable[[Sequence[Outcome]], None] | None = None,
     ) -> None:
         self.broker = broker
@@ -83,6 +85,7 @@ class Worker:
         self.limiter = limiter if rules and rules.active else None
         self.rules = rules or RateRules()
         self.on_settled = on_settled
+        self.metrics = metrics
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then finish (or release) what is in hand."""
@@ -127,9 +130,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reap_interval)
 
-    async def process(
-        self, jobs: Sequence[Job], provider: Provider | None = None
-    ) -> list[Outcome]:
+    async def process(self, jobs: Sequence[Job], provider: Provider | None = None) -> list[Outcome]:
         """Deliver one leased batch and settle it; on cancellation, release it unsent."""
         heartbeat = asyncio.create_task(self._heartbeat(jobs))
         try:
@@ -140,6 +141,8 @@ class Worker:
         finally:
             heartbeat.cancel()
         await asyncio.to_thread(self.broker.settle, outcomes)
+        if self.metrics:
+            self.metrics.observe(outcomes, self.broker.clock())
         if self.on_settled:
             self.on_settled(outcomes)
         return outcomes
