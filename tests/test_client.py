@@ -106,3 +106,19 @@ def test_emailq_send_through_the_api_and_from_an_eml_file(served: Served, tmp_pa
     jobs = {job.id: job for job in served.broker.lease("w", 10, 30)}
     assert json.loads(jobs[job_id].payload)["subject"] == "Parking"
     assert message_id in jobs
+
+
+def test_retry_pauses_grow_honour_retry_after_and_stop() -> None:
+    import httpx
+
+    from emailq.client import RetryPolicy, _pause_before_retry
+
+    policy = RetryPolicy(attempts=3, backoff_s=0.5)
+    busy = httpx.Response(503)
+    limited = httpx.Response(429, headers={"Retry-After": "7"})
+    assert _pause_before_retry(policy, 0, None) == 0.5  # connection failed: retry
+    assert _pause_before_retry(policy, 1, busy) == 1.0
+    assert _pause_before_retry(policy, 0, limited) == 7.0
+    assert _pause_before_retry(policy, 2, busy) is None  # attempts spent
+    assert _pause_before_retry(policy, 0, httpx.Response(422)) is None  # not retryable
+    assert _pause_before_retry(policy, 0, httpx.Response(202)) is None

@@ -72,8 +72,43 @@ def _retryable(response: httpx.Response | None) -> bool:
     return response is None or response.status_code in RETRY_STATUSES
 
 
+def _pause_before_retry(
+    policy: RetryPolicy, attempt: int, response: httpx.Response | None
+) -> float | None:
+    """Seconds to wait before trying again, or None to stop with this response."""
+    if not _retryable(response) or attempt + 1 >= policy.attempts:
+        return None
+    return policy.delay(attempt, response)
+
+
 def _headers(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}", "User-Agent": "emailq-python"}
+
+
+# What each call sends; the sync and async clients differ only in how they wait.
+def _send_call(email: Email | Mapping[str, Any], key: str | None) -> tuple[str, str, Any]:
+    headers = {"Idempotency-Key": key or f"emailq-client/{uuid.uuid4()}"}
+    return "POST", "/v1/emails", {"json": email_body(email), "headers": headers}
+
+
+def _batch_call(
+    template: Mapping[str, Any], recipients: Sequence[Mapping[str, Any]]
+) -> tuple[str, str, Any]:
+    body = {"template": dict(template), "recipients": [dict(r) for r in recipients]}
+    return "POST", "/v1/emails/batch", {"json": body}
+
+
+def _queued(response: httpx.Response) -> Queued:
+    body = response.json()
+    return Queued(body["id"], body["lane"])
+
+
+def _cancelled(error: ApiError | None) -> bool:
+    if error is None:
+        return True
+    if error.status == 409:  # already being sent, or done
+        return False
+    raise error
 
 
 class Client:
@@ -92,32 +127,30 @@ class Client:
         )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.retry.attempts):
+        attempt = 0
+        while True:
             response: httpx.Response | None = None
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError:
-                if attempt + 1 == self.retry.attempts:
+                if attempt + 1 >= self.retry.attempts:
                     raise
-            if response is not None and not _retryable(response):
-                break
-            if attempt + 1 < self.retry.attempts:
-                time.sleep(self.retry.delay(attempt, response))
-        assert response is not None
-        raise_for_problem(response)
-        return response
+            pause = _pause_before_retry(self.retry, attempt, response)
+            if pause is None and response is not None:
+                raise_for_problem(response)
+                return response
+            time.sleep(pause or 0.0)
+            attempt += 1
 
     def send(self, email: Email | Mapping[str, Any], idempotency_key: str | None = None) -> Queued:
-        key = idempotency_key or f"emailq-client/{uuid.uuid4()}"
-        body = self._request("POST", "/v1/emails", json=email_body(email),
-                             headers={"Idempotency-Key": key}).json()  # fmt: skip
-        return Queued(body["id"], body["lane"])
+        method, path, kwargs = _send_call(email, idempotency_key)
+        return _queued(self._request(method, path, **kwargs))
 
     def send_batch(
         self, template: Mapping[str, Any], recipients: Sequence[Mapping[str, Any]]
     ) -> list[str]:
-        body = {"template": dict(template), "recipients": [dict(r) for r in recipients]}
-        return list(self._request("POST", "/v1/emails/batch", json=body).json()["ids"])
+        method, path, kwargs = _batch_call(template, recipients)
+        return list(self._request(method, path, **kwargs).json()["ids"])
 
     def get(self, message_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/emails/{message_id}").json())
@@ -126,10 +159,8 @@ class Client:
         try:
             self._request("DELETE", f"/v1/emails/{message_id}")
         except ApiError as error:
-            if error.status == 409:
-                return False
-            raise
-        return True
+            return _cancelled(error)
+        return _cancelled(None)
 
     def queues(self) -> dict[str, Any]:
         return dict(self._request("GET", "/v1/queues").json())
@@ -160,35 +191,32 @@ class AsyncClient:
         )
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.retry.attempts):
+        attempt = 0
+        while True:
             response: httpx.Response | None = None
             try:
                 response = await self._http.request(method, path, **kwargs)
             except httpx.TransportError:
-                if attempt + 1 == self.retry.attempts:
+                if attempt + 1 >= self.retry.attempts:
                     raise
-            if response is not None and not _retryable(response):
-                break
-            if attempt + 1 < self.retry.attempts:
-                await asyncio.sleep(self.retry.delay(attempt, response))
-        assert response is not None
-        raise_for_problem(response)
-        return response
+            pause = _pause_before_retry(self.retry, attempt, response)
+            if pause is None and response is not None:
+                raise_for_problem(response)
+                return response
+            await asyncio.sleep(pause or 0.0)
+            attempt += 1
 
     async def send(
         self, email: Email | Mapping[str, Any], idempotency_key: str | None = None
     ) -> Queued:
-        key = idempotency_key or f"emailq-client/{uuid.uuid4()}"
-        response = await self._request("POST", "/v1/emails", json=email_body(email),
-                                       headers={"Idempotency-Key": key})  # fmt: skip
-        body = response.json()
-        return Queued(body["id"], body["lane"])
+        method, path, kwargs = _send_call(email, idempotency_key)
+        return _queued(await self._request(method, path, **kwargs))
 
     async def send_batch(
         self, template: Mapping[str, Any], recipients: Sequence[Mapping[str, Any]]
     ) -> list[str]:
-        body = {"template": dict(template), "recipients": [dict(r) for r in recipients]}
-        return list((await self._request("POST", "/v1/emails/batch", json=body)).json()["ids"])
+        method, path, kwargs = _batch_call(template, recipients)
+        return list((await self._request(method, path, **kwargs)).json()["ids"])
 
     async def get(self, message_id: str) -> dict[str, Any]:
         return dict((await self._request("GET", f"/v1/emails/{message_id}")).json())
@@ -197,10 +225,8 @@ class AsyncClient:
         try:
             await self._request("DELETE", f"/v1/emails/{message_id}")
         except ApiError as error:
-            if error.status == 409:
-                return False
-            raise
-        return True
+            return _cancelled(error)
+        return _cancelled(None)
 
     async def queues(self) -> dict[str, Any]:
         return dict((await self._request("GET", "/v1/queues")).json())
