@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -360,7 +360,8 @@ def connect(url: str) -> tuple[redis.Redis, str]:
         return _sentinel_client(parts.netloc, parts.path, query), prefix
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(f"not a Redis URL: {url}")
-    plain = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+    rest = urlencode(query, doseq=True)  # redis-py refuses options it does not know
+    plain = url.partition("?")[0] + (f"?{rest}" if rest else "")
     return redis.Redis.from_url(plain, **client_options()), prefix
 
 

@@ -15,6 +15,12 @@
 -- Returns     one id per message: its own, or the id that already owns its idempotency key.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+local score = {}  -- due → its score, formatted once (a batch mostly shares one due time)
+local function score_of(due)
+  local s = score[due]
+  if not s then s = tostring(ms(due)); score[due] = s end
+  return s
+end
 local now = tonumber(ARGV[1])
 local ready = {}
 for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[5 + i] end
@@ -51,7 +57,11 @@ local function store(i, msg)
     'tenant', ARGV[i + 2], 'attempts', '0', 'max_attempts', ARGV[i + 5], 'seq', '0',
     'enqueued_at', ARGV[1], 'updated_at', ARGV[1], 'available_at', due)
   if key ~= '' then redis.call('HSET', msg, 'idem', key) end
-  if state == 'queued' then line_up(ready[lane], ms(due), id) else line_up(KEYS[4], ms(due), id) end
+  if state == 'queued' then
+    line_up(ready[lane], score_of(due), id)
+  else
+    line_up(KEYS[4], score_of(due), id)
+  end
   count(lane .. ':' .. state)
 end
 

@@ -83,10 +83,11 @@ if shared then
 end
 
 -- Take: pop each lane's oldest and hand them to the worker.
-local jobs, expiries, payloads, expiry = {}, {}, {}, ms(ARGV[2])
+local jobs, expiries, payloads, expiry = {}, {}, {}, tostring(ms(ARGV[2]))  -- format once
 for i = 1, 5 do
   local popped = {}
   if take[i] > 0 then popped = redis.call('ZPOPMIN', KEYS[6 + i], take[i]) end
+  local leased = 0
   for j = 1, #popped, 2 do
     local id = popped[j]
     local msg = KEYS[1] .. id
@@ -96,8 +97,7 @@ for i = 1, 5 do
       local attempts, seq = tonumber(f[2]) + 1, tonumber(f[4]) + 1
       redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'seq', seq,
         'owner', ARGV[3], 'updated_at', ARGV[1])
-      count(lanes[i] .. ':queued', -1)
-      count(lanes[i] .. ':leased', 1)
+      leased = leased + 1
       expiries[#expiries + 1] = expiry
       expiries[#expiries + 1] = id
       payloads[#payloads + 1] = KEYS[2] .. id
@@ -105,6 +105,10 @@ for i = 1, 5 do
       jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, seq, lanes[i], false
       jobs[k + 5], jobs[k + 6], jobs[k + 7], jobs[k + 8] = attempts, tonumber(f[3]), f[5], f[6]
     end
+  end
+  if leased > 0 then
+    count(lanes[i] .. ':queued', -leased)
+    count(lanes[i] .. ':leased', leased)
   end
 end
 for j = 1, #expiries, 1000 do  -- in chunks: unpack() has a limit

@@ -18,13 +18,15 @@
 -- Returns      the ids settled.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
-local now, now_ms = ARGV[1], ms(ARGV[1])
+local now, now_ms = ARGV[1], tostring(ms(ARGV[1]))  -- format once, not per message
 local ready = {}
 for i = 1, 5 do ready[ARGV[2 + i]] = KEYS[7 + i] end
-local delta = {}
+local delta = {}  -- lane → state → change in count
 local function move(lane, to)
-  delta[lane .. ':leased'] = (delta[lane .. ':leased'] or 0) - 1
-  delta[lane .. ':' .. to] = (delta[lane .. ':' .. to] or 0) + 1
+  local d = delta[lane]
+  if not d then d = {}; delta[lane] = d end
+  d.leased = (d.leased or 0) - 1
+  d[to] = (d[to] or 0) + 1
 end
 local settled, finished, sent_payloads = {}, {}, {}
 
@@ -111,7 +113,7 @@ end
 for j = 1, #sent_payloads, 1000 do
   redis.call('UNLINK', unpack(sent_payloads, j, math.min(j + 999, #sent_payloads)))
 end
-for field, d in pairs(delta) do
-  if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end
+for lane, d in pairs(delta) do
+  for state, n in pairs(d) do redis.call('HINCRBY', KEYS[5], lane .. ':' .. state, n) end
 end
 return settled
