@@ -38,6 +38,11 @@ def open_test_broker(clock: ManualClock, options: BrokerOptions | None = None) -
 
 
 @pytest.fixture
+def redis_up() -> None:
+    require_redis()
+
+
+@pytest.fixture
 def broker(clock: ManualClock) -> Iterator[RedisBroker]:
     opened = open_test_broker(clock)
     yield opened
@@ -202,7 +207,11 @@ def test_counts_agree_with_the_messages_after_every_kind_of_change(
 
 
 # -- lane sharing in Lua is scheduling.allot ------------------------------------------------
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     n=st.integers(1, 30),
     ready=st.lists(st.integers(0, 12), min_size=5, max_size=5),
@@ -210,7 +219,7 @@ def test_counts_agree_with_the_messages_after_every_kind_of_change(
     weights=st.lists(st.integers(1, 9), min_size=4, max_size=4),
 )
 def test_the_lease_script_shares_lanes_exactly_as_allot(
-    n: int, ready: list[int], credit: list[int], weights: list[int]
+    redis_up: None, n: int, ready: list[int], credit: list[int], weights: list[int]
 ) -> None:
     lane_weights = dict(zip(SHARED_LANES, weights, strict=True))
     broker = open_test_broker(ManualClock(), BrokerOptions(lane_weights=lane_weights))
@@ -338,7 +347,7 @@ def sentinel_setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
     config.write_text(
         f"port {sentinel}\nbind 127.0.0.1\ndir {tmp_path}\nlogfile {tmp_path / 'sentinel.log'}\n"
         f"sentinel monitor mail 127.0.0.1 {master} 1\n"
-        "sentinel down-after-milliseconds mail 1000\nsentinel failover-timeout mail 10000\n"
+        "sentinel down-after-milliseconds mail 1000\nsentinel failover-timeout mail 3000\n"
     )
     procs = {
         "master": subprocess.Popen([server, "--port", str(master), *common, *log]),

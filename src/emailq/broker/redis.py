@@ -19,10 +19,12 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
 
 Times are the injected clock's (passed in ARGV), never Redis ``TIME``: epoch seconds in the
 hashes, whole milliseconds as zset scores (Redis compares small sorted sets by parsing their
-scores as text, and integers parse several times faster than 17-digit fractions). Finished messages
-carry a Redis TTL of the retention period; ``purge_expired`` deletes them on the broker's
-clock and keeps ``{p}:counts`` exact, so the counts of sent, dead and cancelled mail include
-records whose TTL ran out until it next runs: call it periodically.
+scores as text, and integers parse several times faster than 17-digit fractions).
+
+Finished messages carry a Redis TTL of the retention period, a safety net; ``purge_expired``
+deletes them on the broker's clock and keeps ``{p}:counts`` exact, so until it next runs the
+counts of sent, dead and cancelled mail include records whose TTL ran out. Call it
+periodically: ``{p}:final`` only shrinks when it runs.
 
 Durability is the server's: an acknowledged enqueue survives a crash with ``appendonly yes``
 (``appendfsync always``, or ``everysec`` losing up to a second); replication is asynchronous.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -43,7 +46,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from emailq.broker.base import (
     Action,
@@ -89,7 +92,7 @@ def client_options() -> dict[str, Any]:
         "decode_responses": False,  # payloads are bytes
         "retry": retry,
         "socket_timeout": 10.0,  # a silent network partition fails over instead of hanging
-        "socket_connect_timeout": 5.0,
+        "socket_connect_timeout": 2.0,
         "health_check_interval": 30,  # a connection idle that long is pinged before use
     }
 
@@ -295,6 +298,7 @@ class RedisBroker(Broker):
         return counts, oldest
 
     def _ping(self) -> bool:
+        # Within the retry budget: during a failover this answers once the new master does.
         try:
             return bool(self.client.ping())
         except redis.RedisError:
@@ -386,11 +390,26 @@ def _sentinel_client(netloc: str, path: str, query: dict[str, list[str]]) -> red
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         service,
         db=int(db),
+        connection_class=_SentinelMasterConnection,
         username=unquote(username) or None,
         password=unquote(password) or None,
         **client_options(),
     )
     return client
+
+
+class _SentinelMasterConnection(SentinelManagedConnection):
+    """Asks Sentinel where the master is at every connect, the retries' included.
+
+    redis-py reconnects a dropped Sentinel connection to the address it had, so after a
+    failover it would knock on the dead master until the retry budget runs out
+    (redis/redis-py#3874; tests/test_redis_broker.py kills a master to check this).
+    """
+
+    def _connect(self) -> socket.socket:
+        self.host, self.port = self.connection_pool.get_master_address()
+        sock: socket.socket = super()._connect()  # type: ignore[no-untyped-call]
+        return sock
 
 
 def _host_port(item: str) -> tuple[str, int]:

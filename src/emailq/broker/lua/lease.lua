@@ -116,7 +116,7 @@ for j = 1, #expiries, 1000 do  -- in chunks: unpack() has a limit
 end
 for j = 1, #payloads, 1000 do
   local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
-  for n = 1, #got do jobs[(j + n - 2) * 8 + 4] = got[n] end
+  for m = 1, #got do jobs[(j + m - 2) * 8 + 4] = got[m] end
 end
 for field, d in pairs(delta) do
   if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end
