@@ -38,6 +38,7 @@ class WorkerSettings:
     lease_s: float = 30.0
     idle_sleep: float = 0.05  # between empty leases
     reap_interval: float = 1.0
+    purge_interval: float = 60.0  # dropping finished records past the broker's retention
     retry_base_s: float = 10.0  # first retry after 5-10 s, doubling, with jitter
     retry_cap_s: float = 3600.0
     shutdown_timeout: float = 20.0  # after stop, how long in-flight batches may take
@@ -123,10 +124,17 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), idle_sleep or s.idle_sleep)
 
     async def _reap(self, stop: asyncio.Event) -> None:
+        """Housekeeping: expired leases back to their lanes (every second or so), and
+        finished records past their retention dropped (every minute or so)."""
+        loop = asyncio.get_running_loop()
+        next_purge = loop.time()
         while not stop.is_set():
             reaped = await asyncio.to_thread(self.broker.reap_expired)
             if reaped:
                 log.warning("returned %d messages whose lease expired", reaped)
+            if loop.time() >= next_purge:
+                await asyncio.to_thread(self.broker.purge_expired)
+                next_purge = loop.time() + self.settings.purge_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reap_interval)
 
