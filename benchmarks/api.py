@@ -123,10 +123,11 @@ async def batches(port: int, secret: str, count: int, guests: int = 500) -> floa
     return count * guests / (time.perf_counter() - started)
 
 
-def start_server(broker_url: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(broker_url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
     server = subprocess.Popen(
-        [sys.executable, "-m", "emailq", "serve", "--broker-url", broker_url, "--port", str(port)]
-    )
+        [sys.executable, "-m", "emailq", "serve", "--broker-url", broker_url, "--port", str(port),
+         "--workers", str(workers)]
+    )  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -144,12 +145,13 @@ def main() -> int:
     parser.add_argument("--rates", default="250,500,1000,1500,2000")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
     args = parser.parse_args()
     _, secret = open_key_store(args.broker_url).create("bench")
     port = free_port()
-    server = start_server(args.broker_url, port)
+    server = start_server(args.broker_url, port, args.workers)
     try:
-        print(f"emailq serve (1 process) on {args.broker_url.split('?')[0]}")
+        print(f"emailq serve ({args.workers} process(es)) on {args.broker_url.split('?')[0]}")
         print(f"{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-202':>8}")
         for rate in (float(r) for r in args.rates.split(",")):
             r = asyncio.run(open_loop(port, secret, rate, args.seconds))

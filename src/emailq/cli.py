@@ -205,19 +205,78 @@ def send(broker_url: str, api_url: str | None, api_key: str | None, path: str | 
     "--provider-url", envvar="EMAILQ_PROVIDER_URL", default=None, help="checked by /health/ready"
 )
 @click.option("--tenant-rate", type=float, help="emails/s each tenant may submit")
+@click.option("--workers", default=1, show_default=True, help="server processes")
 def serve(
-    broker_url: str, host: str, port: int, provider_url: str | None, tenant_rate: float | None
+    broker_url: str,
+    host: str,
+    port: int,
+    provider_url: str | None,
+    tenant_rate: float | None,
+    workers: int,
 ) -> None:
     """Serve the HTTP intake API."""
+    import os
+
     import uvicorn
 
-    from emailq.api import ApiSettings, create_app
-
-    settings = ApiSettings(broker_url, provider_url=provider_url, tenant_rate=tenant_rate)
+    # Every server process builds its app from these (uvicorn imports the factory in each).
+    os.environ["EMAILQ_BROKER_URL"] = broker_url
+    os.environ.pop("EMAILQ_PROVIDER_URL", None)
+    if provider_url:
+        os.environ["EMAILQ_PROVIDER_URL"] = provider_url
+    if tenant_rate:
+        os.environ["EMAILQ_TENANT_RATE"] = str(tenant_rate)
     uvicorn.run(
-        create_app(settings), host=host, port=port, log_level="warning",
-        loop="uvloop", http="httptools", access_log=False,
+        "emailq.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+        log_level="warning", loop="uvloop", http="httptools", access_log=False,
     )  # fmt: skip
+
+
+@cli.command()
+@click.option("--scenario", default="standard", show_default=True,
+              type=click.Choice(["standard", "wedding-day", "stress", "endurance"]))
+@click.option("--duration", help="e.g. 30s, 2m, 1h (default: the scenario's)")
+@click.option("--rate", type=float, help="emails/min (stress: the first step's)")
+@click.option("--target", help="drive a running API at this URL instead of an embedded service")
+@click.option("--embedded", is_flag=True, help="start broker, workers and sinks here (default)")
+@click.option("--api-key", envvar="EMAILQ_API_KEY", help="with --target")
+@click.option("--sink-port", type=int, help="with --target: the sink its workers deliver to")
+@click.option("--broker-url", help="embedded broker (default: SQLite in a temp dir)")
+@click.option("--workers", default=2, show_default=True, help="worker processes")
+@click.option("--sinks", type=int, help="sink processes (default: one per 40,000/min of peak)")
+@click.option("--sink", default="auto", show_default=True,
+              type=click.Choice(["auto", "aiosmtpd", "lean"]),
+              help="the built-in sink, or a lean one that leaves the CPU to emailq; auto: "
+                   "the built-in one up to 40,000/min")
+@click.option("--batch", default=100, show_default=True, help="messages per lease")
+@click.option("--concurrency", default=2, show_default=True, help="batches in flight per worker")
+@click.option("--smtp-pool", default=8, show_default=True, help="SMTP connections per worker")
+@click.option("--provider-rate", type=float, help="throttle: provider limit, messages/s")
+@click.option("--sink-delay", default=0.0, help="throttle: seconds the sink stalls per message")
+@click.option("--step-rate", type=float, help="stress: emails/min added per step")
+@click.option("--step-duration", help="stress: length of each step (default 15s)")
+@click.option("--drain-timeout", help="how long to wait for the backlog after the load")
+@click.option("--slo-throughput", default=0.95, show_default=True,
+              help="share of offered mail delivered by the end of the load + grace")
+@click.option("--slo-grace", default=2.0, show_default=True, help="seconds, for throughput")
+@click.option("--slo-success", default=0.999, show_default=True, help="delivered / sent")
+@click.option("--slo-p99", multiple=True, metavar="LANE=SECONDS",
+              help="p99 objective (default critical=1 wedding_day=5; LANE=off drops one)")
+@click.option("--slo-max-lost", default=0, show_default=True)
+@click.option("--slo-max-duplicates", default=0, show_default=True)
+@click.option("--report-dir", default="loadtest-report", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="the schedule's random seed")
+@click.option("--live/--no-live", default=None, help="rich live view (default: on a terminal)")
+def loadtest(**flags: Any) -> None:
+    """Open-loop load with SLO verdicts and an HTML + JSON report; exit 0 only if all hold."""
+    from emailq.loadtest.flags import options_from_flags
+    from emailq.loadtest.run import main as run_loadtest
+
+    try:
+        options = options_from_flags(flags)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    sys.exit(run_loadtest(options))
 
 
 @cli.group()

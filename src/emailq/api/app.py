@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -143,4 +144,11 @@ def app_from_env() -> Any:
     from emailq.config import Settings
 
     settings = Settings.from_env()
-    return create_app(ApiSettings(settings.broker_url, settings.provider_url))
+    rate = os.environ.get("EMAILQ_TENANT_RATE")
+    return create_app(
+        ApiSettings(
+            settings.broker_url,
+            provider_url=os.environ.get("EMAILQ_PROVIDER_URL"),
+            tenant_rate=float(rate) if rate else None,
+        )
+    )
