@@ -479,6 +479,7 @@ def main(options: Options, console: Console | None = None) -> int:
     stress = result.figures.get("stress")
     if stress:
         console.print(f"highest rate held: {stress['highest_rate_held_per_min'] or 0:,.0f}/min")
-    console.print(f"report: {result.html_path} and {result.json_path}")
+    # soft_wrap: a path must stay whole to be copied (and found by tests) on a narrow terminal
+    console.print(f"report: {result.html_path} and {result.json_path}", soft_wrap=True)
     console.print("[green]PASS[/]" if result.passed else "[red]FAIL[/]: an SLO did not hold")
     return 0 if result.passed else 1
