@@ -275,3 +275,24 @@ async def test_tenant_intake_rate_is_answered_with_429(
         codes = [(await c.post("/v1/emails", json=EMAIL, headers=headers)) for _ in range(5)]
     assert [r.status_code for r in codes] == [202, 202, 202, 429, 429]
     assert int(codes[3].headers["retry-after"]) >= 1
+
+
+async def test_guest_list_idempotency_comes_per_recipient_or_from_the_header(api: Api) -> None:
+    keyed = guest_list(3)
+    keyed["template"]["idempotency_key"] = "one-for-all"
+    refused = await api.post("/v1/emails/batch", keyed)
+    assert refused.status_code == 422 and fields_of(refused) == ["template.idempotency_key"]
+    first = await api.post("/v1/emails/batch", guest_list(5), **{"Idempotency-Key": "run-7"})
+    again = await api.post("/v1/emails/batch", guest_list(5), **{"Idempotency-Key": "run-7"})
+    assert first.json()["ids"] == again.json()["ids"]
+    assert api.broker.stats().count(State.QUEUED) == 5
+
+
+async def test_a_template_that_fails_for_one_guest_names_that_guest(api: Api) -> None:
+    body = guest_list(3)
+    body["template"]["subject"] = "Table {{ table + 1 }}"
+    for index, table in enumerate([4, 5, "six"]):
+        body["recipients"][index]["variables"]["table"] = table
+    response = await api.post("/v1/emails/batch", body)
+    assert response.status_code == 422
+    assert fields_of(response) == ["recipients.2.subject"]

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from emailq.broker import Broker, NewMessage, State
+from emailq.broker import Broker, NewMessage, State, open_broker
 from emailq.clock import ManualClock
 from emailq.lanes import Lane
 from emailq.message import parse_email
+from emailq.providers import Rendered, SendResult
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.sink import SinkHandler, SmtpSink, message_id_of
 from emailq.worker import Worker, WorkerSettings
@@ -152,3 +153,53 @@ def test_temporary_failures_and_a_dropped_connection_are_retried_until_delivered
         assert broker.stats().count(State.SENT) == 13
         info = broker.get(ids[0])
         assert info is not None and info.attempts == 2
+
+
+def test_a_login_the_server_refuses_is_retried_not_dead(broker: Broker, sink: SmtpSink) -> None:
+    [message_id] = broker.enqueue_many([new_message("guest@example.org")])
+
+    async def run() -> None:
+        # The sink offers no AUTH: the login fails before any message is tried.
+        provider = SmtpProvider(SmtpSettings(port=sink.port, username="u", password="p"))
+        worker = Worker(broker, provider, WorkerSettings())
+        await worker.process(broker.lease(worker.name, 10, 30))
+        await provider.close()
+
+    asyncio.run(run())
+    info = broker.get(message_id)
+    assert info is not None and info.state == State.RETRYING
+    assert info.last_error is not None and info.last_error.startswith("connect/login")
+
+
+class FailsOnce(SmtpProvider):
+    """A provider whose first batch blows up (a bug, a dead dependency), then recovers."""
+
+    failed = False
+
+    async def send_batch(self, batch: Sequence[Rendered]) -> list[SendResult]:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("provider crashed")
+        return await super().send_batch(batch)
+
+
+def test_a_crashing_provider_does_not_stop_the_worker(broker_url: str, sink: SmtpSink) -> None:
+    with open_broker(broker_url) as broker:  # real time: the crashed batch is released
+        ids = broker.enqueue_many([new_message(f"g{i}@example.org") for i in range(20)])
+
+        async def run() -> None:
+            provider = FailsOnce(SmtpSettings(port=sink.port))
+            worker = Worker(broker, provider, WorkerSettings(error_backoff=0.05))
+            stop = asyncio.Event()
+            running = asyncio.create_task(worker.run(stop))
+            deadline = asyncio.get_running_loop().time() + 30
+            while sink.count < len(ids):
+                assert asyncio.get_running_loop().time() < deadline, "mail stopped flowing"
+                await asyncio.sleep(0.02)
+            stop.set()
+            await running
+            await provider.close()
+
+        asyncio.run(run())
+        assert sorted(d.message_id for d in sink.deliveries) == sorted(ids)
+        assert broker.stats().count(State.SENT) == len(ids)

@@ -39,6 +39,7 @@ class WorkerSettings:
     idle_sleep: float = 0.05  # between empty leases
     reap_interval: float = 1.0
     purge_interval: float = 60.0  # dropping finished records past the broker's retention
+    error_backoff: float = 1.0  # after a broker or provider failure, before leasing again
     retry_base_s: float = 10.0  # first retry after 5-10 s, doubling, with jitter
     retry_cap_s: float = 3600.0
     shutdown_timeout: float = 20.0  # after stop, how long in-flight batches may take
@@ -116,12 +117,22 @@ class Worker:
         s = self.settings
         batch = batch_size or s.batch_size
         while not stop.is_set():
-            jobs = await asyncio.to_thread(self.broker.lease, self.name, batch, s.lease_s, lanes)
-            if jobs:
-                await self.process(jobs, provider)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), idle_sleep or s.idle_sleep)
+            pause = idle_sleep or s.idle_sleep
+            try:
+                jobs = await asyncio.to_thread(
+                    self.broker.lease, self.name, batch, s.lease_s, lanes
+                )
+                if jobs:
+                    await self.process(jobs, provider)
+                    pause = 0.0
+            except Exception:
+                # A broker or provider failure must not end the loop quietly (a worker that
+                # looks alive but sends nothing): log it, back off, lease again.
+                log.exception("delivery loop failed; trying again in %.0f s", s.error_backoff)
+                pause = s.error_backoff
+            if pause:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
 
     async def _reap(self, stop: asyncio.Event) -> None:
         """Housekeeping: expired leases back to their lanes (every second or so), and
@@ -129,22 +140,32 @@ class Worker:
         loop = asyncio.get_running_loop()
         next_purge = loop.time()
         while not stop.is_set():
-            reaped = await asyncio.to_thread(self.broker.reap_expired)
-            if reaped:
-                log.warning("returned %d messages whose lease expired", reaped)
-            if loop.time() >= next_purge:
-                await asyncio.to_thread(self.broker.purge_expired)
-                next_purge = loop.time() + self.settings.purge_interval
+            try:
+                reaped = await asyncio.to_thread(self.broker.reap_expired)
+                if reaped:
+                    log.warning("returned %d messages whose lease expired", reaped)
+                if loop.time() >= next_purge:
+                    await asyncio.to_thread(self.broker.purge_expired)
+                    next_purge = loop.time() + self.settings.purge_interval
+            except Exception:
+                log.exception("housekeeping failed; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reap_interval)
 
     async def process(self, jobs: Sequence[Job], provider: Provider | None = None) -> list[Outcome]:
-        """Deliver one leased batch and settle it; on cancellation, release it unsent."""
-        heartbeat = asyncio.create_task(self._heartbeat(jobs))
+        """Deliver one leased batch and settle it in one call.
+
+        Cancelled (the shutdown deadline) or failed part-way: sends still running are
+        stopped, what was sent is settled as sent, and the rest is released unsent.
+        """
+        lost: set[str] = set()  # ids whose lease another worker now holds
+        sends: list[asyncio.Task[list[Outcome]]] = []
+        heartbeat = asyncio.create_task(self._heartbeat(jobs, lost))
         try:
-            outcomes = await self._deliver(jobs, provider or self.provider)
-        except asyncio.CancelledError:
-            await asyncio.shield(asyncio.to_thread(self.broker.release, jobs))
+            outcomes = await self._deliver(jobs, provider or self.provider, sends, lost)
+        except BaseException:
+            salvaged = _salvage(jobs, sends)
+            await asyncio.shield(asyncio.to_thread(self.broker.settle, salvaged))
             raise
         finally:
             heartbeat.cancel()
@@ -155,15 +176,29 @@ class Worker:
             self.on_settled(outcomes)
         return outcomes
 
-    async def _heartbeat(self, jobs: Sequence[Job]) -> None:
+    async def _heartbeat(self, jobs: Sequence[Job], lost: set[str]) -> None:
         interval = self.settings.lease_s / 3
         while True:
             await asyncio.sleep(interval)
-            kept = await asyncio.to_thread(self.broker.heartbeat, jobs, self.settings.lease_s)
-            if len(kept) < len(jobs):
-                log.warning("lost the lease of %d messages", len(jobs) - len(kept))
+            try:
+                kept = set(
+                    await asyncio.to_thread(self.broker.heartbeat, jobs, self.settings.lease_s)
+                )
+            except Exception:
+                log.exception("heartbeat failed; the lease may run out")
+                continue
+            newly_lost = {job.id for job in jobs if job.id not in kept} - lost
+            if newly_lost:
+                log.warning("lost the lease of %d messages; not sending them", len(newly_lost))
+                lost.update(newly_lost)
 
-    async def _deliver(self, jobs: Sequence[Job], provider: Provider) -> list[Outcome]:
+    async def _deliver(
+        self,
+        jobs: Sequence[Job],
+        provider: Provider,
+        sends: list[asyncio.Task[list[Outcome]]],
+        lost: set[str],
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         ready: list[tuple[Job, Rendered]] = []
         for job in jobs:
@@ -171,9 +206,10 @@ class Worker:
                 ready.append((job, render_job(job, self.settings.domain)))
             except ValueError as error:  # a payload we cannot read now never will be
                 outcomes.append(Outcome(job, Action.BURY, error=f"unreadable payload: {error}"))
-        sends: list[asyncio.Task[list[Outcome]]] = []
         while ready:  # each group the rate limits let through is sent while the rest waits
             granted, ready, wait = await self._pass_limits(ready)
+            # Mail whose lease ran out (a long rate-limit wait) belongs to another worker now.
+            granted = [item for item in granted if item[0].id not in lost]
             sends.append(asyncio.create_task(self._send(granted, provider)))
             if ready:
                 await asyncio.sleep(wait)
@@ -213,3 +249,15 @@ class Worker:
             return Outcome(job, Action.BURY, error=result.reason)
         delay = retry_delay(job.attempts, self.settings, result.retry_after)
         return Outcome(job, Action.RETRY, delay=delay, error=result.reason)
+
+
+def _salvage(jobs: Sequence[Job], sends: list[asyncio.Task[list[Outcome]]]) -> list[Outcome]:
+    """Stop the sends still running; keep the outcomes of finished ones, release the rest."""
+    finished: list[Outcome] = []
+    for task in sends:
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            finished += task.result()
+    settled = {outcome.job.id for outcome in finished}
+    return finished + [Outcome(job, Action.RELEASE) for job in jobs if job.id not in settled]

@@ -40,10 +40,14 @@ class BatchRequest(BaseModel):
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
 
 
-def parse_batch(data: bytes, scope: Callable[[dict[str, Any]], None]) -> list[Email]:
+def parse_batch(
+    data: bytes, scope: Callable[[dict[str, Any]], None], idempotency_key: str | None = None
+) -> list[Email]:
     """Every recipient's email, or InvalidEmail listing every error in the batch.
 
     ``scope`` binds the fields the caller's API key decides (the tenant) on the template.
+    With a request ``idempotency_key``, a recipient without a key of its own gets
+    ``<key>/<index>``, so a retried batch request returns the first ids, queueing nothing.
     """
     try:
         batch = BatchRequest.model_validate_json(data)
@@ -55,12 +59,19 @@ def parse_batch(data: bytes, scope: Callable[[dict[str, Any]], None]) -> list[Em
     scope(template)
     if "to" in template:
         raise InvalidEmail([FieldError("template.to", "recipients come from 'recipients'")])
+    if "idempotency_key" in template:  # one key for every guest would keep only the first
+        message = "give each recipient its own idempotency_key, or the Idempotency-Key header"
+        raise InvalidEmail([FieldError("template.idempotency_key", message)])
     errors = _check_templates(template)
     if errors:
         raise InvalidEmail(errors)
     personal = _combined(template)
     emails: list[Email] = []
     for index, recipient in enumerate(batch.recipients):
+        if idempotency_key and recipient.idempotency_key is None:
+            recipient = recipient.model_copy(
+                update={"idempotency_key": f"{idempotency_key}/{index}"}
+            )
         try:
             emails.append(_personalise(template, personal, recipient))
         except InvalidEmail as error:
@@ -110,8 +121,9 @@ def _personalise(template: dict[str, Any], combined: Template, guest: Recipient)
     for name, block in combined.blocks.items():
         try:
             fields[name] = "".join(block(context))
-        except TemplateError as error:  # e.g. a variable this guest does not have
-            errors.append(FieldError(name, f"template error: {error}"))
+        except Exception as error:
+            # e.g. a variable this guest does not have, or {{ a + b }} with text and a number
+            errors.append(FieldError(name, f"template error: {type(error).__name__}: {error}"))
     if errors:
         raise InvalidEmail(errors)
     fields["to"] = guest.to

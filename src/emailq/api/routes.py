@@ -104,8 +104,9 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
         key = await caller(request)
         body = await request.body()
         emails = await run_in_threadpool(
-            parse_batch, body, lambda template: scope_to_key(template, key, None)
-        )
+            parse_batch, body, lambda template: scope_to_key(template, key, None),
+            request.headers.get("idempotency-key"),
+        )  # fmt: skip
         queued = await enqueue(key, emails)
         ctx.metrics.request_seconds.labels("batch").observe(time.perf_counter() - started)
         return JSONResponse(

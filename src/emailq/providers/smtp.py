@@ -43,9 +43,13 @@ class SmtpProvider(Provider):
         client = await self._checkout()
         try:
             if not client.is_connected:
-                await client.connect()
-                if self.settings.username and self.settings.password:
-                    await client.login(self.settings.username, self.settings.password)
+                await self._open(client)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            # A refused login or a dead server says nothing about this message: never final.
+            client.close()
+            self._idle.put_nowait(client)
+            return Transient(f"connect/login: {type(error).__name__}: {error}")
+        try:
             refused, reply = await client.sendmail(
                 message.mail_from, list(message.recipients), message.data
             )
@@ -61,6 +65,11 @@ class SmtpProvider(Provider):
             self._idle.put_nowait(client)
         # With some recipients refused but not all, the message still went out to the rest.
         return Accepted(reply if not refused else f"{reply} (refused: {len(refused)})")
+
+    async def _open(self, client: aiosmtplib.SMTP) -> None:
+        await client.connect()
+        if self.settings.username and self.settings.password:
+            await client.login(self.settings.username, self.settings.password)
 
     async def _checkout(self) -> aiosmtplib.SMTP:
         if self._idle.empty() and self._created < self.settings.pool_size:
