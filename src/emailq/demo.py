@@ -9,7 +9,6 @@ the bulk still queued. The demo ends with a table per lane measured at the sink.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from rich.table import Table
 from emailq.broker import Broker, open_broker
 from emailq.intake import to_new_message
 from emailq.lanes import LANE_ORDER, Lane
+from emailq.loadtest.measure import percentile
 from emailq.message import parse_email
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.sink import SmtpSink
@@ -160,7 +160,7 @@ def _report(ledger: Ledger, sink: SmtpSink) -> Table:
         ms = sorted(x * 1000 for x in latencies[lane])
         table.add_row(
             lane.value, str(queued), str(len(ms)),
-            f"{statistics.median(ms):.0f}", f"{_percentile(ms, 99):.0f}", f"{ms[-1]:.0f}",
+            f"{percentile(ms, 50):.0f}", f"{percentile(ms, 99):.0f}", f"{ms[-1]:.0f}",
         )  # fmt: skip
     return table
 
@@ -184,11 +184,6 @@ def _overtaking(ledger: Ledger, sink: SmtpSink) -> str:
         f" {(last - queued_at) * 1000:.0f} ms of being queued; they overtook {overtaken}"
         " invitations queued before them"
     )
-
-
-def _percentile(sorted_values: list[float], pct: float) -> float:
-    index = min(len(sorted_values) - 1, round(pct / 100 * (len(sorted_values) - 1)))
-    return sorted_values[index]
 
 
 def demo(plan: DemoPlan | None = None, broker_url: str | None = None) -> int:

@@ -101,9 +101,10 @@ def _from_code(code: int, text: str) -> SendResult:
 
 def _classify_refusals(refusals: list[tuple[int, str]]) -> SendResult:
     """Every recipient refused: permanent only if every refusal was permanent."""
+    reason = "; ".join(f"{code} {text}" for code, text in refusals)
     if all(500 <= code < 600 for code, _ in refusals):
-        return Permanent("; ".join(f"{code} {text}" for code, text in refusals))
-    return Transient("; ".join(f"{code} {text}" for code, text in refusals))
+        return Permanent(reason)
+    return Transient(reason)
 
 
 async def _reset(client: aiosmtplib.SMTP) -> None:
