@@ -231,10 +231,14 @@ def arq_python() -> Path:
         return python
     print(f"building the arq peer's venv in {ARQ_VENV}", flush=True)
     try:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(ARQ_VENV)], check=True,
-                       timeout=120)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r",
-                        str(ARQ_REQUIREMENTS)], check=True, timeout=600)
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--clear", str(ARQ_VENV)], check=True, timeout=120
+        )
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "-r", str(ARQ_REQUIREMENTS)],
+            check=True,
+            timeout=600,
+        )
     except (OSError, subprocess.SubprocessError) as error:
         raise BenchmarkFailed(f"could not build the arq venv: {error}") from None
     stamp.write_text(wanted)
@@ -254,12 +258,16 @@ def peer_commands(peer: str, workers: int) -> tuple[list[list[str]], str]:
             "-c", str(workers), "--prefetch-multiplier", str(CELERY_PREFETCH), "-l", "WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
-        how = (f"one `celery worker --pool prefork -c {workers}` (a consumer + {workers} pool "
-               f"processes), prefetch ×{CELERY_PREFETCH}, smtplib, one connection per process")
+        how = (
+            f"one `celery worker --pool prefork -c {workers}` (a consumer + {workers} pool "
+            f"processes), prefetch ×{CELERY_PREFETCH}, smtplib, one connection per process"
+        )
         return [command], how
     command = [python, "-m", "arq", "peers.arq_app.WorkerSettings"]
-    how = (f"{workers} × `arq` worker processes, max_jobs {ARQ_MAX_JOBS}, aiosmtplib, one "
-           "connection per job slot")
+    how = (
+        f"{workers} × `arq` worker processes, max_jobs {ARQ_MAX_JOBS}, aiosmtplib, one "
+        "connection per job slot"
+    )
     return [command] * workers, how
 
 
@@ -267,11 +275,13 @@ def timed_peer_enqueue(peer: str, n: int, env: dict[str, str]) -> float:
     """Emails/s, enqueued by the peer's own client in its own process (arq has its own venv)."""
     command = [peer_python(peer), "-m", f"peers.{peer}_app", "enqueue", str(n)]
     try:
-        done = subprocess.run(command, cwd=HERE, env=env, capture_output=True, text=True,
-                              timeout=enqueue_timeout(n))
+        done = subprocess.run(
+            command, cwd=HERE, env=env, capture_output=True, text=True, timeout=enqueue_timeout(n)
+        )
     except subprocess.TimeoutExpired:
-        raise BenchmarkFailed(f"{peer}: enqueueing {n:,} emails took over "
-                              f"{enqueue_timeout(n):.0f} s") from None
+        raise BenchmarkFailed(
+            f"{peer}: enqueueing {n:,} emails took over {enqueue_timeout(n):.0f} s"
+        ) from None
     if done.returncode:
         raise BenchmarkFailed(f"{peer}: enqueue failed\n{done.stderr[-2000:]}")
     return n / float(json.loads(done.stdout.splitlines()[-1])["seconds"])
@@ -279,8 +289,13 @@ def timed_peer_enqueue(peer: str, n: int, env: dict[str, str]) -> float:
 
 def run_peer(peer: str, args: argparse.Namespace, port: int, tmp: Path) -> Result:
     url = peer_redis_url()
-    env = {**os.environ, "BENCH_REDIS_URL": url, "BENCH_SMTP": f"127.0.0.1:{port}",
-           "BENCH_COUNTER": COUNTER, "PYTHONPATH": str(HERE)}
+    env = {
+        **os.environ,
+        "BENCH_REDIS_URL": url,
+        "BENCH_SMTP": f"127.0.0.1:{port}",
+        "BENCH_COUNTER": COUNTER,
+        "PYTHONPATH": str(HERE),
+    }
     client = redis.Redis.from_url(url)
     client.flushdb()
     try:
@@ -304,15 +319,19 @@ def run_peer(peer: str, args: argparse.Namespace, port: int, tmp: Path) -> Resul
 
 
 def print_table(results: Sequence[Result]) -> None:
-    print(f"\n{'system':<14} {'enqueue/s':>10} {'drain emails/min':>17} {'CPU s/1k':>9} "
-          f"{'peak RSS MB':>12} {'all procs MB':>13} {'start-up s':>11}")
+    print(
+        f"\n{'system':<14} {'enqueue/s':>10} {'drain emails/min':>17} {'CPU s/1k':>9} "
+        f"{'peak RSS MB':>12} {'all procs MB':>13} {'start-up s':>11}"
+    )
     for r in results:
         if r.error or not r.drain:
             print(f"{r.name:<14} FAILED: {(r.error or 'no result').splitlines()[0]}")
             continue
-        print(f"{r.name:<14} {r.enqueue_per_s:>10,.0f} {r.drain.per_minute:>17,.0f} "
-              f"{r.cpu_per_1k:>9.2f} {r.usage.largest_rss_mb:>12.0f} "
-              f"{r.usage.total_rss_mb:>9.0f} ({r.usage.processes}) {r.drain.startup_s:>11.1f}")
+        print(
+            f"{r.name:<14} {r.enqueue_per_s:>10,.0f} {r.drain.per_minute:>17,.0f} "
+            f"{r.cpu_per_1k:>9.2f} {r.usage.largest_rss_mb:>12.0f} "
+            f"{r.usage.total_rss_mb:>9.0f} ({r.usage.processes}) {r.drain.startup_s:>11.1f}"
+        )
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -326,17 +345,21 @@ def ours(results: Sequence[Result]) -> list[Result]:
 
 
 def print_critical(results: Sequence[Result]) -> None:
-    print(f"\nCritical isolation: {CRITICAL_N} critical emails queued at once when "
-          f"~{CRITICAL_AT:.0%} of the bulk was sent.\nLatency: settled (updated_at once SENT) "
-          "minus the start of the enqueue call, an upper bound on arrival at the sink.")
+    print(
+        f"\nCritical isolation: {CRITICAL_N} critical emails queued at once when "
+        f"~{CRITICAL_AT:.0%} of the bulk was sent.\nLatency: settled (updated_at once SENT) "
+        "minus the start of the enqueue call, an upper bound on arrival at the sink."
+    )
     for r in ours(results):
         ms = r.critical_ms
         if not ms:
             print(f"  {r.name:<14} no critical email was sent ({r.critical_missing} missing)")
             continue
-        print(f"  {r.name:<14} p50 {statistics.median(ms):.0f} ms, p99 {percentile(ms, 0.99):.0f}"
-              f" ms, max {max(ms):.0f} ms ({len(ms)}/{CRITICAL_N} sent; queued when "
-              f"{r.critical_after:.0%} of the bulk was sent)")
+        print(
+            f"  {r.name:<14} p50 {statistics.median(ms):.0f} ms, p99 {percentile(ms, 0.99):.0f}"
+            f" ms, max {max(ms):.0f} ms ({len(ms)}/{CRITICAL_N} sent; queued when "
+            f"{r.critical_after:.0%} of the bulk was sent)"
+        )
 
 
 def verdict(ok: bool) -> str:
@@ -350,12 +373,15 @@ def print_targets(results: Sequence[Result]) -> None:
         target = DRAIN_TARGETS[r.name]
         print(f"  {r.name} drain >= {target:,}/min: {verdict(rate >= target)} ({rate:,.0f})")
         rss = r.usage.largest_rss_mb
-        print(f"  {r.name} worker peak RSS < {RSS_TARGET_MB} MB: "
-              f"{verdict(rss < RSS_TARGET_MB)} ({rss:.0f} MB)")
+        print(
+            f"  {r.name} worker peak RSS < {RSS_TARGET_MB} MB: "
+            f"{verdict(rss < RSS_TARGET_MB)} ({rss:.0f} MB)"
+        )
         p99 = percentile(r.critical_ms, 0.99) if r.critical_ms else float("inf")
         ok = p99 <= CRITICAL_P99_TARGET_MS and not r.critical_missing
-        print(f"  {r.name} critical p99 <= {CRITICAL_P99_TARGET_MS} ms: {verdict(ok)} "
-              f"({p99:.0f} ms)")
+        print(
+            f"  {r.name} critical p99 <= {CRITICAL_P99_TARGET_MS} ms: {verdict(ok)} ({p99:.0f} ms)"
+        )
 
 
 def print_notes(results: Sequence[Result], args: argparse.Namespace) -> None:
@@ -366,9 +392,11 @@ def print_notes(results: Sequence[Result], args: argparse.Namespace) -> None:
         print(f"emailq delivers {args.n:,} bulk + {CRITICAL_N} critical emails per backend.")
     if any(not r.name.startswith("emailq-") for r in results):
         print(f"Each peer delivers {args.peer_n:,} emails.")
-    print("Drain, CPU s/1k and RSS include start-up (drain: workers' start to last delivery)."
-          "\nPeak RSS: the largest worker process; all procs: every process of the workers at "
-          "its own peak\n(how many processes).")
+    print(
+        "Drain, CPU s/1k and RSS include start-up (drain: workers' start to last delivery)."
+        "\nPeak RSS: the largest worker process; all procs: every process of the workers at "
+        "its own peak\n(how many processes)."
+    )
     if args.profile:
         print("This run was profiled: worker 0's figures include the profiler's overhead.")
     for r in results:
@@ -414,8 +442,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--peers", default="arq,celery", help="peers to measure ('' for none)")
     parser.add_argument("--peer-n", type=int, default=100_000, help="emails for each peer")
     parser.add_argument("--workers", type=int, default=2, help="worker processes per system")
-    parser.add_argument("--profile", action="store_true",
-                        help="print where emailq's first worker spends its CPU time")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where emailq's first worker spends its CPU time",
+    )
     args = parser.parse_args()
     if min(args.n, args.peer_n, args.workers) < 1:
         parser.error("--n, --peer-n and --workers must be at least 1")
@@ -429,8 +460,10 @@ def main() -> int:
     if unknown := set(systems) - {"emailq-redis", "emailq-sqlite", "arq", "celery"}:
         sys.exit(f"unknown backend or peer: {', '.join(sorted(unknown))}")
     with smtp_sink() as port:
-        print(f"~1.5 KB invitations (text + HTML, one recipient each), {args.workers} worker "
-              f"processes per system, into Postfix smtp-sink on 127.0.0.1:{port}")
+        print(
+            f"~1.5 KB invitations (text + HTML, one recipient each), {args.workers} worker "
+            f"processes per system, into Postfix smtp-sink on 127.0.0.1:{port}"
+        )
         results = [run_system(system, args, port) for system in systems]
     print_table(results)
     if ours(results):

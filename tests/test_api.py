@@ -211,6 +211,19 @@ async def test_guest_list_shape_errors(api: Api) -> None:
     assert fields_of(await api.post("/v1/emails/batch", with_to)) == ["template.to"]
 
 
+async def test_template_errors_are_reported_once_on_the_template(api: Api) -> None:
+    body = guest_list(50)
+    del body["template"]["subject"], body["template"]["text"], body["template"]["html"]
+    body["template"]["from"] = "not an address"
+    body["template"]["headers"] = {"Bcc": "x@example.org"}
+    response = await api.post("/v1/emails/batch", body)
+    assert response.status_code == 422
+    assert sorted(fields_of(response)) == [
+        "template.from.email", "template.headers.Bcc", "template.subject", "template.text"
+    ]  # fmt: skip
+    assert api.broker.stats().backlog == 0
+
+
 async def test_cancel_before_a_worker_takes_it_and_not_after(api: Api) -> None:
     first = (await api.post("/v1/emails", EMAIL)).json()["id"]
     second = (await api.post("/v1/emails", EMAIL)).json()["id"]

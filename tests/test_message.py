@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from emailq import message as message_module
@@ -21,6 +21,8 @@ from emailq.message import (
     MessageKind,
     WeddingContext,
     parse_email,
+    parse_shared,
+    personalised,
 )
 
 CEREMONY = "2026-06-13T15:00:00+02:00"
@@ -484,6 +486,59 @@ def test_datetimes_keep_their_instant_and_offset_through_the_payload() -> None:
     assert back.send_at.tzinfo == timezone(timedelta(hours=-4))
     assert back.wedding is not None and back.wedding.ceremony_at == old
     assert back.wedding.timezone == "Europe/Amsterdam"
+
+
+# -- guest lists: shared fields checked once, personal ones per guest, same answers ----------
+_many = [f"g{i}@example.org" for i in range(99)]
+
+
+def _mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> Any:
+    return st.one_of(good, good, good, good, good, bad)  # about one value in six is bad
+
+
+_personal = st.fixed_dictionaries(
+    {"to": _mostly(st.sampled_from(["guest@example.org", "Guest <g@example.org>",
+                                    ["a@example.com", "b@example.com"]]),
+                   st.sampled_from(["broken", [], _many, "x\r\n@y.org"])),
+     "subject": _mostly(_safe_text, st.sampled_from(["a\r\nBcc: x@y.org", "s" * 999]))},
+    optional={
+        "text": _mostly(st.text(min_size=1, max_size=50), st.sampled_from(["  ", "é" * 3000])),
+        "html": _mostly(st.none() | st.just("<p>hi</p>"), st.sampled_from(["", "\0"])),
+        "idempotency_key": _mostly(st.none() | st.just("run-7/3"),
+                                   st.sampled_from([" spaced", "k" * 300])),
+    },
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_emails, _personal, st.sampled_from([None, 3000]))
+def test_a_personalised_email_is_what_parse_email_makes_of_the_whole(
+    template: Email, personal: dict[str, Any], limit: int | None
+) -> None:
+    shared_data = json.loads(template.to_payload())
+    for name in ("to", "subject", "text", "html", "idempotency_key"):
+        shared_data.pop(name, None)
+    whole: Email | InvalidEmail
+    try:
+        whole = parse_email(shared_data | personal, max_message_bytes=limit)
+    except InvalidEmail as error:
+        whole = error
+    try:
+        shared = parse_shared(shared_data, max_message_bytes=limit)
+    except InvalidEmail:  # the shared part alone is too large for the limit
+        assert isinstance(whole, InvalidEmail) and limit is not None
+        return
+    try:
+        fast: Email | InvalidEmail = personalised(shared, personal, max_message_bytes=limit)
+    except InvalidEmail as error:
+        fast = error
+    event("accepted" if isinstance(whole, Email) else "refused")
+    if isinstance(whole, Email):
+        assert isinstance(fast, Email) and fast == whole
+        assert fast.to_payload() == whole.to_payload()
+    else:
+        assert isinstance(fast, InvalidEmail)
+        assert fast.errors == whole.errors
 
 
 # -- the fast address path agrees with email-validator ----------------------------------------

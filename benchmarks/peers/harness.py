@@ -67,8 +67,10 @@ def smtp_sink_path() -> str:
         subprocess.run(["apt-get", "update"], env=env, check=True, timeout=600)
         subprocess.run(["apt-get", "install", "-y", "postfix"], env=env, check=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as error:
-        sys.exit(f"smtp-sink is missing and installing postfix failed ({error}); install it by "
-                 "hand: DEBIAN_FRONTEND=noninteractive apt-get install -y postfix")
+        sys.exit(
+            f"smtp-sink is missing and installing postfix failed ({error}); install it by "
+            "hand: DEBIAN_FRONTEND=noninteractive apt-get install -y postfix"
+        )
     found = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin")
     if not found:
         sys.exit("postfix is installed but /usr/sbin/smtp-sink is not there")
@@ -163,8 +165,9 @@ class Workers:
         """Record memory peaks; fail when a worker has exited on its own."""
         for proc in self.procs:
             if proc.poll() is not None:
-                raise BenchmarkFailed(f"{self.name}: a worker exited with {proc.returncode}\n"
-                                      + self.log_tail())
+                raise BenchmarkFailed(
+                    f"{self.name}: a worker exited with {proc.returncode}\n" + self.log_tail()
+                )
             for pid in descendants(proc.pid):
                 self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), peak_rss_kb(pid))
 
@@ -266,8 +269,10 @@ def drain(
             if count != last:
                 last, last_change = count, now
             elif now - last_change > STALL_S:
-                raise BenchmarkFailed(f"{workers.name}: stuck at {count:,}/{total:,} emails "
-                                      f"for {STALL_S:.0f} s\n" + workers.log_tail())
+                raise BenchmarkFailed(
+                    f"{workers.name}: stuck at {count:,}/{total:,} emails "
+                    f"for {STALL_S:.0f} s\n" + workers.log_tail()
+                )
             workers.check()
             on_poll(count)
             time.sleep(timing.next_poll(count, now))

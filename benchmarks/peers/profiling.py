@@ -53,8 +53,10 @@ def is_scaffolding(frame: str) -> bool:
 
 def print_profile(title: str, profile: Profile) -> None:
     print(f"\n{title}: {profile.total:,.2f} {profile.unit} in all")
-    print(f"top {TOP_CUMULATIVE} by cumulative share (a function and its callees; the frames of "
-          "the CLI, imports and the event loop that enclose the rest are left out):")
+    print(
+        f"top {TOP_CUMULATIVE} by cumulative share (a function and its callees; the frames of "
+        "the CLI, imports and the event loop that enclose the rest are left out):"
+    )
     cumulative = Counter({f: n for f, n in profile.cumulative.items() if not is_scaffolding(f)})
     for frame, amount in cumulative.most_common(TOP_CUMULATIVE):
         print(f"  {amount / max(profile.total, 1e-9):6.1%}  {frame}")

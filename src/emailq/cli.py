@@ -233,8 +233,12 @@ def serve(
 
 
 @cli.command()
-@click.option("--scenario", default="standard", show_default=True,
-              type=click.Choice(["standard", "wedding-day", "stress", "endurance"]))
+@click.option(
+    "--scenario",
+    default="standard",
+    show_default=True,
+    type=click.Choice(["standard", "wedding-day", "stress", "endurance"]),
+)
 @click.option("--duration", help="e.g. 30s, 2m, 1h (default: the scenario's)")
 @click.option("--rate", type=float, help="emails/min (stress: the first step's)")
 @click.option("--target", help="drive a running API at this URL instead of an embedded service")
@@ -244,10 +248,14 @@ def serve(
 @click.option("--broker-url", help="embedded broker (default: SQLite in a temp dir)")
 @click.option("--workers", default=2, show_default=True, help="worker processes")
 @click.option("--sinks", type=int, help="sink processes (default: one per 40,000/min of peak)")
-@click.option("--sink", default="auto", show_default=True,
-              type=click.Choice(["auto", "aiosmtpd", "lean"]),
-              help="the built-in sink, or a lean one that leaves the CPU to emailq; auto: "
-                   "the built-in one up to 40,000/min")
+@click.option(
+    "--sink",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "aiosmtpd", "lean"]),
+    help="the built-in sink, or a lean one that leaves the CPU to emailq; auto: "
+    "the built-in one up to 40,000/min",
+)
 @click.option("--batch", default=100, show_default=True, help="messages per lease")
 @click.option("--concurrency", default=2, show_default=True, help="batches in flight per worker")
 @click.option("--smtp-pool", default=8, show_default=True, help="SMTP connections per worker")
@@ -256,12 +264,20 @@ def serve(
 @click.option("--step-rate", type=float, help="stress: emails/min added per step")
 @click.option("--step-duration", help="stress: length of each step (default 15s)")
 @click.option("--drain-timeout", help="how long to wait for the backlog after the load")
-@click.option("--slo-throughput", default=0.95, show_default=True,
-              help="share of offered mail delivered by the end of the load + grace")
+@click.option(
+    "--slo-throughput",
+    default=0.95,
+    show_default=True,
+    help="share of offered mail delivered by the end of the load + grace",
+)
 @click.option("--slo-grace", default=2.0, show_default=True, help="seconds, for throughput")
 @click.option("--slo-success", default=0.999, show_default=True, help="delivered / sent")
-@click.option("--slo-p99", multiple=True, metavar="LANE=SECONDS",
-              help="p99 objective (default critical=1 wedding_day=5; LANE=off drops one)")
+@click.option(
+    "--slo-p99",
+    multiple=True,
+    metavar="LANE=SECONDS",
+    help="p99 objective (default critical=1 wedding_day=5; LANE=off drops one)",
+)
 @click.option("--slo-max-lost", default=0, show_default=True)
 @click.option("--slo-max-duplicates", default=0, show_default=True)
 @click.option("--report-dir", default="loadtest-report", show_default=True)

@@ -16,7 +16,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emailq.errors import FieldError, InvalidEmail
-from emailq.message import Email, parse_email
+from emailq.message import Email, parse_shared, personalised
 
 MAX_RECIPIENTS = 1000
 TEMPLATED = ("subject", "text", "html")
@@ -63,17 +63,20 @@ def parse_batch(
         message = "give each recipient its own idempotency_key, or the Idempotency-Key header"
         raise InvalidEmail([FieldError("template.idempotency_key", message)])
     errors = _check_templates(template)
+    try:
+        shared = parse_shared(template)  # every field but the personal ones, checked once
+    except InvalidEmail as error:
+        errors += [FieldError(f"template.{e.field}", e.message) for e in error.errors]
     if errors:
         raise InvalidEmail(errors)
     personal = _combined(template)
     emails: list[Email] = []
     for index, recipient in enumerate(batch.recipients):
-        if idempotency_key and recipient.idempotency_key is None:
-            recipient = recipient.model_copy(
-                update={"idempotency_key": f"{idempotency_key}/{index}"}
-            )
+        key = recipient.idempotency_key
+        if key is None and idempotency_key:
+            key = f"{idempotency_key}/{index}"
         try:
-            emails.append(_personalise(template, personal, recipient))
+            emails.append(_personalise(shared, personal, recipient, key))
         except InvalidEmail as error:
             errors += [FieldError(f"recipients.{index}.{e.field}", e.message) for e in error.errors]
     if errors:
@@ -84,6 +87,10 @@ def parse_batch(
 def _check_templates(template: dict[str, Any]) -> list[FieldError]:
     """Compile each templated field on its own, so an error names its field."""
     errors: list[FieldError] = []
+    if template.get("subject") is None:
+        errors.append(FieldError("template.subject", "required"))
+    if template.get("text") is None and template.get("html") is None:
+        errors.append(FieldError("template.text", "text or html is required"))
     for field in TEMPLATED:
         source = template.get(field)
         if source is None:
@@ -114,8 +121,10 @@ def _combined(template: dict[str, Any]) -> Template:
     return _ENV.from_string("".join(parts))
 
 
-def _personalise(template: dict[str, Any], combined: Template, guest: Recipient) -> Email:
-    fields = dict(template)
+def _personalise(
+    shared: Email, combined: Template, guest: Recipient, idempotency_key: str | None
+) -> Email:
+    fields: dict[str, Any] = {"to": guest.to, "idempotency_key": idempotency_key}
     errors: list[FieldError] = []
     context = combined.new_context(guest.variables)
     for name, block in combined.blocks.items():
@@ -126,7 +135,4 @@ def _personalise(template: dict[str, Any], combined: Template, guest: Recipient)
             errors.append(FieldError(name, f"template error: {type(error).__name__}: {error}"))
     if errors:
         raise InvalidEmail(errors)
-    fields["to"] = guest.to
-    if guest.idempotency_key is not None:
-        fields["idempotency_key"] = guest.idempotency_key
-    return parse_email(fields)
+    return personalised(shared, fields)
