@@ -224,6 +224,13 @@ async def test_template_errors_are_reported_once_on_the_template(api: Api) -> No
     assert api.broker.stats().backlog == 0
 
 
+async def test_a_field_that_breaks_the_others_blocks_is_refused(api: Api) -> None:
+    body = guest_list(2)  # each field compiles alone; together, "subject" is defined twice
+    body["template"]["text"] = "{% block subject %}x{% endblock %}"
+    response = await api.post("/v1/emails/batch", body)
+    assert response.status_code == 422 and fields_of(response) == ["template"]
+
+
 async def test_cancel_before_a_worker_takes_it_and_not_after(api: Api) -> None:
     first = (await api.post("/v1/emails", EMAIL)).json()["id"]
     second = (await api.post("/v1/emails", EMAIL)).json()["id"]

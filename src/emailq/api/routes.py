@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,8 +75,8 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
         now = datetime.now(UTC)
         messages = [to_new_message(email, now) for email in emails]
         ids = await ctx.group.enqueue(messages)
-        for message in messages:
-            ctx.metrics.accepted.labels(message.lane.value).inc()
+        for lane, count in Counter(message.lane.value for message in messages).items():
+            ctx.metrics.accepted.labels(lane).inc(count)
         return list(zip(ids, messages, strict=True))
 
     @app.post("/v1/emails", status_code=202, responses=ACCEPTED,
