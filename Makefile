@@ -35,6 +35,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/broker.py
+	$(BIN)/python benchmarks/api.py
 	$(BIN)/python benchmarks/e2e.py
 
 clean:

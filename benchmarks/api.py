@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +31,7 @@ import uuid
 from emailq.keys import open_key_store
 from emailq.sink import free_port
 
+PEER_REDIS = "redis://127.0.0.1:6379/12"  # the Celery peer's broker, emptied after the run
 DEFAULT_BROKER = f"redis://127.0.0.1:6379/14?prefix=emailq-bench-api-{uuid.uuid4().hex[:8]}"
 EMAIL = {"from": "planner@weddings.example", "subject": "Ceremony moved to 16:30",
          "text": "Dear guest,\n\nThe ceremony now starts at 16:30.\n" * 12,
@@ -131,20 +134,72 @@ async def batches(
     return count * guests / (time.perf_counter() - started)
 
 
-def start_server(broker_url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "emailq", "serve", "--broker-url", broker_url, "--port", str(port),
-         "--workers", str(workers)]
-    )  # fmt: skip
+def start_server(
+    command: list[str], port: int, cwd: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(command, cwd=cwd, env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            with __import__("socket").create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return server
         except OSError:
             time.sleep(0.1)
     server.kill()
-    raise SystemExit("emailq serve did not start")
+    raise SystemExit(f"{command[2]} did not start")
+
+
+def measure(port: int, secret: str, args: argparse.Namespace) -> dict[str, float]:
+    """Print and return one server's figures: single sends per rate, then batches."""
+    results: dict[str, float] = {}
+    print(f"{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-202':>8}")
+    for rate in (float(r) for r in args.rates.split(",")):
+        r = asyncio.run(open_loop(port, secret, rate, args.seconds))
+        print(f"{r['offered']:>10.0f} {r['achieved']:>11.0f} {r['p50_ms']:>8.1f}"
+              f" {r['p99_ms']:>8.1f} {r['failures']:>8.0f}")  # fmt: skip
+        results[f"p99 ms at {rate:.0f}/s"] = r["p99_ms"]
+    for fresh, how in ((False, "one template"), (True, "a new template each")):
+        rate = asyncio.run(batches(port, secret, args.batches, fresh))
+        print(f"500-guest batches, {how}: {rate:,.0f} emails/s accepted")
+        results[f"batch emails/s, {how}"] = rate
+    return results
+
+
+def run_emailq(args: argparse.Namespace) -> dict[str, float]:
+    _, secret = open_key_store(args.broker_url).create("bench")
+    port = free_port()
+    command = [sys.executable, "-m", "emailq", "serve", "--broker-url", args.broker_url,
+               "--port", str(port), "--workers", str(args.workers)]  # fmt: skip
+    server = start_server(command, port)
+    try:
+        print(f"== emailq serve ({args.workers} process(es)) on {args.broker_url.split('?')[0]}")
+        return measure(port, secret, args)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(10)
+        from emailq.broker import open_broker
+
+        with open_broker(args.broker_url) as broker:
+            broker.purge()
+
+
+def run_celery_peer(args: argparse.Namespace) -> dict[str, float]:
+    import redis
+
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "peers.celery_intake:app", "--port", str(port),
+               "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+               "--no-access-log"]  # fmt: skip
+    env = os.environ | {"BENCH_REDIS_URL": PEER_REDIS}
+    server = start_server(command, port, cwd=os.path.dirname(os.path.abspath(__file__)), env=env)
+    try:
+        print("\n== peer: FastAPI + Celery (apply_async per email), uvicorn, one process")
+        return measure(port, "unused", args)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(10)
+        peer_redis = redis.Redis.from_url(PEER_REDIS)
+        peer_redis.delete("celery", *peer_redis.keys("_kombu.binding.*"))
 
 
 def main() -> int:
@@ -153,31 +208,21 @@ def main() -> int:
     parser.add_argument("--rates", default="250,500,1000,1500,2000")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--batches", type=int, default=40)
-    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--workers", type=int, default=1, help="emailq server processes")
+    parser.add_argument("--peer", choices=["celery", "none"], default="celery")
     args = parser.parse_args()
-    _, secret = open_key_store(args.broker_url).create("bench")
-    port = free_port()
-    server = start_server(args.broker_url, port, args.workers)
-    try:
-        print(f"emailq serve ({args.workers} process(es)) on {args.broker_url.split('?')[0]}")
-        print(f"{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-202':>8}")
-        for rate in (float(r) for r in args.rates.split(",")):
-            r = asyncio.run(open_loop(port, secret, rate, args.seconds))
-            print(f"{r['offered']:>10.0f} {r['achieved']:>11.0f} {r['p50_ms']:>8.1f}"
-                  f" {r['p99_ms']:>8.1f} {r['failures']:>8.0f}")  # fmt: skip
-        print()
-        for fresh, how in ((False, "one template"), (True, "a new template each")):
-            rate = asyncio.run(batches(port, secret, args.batches, fresh))
-            print(f"500-guest batches, {how}: {rate:,.0f} emails/s accepted")
-        print("targets: >= 1,500 single emails/s with p99 < 50 ms at 1,000 req/s;"
-              " >= 15,000 emails/s through the batch endpoint")  # fmt: skip
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(10)
-        from emailq.broker import open_broker
-
-        with open_broker(args.broker_url) as broker:
-            broker.purge()
+    figures = {"emailq": run_emailq(args)}
+    if args.peer == "celery":
+        if importlib.util.find_spec("celery") is None:
+            print("\nthe Celery peer needs the bench extra: .venv/bin/pip install -e '.[bench]'")
+        else:
+            figures["celery peer"] = run_celery_peer(args)
+    print(f"\n{'':34}" + "".join(f"{name:>14}" for name in figures))
+    for measure_name in figures["emailq"]:
+        print(f"{measure_name:34}"
+              + "".join(f"{figures[n].get(measure_name, 0):>14,.1f}" for n in figures))  # fmt: skip
+    print("targets: >= 1,500 single emails/s with p99 < 50 ms at 1,000 req/s;"
+          " >= 15,000 emails/s through the batch endpoint")  # fmt: skip
     return 0
 
 
