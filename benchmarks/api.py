@@ -158,6 +158,9 @@ def measure(port: int, secret: str, args: argparse.Namespace) -> dict[str, float
         print(f"{r['offered']:>10.0f} {r['achieved']:>11.0f} {r['p50_ms']:>8.1f}"
               f" {r['p99_ms']:>8.1f} {r['failures']:>8.0f}")  # fmt: skip
         results[f"p99 ms at {rate:.0f}/s"] = r["p99_ms"]
+        results["single sends/s, most achieved"] = max(
+            r["achieved"], results.get("single sends/s, most achieved", 0)
+        )
     for fresh, how in ((False, "one template"), (True, "a new template each")):
         rate = asyncio.run(batches(port, secret, args.batches, fresh))
         print(f"500-guest batches, {how}: {rate:,.0f} emails/s accepted")
