@@ -7,6 +7,7 @@ tests that need it are skipped with the reason.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,18 @@ def require_redis() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI is set, so a missing Redis is a failure)")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def redis_server() -> str:
+    """The redis-server program, for tests that start (and kill) servers of their own."""
+    program = shutil.which("redis-server")
+    if program is None:
+        reason = "redis-server is not installed: this test starts servers of its own"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so a missing service is a failure)")
+        pytest.skip(reason)
+    return program
 
 
 def redis_url_with_prefix(prefix: str) -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +16,7 @@ import pytest
 from emailq.api import ApiSettings, create_app
 from emailq.broker import Broker, State, open_broker
 from emailq.keys import KeyStore, open_key_store
+from emailq.sink import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -316,3 +320,32 @@ async def test_a_template_that_fails_for_one_guest_names_that_guest(api: Api) ->
     response = await api.post("/v1/emails/batch", body)
     assert response.status_code == 422
     assert fields_of(response) == ["recipients.2.subject"]
+
+
+async def test_readiness_answers_within_its_deadline_when_redis_is_gone(
+    redis_server: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = subprocess.Popen([redis_server, "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--dir", str(tmp_path)])  # fmt: skip
+    try:
+        url = f"redis://127.0.0.1:{port}/0?prefix=ready"
+        with open_broker(url) as broker:  # retries until the new server answers
+            app = create_app(ApiSettings(url, ready_timeout=0.5), broker=broker)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
+                assert (await client.get("/health/ready")).status_code == 200
+                server.kill()
+                server.wait()
+                # The client would reconnect for about a minute; two probes at once share
+                # one check, and each answers at its own deadline.
+                started = time.monotonic()
+                probes = await asyncio.gather(*(client.get("/health/ready") for _ in range(2)))
+                assert time.monotonic() - started < 10  # not the client's minute of retries
+                for probe in probes:
+                    assert probe.status_code == 503
+                    assert probe.json() == {"status": "not ready", "broker": False,
+                                            "provider": True}  # fmt: skip
+    finally:
+        server.kill()
+        server.wait()

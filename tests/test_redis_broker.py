@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -336,14 +334,9 @@ def answers(port: int, *command: str) -> Any:
 
 
 @pytest.fixture
-def sentinel_setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def sentinel_setup(tmp_path: Path, redis_server: str) -> Iterator[dict[str, Any]]:
     """A master, its replica and one Sentinel watching them, each on a free port."""
-    server = shutil.which("redis-server")
-    if server is None:
-        reason = "redis-server is not installed: the Sentinel test starts its own servers"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so a missing service is a failure)")
-        pytest.skip(reason)
+    server = redis_server
     master, replica, sentinel = free_port(), free_port(), free_port()
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
     log = ["--logfile", str(tmp_path / "redis.log")]
@@ -389,3 +382,4 @@ def test_a_worker_carries_on_through_a_sentinel_failover(sentinel_setup: dict[st
         assert sorted(broker.complete(jobs)) == sorted(ids)
         assert broker.enqueue_many([NewMessage(b"after")]) != []
         assert answers(sentinel_setup["replica"], "ROLE")[0] == b"master"
+        assert broker.ping() is True  # the readiness probe's own connection finds it too

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emailq.api import problems, routes
 from emailq.api.grouping import EnqueueGroup
+from emailq.api.readiness import READY_TIMEOUT, BoundedCheck, provider_probe
 from emailq.broker import Broker, open_broker
 from emailq.keys import KeyStore, open_key_store
 from emailq.metrics import IntakeMetrics
@@ -31,6 +30,7 @@ class ApiSettings:
     max_body_bytes: int = MAX_BODY_BYTES
     tenant_rate: float | None = None  # emails/s each tenant may submit; None: no limit
     tenant_burst: float = 5000.0
+    ready_timeout: float = READY_TIMEOUT  # /health/ready answers within about this
 
 
 @dataclass
@@ -40,7 +40,8 @@ class ApiContext:
     keys: KeyStore
     metrics: IntakeMetrics
     limiter: Limiter | None
-    provider_ready: Callable[[], bool]
+    broker_ready: BoundedCheck
+    provider_ready: BoundedCheck
     group: EnqueueGroup
 
 
@@ -62,7 +63,8 @@ def create_app(
         keys=keys or open_key_store(settings.broker_url),
         metrics=IntakeMetrics(lambda: context.broker),
         limiter=limiter,
-        provider_ready=provider_probe(settings.provider_url),
+        broker_ready=BoundedCheck(lambda: context.broker.ping(), settings.ready_timeout),
+        provider_ready=BoundedCheck(provider_probe(settings.provider_url), settings.ready_timeout),
         group=EnqueueGroup(broker),
     )
 
@@ -119,25 +121,6 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"request bodies are limited to {self.max_bytes} bytes"
         await problems.problem_response(413, detail)(scope, receive, send)
-
-
-def provider_probe(provider_url: str | None) -> Callable[[], bool]:
-    """A cheap reachability check for the provider: a TCP connect for SMTP."""
-    if not provider_url:
-        return lambda: True
-    parts = urlsplit(provider_url)
-    if parts.scheme not in ("smtp", "smtps"):
-        return lambda: True
-
-    def reachable() -> bool:
-        port = parts.port or (465 if parts.scheme == "smtps" else 25)
-        try:
-            with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    return reachable
 
 
 def app_from_env() -> Any:

@@ -3,6 +3,7 @@ intake), place mail with the policy, and call the broker on a worker thread."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -158,8 +159,7 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
     @app.get("/health/ready")
     async def ready() -> JSONResponse:
         """Readiness: the broker and the provider answer; 503 when either does not."""
-        broker_ok = await run_in_threadpool(ctx.broker.ping)
-        provider_ok = await run_in_threadpool(ctx.provider_ready)
+        broker_ok, provider_ok = await asyncio.gather(ctx.broker_ready(), ctx.provider_ready())
         ok = broker_ok and provider_ok
         body = {"status": "ready" if ok else "not ready",
                 "broker": broker_ok, "provider": provider_ok}  # fmt: skip

@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "emailq"
 PROMOTE_LIMIT = 1000  # due messages promoted by one lease
 SENTINEL_PORT = 26379
+PING_TIMEOUT = 2.0  # seconds, to connect and to answer
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # no braces (the hash tag), no glob characters
 
 
@@ -298,11 +299,18 @@ class RedisBroker(Broker):
         return counts, oldest
 
     def _ping(self) -> bool:
-        # Within the retry budget: during a failover this answers once the new master does.
+        # A connection of its own, without the client's retry budget (about a minute of
+        # reconnecting through a failover): a readiness probe wants to know now.
+        connection: Any = self.client.connection_pool.make_connection()  # redis-py: untyped
+        connection.retry = Retry(NoBackoff(), 0)
+        connection.socket_timeout = connection.socket_connect_timeout = PING_TIMEOUT
         try:
-            return bool(self.client.ping())
+            connection.send_command("PING")
+            return connection.read_response() in (b"PONG", True)
         except redis.RedisError:
             return False
+        finally:
+            connection.disconnect()
 
     def purge(self) -> None:
         """Delete every key under this queue's prefix (its rate limits and API keys too)."""
