@@ -88,12 +88,35 @@ def worker_main(config: WorkerConfig) -> None:
     asyncio.run(main())
 
 
+STABLE_AFTER = 30.0  # seconds; a worker that ran this long before exiting did start fine
+MAX_RESTART_DELAY = 60.0
+
+
+def restart_delay(exits_in_a_row: int) -> float:
+    """Seconds before restarting a worker after its n-th exit in a row, each soon after it
+    started: at once the first time, then 1, 2, 4... s up to a minute. A worker that
+    cannot start (a wrong URL, Redis down) then costs little instead of a spawn per poll."""
+    if exits_in_a_row <= 1:
+        return 0.0
+    return min(MAX_RESTART_DELAY, 2.0 ** (exits_in_a_row - 2))
+
+
+@dataclass
+class _Slot:
+    """One worker position: its process (None while waiting to restart) and its history."""
+
+    process: BaseProcess | None = None
+    started: float = 0.0
+    exits_in_a_row: int = 0
+    restart_at: float = 0.0
+
+
 class Supervisor:
     def __init__(self, config: WorkerConfig, processes: int) -> None:
         self.config = config
         self.processes = processes
         self._context = multiprocessing.get_context("spawn")
-        self._workers: list[BaseProcess] = []
+        self._slots = [_Slot() for _ in range(processes)]
         self._stopping = False
 
     def _spawn(self, index: int) -> BaseProcess:
@@ -110,23 +133,34 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        self._workers = [self._spawn(index) for index in range(self.processes)]
         while not self._stopping:
-            for index, process in enumerate(self._workers):
-                if not process.is_alive():
-                    log.warning(
-                        "worker %s exited with %s; restarting", process.pid, process.exitcode
-                    )
-                    self._workers[index] = self._spawn(index)
+            now = time.monotonic()
+            for index, slot in enumerate(self._slots):
+                if slot.process is not None and not slot.process.is_alive():
+                    self._schedule_restart(slot, now)
+                if slot.process is None and now >= slot.restart_at:
+                    slot.process, slot.started = self._spawn(index), now
             time.sleep(0.2)
         return self._shutdown()
 
+    def _schedule_restart(self, slot: _Slot, now: float) -> None:
+        assert slot.process is not None
+        lived = now - slot.started
+        slot.exits_in_a_row = 1 if lived >= STABLE_AFTER else slot.exits_in_a_row + 1
+        delay = restart_delay(slot.exits_in_a_row)
+        log.warning(
+            "worker %s exited with %s after %.1f s; restarting in %.0f s",
+            slot.process.pid, slot.process.exitcode, lived, delay,
+        )  # fmt: skip
+        slot.process, slot.restart_at = None, now + delay
+
     def _shutdown(self) -> int:
-        for process in self._workers:
+        running = [slot.process for slot in self._slots if slot.process is not None]
+        for process in running:
             if process.is_alive() and process.pid:
                 signal_process(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.config.settings.shutdown_timeout + 5
-        for process in self._workers:
+        for process in running:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
