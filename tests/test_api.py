@@ -228,11 +228,22 @@ async def test_template_errors_are_reported_once_on_the_template(api: Api) -> No
     assert api.broker.stats().backlog == 0
 
 
-async def test_a_field_that_breaks_the_others_blocks_is_refused(api: Api) -> None:
-    body = guest_list(2)  # each field compiles alone; together, "subject" is defined twice
-    body["template"]["text"] = "{% block subject %}x{% endblock %}"
+@pytest.mark.parametrize(
+    ("field", "source"),
+    [
+        ("text", "{% block subject %}x{% endblock %}"),  # would define "subject" twice
+        ("text", "Hi {% block to %}x@evil.example{% endblock %}"),  # would set the guest's to
+        ("text", "{% block idempotency_key %}same{% endblock %}"),  # ... or one key for all
+        ("subject", "Hi{% endblock %}{% block html %}{{ name }}"),  # an html part, unescaped
+        ("html", "{% endautoescape %}{{ name }}"),  # out of the html's autoescape
+    ],
+)
+async def test_a_field_cannot_reach_into_other_fields(api: Api, field: str, source: str) -> None:
+    body = guest_list(2)
+    body["template"][field] = source
     response = await api.post("/v1/emails/batch", body)
-    assert response.status_code == 422 and fields_of(response) == ["template"]
+    assert response.status_code == 422 and fields_of(response) == [f"template.{field}"]
+    assert api.broker.stats().backlog == 0
 
 
 async def test_cancel_before_a_worker_takes_it_and_not_after(api: Api) -> None:

@@ -309,8 +309,10 @@ def test_purge_expired_drops_final_records_after_retention(
         assert broker.get(kept) is not None  # still leased: never purged
 
 
-def test_ping_answers(broker: Broker) -> None:
-    assert broker.ping() is True
+def test_ping_answers_and_can_be_asked_again_and_again(broker: Broker) -> None:
+    # more pings than redis-py's pool holds connections: a probe must not use them up
+    assert all(broker.ping() for _ in range(150))
+    assert broker.enqueue_many([NewMessage(b"after the probes")]) != []
 
 
 def test_lease_arguments_are_checked(broker: Broker) -> None:

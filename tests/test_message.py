@@ -541,6 +541,20 @@ def test_a_personalised_email_is_what_parse_email_makes_of_the_whole(
         assert fast.errors == whole.errors
 
 
+def test_the_shared_part_is_never_refused_for_a_size_the_whole_would_pass() -> None:
+    shared, guest = {"from": "a@example.org"}, {"to": "a@b.co", "subject": "", "text": "x"}
+    limit = len(parse_email(shared | guest).to_payload())  # well under the estimate
+    while True:  # the smallest limit the whole email passes
+        try:
+            parse_email(shared | guest, max_message_bytes=limit)
+            break
+        except InvalidEmail:
+            limit += 1
+    email = personalised(parse_shared(shared, max_message_bytes=limit), guest,
+                         max_message_bytes=limit)  # fmt: skip
+    assert email == parse_email(shared | guest, max_message_bytes=limit)
+
+
 # -- the fast address path agrees with email-validator ----------------------------------------
 _ATOM_CHARS = "abcXYZ019!#$%&'*+/=?^_`{|}~-."
 _DOMAINS = ["example.org", "Example.COM", "mail.example.co.uk", "bücher.example",

@@ -300,17 +300,21 @@ class RedisBroker(Broker):
 
     def _ping(self) -> bool:
         # A connection of its own, without the client's retry budget (about a minute of
-        # reconnecting through a failover): a readiness probe wants to know now.
-        connection: Any = self.client.connection_pool.make_connection()  # redis-py: untyped
-        connection.retry = Retry(NoBackoff(), 0)
-        connection.socket_timeout = connection.socket_connect_timeout = PING_TIMEOUT
+        # reconnecting through a failover): a readiness probe wants to know now. Built
+        # from the pool's settings, not by the pool, which would count it against its cap.
+        pool = self.client.connection_pool
+        connection: Any = None  # redis-py's connection classes are untyped
         try:
+            connection = pool.connection_class(**pool.connection_kwargs)
+            connection.retry = Retry(NoBackoff(), 0)
+            connection.socket_timeout = connection.socket_connect_timeout = PING_TIMEOUT
             connection.send_command("PING")
             return connection.read_response() in (b"PONG", True)
         except redis.RedisError:
             return False
         finally:
-            connection.disconnect()
+            if connection is not None:
+                connection.disconnect()
 
     def purge(self) -> None:
         """Delete every key under this queue's prefix (its rate limits and API keys too)."""
