@@ -152,15 +152,15 @@ def start_server(
 def measure(port: int, secret: str, args: argparse.Namespace) -> dict[str, float]:
     """Print and return one server's figures: single sends per rate, then batches."""
     results: dict[str, float] = {}
+    achieved: list[float] = []
     print(f"{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-202':>8}")
     for rate in (float(r) for r in args.rates.split(",")):
         r = asyncio.run(open_loop(port, secret, rate, args.seconds))
         print(f"{r['offered']:>10.0f} {r['achieved']:>11.0f} {r['p50_ms']:>8.1f}"
               f" {r['p99_ms']:>8.1f} {r['failures']:>8.0f}")  # fmt: skip
         results[f"p99 ms at {rate:.0f}/s"] = r["p99_ms"]
-        results["single sends/s, most achieved"] = max(
-            r["achieved"], results.get("single sends/s, most achieved", 0)
-        )
+        achieved.append(r["achieved"])
+    results["single sends/s, most achieved"] = max(achieved)
     for fresh, how in ((False, "one template"), (True, "a new template each")):
         rate = asyncio.run(batches(port, secret, args.batches, fresh))
         print(f"500-guest batches, {how}: {rate:,.0f} emails/s accepted")
