@@ -17,6 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from emailq.broker import Job
+from emailq.lanes import Lane
 from emailq.message import parse_email
 from emailq.mime import envelope, render
 from emailq.providers.base import Accepted, Permanent, Rendered, SendResult, Transient
@@ -28,6 +30,7 @@ from emailq.providers.resend import (
     idempotency_key,
     to_resend_json,
 )
+from emailq.worker import render_job
 from fake_resend import FakeResend
 
 SENDER = "planner@weddings.example"
@@ -229,6 +232,19 @@ def test_factory_opens_resend_over_http(fake: FakeResend) -> None:
 
 
 # -- batches ---------------------------------------------------------------------------------
+
+
+def test_tags_reach_resend_in_the_characters_it_takes(fake: FakeResend) -> None:
+    email = parse_email({"from": SENDER, "to": "guest@example.com", "subject": "Hi",
+                         "text": "Hello", "tags": {"wedding.id": "w 42", "kind": "invitation",
+                                                   "note": ""}})  # fmt: skip
+    job = Job(id="01tagged", token=1, lane=Lane.BULK, payload=email.to_payload(), attempts=1,
+              max_attempts=5, enqueued_at=0.0, tenant="default")  # fmt: skip
+    rendered = render_job(job, "emailq.local")
+    assert accepted_ids(send(provider_for(fake), [rendered, make(1)]))
+    [tagged] = [s.email for s in fake.sent if s.email["headers"]["X-Emailq-Id"] == "01tagged"]
+    assert tagged["tags"] == [{"name": "wedding_id", "value": "w_42"},
+                              {"name": "kind", "value": "invitation"}]  # fmt: skip
 
 
 def test_batch_of_250_goes_in_three_calls(fake: FakeResend) -> None:

@@ -61,7 +61,8 @@ def render_job(job: Job, domain: str) -> Rendered:
     email = Email.from_payload(job.payload)
     mail_from, recipients = envelope(email)
     data = render(email, message_id=job.id, domain=domain)
-    return Rendered(job.id, mail_from, tuple(recipients), data, email.idempotency_key)
+    tags = tuple(email.tags.items())
+    return Rendered(job.id, mail_from, tuple(recipients), data, email.idempotency_key, tags)
 
 
 class Worker:

@@ -20,6 +20,7 @@ class Rendered:
     recipients: tuple[str, ...]
     data: bytes  # RFC 5322 bytes with CRLF line endings
     idempotency_key: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()  # the email's tags, for providers that take them
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,8 @@ _OWN_HEADERS = frozenset(
 )
 _ADDRESS = re.compile(r"[^\s'\"<>()\[\],;:@]+@(?=[^\s'\"<>()\[\],;:@])")
 _MAX_REASON = 300
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+MAX_TAG = 256  # characters in a tag's name or value
 _FOLD = re.compile(r"\r?\n(?=[ \t])")  # unfolding removes the line break, not the space
 
 
@@ -71,6 +73,7 @@ ResendEmail = TypedDict(
         "html": NotRequired[str],
         "headers": NotRequired[dict[str, str]],
         "attachments": NotRequired[list[ResendAttachment]],
+        "tags": NotRequired[list[dict[str, str]]],
     },
 )
 
@@ -127,6 +130,20 @@ def to_resend_json(rendered: Rendered) -> ResendEmail:
     if headers := _custom_headers(parsed):
         result["headers"] = headers
     _add_contents(result, parsed)
+    if tags := _resend_tags(rendered.tags):
+        result["tags"] = tags
+    return result
+
+
+def _resend_tags(tags: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """Tags as Resend takes them: names and values of ASCII letters, digits, ``_`` and
+    ``-``, so any other character becomes ``_`` (``wedding.id`` → ``wedding_id``); a tag
+    with an empty value is left out. Resend refuses the whole email over a bad tag."""
+    result = []
+    for name, value in tags:
+        if value:
+            result.append({"name": _TAG_UNSAFE.sub("_", name)[:MAX_TAG],
+                           "value": _TAG_UNSAFE.sub("_", value)[:MAX_TAG]})  # fmt: skip
     return result
 
 
