@@ -72,10 +72,13 @@ def fake() -> Iterator[FakeResend]:
 
 
 def provider_for(
-    fake: FakeResend, timeout: float = 5.0, api_key: str | None = None
+    fake: FakeResend, timeout: float = 5.0, api_key: str | None = None, unsure_retries: int = 0
 ) -> ResendProvider:
+    """One call per send unless ``unsure_retries`` is given: most tests look at one answer."""
     key = fake.api_key if api_key is None else api_key
-    return ResendProvider(ResendSettings(api_key=key, base_url=fake.url, timeout=timeout))
+    settings = ResendSettings(api_key=key, base_url=fake.url, timeout=timeout,
+                              unsure_retries=unsure_retries, unsure_backoff=0.01)  # fmt: skip
+    return ResendProvider(settings)
 
 
 def send(provider: ResendProvider, batch: Sequence[Rendered]) -> list[SendResult]:
@@ -436,6 +439,35 @@ def test_a_retried_batch_is_not_sent_twice(fake: FakeResend) -> None:
     assert fake.calls_to("/emails/batch")[-1].replayed
     ids = sent_by_message(fake)
     assert accepted_ids(second) == [ids[m.message_id] for m in retried]
+
+
+def test_an_unsure_call_is_asked_again_at_once_with_the_same_key(fake: FakeResend) -> None:
+    batch = [make(i) for i in range(5)]
+    fake.hang_next(1, sent=True)  # Resend sends them, but the answer comes too late
+    results = send(provider_for(fake, timeout=0.3, unsure_retries=2), batch)
+    ids = sent_by_message(fake)
+    assert accepted_ids(results) == [ids[m.message_id] for m in batch]
+    assert len(fake.sent) == 5
+    first, again = fake.calls_to("/emails/batch")
+    assert first.headers["idempotency-key"] == again.headers["idempotency-key"]
+    assert again.replayed
+
+
+def test_5xx_is_asked_again_then_left_to_the_queue(fake: FakeResend) -> None:
+    fake.fail_next(2, 500)
+    assert accepted_ids(send(provider_for(fake, unsure_retries=2), [make(0), make(1)]))
+    fake.fail_next(3, 500)
+    results = send(provider_for(fake, unsure_retries=2), [make(2), make(3)])
+    assert all(isinstance(r, Transient) and r.unsure for r in results)
+    assert len(fake.calls_to("/emails/batch")) == 6
+    assert len(fake.sent) == 2
+
+
+def test_429_is_not_asked_again_in_the_call(fake: FakeResend) -> None:
+    fake.fail_next(1, 429, retry_after=3)
+    (result,) = send(provider_for(fake, unsure_retries=2), [make()])
+    assert isinstance(result, Transient) and not result.unsure and result.retry_after == 3
+    assert len(fake.calls_to("/emails")) == 1 and fake.sent == []
 
 
 def test_a_retry_while_the_first_call_runs_waits(fake: FakeResend) -> None:

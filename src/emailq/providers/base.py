@@ -32,6 +32,7 @@ class Accepted:
 class Transient:
     reason: str
     retry_after: float | None = None
+    unsure: bool = False  # the provider may have carried the send out (a timeout, a 5xx)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,10 @@ messages with attachments go one by one to ``POST /emails`` (the batch endpoint 
 Every call carries an ``Idempotency-Key`` (Resend keeps them 24 h): a message's own key, or
 ``emailq/<message_id>``; for a batch, a hash of its sorted message ids. Batches are sent in
 message-id order, so a retried batch of the same messages is the same request, which Resend
-answers from its record instead of sending again.
+answers from its record instead of sending again. A call whose outcome is unknown (a
+timeout, a broken connection, a 5xx) is asked again at once with the same key, a few times:
+once its messages are back in the queue they may be retried in other groups, under other
+keys, and Resend could then send one twice.
 
 HTTP 2xx is accepted; 429, 5xx, timeouts, connection errors and a 409 for a concurrent
 request with the same key are transient; any other 4xx is permanent. Reasons never hold the
@@ -85,6 +88,12 @@ class ResendSettings:
     timeout: float = 30.0
     max_batch: int = MAX_BATCH
     max_connections: int = 10
+    # A call that timed out, broke off or got a 5xx may have been carried out. Asking again
+    # at once with the same Idempotency-Key gets Resend's recorded answer; left to the
+    # queue, the messages would come back in other groups, under other batch keys, and
+    # could be sent twice.
+    unsure_retries: int = 2
+    unsure_backoff: float = 0.5  # seconds before the first of those retries, then doubling
 
     def __post_init__(self) -> None:
         if any(not char.isprintable() or char.isspace() for char in self.api_key):
@@ -214,6 +223,18 @@ class ResendProvider(Provider):
     async def _post(
         self, path: str, payload: object, key: str, *, batch: bool = False
     ) -> httpx.Response | Transient | Permanent:
+        """The call, asked again with the same key while its outcome is unknown."""
+        outcome = await self._post_once(path, payload, key, batch)
+        for retry in range(self.settings.unsure_retries):
+            if not (isinstance(outcome, Transient) and outcome.unsure):
+                break
+            await asyncio.sleep(self.settings.unsure_backoff * 2**retry)
+            outcome = await self._post_once(path, payload, key, batch)
+        return outcome
+
+    async def _post_once(
+        self, path: str, payload: object, key: str, batch: bool
+    ) -> httpx.Response | Transient | Permanent:
         headers = {"Idempotency-Key": key}
         if batch:
             headers["x-batch-validation"] = "permissive"
@@ -221,13 +242,16 @@ class ResendProvider(Provider):
             response = await self._http().post(path, json=payload, headers=headers)
         except httpx.TimeoutException as error:
             # The call may have gone through: the retry's idempotency key makes that safe.
-            return Transient(f"timeout after {self.settings.timeout:g}s: {type(error).__name__}")
+            return Transient(
+                f"timeout after {self.settings.timeout:g}s: {type(error).__name__}", unsure=True
+            )
         except httpx.LocalProtocolError as error:
             # Ours, not the network's: the same request would fail again. No str(error): it
             # can quote a header value.
             return Permanent(f"request could not be sent: {type(error).__name__}")
-        except httpx.TransportError as error:
-            return Transient(self._clean(f"connection: {type(error).__name__}: {error}"))
+        except httpx.TransportError as error:  # perhaps after the request went out
+            reason = self._clean(f"connection: {type(error).__name__}: {error}")
+            return Transient(reason, unsure=not isinstance(error, httpx.ConnectError))
         self._note_ratelimit(response.headers)
         if response.is_success:
             return response
@@ -261,7 +285,9 @@ class ResendProvider(Provider):
         reason = self._clean(f"{status} {name or response.reason_phrase}: {message}".rstrip(": "))
         # 409 concurrent_idempotent_requests: the first call with this key is still running.
         if status in (408, 429) or status >= 500 or name == "concurrent_idempotent_requests":
-            return Transient(reason, self._retry_after(response.headers))
+            # 429 and 408: not carried out; a 5xx or a call still running: perhaps
+            unsure = status >= 500 or name == "concurrent_idempotent_requests"
+            return Transient(reason, self._retry_after(response.headers), unsure=unsure)
         if 400 <= status < 500:
             return Permanent(reason)
         return Transient(f"unexpected HTTP status {status}")
