@@ -24,6 +24,7 @@ from emailq.mime import envelope, render
 from emailq.providers.base import Accepted, Permanent, Rendered, SendResult, Transient
 from emailq.providers.factory import open_provider
 from emailq.providers.resend import (
+    QUOTA_RETRY_FLOOR,
     ResendProvider,
     ResendSettings,
     batch_idempotency_key,
@@ -461,6 +462,16 @@ def test_5xx_is_asked_again_then_left_to_the_queue(fake: FakeResend) -> None:
     assert all(isinstance(r, Transient) and r.unsure for r in results)
     assert len(fake.calls_to("/emails/batch")) == 6
     assert len(fake.sent) == 2
+
+
+@pytest.mark.parametrize("name", ["daily_quota_exceeded", "monthly_quota_exceeded"])
+def test_a_spent_quota_is_retried_an_hour_later_at_the_earliest(
+    fake: FakeResend, name: str
+) -> None:
+    fake.fail_next(1, 429, name=name, retry_after=5)
+    (result,) = send(provider_for(fake), [make()])
+    assert isinstance(result, Transient) and result.retry_after == QUOTA_RETRY_FLOOR
+    assert name in result.reason
 
 
 def test_429_is_not_asked_again_in_the_call(fake: FakeResend) -> None:

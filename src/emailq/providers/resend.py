@@ -50,6 +50,9 @@ _OWN_HEADERS = frozenset(
 )
 _ADDRESS = re.compile(r"[^\s'\"<>()\[\],;:@]+@(?=[^\s'\"<>()\[\],;:@])")
 _MAX_REASON = 300
+# Resend's 429s for a spent daily or monthly email quota; a retry waits at least this long.
+_QUOTAS = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})
+QUOTA_RETRY_FLOOR = 3600.0
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_TAG = 256  # characters in a tag's name or value
 _FOLD = re.compile(r"\r?\n(?=[ \t])")  # unfolding removes the line break, not the space
@@ -283,6 +286,12 @@ class ResendProvider(Provider):
         name = str(body.get("name", "")) if isinstance(body, dict) else ""
         message = str(body.get("message", "")) if isinstance(body, dict) else ""
         reason = self._clean(f"{status} {name or response.reason_phrase}: {message}".rstrip(": "))
+        # A spent quota does not clear in seconds: retried at the usual pace, a message
+        # would use up its attempts within minutes and land in the dead letters.
+        if name in _QUOTAS:
+            return Transient(
+                reason, max(QUOTA_RETRY_FLOOR, self._retry_after(response.headers) or 0)
+            )
         # 409 concurrent_idempotent_requests: the first call with this key is still running.
         if status in (408, 429) or status >= 500 or name == "concurrent_idempotent_requests":
             # 429 and 408: not carried out; a 5xx or a call still running: perhaps
