@@ -400,9 +400,9 @@ class Email(_Model):
 
     @model_validator(mode="after")
     def _whole_message(self, info: ValidationInfo) -> Self:
-        context = info.context or {}
-        trusted = context.get("trusted", False)  # read back from the queue: checked at intake
-        _check_whole(self, None if trusted else context.get("max_message_bytes", MAX_MESSAGE_BYTES))
+        # A payload read back from the queue (trusted) had its sizes checked at intake.
+        limit = (info.context or {}).get("max_message_bytes", MAX_MESSAGE_BYTES)
+        _check_whole(self, None if _trusted(info) else limit)
         return self
 
     def recipients(self) -> list[str]:
@@ -491,13 +491,6 @@ def parse_email(
 # Guest lists: many emails that differ only in these fields. Validating the rest once and
 # each guest's own fields on their own is what lets a 1,000-guest list be accepted in
 # milliseconds; tests/test_message.py holds the result to parse_email's, field by field.
-PERSONAL_FIELDS = ("to", "subject", "text", "html", "idempotency_key")
-# No larger than any guest's own fields can be, so the shared part's size check never
-# refuses what the whole email would pass (a guest's text or html has at least 1 character).
-_PLACEHOLDERS = {"to": [Address.model_construct(email="")], "subject": "", "text": "-",
-                 "html": None, "idempotency_key": None}  # fmt: skip
-
-
 class _Personal(_Model):
     """A guest's own fields, with the same types (and checks) as in :class:`Email`."""
 
@@ -506,6 +499,13 @@ class _Personal(_Model):
     text: Body = None
     html: Body = None
     idempotency_key: IdempotencyKey | None = None
+
+
+PERSONAL_FIELDS = tuple(_Personal.model_fields)
+# No larger than any guest's own fields can be, so the shared part's size check never
+# refuses what the whole email would pass (a guest's text or html has at least 1 character).
+_PLACEHOLDERS = {"to": [Address.model_construct(email="")], "subject": "", "text": "-",
+                 "html": None, "idempotency_key": None}  # fmt: skip
 
 
 def parse_shared(data: Mapping[str, Any], *, max_message_bytes: int | None = None) -> Email:

@@ -1,9 +1,9 @@
 """What ``GET /health/ready`` asks: is the broker reachable, is the provider.
 
-A check can block for long: the Redis client waits out a failover for about a minute
-before it gives up. A readiness probe wants an answer within its own timeout, so each
-check runs on a thread with a deadline, and at most one run of it is in flight: probes
-that come while it hangs wait on that run instead of piling up threads.
+A check can block: a locked SQLite file, a provider host that does not answer, a Redis
+connection stuck mid-failover. A readiness probe wants an answer within its own timeout,
+so each check runs on a thread with a deadline, and at most one run of it is in flight:
+probes that come while it hangs wait on that run instead of piling up threads.
 """
 
 from __future__ import annotations

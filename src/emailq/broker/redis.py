@@ -303,11 +303,11 @@ class RedisBroker(Broker):
         # reconnecting through a failover): a readiness probe wants to know now. Built
         # from the pool's settings, not by the pool, which would count it against its cap.
         pool = self.client.connection_pool
+        once = {"retry": Retry(NoBackoff(), 0), "socket_timeout": PING_TIMEOUT,
+                "socket_connect_timeout": PING_TIMEOUT}  # fmt: skip
         connection: Any = None  # redis-py's connection classes are untyped
         try:
-            connection = pool.connection_class(**pool.connection_kwargs)
-            connection.retry = Retry(NoBackoff(), 0)
-            connection.socket_timeout = connection.socket_connect_timeout = PING_TIMEOUT
+            connection = pool.connection_class(**pool.connection_kwargs | once)
             connection.send_command("PING")
             return connection.read_response() in (b"PONG", True)
         except redis.RedisError:
