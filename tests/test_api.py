@@ -13,9 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from emailq.api import ApiSettings, create_app
+from emailq.api import create_app
 from emailq.broker import Broker, State, open_broker
-from emailq.keys import KeyStore, open_key_store
+from emailq.deployment import Deployment
+from emailq.keys import KeyStore
+from deployments import deployment_for
+
 from emailq.sink import free_port
 
 pytestmark = pytest.mark.anyio
@@ -40,21 +43,17 @@ class Api:
 
 
 @pytest.fixture
-def broker_for_api(broker_url: str) -> Iterator[Broker]:
-    with open_broker(broker_url) as broker:
-        yield broker
+def deployment(broker_url: str) -> Iterator[Deployment]:
+    with deployment_for(broker_url, api={"max_body_bytes": 64 * 1024}) as opened:
+        yield opened
 
 
 @pytest.fixture
-async def api(broker_url: str, broker_for_api: Broker) -> AsyncIterator[Api]:
-    keys = open_key_store(broker_url)
-    _, secret = keys.create("acme", "tests")
-    app = create_app(
-        ApiSettings(broker_url, max_body_bytes=64 * 1024), broker=broker_for_api, keys=keys
-    )
-    transport = httpx.ASGITransport(app=app)
+async def api(deployment: Deployment) -> AsyncIterator[Api]:
+    _, secret = deployment.keys.create("acme", "tests")
+    transport = httpx.ASGITransport(app=create_app(deployment))
     async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
-        yield Api(client, broker_for_api, keys, secret)
+        yield Api(client, deployment.broker, deployment.keys, secret)
 
 
 def fields_of(response: httpx.Response) -> list[str]:
@@ -298,13 +297,10 @@ async def test_queues_health_and_metrics(api: Api) -> None:
     assert 'emailq_queue_messages{lane="standard",state="queued"} 1.0' in metrics
 
 
-async def test_tenant_intake_rate_is_answered_with_429(
-    broker_url: str, broker_for_api: Broker
-) -> None:
-    keys = open_key_store(broker_url)
-    _, secret = keys.create("acme")
-    app = create_app(ApiSettings(broker_url, tenant_rate=1, tenant_burst=3), broker=broker_for_api,
-                     keys=keys)  # fmt: skip
+async def test_tenant_intake_rate_is_answered_with_429(broker_url: str) -> None:
+    deployment = deployment_for(broker_url, api={"tenant_rate": 1, "tenant_burst": 3})
+    _, secret = deployment.keys.create("acme")
+    app = create_app(deployment)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         headers = {"Authorization": f"Bearer {secret}"}
         codes = [(await c.post("/v1/emails", json=EMAIL, headers=headers)) for _ in range(5)]
@@ -341,8 +337,9 @@ async def test_readiness_answers_within_its_deadline_when_redis_is_gone(
                                "--save", "", "--dir", str(tmp_path)])  # fmt: skip
     try:
         url = f"redis://127.0.0.1:{port}/0?prefix=ready"
-        with open_broker(url) as broker:  # retries until the new server answers
-            app = create_app(ApiSettings(url, ready_timeout=0.5), broker=broker)
+        # the broker retries until the new server answers
+        with deployment_for(url, api={"ready_timeout_s": 0.5, "check_provider": False}) as dep:
+            app = create_app(dep)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
                 assert (await client.get("/health/ready")).status_code == 200

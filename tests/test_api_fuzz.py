@@ -10,15 +10,18 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from emailq.api import ApiSettings, create_app
-from emailq.keys import open_key_store
+from deployments import deployment_for
+
+from emailq.api import create_app
 
 # Schemathesis reads the schema when this module is collected, so the app is built here.
 _HOME = tempfile.TemporaryDirectory(prefix="emailq-fuzz-")
 atexit.register(_HOME.cleanup)
 _URL = f"sqlite:///{Path(_HOME.name) / 'queue.db'}"
-_, _SECRET = open_key_store(_URL).create("fuzz")
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(ApiSettings(_URL)))
+_DEPLOYMENT = deployment_for(_URL, api={"check_provider": False})
+atexit.register(_DEPLOYMENT.close)
+_, _SECRET = _DEPLOYMENT.keys.create("fuzz")
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_DEPLOYMENT))
 
 
 @schema.parametrize()

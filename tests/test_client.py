@@ -13,11 +13,12 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 
-from emailq.api import ApiSettings, create_app
-from emailq.broker import Broker, State, open_broker
+from deployments import deployment_for
+
+from emailq.api import create_app
+from emailq.broker import Broker, State
 from emailq.cli import cli
 from emailq.client import ApiError, AsyncClient, Client
-from emailq.keys import open_key_store
 from emailq.sink import free_port
 
 EMAIL = {"from": "planner@weddings.example", "to": ["guest@example.org"],
@@ -34,9 +35,10 @@ class Served:
 
 @pytest.fixture
 def served(broker_url: str) -> Iterator[Served]:
-    _, secret = open_key_store(broker_url).create("acme")
+    deployment = deployment_for(broker_url, api={"check_provider": False})
+    _, secret = deployment.keys.create("acme")
     port = free_port()
-    app = create_app(ApiSettings(broker_url))
+    app = create_app(deployment)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -44,10 +46,10 @@ def served(broker_url: str) -> Iterator[Served]:
     while not server.started:
         assert time.monotonic() < deadline, "the API server did not start"
         time.sleep(0.01)
-    with open_broker(broker_url) as broker:
-        yield Served(f"http://127.0.0.1:{port}", secret, broker, broker_url)
-    server.should_exit = True
-    thread.join(10)
+    with deployment:
+        yield Served(f"http://127.0.0.1:{port}", secret, deployment.broker, broker_url)
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_the_sync_client_sends_reads_and_cancels(served: Served) -> None:

@@ -17,9 +17,11 @@ from emailq.supervisor import MAX_RESTART_DELAY, restart_delay
 # A supervisor of one worker whose provider URL cannot be opened: every start fails.
 SUPERVISE_A_FAILING_WORKER = """
 import logging, sys
-from emailq.supervisor import Supervisor, WorkerConfig
+from emailq.settings import Settings
+from emailq.supervisor import Supervisor
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
-Supervisor(WorkerConfig(sys.argv[1], "nonsense://nowhere"), 1).run()
+settings = Settings(broker={"url": sys.argv[1]}, provider={"url": "nonsense://nowhere"})
+Supervisor(settings, 1).run()
 """
 
 

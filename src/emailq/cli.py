@@ -1,4 +1,9 @@
-"""The ``emailq`` command line: it parses, then calls the library. Nothing else lives here."""
+"""The ``emailq`` command line: it parses, then calls the library. Nothing else lives here.
+
+Every command starts from one :class:`~emailq.deployment.Deployment` built from the
+settings: defaults → ``--config`` file → ``EMAILQ_*`` environment → the flags given here.
+A flag that is not given sets nothing, so the file and the environment still count.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +17,103 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from emailq.broker import State, Stats, open_broker
-from emailq.config import Settings
+from emailq.broker import State, Stats
+from emailq.deployment import Deployment
 from emailq.errors import EmailqError
 from emailq.lanes import LANE_ORDER
-from emailq.ratelimit.rules import RateRules
-from emailq.worker import WorkerSettings
+from emailq.settings import Settings, described_fields, display, redact_url
 
-BROKER_OPTION = click.option(
-    "--broker-url",
-    envvar="EMAILQ_BROKER_URL",
-    default=Settings().broker_url,
-    show_default=True,
-    help="sqlite:///path.db (embedded) or redis://host:port/db",
-)
+# Which setting each flag sets (flags of the same name mean the same setting everywhere).
+SETTING_OF = {
+    "broker_url": "broker.url",
+    "provider_url": "provider.url",
+    "domain": "domain",
+    "processes": "worker.processes",
+    "batch": "worker.batch_size",
+    "concurrency": "worker.concurrency",
+    "lease": "worker.lease_s",
+    "retry_base": "worker.retry_base_s",
+    "shutdown_timeout": "worker.shutdown_timeout_s",
+    "metrics_port": "worker.metrics_port",
+    "provider_rate": "limits.provider_rate",
+    "domain_rate": "limits.domain_rate",
+    "tenant_rate": "limits.tenant_rate",
+    "host": "api.host",
+    "port": "api.port",
+    "workers": "api.workers",
+    "intake_rate": "api.tenant_rate",
+    "intake_burst": "api.tenant_burst",
+    "api_url": "api.url",
+    "api_key": "api.key",
+}
+_FIELDS = dict(described_fields())
+
+
+def setting(*decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An option for a setting: no default of its own (unset, it leaves the setting to the
+    file and the environment); its help shows the setting's name and default."""
+    name = decls[0].lstrip("-").split("/")[0].replace("-", "_")
+    for decl in decls:
+        if decl.startswith("--") and "/" not in decl:
+            name = decl[2:].replace("-", "_")
+    dotted = SETTING_OF[name]
+    field = _FIELDS[dotted]
+    default = "" if field.default is None else f"; default {display(field.default)}"
+    kwargs.setdefault("help", str(field.description))
+    kwargs["help"] += f" [{dotted}{default}]"
+    return click.option(*decls, default=None, **kwargs)
+
+
+def load_settings(ctx: click.Context, flags: dict[str, Any]) -> Settings:
+    """The effective settings for a command: its flags over the file and the environment."""
+    nested: dict[str, Any] = {}
+    for name, value in flags.items():
+        if name in SETTING_OF and value is not None:
+            *sections, leaf = SETTING_OF[name].split(".")
+            node = nested
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[leaf] = value
+    config = ctx.find_root().params.get("config")
+    return Settings.load(config_file=config, flags=nested)
+
+
+def open_deployment(ctx: click.Context, flags: dict[str, Any]) -> Deployment:
+    return Deployment.from_settings(load_settings(ctx, flags))
+
+
+BROKER_URL = setting("--broker-url")
 
 
 @click.group()
 @click.version_option(package_name="emailq")
-def cli() -> None:
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    help="a settings file (TOML); default: $EMAILQ_CONFIG",
+)
+def cli(config: str | None) -> None:
     """emailq: a durable, priority-aware outbound email queue."""
+
+
+@cli.command("config")
+@BROKER_URL
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def show_config(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """The effective settings (secrets redacted) and where each one came from."""
+    settings = load_settings(ctx, flags)
+    rows = list(settings.rows())
+    if as_json:
+        body = {name: {"value": value, "source": source} for name, value, source in rows}
+        click.echo(json.dumps(body, indent=2))
+        return
+    table = Table(title="emailq settings")
+    for column in ("setting", "value", "source"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 @cli.command()
@@ -48,25 +130,28 @@ def demo(weddings: int, guests: int, vendors: int, broker_url: str | None) -> No
 
 
 @cli.command()
-@BROKER_OPTION
+@BROKER_URL
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def status(broker_url: str, as_json: bool) -> None:
+@click.pass_context
+def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     """Depth per lane and state, and how long the oldest ready message has waited."""
-    with open_broker(broker_url) as broker:
-        stats = broker.stats()
+    with open_deployment(ctx, flags) as deployment:
+        stats = deployment.status()
+        where = redact_url(deployment.settings.broker.url)
     if as_json:
-        click.echo(json.dumps(stats_to_dict(stats), indent=2))
+        click.echo(json.dumps({"broker": where} | stats_to_dict(stats), indent=2))
     else:
-        Console().print(stats_table(stats))
+        Console().print(stats_table(stats, where))
 
 
 @cli.command()
-@BROKER_OPTION
+@BROKER_URL
 @click.argument("message_id")
-def get(broker_url: str, message_id: str) -> None:
+@click.pass_context
+def get(ctx: click.Context, /, message_id: str, **flags: Any) -> None:
     """One message's state, attempts and last error."""
-    with open_broker(broker_url) as broker:
-        info = broker.get(message_id)
+    with open_deployment(ctx, flags) as deployment:
+        info = deployment.broker.get(message_id)
     if info is None:
         raise click.ClickException(f"no message {message_id}")
     fields = {k: getattr(info, k) for k in info.__dataclass_fields__}
@@ -93,80 +178,58 @@ def sink(host: str, port: int) -> None:
             click.echo(f"stopped after {server.count} messages")
 
 
-def worker_options(default_processes: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def worker_options(command: Callable[..., None]) -> Callable[..., None]:
     """The options every command that runs workers takes."""
-    options = [
-        BROKER_OPTION,
-        click.option(
-            "--provider-url", envvar="EMAILQ_PROVIDER_URL", default=Settings().provider_url,
-            show_default=True, help="smtp://host:port, smtps://, resend://, file:///dir",
-        ),
-        click.option("-n", "--processes", default=default_processes, show_default=True),
-        click.option("--batch", default=100, show_default=True, help="messages per lease"),
-        click.option("--concurrency", default=2, show_default=True, help="batches in flight"),
-        click.option("--lease", default=30.0, show_default=True, help="lease seconds"),
-        click.option("--retry-base", default=10.0, show_default=True, help="first retry delay s"),
-        click.option("--shutdown-timeout", default=20.0, show_default=True,
-                     help="seconds in-flight batches get after SIGTERM"),
-        click.option("--provider-rate", type=float, help="messages/s through the provider"),
-        click.option("--domain-rate", type=float, help="messages/s per recipient domain"),
-        click.option("--tenant-rate", type=float, help="messages/s per tenant"),
-        click.option("--metrics-port", default=0, help="Prometheus port of the first worker"
-                     " (the next worker +1, …); 0: none"),
-    ]  # fmt: skip
-
-    def apply(command: Callable[..., None]) -> Callable[..., None]:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return apply
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        BROKER_URL,
+        setting("--provider-url"),
+        setting("--domain"),
+        setting("-n", "--processes", type=int),
+        setting("--batch", type=int),
+        setting("--concurrency", type=int),
+        setting("--lease", type=float),
+        setting("--retry-base", type=float),
+        setting("--shutdown-timeout", type=float),
+        setting("--provider-rate", type=float),
+        setting("--domain-rate", type=float),
+        setting("--tenant-rate", type=float),
+        setting("--metrics-port", type=int),
+        click.pass_context,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
-def start_workers(processes: int, **flags: Any) -> None:
-    from emailq.supervisor import Supervisor, WorkerConfig, worker_main
+def start_workers(ctx: click.Context, default_processes: int, flags: dict[str, Any]) -> None:
+    from emailq.supervisor import Supervisor, worker_main
 
-    config = WorkerConfig(
-        broker_url=flags["broker_url"],
-        provider_url=flags["provider_url"],
-        settings=WorkerSettings(
-            batch_size=flags["batch"],
-            concurrency=flags["concurrency"],
-            lease_s=flags["lease"],
-            retry_base_s=flags["retry_base"],
-            shutdown_timeout=flags["shutdown_timeout"],
-        ),
-        rules=RateRules(
-            provider_rate=flags["provider_rate"],
-            domain_rate=flags["domain_rate"],
-            tenant_rate=flags["tenant_rate"],
-        ),
-        metrics_port=flags["metrics_port"],
-    )
+    settings = load_settings(ctx, flags)
+    processes = settings.worker.processes or default_processes
     if processes == 1:
-        worker_main(config)
+        worker_main(settings)
     else:
-        sys.exit(Supervisor(config, processes).run())
+        sys.exit(Supervisor(settings, processes).run())
 
 
 @cli.command()
-@worker_options(default_processes=1)
-def worker(processes: int, **flags: Any) -> None:
+@worker_options
+def worker(ctx: click.Context, /, **flags: Any) -> None:
     """Deliver queued mail until SIGTERM or Ctrl-C (finishing the batches in hand)."""
-    start_workers(processes, **flags)
+    start_workers(ctx, 1, flags)
 
 
 @cli.command()
-@worker_options(default_processes=2)
-def run(processes: int, **flags: Any) -> None:
+@worker_options
+def run(ctx: click.Context, /, **flags: Any) -> None:
     """The all-in-one process for one machine: a supervised pool of workers."""
-    start_workers(processes, **flags)
+    start_workers(ctx, 2, flags)
 
 
 @cli.command()
-@BROKER_OPTION
-@click.option("--api-url", envvar="EMAILQ_API_URL", help="send through a running API instead")
-@click.option("--api-key", envvar="EMAILQ_API_KEY", help="the API key (with --api-url)")
+@BROKER_URL
+@setting("--api-url", help="send through a running API instead of the broker")
+@setting("--api-key")
 @click.option(
     "--file",
     "path",
@@ -182,54 +245,39 @@ def run(processes: int, **flags: Any) -> None:
 @click.option("--wedding-id")
 @click.option("--ceremony-at", help="ISO 8601 time with offset")
 @click.option("--idempotency-key")
-def send(broker_url: str, api_url: str | None, api_key: str | None, path: str | None,
-         **fields: Any) -> None:  # fmt: skip
+@click.pass_context
+def send(ctx: click.Context, /, path: str | None, **fields: Any) -> None:
     """Queue one email, from flags or a file; prints its id and lane."""
-    from emailq.sendcmd import email_fields, send_via_api, send_via_broker
+    from emailq.sendcmd import email_fields, send_via_api
 
+    settings = load_settings(ctx, fields)
     data = email_fields(path, fields)
-    if api_url:
-        if not api_key:
+    if settings.api.url:
+        if settings.api.key is None:
             raise click.UsageError("--api-url needs --api-key (or EMAILQ_API_KEY)")
-        message_id, lane = send_via_api(api_url, api_key, data)
+        key = settings.api.key.get_secret_value()
+        message_id, lane = send_via_api(settings.api.url, key, data)
     else:
-        message_id, lane = send_via_broker(broker_url, data)
+        with Deployment.from_settings(settings) as deployment:
+            queued = deployment.send(data)
+        message_id, lane = queued.id, queued.lane
     click.echo(f"{message_id} {lane}")
 
 
 @cli.command()
-@BROKER_OPTION
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8025, show_default=True)
-@click.option(
-    "--provider-url", envvar="EMAILQ_PROVIDER_URL", default=None, help="checked by /health/ready"
-)
-@click.option("--tenant-rate", type=float, help="emails/s each tenant may submit")
-@click.option("--workers", default=1, show_default=True, help="server processes")
-def serve(
-    broker_url: str,
-    host: str,
-    port: int,
-    provider_url: str | None,
-    tenant_rate: float | None,
-    workers: int,
-) -> None:
+@BROKER_URL
+@setting("--host")
+@setting("--port", type=int)
+@setting("--provider-url", help="checked by /health/ready")
+@setting("--intake-rate", type=float)
+@setting("--intake-burst", type=float)
+@setting("--workers", type=int)
+@click.pass_context
+def serve(ctx: click.Context, /, **flags: Any) -> None:
     """Serve the HTTP intake API."""
-    import os
+    from emailq.api.server import serve as serve_api
 
-    import uvicorn
-
-    # Every server process builds its app from these (uvicorn imports the factory in each).
-    os.environ["EMAILQ_BROKER_URL"] = broker_url
-    os.environ.pop("EMAILQ_PROVIDER_URL", None)
-    if provider_url:
-        os.environ["EMAILQ_PROVIDER_URL"] = provider_url
-    if tenant_rate:
-        os.environ["EMAILQ_TENANT_RATE"] = str(tenant_rate)
-    uvicorn.run(
-        "emailq.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_level="warning", loop="uvloop", http="httptools", access_log=False,
-    )  # fmt: skip
+    serve_api(load_settings(ctx, flags))
 
 
 @cli.command()
@@ -301,39 +349,41 @@ def keys() -> None:
 
 
 @keys.command("create")
-@BROKER_OPTION
+@BROKER_URL
 @click.option("--tenant", required=True)
 @click.option("--name", default="", help="what the key is for")
 @click.option("--trusted", is_flag=True, help="may set an explicit priority")
-def keys_create(broker_url: str, tenant: str, name: str, trusted: bool) -> None:
+@click.pass_context
+def keys_create(ctx: click.Context, /, tenant: str, name: str, trusted: bool, **flags: Any) -> None:
     """Create a key; it is shown once and only its hash is stored."""
-    from emailq.keys import open_key_store
-
-    key, secret = open_key_store(broker_url).create(tenant, name, trusted)
+    with open_deployment(ctx, flags) as deployment:
+        key, secret = deployment.keys.create(tenant, name, trusted)
     click.echo(f"created key {key.key_id} for tenant {tenant}:")
     click.echo(secret)
 
 
 @keys.command("list")
-@BROKER_OPTION
-def keys_list(broker_url: str) -> None:
+@BROKER_URL
+@click.pass_context
+def keys_list(ctx: click.Context, /, **flags: Any) -> None:
     """List keys (ids, tenants, state; never the secrets)."""
-    from emailq.keys import open_key_store
-
-    for key in open_key_store(broker_url).list():
+    with open_deployment(ctx, flags) as deployment:
+        listed = deployment.keys.list()
+    for key in listed:
         state = "active" if key.active else "revoked"
         trusted = " trusted" if key.trusted else ""
         click.echo(f"{key.key_id}  {key.tenant:<20} {state}{trusted}  {key.name}")
 
 
 @keys.command("revoke")
-@BROKER_OPTION
+@BROKER_URL
 @click.argument("key_id")
-def keys_revoke(broker_url: str, key_id: str) -> None:
+@click.pass_context
+def keys_revoke(ctx: click.Context, /, key_id: str, **flags: Any) -> None:
     """Revoke a key by its id (takes effect within 5 seconds everywhere)."""
-    from emailq.keys import open_key_store
-
-    if not open_key_store(broker_url).revoke(key_id):
+    with open_deployment(ctx, flags) as deployment:
+        revoked = deployment.keys.revoke(key_id)
+    if not revoked:
         raise click.ClickException(f"no active key {key_id}")
     click.echo(f"revoked {key_id}")
 
@@ -351,8 +401,8 @@ def stats_to_dict(stats: Stats) -> dict[str, object]:
     }
 
 
-def stats_table(stats: Stats) -> Table:
-    table = Table(title="emailq queue")
+def stats_table(stats: Stats, where: str = "") -> Table:
+    table = Table(title=f"emailq queue {where}".strip())
     table.add_column("lane", no_wrap=True)
     for state in State:
         table.add_column(state.value, justify="right")

@@ -21,14 +21,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from emailq.broker import Broker, open_broker
-from emailq.intake import to_new_message
+from emailq.deployment import Deployment
 from emailq.lanes import LANE_ORDER, Lane
 from emailq.loadtest.measure import percentile
-from emailq.message import parse_email
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
+from emailq.settings import BrokerSettings, Settings, redact_url
 from emailq.sink import SmtpSink
-from emailq.worker import Worker, WorkerSettings
+from emailq.worker import Worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,31 +72,38 @@ def wedding_emails(
         }
 
 
-def submit(broker: Broker, ledger: Ledger, plan: DemoPlan, kind: str, weddings: range) -> int:
+def submit(
+    deployment: Deployment, ledger: Ledger, plan: DemoPlan, kind: str, weddings: range
+) -> int:
+    """Queue the emails as an application embedding emailq would: validated, placed by the
+    lane policy, keyed for idempotency."""
     now = datetime.now(UTC)
-    emails = [parse_email(d) for w in weddings for d in wedding_emails(plan, now, kind, w)]
-    messages = [to_new_message(e, now) for e in emails]
+    emails = [d for w in weddings for d in wedding_emails(plan, now, kind, w)]
     at = time.time()
-    ids = broker.enqueue_many(messages)
-    ledger.add(ids, [m.lane for m in messages], at, kind)
-    return len(ids)
+    queued = deployment.send_many(emails)
+    ledger.add([q.id for q in queued], [Lane(q.lane) for q in queued], at, kind)
+    return len(queued)
 
 
-async def run_demo(plan: DemoPlan, broker: Broker, console: Console) -> tuple[Table, str]:
+async def run_demo(
+    plan: DemoPlan, deployment: Deployment, console: Console
+) -> tuple[Table, str]:
     ledger = Ledger()
     with SmtpSink() as sink:
         provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=4))
         express = SmtpProvider(SmtpSettings(port=sink.port, pool_size=2))
-        worker = Worker(broker, provider, WorkerSettings(), express_provider=express)
+        worker = Worker(
+            deployment.broker, provider, deployment.worker_settings(), express_provider=express
+        )
         stop = asyncio.Event()
-        total = submit(broker, ledger, plan, "invitation", range(plan.weddings))
+        total = submit(deployment, ledger, plan, "invitation", range(plan.weddings))
         console.print(f"queued {total} invitations for {plan.weddings} weddings (bulk lane)")
         running = asyncio.create_task(worker.run(stop))
         with _progress(console) as progress:
             bars = {lane: progress.add_task(lane.value, total=0) for lane in LANE_ORDER}
             await _wait_until(lambda: sink.count >= total // 5, progress, bars, ledger, sink)
-            total += submit(broker, ledger, plan, "vendor_update", range(1))
-            total += submit(broker, ledger, plan, "ceremony_change", range(1))
+            total += submit(deployment, ledger, plan, "vendor_update", range(1))
+            total += submit(deployment, ledger, plan, "ceremony_change", range(1))
             progress.console.print(
                 f"[bold red]ceremony change[/] for wedding w0 queued to {plan.vendors} people"
                 f" with {total - sink.count - 2 * plan.vendors} invitations still ahead of it"
@@ -191,10 +197,12 @@ def demo(plan: DemoPlan | None = None, broker_url: str | None = None) -> int:
     plan = plan or DemoPlan()
     with tempfile.TemporaryDirectory(prefix="emailq-demo-") as tmp:
         url = broker_url or f"sqlite:///{Path(tmp) / 'queue.db'}"
-        console.print(f"broker: {url}")
-        with open_broker(url) as broker:
+        # The demo's own queue and sink: only the broker comes from outside.
+        settings = Settings(broker=BrokerSettings(url=url))
+        console.print(f"broker: {redact_url(url)}")
+        with Deployment.from_settings(settings) as deployment:
             started = time.monotonic()
-            table, overtaking = asyncio.run(run_demo(plan, broker, console))
+            table, overtaking = asyncio.run(run_demo(plan, deployment, console))
             console.print(table)
             console.print(overtaking)
             console.print(f"done in {time.monotonic() - started:.1f} s")

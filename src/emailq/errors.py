@@ -22,7 +22,17 @@ class ConfigurationError(EmailqError, ValueError):
 
 
 class BrokerError(EmailqError):
-    """The broker could not carry out an operation."""
+    """The broker could not carry out an operation. Raw backend errors (redis-py's,
+    sqlite3's) never leave a broker: callers see this hierarchy whatever the backend."""
+
+
+class BrokerUnavailable(BrokerError, ConnectionError):
+    """The broker cannot be reached or cannot take the operation now; try again later
+    (the API answers 503 with Retry-After)."""
+
+
+class BrokerFull(BrokerUnavailable):
+    """The broker refuses writes that need room: Redis at ``maxmemory``, a full disk."""
 
 
 class MissingDependencyError(EmailqError, ImportError):

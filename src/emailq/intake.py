@@ -1,13 +1,11 @@
 """From a validated email to a queue message: the lane from the policy, the key, the time.
 
-Every intake (HTTP API, Python library, CLI, demo) goes through :func:`to_new_message`, so
-the same email lands in the same lane whichever way it came in.
+Every intake (HTTP API, :class:`emailq.deployment.Deployment`, CLI, demo) goes through
+:func:`to_new_message`, so the same email lands in the same lane whichever way it came in.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 from datetime import UTC, datetime
 
 from emailq.broker import NewMessage
@@ -15,30 +13,26 @@ from emailq.message import Email
 from emailq.policy import DEFAULT_POLICY, Placement, Policy, place
 
 
-@functools.cache
-def configured_policy() -> Policy:
-    """The policy from ``EMAILQ_POLICY_FILE`` (TOML), else the built-in one."""
-    path = os.environ.get("EMAILQ_POLICY_FILE")
-    return Policy.from_toml(path) if path else DEFAULT_POLICY
-
-
-def placement_of(email: Email, now: datetime) -> Placement:
+def placement_of(email: Email, now: datetime, policy: Policy = DEFAULT_POLICY) -> Placement:
     wedding = email.wedding
     return place(
         wedding.kind if wedding else None,
         wedding.ceremony_at if wedding else None,
         now,
         email.priority,
-        configured_policy(),
+        policy,
     )
 
 
-def to_new_message(email: Email, now: datetime | None = None) -> NewMessage:
+def to_new_message(
+    email: Email, now: datetime | None = None, policy: Policy = DEFAULT_POLICY
+) -> NewMessage:
     at = now or datetime.now(UTC)
     return NewMessage(
         email.to_payload(),
-        lane=placement_of(email, at).lane,
+        lane=placement_of(email, at, policy).lane,
         tenant=email.tenant,
         idempotency_key=email.idempotency_key,
         send_at=email.send_at.timestamp() if email.send_at else None,
+        validated=True,
     )

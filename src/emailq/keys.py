@@ -3,7 +3,8 @@
 A key is ``eq_<key id>_<secret>``; only its hash is stored, so a leaked database gives no
 usable key (the secret has 256 random bits, so a plain hash is enough: nothing to brute
 force). Keys live in the broker's own store (the SQLite file, or Redis under the queue's
-prefix), so every API process of a queue sees the same keys.
+prefix), so every API process of a queue sees the same keys; a
+:class:`emailq.deployment.Deployment` opens the store that fits its broker.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
 
 import redis
 
-from emailq.broker.sqlite import SQLiteBroker
 from emailq.clock import Clock, now
 
 PREFIX = "eq_"
@@ -96,6 +95,9 @@ class KeyStore(abc.ABC):
     @abc.abstractmethod
     def revoke(self, key_id: str) -> bool: ...
 
+    def close(self) -> None:  # noqa: B027 - a store on a shared connection has nothing to close
+        """Release what the store opened itself."""
+
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
@@ -137,6 +139,10 @@ class SQLiteKeyStore(KeyStore):
                 (self.clock(), key_id),
             )
         return cursor.rowcount == 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 def _row_to_key(row: tuple[object, ...]) -> ApiKey:
@@ -186,17 +192,3 @@ class RedisKeyStore(KeyStore):
             return False
         name = f"{self.base}:key:{hashed.decode()}"
         return bool(self.client.hsetnx(name, "revoked_at", self.clock()))
-
-
-def open_key_store(broker_url: str) -> KeyStore:
-    """The key store that lives beside the queue at ``broker_url``."""
-    parts = urlsplit(broker_url)
-    if parts.scheme == "sqlite":
-        broker = SQLiteBroker.from_url(broker_url)  # creates the file when needed
-        broker.close()
-        return SQLiteKeyStore(broker.path)
-    prefix = parse_qs(parts.query).get("prefix", ["emailq"])[0]
-    from emailq.broker.redis import RedisBroker
-
-    redis_broker = RedisBroker.from_url(broker_url)
-    return RedisKeyStore(redis_broker.client, prefix)

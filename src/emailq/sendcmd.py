@@ -5,16 +5,11 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from emailq.broker import open_broker
 from emailq.client import Client
-from emailq.clock import now
-from emailq.intake import placement_of, to_new_message
-from emailq.message import parse_email
 
 
 def email_fields(path: str | None, flags: dict[str, Any]) -> dict[str, Any]:
@@ -66,11 +61,3 @@ def send_via_api(api_url: str, api_key: str, data: dict[str, Any]) -> tuple[str,
     with Client(api_url, api_key) as client:
         queued = client.send(data, data.get("idempotency_key"))
     return queued.id, queued.lane
-
-
-def send_via_broker(broker_url: str, data: dict[str, Any]) -> tuple[str, str]:
-    parsed = parse_email(data)
-    at = datetime.fromtimestamp(now(), UTC)
-    with open_broker(broker_url) as broker:
-        message_id = broker.enqueue(to_new_message(parsed, at))
-    return message_id, placement_of(parsed, at).lane.value

@@ -15,66 +15,47 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
 from prometheus_client import start_http_server
 
-from emailq.broker import open_broker
+from emailq.deployment import Deployment
+from emailq.logs import configure_logging
 from emailq.metrics import DeliveryMetrics
-from emailq.providers.factory import open_provider
-from emailq.ratelimit import Limiter
-from emailq.ratelimit.rules import RateRules
-from emailq.worker import Worker, WorkerSettings
+from emailq.settings import Settings
+from emailq.worker import Worker
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    broker_url: str
-    provider_url: str
-    settings: WorkerSettings = field(default_factory=WorkerSettings)
-    rules: RateRules = field(default_factory=RateRules)
-    metrics_port: int = 0  # Prometheus endpoint of the first worker; the next gets +1...; 0: off
-
-
-def limiter_for(broker_url: str) -> Limiter:
-    """Limits live where the queue lives, so every worker of that queue shares them."""
-    broker = open_broker(broker_url)
-    from emailq.broker.sqlite import SQLiteBroker
-
-    if isinstance(broker, SQLiteBroker):
-        from emailq.ratelimit.sqlite import SQLiteLimiter
-
-        broker.close()
-        return SQLiteLimiter(broker.path)
-    from emailq.broker.redis import RedisBroker
-    from emailq.ratelimit.redis import RedisLimiter
-
-    assert isinstance(broker, RedisBroker)
-    return RedisLimiter(broker.client, broker.prefix)
-
-
-async def serve_worker(config: WorkerConfig, stop: asyncio.Event) -> None:
-    """One worker process's life: open, deliver until ``stop``, close."""
-    provider = open_provider(config.provider_url)
-    express = open_provider(config.provider_url)
-    limiter = limiter_for(config.broker_url) if config.rules.active else None
-    metrics = DeliveryMetrics()
-    if config.metrics_port:
-        start_http_server(config.metrics_port, "127.0.0.1", registry=metrics.registry)
-    with open_broker(config.broker_url) as broker:
+async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
+    """One worker process's life: open the deployment, deliver until ``stop``, close."""
+    with Deployment.from_settings(settings) as deployment:
+        provider = deployment.open_provider()
+        express = deployment.open_provider()
+        rules = deployment.rate_rules()
+        metrics = DeliveryMetrics()
+        port = settings.worker.metrics_port
+        if port:
+            start_http_server(port, "127.0.0.1", registry=metrics.registry)
         worker = Worker(
-            broker, provider, config.settings,
-            limiter=limiter, rules=config.rules, express_provider=express, metrics=metrics,
-        )  # fmt: skip
-        await worker.run(stop)
-    await provider.close()
-    await express.close()
+            deployment.broker,
+            provider,
+            deployment.worker_settings(),
+            limiter=deployment.limiter if rules.active else None,
+            rules=rules,
+            express_provider=express,
+            metrics=metrics,
+        )
+        try:
+            await worker.run(stop)
+        finally:
+            await provider.close()
+            await express.close()
 
 
-def worker_main(config: WorkerConfig) -> None:
+def worker_main(settings: Settings) -> None:
     """Entry point of a worker process: SIGTERM and SIGINT stop it gracefully."""
 
     async def main() -> None:
@@ -82,9 +63,9 @@ def worker_main(config: WorkerConfig) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve_worker(config, stop)
+        await serve_worker(settings, stop)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(settings)
     asyncio.run(main())
 
 
@@ -112,18 +93,20 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, config: WorkerConfig, processes: int) -> None:
-        self.config = config
+    def __init__(self, settings: Settings, processes: int) -> None:
+        self.settings = settings
         self.processes = processes
         self._context = multiprocessing.get_context("spawn")
         self._slots = [_Slot() for _ in range(processes)]
         self._stopping = False
 
     def _spawn(self, index: int) -> BaseProcess:
-        config = self.config
-        if config.metrics_port:
-            config = replace(config, metrics_port=config.metrics_port + index)
-        process = self._context.Process(target=worker_main, args=(config,), daemon=False)
+        settings = self.settings
+        port = settings.worker.metrics_port
+        if port:  # each worker its own Prometheus port: the first +0, the next +1...
+            worker = settings.worker.model_copy(update={"metrics_port": port + index})
+            settings = settings.model_copy(update={"worker": worker})
+        process = self._context.Process(target=worker_main, args=(settings,), daemon=False)
         process.start()
         return process
 
@@ -159,7 +142,7 @@ class Supervisor:
         for process in running:
             if process.is_alive() and process.pid:
                 signal_process(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.config.settings.shutdown_timeout + 5
+        deadline = time.monotonic() + self.settings.worker.shutdown_timeout_s + 5
         for process in running:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():

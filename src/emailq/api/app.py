@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,69 +12,59 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emailq.api import problems, routes
 from emailq.api.grouping import EnqueueGroup
-from emailq.api.readiness import READY_TIMEOUT, BoundedCheck, provider_probe
-from emailq.broker import Broker, open_broker
-from emailq.keys import KeyStore, open_key_store
+from emailq.api.readiness import BoundedCheck
+from emailq.deployment import Deployment
 from emailq.metrics import IntakeMetrics
-from emailq.ratelimit import Limiter
-
-MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10 MB email as JSON with base64 attachments
-
-
-@dataclass(frozen=True, slots=True)
-class ApiSettings:
-    broker_url: str
-    provider_url: str | None = None  # checked by /health/ready when given
-    max_body_bytes: int = MAX_BODY_BYTES
-    tenant_rate: float | None = None  # emails/s each tenant may submit; None: no limit
-    tenant_burst: float = 5000.0
-    ready_timeout: float = READY_TIMEOUT  # /health/ready answers within about this
+from emailq.probes import provider_reachable
+from emailq.settings import ApiSection, Settings
 
 
 @dataclass
 class ApiContext:
-    settings: ApiSettings
-    broker: Broker
-    keys: KeyStore
+    """What the routes use: the deployment (broker, keys, limiter, policy) and the API's own."""
+
+    deployment: Deployment
+    settings: ApiSection
     metrics: IntakeMetrics
-    limiter: Limiter | None
     broker_ready: BoundedCheck
     provider_ready: BoundedCheck
     group: EnqueueGroup
 
+    @property
+    def limiter(self) -> Any:
+        """The shared limiter when tenants have an intake rate; None otherwise."""
+        return self.deployment.limiter if self.settings.tenant_rate else None
 
-def create_app(
-    settings: ApiSettings,
-    broker: Broker | None = None,
-    keys: KeyStore | None = None,
-    limiter: Limiter | None = None,
-) -> FastAPI:
-    owned = broker is None  # then the app opens and closes it with its lifespan
-    broker = broker or open_broker(settings.broker_url)
-    if limiter is None and settings.tenant_rate:
-        from emailq.supervisor import limiter_for
 
-        limiter = limiter_for(settings.broker_url)
+def create_app(deployment: Deployment | Settings) -> FastAPI:
+    """The API for a deployment. Given :class:`Settings`, the app opens its own deployment
+    when it starts and closes it when it stops (what ``emailq serve`` does); given a
+    :class:`Deployment`, the caller keeps it and closes it."""
+    owned = isinstance(deployment, Settings)
+    opened = deployment if isinstance(deployment, Deployment) else Deployment(deployment)
+    api = opened.settings.api
+    provider_url = opened.settings.provider.url
     context = ApiContext(
-        settings=settings,
-        broker=broker,
-        keys=keys or open_key_store(settings.broker_url),
-        metrics=IntakeMetrics(lambda: context.broker),
-        limiter=limiter,
-        broker_ready=BoundedCheck(lambda: context.broker.ping(), settings.ready_timeout),
-        provider_ready=BoundedCheck(provider_probe(settings.provider_url), settings.ready_timeout),
-        group=EnqueueGroup(broker),
+        deployment=opened,
+        settings=api,
+        metrics=IntakeMetrics(lambda: context.deployment.broker),
+        broker_ready=BoundedCheck(lambda: context.deployment.broker.ping(), api.ready_timeout_s),
+        provider_ready=BoundedCheck(
+            (lambda: provider_reachable(provider_url)) if api.check_provider else (lambda: True),
+            api.ready_timeout_s,
+        ),
+        group=EnqueueGroup(opened.broker),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if owned and context.broker is None:  # started again after a shutdown
-            context.broker = open_broker(settings.broker_url)
-            context.group = EnqueueGroup(context.broker)
+        if owned and context.deployment is None:  # started again after a shutdown
+            context.deployment = Deployment.from_settings(opened.settings)
+            context.group = EnqueueGroup(context.deployment.broker)
         yield
-        if owned and context.broker is not None:
-            context.broker.close()
-            context.broker = None  # type: ignore[assignment]
+        if owned and context.deployment is not None:
+            context.deployment.close()
+            context.deployment = None  # type: ignore[assignment]
 
     app = FastAPI(
         title="emailq",
@@ -87,7 +75,7 @@ def create_app(
     app.state.context = context
     problems.install(app)
     routes.install(app, context)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)
     return app
 
 
@@ -123,21 +111,7 @@ class BodyLimit:
         await problems.problem_response(413, detail)(scope, receive, send)
 
 
-def app_from_env() -> Any:
-    """For ``uvicorn --factory emailq.api.app:app_from_env``."""
-    from emailq.config import Settings
-
-    settings = Settings.from_env()
-    rate = os.environ.get("EMAILQ_TENANT_RATE")
-    app = create_app(
-        ApiSettings(
-            settings.broker_url,
-            provider_url=os.environ.get("EMAILQ_PROVIDER_URL"),
-            tenant_rate=float(rate) if rate else None,
-        )
-    )
-    # Why: everything so far (modules, the app) lives as long as the process. Out of the
-    # collector's generations, it is no longer rescanned on every full collection, which
-    # cost about 9% of a 500-guest list's intake time (benchmarks/api.py).
-    gc.freeze()
-    return app
+def app_from_settings() -> FastAPI:
+    """For ``uvicorn --factory emailq.api.app:app_from_settings``: the settings from
+    ``EMAILQ_CONFIG`` and the environment."""
+    return create_app(Settings.load())

@@ -11,15 +11,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from emailq.errors import FieldError, InvalidEmail
+from emailq.errors import BrokerUnavailable, FieldError, InvalidEmail
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_S = 5  # when the broker is down or full: long enough to fail over or free room
 _TITLES = {
     400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
     405: "Method not allowed", 409: "Conflict", 413: "Request body too large",
     415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests",
-    500: "Internal error", 503: "Not ready",
+    500: "Internal error", 503: "Service unavailable",
 }  # fmt: skip
 
 
@@ -66,6 +67,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidEmail)
     async def _invalid(request: Request, error: InvalidEmail) -> JSONResponse:
         return problem_response(422, "the email is not valid", error.errors)
+
+    @app.exception_handler(BrokerUnavailable)
+    async def _unavailable(request: Request, error: BrokerUnavailable) -> JSONResponse:
+        # A dependency is down or full: the request was fine and may be sent again.
+        log.warning("broker unavailable on %s %s: %s", request.method, request.url.path,
+                    type(error).__name__)  # fmt: skip
+        detail = f"the queue cannot take or answer requests now ({type(error).__name__})"
+        return problem_response(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(RequestValidationError)
     async def _request(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -9,19 +9,15 @@ probes that come while it hangs wait on that run instead of piling up threads.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
-
-READY_TIMEOUT = 2.0  # seconds; under the usual 5 s of a Kubernetes probe
 
 
 class BoundedCheck:
     """``await check()``: the check's answer, or False when it takes over ``timeout`` s."""
 
-    def __init__(self, check: Callable[[], bool], timeout: float = READY_TIMEOUT) -> None:
+    def __init__(self, check: Callable[[], bool], timeout: float) -> None:
         self.check = check
         self.timeout = timeout
         self._running: asyncio.Future[bool] | None = None
@@ -34,22 +30,3 @@ class BoundedCheck:
             return await asyncio.wait_for(asyncio.shield(self._running), self.timeout)
         except TimeoutError:
             return False
-
-
-def provider_probe(provider_url: str | None) -> Callable[[], bool]:
-    """A cheap reachability check for the provider: a TCP connect for SMTP."""
-    if not provider_url:
-        return lambda: True
-    parts = urlsplit(provider_url)
-    if parts.scheme not in ("smtp", "smtps"):
-        return lambda: True
-
-    def reachable() -> bool:
-        port = parts.port or (465 if parts.scheme == "smtps" else 25)
-        try:
-            with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    return reachable

@@ -8,7 +8,7 @@ import json
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
@@ -24,6 +24,9 @@ from emailq.errors import FieldError, InvalidEmail
 from emailq.intake import to_new_message
 from emailq.keys import ApiKey
 from emailq.message import Email, parse_email
+
+if TYPE_CHECKING:
+    from emailq.api.app import ApiContext
 
 ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"description": "Queued"}}
 
@@ -64,9 +67,9 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
-def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per route
+def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure per route
     async def caller(request: Request) -> ApiKey:
-        return await auth.authenticate(request, ctx.keys)
+        return await auth.authenticate(request, ctx.deployment.keys)
 
     async def enqueue(key: ApiKey, emails: list[Email]) -> list[tuple[str, NewMessage]]:
         await auth.spend_tenant_budget(
@@ -74,7 +77,7 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
             len(emails),
         )  # fmt: skip
         now = datetime.now(UTC)
-        messages = [to_new_message(email, now) for email in emails]
+        messages = [to_new_message(email, now, ctx.deployment.policy) for email in emails]
         ids = await ctx.group.enqueue(messages)
         for lane, count in Counter(message.lane.value for message in messages).items():
             ctx.metrics.accepted.labels(lane).inc(count)
@@ -118,7 +121,7 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
 
     async def owned_info(request: Request, message_id: str) -> MessageInfo:
         key = await caller(request)
-        info: MessageInfo | None = await run_in_threadpool(ctx.broker.get, message_id)
+        info: MessageInfo | None = await run_in_threadpool(ctx.deployment.broker.get, message_id)
         if info is None or info.tenant != key.tenant:
             raise Problem(404, f"no email {message_id!r} for this tenant")
         return info
@@ -132,8 +135,8 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
     async def cancel_email(request: Request, message_id: str) -> JSONResponse:
         """Cancel an email no worker has taken yet; 409 when it is being sent or done."""
         info = await owned_info(request, message_id)
-        if not await run_in_threadpool(ctx.broker.cancel, message_id):
-            current = await run_in_threadpool(ctx.broker.get, message_id)
+        if not await run_in_threadpool(ctx.deployment.broker.cancel, message_id):
+            current = await run_in_threadpool(ctx.deployment.broker.get, message_id)
             state = current.state.value if current else info.state.value
             raise Problem(409, f"the email is {state} and can no longer be cancelled")
         return JSONResponse({"id": message_id, "state": "cancelled"})
@@ -142,7 +145,7 @@ def install(app: FastAPI, ctx: Any) -> None:  # noqa: C901 - one closure per rou
     async def queues(request: Request) -> JSONResponse:
         """Depth per lane and state, and the oldest ready message's age."""
         await caller(request)
-        stats = await run_in_threadpool(ctx.broker.stats)
+        stats = await run_in_threadpool(ctx.deployment.broker.stats)
         return JSONResponse({
             lane.value: {
                 "depth": {state.value: n for state, n in lane_stats.counts.items()},

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import KW_ONLY, dataclass, field
 from enum import StrEnum
 
 from emailq.clock import Clock, now
+from emailq.errors import BrokerError, EmailqError
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
 
 DEFAULT_MAX_ATTEMPTS = 5
@@ -44,17 +46,20 @@ FINAL_STATES: tuple[State, ...] = (State.SENT, State.DEAD, State.CANCELLED)
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    """One message to enqueue."""
+    """One message to enqueue: the payload, then everything else by name."""
 
     payload: bytes
+    _: KW_ONLY
     lane: Lane = Lane.STANDARD
     tenant: str = "default"
     idempotency_key: str | None = None
     send_at: float | None = None  # epoch seconds; None or past means now
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # Built from a validated Email (emailq.intake.to_new_message): the door need not look.
+    validated: bool = field(default=False, repr=False, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     """A leased message. ``token`` fences it: settling with a stale token is refused."""
 
@@ -72,7 +77,7 @@ class Job:
         return self.attempts >= self.max_attempts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MessageInfo:
     """What the broker knows of one message."""
 
@@ -132,6 +137,9 @@ class BrokerOptions:
     lane_weights: Mapping[Lane, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
     retention: float = DEFAULT_RETENTION  # how long sent/dead/cancelled records are kept
+    # Refuse payloads that are not emails at enqueue instead of burying them at delivery.
+    # A Deployment's broker checks; the raw contract (backends, tests) takes opaque bytes.
+    check_payloads: bool = False
 
 
 class Broker(abc.ABC):
@@ -150,9 +158,12 @@ class Broker(abc.ABC):
         """
         for index, message in enumerate(messages):
             _check_message(index, message)
+            if self.options.check_payloads and not message.validated:
+                _check_payload(index, message.payload)
         if not messages:
             return []
-        return self._enqueue_many(messages, self.clock())
+        with self._backend_errors():
+            return self._enqueue_many(messages, self.clock())
 
     def enqueue(self, message: NewMessage) -> str:
         return self.enqueue_many([message])[0]
@@ -177,13 +188,15 @@ class Broker(abc.ABC):
         chosen = frozenset(LANE_ORDER if lanes is None else lanes)
         if not chosen:
             raise ValueError("lanes must name at least one lane")
-        return self._lease(worker, max_n, lease_s, self.clock(), chosen)
+        with self._backend_errors():
+            return self._lease(worker, max_n, lease_s, self.clock(), chosen)
 
     def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
         """Extend the leases still held; returns the ids whose lease was extended."""
         if not jobs:
             return []
-        return self._heartbeat(jobs, lease_s, self.clock())
+        with self._backend_errors():
+            return self._heartbeat(jobs, lease_s, self.clock())
 
     def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
         """Apply a batch of outcomes; returns the ids settled (stale leases are skipped).
@@ -195,7 +208,8 @@ class Broker(abc.ABC):
                 raise ValueError(f"retry delay must be a finite number >= 0: {outcome.delay}")
         if not outcomes:
             return []
-        return self._settle(outcomes, self.clock())
+        with self._backend_errors():
+            return self._settle(outcomes, self.clock())
 
     def complete(self, jobs: Sequence[Job]) -> list[str]:
         return self.settle([Outcome(job, Action.COMPLETE) for job in jobs])
@@ -213,31 +227,38 @@ class Broker(abc.ABC):
     def reap_expired(self, limit: int = 1000) -> int:
         """Return messages whose lease expired to their lane (or bury them when their
         attempts are spent); returns how many were reaped."""
-        return self._reap_expired(self.clock(), limit)
+        with self._backend_errors():
+            return self._reap_expired(self.clock(), limit)
 
     def promote_due(self, limit: int = 1000) -> int:
         """Make scheduled and retrying messages whose time has come ready to lease."""
-        return self._promote_due(self.clock(), limit)
+        with self._backend_errors():
+            return self._promote_due(self.clock(), limit)
 
     def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
         """Give dead messages a fresh set of attempts; all of them (up to limit) when no ids."""
-        return self._requeue_dead(ids, limit, self.clock())
+        with self._backend_errors():
+            return self._requeue_dead(ids, limit, self.clock())
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a message that no worker holds yet; False when it is leased, final or unknown."""
-        return self._cancel(message_id, self.clock())
+        with self._backend_errors():
+            return self._cancel(message_id, self.clock())
 
     def purge_expired(self, limit: int = 10_000) -> int:
         """Delete final records (sent, dead, cancelled) older than the retention period."""
-        return self._purge_expired(self.clock() - self.options.retention, limit)
+        with self._backend_errors():
+            return self._purge_expired(self.clock() - self.options.retention, limit)
 
     # -- reads --------------------------------------------------------------------------
     def get(self, message_id: str) -> MessageInfo | None:
-        return self._get(message_id)
+        with self._backend_errors():
+            return self._get(message_id)
 
     def stats(self) -> Stats:
         taken_at = self.clock()
-        counts, oldest = self._stats(taken_at)
+        with self._backend_errors():
+            counts, oldest = self._stats(taken_at)
         lanes = {
             lane: LaneStats(
                 counts={s: counts.get((lane, s), 0) for s in State},
@@ -249,10 +270,29 @@ class Broker(abc.ABC):
 
     def ping(self) -> bool:
         """True when the backend answers."""
-        return self._ping()
+        with self._backend_errors():
+            return self._ping()
 
     def close(self) -> None:  # noqa: B027 - backends without resources need not override
         """Release connections."""
+
+    @contextmanager
+    def _backend_errors(self) -> Iterator[None]:
+        """Raise the backend's own errors as emailq's (:meth:`_translate`)."""
+        try:
+            yield
+        except EmailqError:
+            raise
+        except Exception as error:
+            translated = self._translate(error)
+            if translated is None:
+                raise
+            raise translated from error
+
+    def _translate(self, error: Exception) -> BrokerError | None:
+        """The emailq error for a backend's exception; None for one that is not the
+        backend's (a ValueError of ours, a bug) and must propagate as it is."""
+        return None
 
     def __enter__(self) -> Broker:
         return self
@@ -322,3 +362,16 @@ def _check_message(index: int, message: NewMessage) -> None:
         raise ValueError(f"{where}.idempotency_key must be 1 to 256 characters")
     if message.send_at is not None and not math.isfinite(message.send_at):
         raise ValueError(f"{where}.send_at must be a finite timestamp")
+
+
+def _check_payload(index: int, payload: bytes) -> None:
+    from emailq.message import Email  # only brokers that check payloads need the email model
+
+    try:
+        Email.from_payload(payload)
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        reason = error.errors()[0]["msg"] if hasattr(error, "errors") else str(error)
+        raise ValueError(
+            f"messages[{index}].payload is not an emailq email (build it with"
+            f" Email.to_payload or Deployment.send): {reason}"
+        ) from None

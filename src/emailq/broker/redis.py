@@ -3,7 +3,7 @@
 Keys (all built by :class:`Keys`; ``{prefix}`` is one hash tag, so a Redis Cluster keeps a
 whole queue on one slot, and the scripts may build per-message keys from a prefix):
 
-    {p}:m:<id>                   hash: state, lane, tenant, attempts, max_attempts, seq (the
+    {p}:m:<id>                   hash: state, lane, tenant, attempts, max_attempts, token (the
                                  fencing token, never reset), enqueued_at, updated_at,
                                  available_at, last_error, idem, owner (the last to lease it)
     {p}:p:<id>                   string: the payload, stored once, apart from the hash so that
@@ -59,7 +59,7 @@ from emailq.broker.base import (
     State,
 )
 from emailq.clock import Clock, now
-from emailq.errors import ConfigurationError
+from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
 from emailq.ids import new_id
 from emailq.lanes import LANE_ORDER, SHARED_LANES, Lane
 
@@ -277,11 +277,18 @@ class RedisBroker(Broker):
             values
         )
         return MessageInfo(
-            message_id, State(state.decode()), _LANES[lane], tenant.decode(), int(attempts),
-            int(max_attempts), float(enqueued), float(updated), float(available),
-            error.decode() if error is not None else None,
-            idem.decode() if idem is not None else None,
-        )  # fmt: skip
+            id=message_id,
+            state=State(state.decode()),
+            lane=_LANES[lane],
+            tenant=tenant.decode(),
+            attempts=int(attempts),
+            max_attempts=int(max_attempts),
+            enqueued_at=float(enqueued),
+            updated_at=float(updated),
+            available_at=float(available),
+            last_error=error.decode() if error is not None else None,
+            idempotency_key=idem.decode() if idem is not None else None,
+        )
 
     def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
         pipe = self.client.pipeline(transaction=False)
@@ -297,6 +304,20 @@ class RedisBroker(Broker):
             lane: head[0][1] / 1000 for lane, head in zip(LANE_ORDER, heads, strict=True) if head
         }
         return counts, oldest
+
+    def _translate(self, error: Exception) -> BrokerError | None:
+        if not isinstance(error, redis.RedisError):
+            return None
+        text = str(error)
+        if "OOM" in text:  # a write refused at maxmemory (inside a script too)
+            return BrokerFull(f"Redis is full (maxmemory) and refuses writes: {text}")
+        unreachable = (
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError,
+        )  # fmt: skip
+        if isinstance(error, unreachable):
+            return BrokerUnavailable(f"Redis is unavailable: {text}")
+        return BrokerError(f"Redis: {text}")
 
     def _ping(self) -> bool:
         # A connection of its own, without the client's retry budget (about a minute of
@@ -334,9 +355,15 @@ class RedisBroker(Broker):
 def _job(fields: Sequence[Any]) -> Job:
     message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant = fields
     return Job(
-        message_id.decode(), token, _LANES[lane], payload, attempts, max_attempts,
-        float(enqueued_at), tenant.decode(),
-    )  # fmt: skip
+        id=message_id.decode(),
+        token=token,
+        lane=_LANES[lane],
+        payload=payload,
+        attempts=attempts,
+        max_attempts=max_attempts,
+        enqueued_at=float(enqueued_at),
+        tenant=tenant.decode(),
+    )
 
 
 def _texts(values: Sequence[bytes]) -> list[str]:

@@ -28,14 +28,14 @@ from emailq.broker.base import (
     State,
 )
 from emailq.clock import Clock, now
-from emailq.errors import ConfigurationError
+from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
 from emailq.ids import new_id
 from emailq.lanes import LANE_ORDER, Lane
 from emailq.scheduling import allot
 
 _SYNC_MODES = ("off", "normal", "full", "extra")
 _CHUNK = 400  # rows per multi-row statement; stays far below SQLite's variable limit
-_JOB_COLUMNS = "id, seq, lane, payload, attempts, max_attempts, enqueued_at, tenant, available_at"
+_JOB_COLUMNS = "id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, available_at"
 _INFO_COLUMNS = (
     "id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,"
     " available_at, last_error, idempotency_key"
@@ -55,16 +55,24 @@ class SQLiteBroker(Broker):
             raise ConfigurationError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
         self.path = str(path)
         self._lock = threading.Lock()  # one connection, shared by the threads of a process
-        self._db = sqlite3.connect(
-            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a 202 means the message survives power loss; NORMAL trades that for speed.
-        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._db.execute("PRAGMA busy_timeout=60000")
-        schema = resources.files("emailq.broker").joinpath("sqlite_schema.sql").read_text()
-        with self._lock:  # executescript manages its own transaction
-            self._db.executescript(schema)
+        with self._backend_errors():
+            self._db = sqlite3.connect(
+                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a 202 means the message survives power loss; NORMAL trades that for speed.
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.execute("PRAGMA busy_timeout=60000")
+            schema = resources.files("emailq.broker").joinpath("sqlite_schema.sql").read_text()
+            with self._lock:  # executescript manages its own transaction
+                self._rename_legacy_columns()
+                self._db.executescript(schema)
+
+    def _rename_legacy_columns(self) -> None:
+        """Files made before 0.2 named the fencing token ``seq``."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        if "seq" in columns:
+            self._db.execute("ALTER TABLE messages RENAME COLUMN seq TO token")
 
     @classmethod
     def from_url(
@@ -166,7 +174,10 @@ class SQLiteBroker(Broker):
         rank = {lane.value: i for i, lane in enumerate(LANE_ORDER)}
         jobs.sort(key=lambda row: (rank[row[2]], row[8], row[0]))
         return [
-            Job(row[0], row[1], Lane(row[2]), row[3], row[4], row[5], row[6], row[7])
+            Job(
+                id=row[0], token=row[1], lane=Lane(row[2]), payload=row[3], attempts=row[4],
+                max_attempts=row[5], enqueued_at=row[6], tenant=row[7],
+            )
             for row in jobs
         ]
 
@@ -175,7 +186,7 @@ class SQLiteBroker(Broker):
         db: sqlite3.Connection, lane: Lane, count: int, worker: str, expires: float, at: float
     ) -> list[tuple[Any, ...]]:
         return db.execute(
-            "UPDATE messages SET state = 'leased', attempts = attempts + 1, seq = seq + 1,"
+            "UPDATE messages SET state = 'leased', attempts = attempts + 1, token = token + 1,"
             " owner = ?, lease_expires = ?, updated_at = ?"
             " WHERE id IN (SELECT id FROM messages WHERE state = 'queued' AND lane = ?"
             " ORDER BY available_at, id LIMIT ?)"
@@ -253,7 +264,7 @@ class SQLiteBroker(Broker):
             sql = (
                 f"UPDATE messages SET {assignments}"
                 f" FROM (SELECT {names} FROM (VALUES {values})) AS v"
-                " WHERE messages.id = v.id AND messages.seq = v.token"
+                " WHERE messages.id = v.id AND messages.token = v.token"
                 " AND messages.state = 'leased' RETURNING messages.id"
             )
             flat = [value for row in chunk for value in row]
@@ -324,11 +335,14 @@ class SQLiteBroker(Broker):
         rows = self._read(f"SELECT {_INFO_COLUMNS} FROM messages WHERE id = ?", (message_id,))
         if not rows:
             return None
-        row = rows[0]
+        (message_id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,
+         available_at, last_error, idempotency_key) = rows[0]  # fmt: skip
         return MessageInfo(
-            row[0], State(row[1]), Lane(row[2]), row[3], row[4], row[5], row[6], row[7],
-            row[8], row[9], row[10],
-        )  # fmt: skip
+            id=message_id, state=State(state), lane=Lane(lane), tenant=tenant,
+            attempts=attempts, max_attempts=max_attempts, enqueued_at=enqueued_at,
+            updated_at=updated_at, available_at=available_at, last_error=last_error,
+            idempotency_key=idempotency_key,
+        )
 
     def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
         counts = {
@@ -346,6 +360,16 @@ class SQLiteBroker(Broker):
             if row and row[0][0] is not None:
                 oldest[lane] = row[0][0]
         return counts, oldest
+
+    def _translate(self, error: Exception) -> BrokerError | None:
+        if not isinstance(error, sqlite3.Error):
+            return None
+        text = str(error)
+        if isinstance(error, sqlite3.OperationalError):
+            if "full" in text:  # "database or disk is full"
+                return BrokerFull(f"the SQLite file {self.path} cannot grow: {text}")
+            return BrokerUnavailable(f"the SQLite file {self.path} is unavailable: {text}")
+        return BrokerError(f"SQLite: {text}")
 
     def _ping(self) -> bool:
         try:

@@ -7,7 +7,7 @@ CREATE TABLE IF NOT EXISTS messages (
     payload         BLOB NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
     max_attempts    INTEGER NOT NULL,
-    seq             INTEGER NOT NULL DEFAULT 0,   -- fencing token: +1 at every lease, never reset
+    token           INTEGER NOT NULL DEFAULT 0,   -- fencing token: +1 at every lease, never reset
     owner           TEXT,
     lease_expires   REAL,
     enqueued_at     REAL NOT NULL,

@@ -2,13 +2,12 @@
 
 ``smtp://[user:password@]host[:port][?pool=8&starttls=auto|yes|no&timeout=30]``,
 ``smtps://…`` (implicit TLS, port 465), ``file:///path/to/folder``,
-``resend://[api_key@]api.resend.com`` (key from ``RESEND_API_KEY`` when not in the URL;
+``resend://[api_key@]api.resend.com`` (key from the settings when not in the URL;
 ``resend+http://127.0.0.1:8025`` reaches a local stand-in over plain HTTP).
 """
 
 from __future__ import annotations
 
-import os
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from emailq.errors import ConfigurationError
@@ -17,7 +16,7 @@ from emailq.providers.base import Provider
 _STARTTLS = {"auto": None, "yes": True, "no": False}
 
 
-def open_provider(url: str) -> Provider:
+def open_provider(url: str, resend_api_key: str | None = None) -> Provider:
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     if parts.scheme in ("smtp", "smtps"):
@@ -46,9 +45,11 @@ def open_provider(url: str) -> Provider:
     if parts.scheme in ("resend", "resend+http"):
         from emailq.providers.resend import ResendProvider, ResendSettings
 
-        key = unquote(parts.username or "") or os.environ.get("RESEND_API_KEY", "")
+        key = unquote(parts.username or "") or resend_api_key
         if not key:
-            raise ConfigurationError("Resend needs an API key: set RESEND_API_KEY")
+            raise ConfigurationError(
+                "Resend needs an API key: set RESEND_API_KEY or provider.resend_api_key"
+            )
         scheme = "http" if parts.scheme == "resend+http" else "https"
         return ResendProvider(
             ResendSettings(

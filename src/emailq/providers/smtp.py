@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiosmtplib
 
@@ -23,7 +23,7 @@ class SmtpSettings:
     pool_size: int = 4
     timeout: float = 30.0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr or a log
     start_tls: bool | None = None  # None: upgrade when the server offers it
     use_tls: bool = False  # implicit TLS (port 465)
 

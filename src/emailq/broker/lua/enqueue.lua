@@ -54,7 +54,7 @@ local function store(i, msg)
   local state = 'queued'
   if tonumber(due) > now then state = 'scheduled' end
   redis.call('HSET', msg, 'state', state, 'lane', lane,
-    'tenant', ARGV[i + 2], 'attempts', '0', 'max_attempts', ARGV[i + 5], 'seq', '0',
+    'tenant', ARGV[i + 2], 'attempts', '0', 'max_attempts', ARGV[i + 5], 'token', '0',
     'enqueued_at', ARGV[1], 'updated_at', ARGV[1], 'available_at', due)
   if key ~= '' then redis.call('HSET', msg, 'idem', key) end
   if state == 'queued' then

@@ -1,4 +1,4 @@
--- Extend the leases still held: a message whose state is not leased or whose seq is not the
+-- Extend the leases still held: a message whose state is not leased or whose token is not the
 -- token (its lease expired and was reaped, or re-leased to another worker) is skipped.
 -- KEYS[1]  message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]  leased zset (lease expiry → id)
@@ -13,7 +13,7 @@ local extended = {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local msg = KEYS[1] .. id
-  local f = redis.call('HMGET', msg, 'state', 'seq')
+  local f = redis.call('HMGET', msg, 'state', 'token')
   if f[1] == 'leased' and f[2] == ARGV[i + 1] then
     redis.call('ZADD', KEYS[2], expiry, id)
     redis.call('HSET', msg, 'updated_at', ARGV[1])

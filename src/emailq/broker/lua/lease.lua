@@ -1,5 +1,5 @@
 -- Lease up to N ready messages to a worker: promote what is due, share N between the lanes
--- (emailq.scheduling.allot, step for step), pop each lane's oldest, and fence each with seq+1.
+-- (emailq.scheduling.allot, step for step), pop each lane's oldest, and fence each with token+1.
 -- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]      payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]      delayed zset (due time → id)
@@ -17,7 +17,7 @@
 -- ARGV[15]     the lanes this lease may take from, "1" or "0" per lane in lease order
 --              ("10000": an express loop that only takes critical mail)
 -- Returns      8 per leased message, lane by lane, oldest first:
---              id, token (seq), lane, payload, attempts, max_attempts, enqueued_at, tenant
+--              id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
 local now = tonumber(ARGV[1])
@@ -91,18 +91,19 @@ for i = 1, 5 do
   for j = 1, #popped, 2 do
     local id = popped[j]
     local msg = KEYS[1] .. id
-    local f = redis.call('HMGET', msg, 'state', 'attempts', 'max_attempts', 'seq', 'enqueued_at',
+    local f = redis.call('HMGET', msg, 'state', 'attempts', 'max_attempts', 'token', 'enqueued_at',
       'tenant')
     if f[1] == 'queued' then
-      local attempts, seq = tonumber(f[2]) + 1, tonumber(f[4]) + 1
-      redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'seq', seq,
+      -- (a message stored before the field was named token has none yet: it starts at 1)
+      local attempts, token = tonumber(f[2]) + 1, (tonumber(f[4]) or 0) + 1
+      redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'token', token,
         'owner', ARGV[3], 'updated_at', ARGV[1])
       leased = leased + 1
       expiries[#expiries + 1] = expiry
       expiries[#expiries + 1] = id
       payloads[#payloads + 1] = KEYS[2] .. id
       local k = #jobs
-      jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, seq, lanes[i], false
+      jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, token, lanes[i], false
       jobs[k + 5], jobs[k + 6], jobs[k + 7], jobs[k + 8] = attempts, tonumber(f[3]), f[5], f[6]
     end
   end

@@ -1,4 +1,4 @@
--- Give dead messages a fresh set of attempts: queued again now, attempts 0; seq is NOT reset,
+-- Give dead messages a fresh set of attempts: queued again now, attempts 0; token is NOT reset,
 -- so tokens from earlier leases stay stale. Idempotent: a requeued message is no longer dead.
 -- KEYS[1]     message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]     payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)

@@ -1,5 +1,5 @@
 -- Settle a batch of leased messages: complete, retry, bury or release, each fenced by its token.
--- A message whose state is not leased or whose seq is not the token is skipped: a re-run of a
+-- A message whose state is not leased or whose stored token is not the given one is skipped: a re-run of a
 -- settled batch, or a worker whose lease expired and was re-leased, changes nothing.
 -- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]      payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
@@ -33,7 +33,7 @@ local settled, finished, sent_payloads = {}, {}, {}
 -- The message's hash and lane when this token still holds its lease, else nil.
 local function held(id, token)
   local msg = KEYS[1] .. id
-  local f = redis.call('HMGET', msg, 'state', 'seq', 'lane')
+  local f = redis.call('HMGET', msg, 'state', 'token', 'lane')
   if f[1] ~= 'leased' or f[2] ~= token then return nil end
   settled[#settled + 1] = id
   return msg, f[3]

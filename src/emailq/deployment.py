@@ -1,0 +1,256 @@
+"""One emailq deployment, opened from its broker URL: everything a process of it needs.
+
+A :class:`Deployment` owns the broker and what lives beside it (the rate limiter and the
+API key store share its connection or file), the lane policy, the settings, and opens
+providers from them. Every command (``worker``, ``run``, ``serve``, ``send``, ``status``,
+``keys``, ``demo``) starts from one, and so can an application that embeds emailq::
+
+    with Deployment.from_url("sqlite:///emailq.db") as emailq:
+        queued = emailq.send({"from": "hi@example.com", "to": "guest@example.org",
+                              "subject": "Ceremony moved", "text": "…"})
+        print(emailq.status().backlog, emailq.health().ready)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from emailq.broker import Broker, BrokerOptions, Stats, open_broker
+from emailq.clock import Clock, now
+from emailq.errors import ConfigurationError, FieldError, InvalidEmail
+from emailq.intake import to_new_message
+from emailq.keys import KeyStore
+from emailq.message import Email, parse_email
+from emailq.policy import DEFAULT_POLICY, Policy
+from emailq.probes import provider_reachable
+from emailq.providers.base import Provider
+from emailq.providers.factory import open_provider
+from emailq.ratelimit import Limiter
+from emailq.ratelimit.rules import RateRules
+from emailq.settings import Settings
+from emailq.worker import WorkerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """An accepted email: its id, and the lane the policy gave it."""
+
+    id: str
+    lane: str
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What ``/health/ready`` reports: is the broker up, does the provider answer."""
+
+    broker: bool
+    provider: bool
+    broker_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.broker and self.provider
+
+
+class Deployment:
+    """Open with :meth:`from_url` or :meth:`from_settings`; close with :meth:`close` (or
+    use it as a context manager, sync or async)."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = now) -> None:
+        self.settings = settings
+        self.clock = clock
+        options = BrokerOptions(
+            idempotency_ttl=settings.broker.idempotency_ttl_s,
+            retention=settings.broker.retention_s,
+            check_payloads=True,
+        )
+        self.broker: Broker = open_broker(settings.broker.url, options, clock)
+
+    @classmethod
+    def from_url(
+        cls, broker_url: str | None = None, *, clock: Clock = now, **sections: Any
+    ) -> Deployment:
+        """Settings from the file and environment; ``broker_url`` and ``sections`` (nested
+        dicts such as ``worker={"lease_s": 5}``) override them, as command-line flags do."""
+        flags: dict[str, Any] = dict(sections)
+        if broker_url is not None:
+            flags["broker"] = {**flags.get("broker", {}), "url": broker_url}
+        return cls(Settings.load(flags=flags), clock=clock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Clock = now) -> Deployment:
+        return cls(settings, clock=clock)
+
+    # -- what lives beside the queue ------------------------------------------------------
+    @cached_property
+    def limiter(self) -> Limiter:
+        """Rate limits shared by every process of this queue: in its SQLite file or Redis."""
+        from emailq.broker.sqlite import SQLiteBroker
+
+        if isinstance(self.broker, SQLiteBroker):
+            from emailq.ratelimit.sqlite import SQLiteLimiter
+
+            return SQLiteLimiter(self.broker.path, self.clock)
+        from emailq.broker.redis import RedisBroker
+        from emailq.ratelimit.redis import RedisLimiter
+
+        assert isinstance(self.broker, RedisBroker)
+        return RedisLimiter(self.broker.client, self.broker.prefix)
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        """The API keys of this queue (hashed), beside its messages."""
+        from emailq.broker.sqlite import SQLiteBroker
+        from emailq.keys import RedisKeyStore, SQLiteKeyStore
+
+        if isinstance(self.broker, SQLiteBroker):
+            return SQLiteKeyStore(self.broker.path, self.clock)
+        from emailq.broker.redis import RedisBroker
+
+        assert isinstance(self.broker, RedisBroker)
+        return RedisKeyStore(self.broker.client, self.broker.prefix, self.clock)
+
+    @cached_property
+    def policy(self) -> Policy:
+        path = self.settings.policy_file
+        if path is None:
+            return DEFAULT_POLICY
+        try:
+            return Policy.from_toml(path)
+        except (OSError, ValueError) as error:
+            raise ConfigurationError(f"policy_file {path}: {error}") from None
+
+    def open_provider(self) -> Provider:
+        """A new provider with connections of its own (a worker opens two: one for the
+        express lane, so critical mail never waits behind a bulk batch's sends)."""
+        key = self.settings.provider.resend_api_key
+        return open_provider(
+            self.settings.provider.url, resend_api_key=key.get_secret_value() if key else None
+        )
+
+    def worker_settings(self, **overrides: Any) -> WorkerSettings:
+        w = self.settings.worker
+        settings = WorkerSettings(
+            batch_size=w.batch_size,
+            concurrency=w.concurrency,
+            lease_s=w.lease_s,
+            retry_base_s=w.retry_base_s,
+            shutdown_timeout=w.shutdown_timeout_s,
+            domain=self.settings.domain,
+        )
+        return replace(settings, **overrides)
+
+    def rate_rules(self) -> RateRules:
+        limits = self.settings.limits
+        return RateRules(
+            provider_rate=limits.provider_rate,
+            domain_rate=limits.domain_rate,
+            tenant_rate=limits.tenant_rate,
+        )
+
+    # -- intake: what POST /v1/emails does, from Python -----------------------------------
+    def send(
+        self, email: Email | Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> Queued:
+        """Validate, place in its lane by the policy, and queue one email."""
+        return self.send_many([email], idempotency_keys=[idempotency_key])[0]
+
+    def send_many(
+        self,
+        emails: Sequence[Email | Mapping[str, Any]],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> list[Queued]:
+        """Queue several emails, all or none: any invalid one raises
+        :class:`emailq.errors.InvalidEmail` naming its index and field before anything is
+        queued."""
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(emails)
+        if len(keys) != len(emails):
+            raise ValueError("idempotency_keys must have one entry per email")
+        pairs = enumerate(zip(emails, keys, strict=True))
+        parsed = [_parse(email, index, key) for index, (email, key) in pairs]
+        at = datetime.fromtimestamp(self.clock(), UTC)
+        messages = [to_new_message(email, at, self.policy) for email in parsed]
+        ids = self.broker.enqueue_many(messages)
+        return [Queued(i, m.lane.value) for i, m in zip(ids, messages, strict=True)]
+
+    async def asend(
+        self, email: Email | Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> Queued:
+        return await asyncio.to_thread(self.send, email, idempotency_key=idempotency_key)
+
+    async def asend_many(
+        self,
+        emails: Sequence[Email | Mapping[str, Any]],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> list[Queued]:
+        return await asyncio.to_thread(self.send_many, emails, idempotency_keys=idempotency_keys)
+
+    # -- questions an operator asks -------------------------------------------------------
+    def status(self) -> Stats:
+        """Depth per lane and state, and the oldest ready message's age (``emailq status``)."""
+        return self.broker.stats()
+
+    def health(self, check_provider: bool = True) -> Health:
+        """Whether the broker answers and the provider is reachable (``/health/ready``)."""
+        broker_ok, error = True, None
+        try:
+            broker_ok = self.broker.ping()
+        except Exception as failure:  # a health check reports, it does not raise
+            broker_ok, error = False, type(failure).__name__
+        provider_ok = provider_reachable(self.settings.provider.url) if check_provider else True
+        return Health(broker=broker_ok, provider=provider_ok, broker_error=error)
+
+    async def ahealth(self, check_provider: bool = True) -> Health:
+        return await asyncio.to_thread(self.health, check_provider)
+
+    # -- life -----------------------------------------------------------------------------
+    def close(self) -> None:
+        for name in ("limiter", "keys"):
+            opened = self.__dict__.pop(name, None)
+            close = getattr(opened, "close", None)
+            if close is not None:
+                close()
+        self.broker.close()
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Deployment:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __repr__(self) -> str:
+        from emailq.settings import redact_url
+
+        return f"Deployment({redact_url(self.settings.broker.url)!r})"
+
+
+def _parse(email: Email | Mapping[str, Any], index: int, key: str | None) -> Email:
+    """The email validated as the API validates it; errors name ``<index>.<field>``."""
+    if isinstance(email, Email):
+        if key is None:
+            return email
+        data = email.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    else:
+        data = dict(email)
+    if key is not None:
+        data["idempotency_key"] = key
+    try:
+        return parse_email(data)
+    except InvalidEmail as error:
+        raise InvalidEmail(
+            [FieldError(f"{index}.{e.field}" if e.field else str(index), e.message)
+             for e in error.errors]
+        ) from None

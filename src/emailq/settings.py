@@ -1,0 +1,345 @@
+"""Every setting of emailq, in one typed tree, and where each value came from.
+
+Sources, each overriding the one before: the defaults here → an optional TOML file
+(``--config`` or ``EMAILQ_CONFIG``) → ``EMAILQ_*`` environment variables → command-line
+flags. A setting ``section.name`` is ``name`` under ``[section]`` in the file and
+``EMAILQ_SECTION_NAME`` in the environment (``EMAILQ_BROKER_URL``, ``EMAILQ_WORKER_LEASE_S``);
+top-level settings are ``EMAILQ_NAME``. The Resend key may also come from ``RESEND_API_KEY``,
+the name Resend's own tools use.
+
+This is the only module that reads the environment: everything else is handed a
+:class:`Settings` (usually through a :class:`emailq.deployment.Deployment`).
+pydantic-settings reads the environment and the file; the layering is ours, so that
+``emailq config`` can say which source each value came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import ValidationError as PydanticValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from emailq.errors import ConfigurationError
+
+ENV_PREFIX = "EMAILQ_"
+CONFIG_ENV = "EMAILQ_CONFIG"
+RESEND_KEY_ENV = "RESEND_API_KEY"  # the name Resend's own SDKs read
+DEFAULT_BROKER_URL = "sqlite:///emailq.db"
+REDACTED = "***"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerSettings(_Section):
+    url: str = Field(
+        DEFAULT_BROKER_URL,
+        description="the queue: sqlite:///path.db (embedded) or redis://host:port/db,"
+        " rediss://…, redis+sentinel://h:p[,h:p]/service (?prefix=name per queue)",
+    )
+    retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="seconds sent, dead and cancelled records are kept"
+    )
+    idempotency_ttl_s: float = Field(
+        24 * 3600.0, gt=0, description="seconds an idempotency key returns its first id"
+    )
+
+
+class ProviderSettings(_Section):
+    url: str = Field(
+        "smtp://127.0.0.1:25",
+        description="where mail goes: smtp://[user:pw@]host[:port][?pool=8&starttls=auto],"
+        " smtps://…, resend://, file:///dir",
+    )
+    resend_api_key: SecretStr | None = Field(
+        None, description=f"the Resend API key (also read from {RESEND_KEY_ENV})"
+    )
+
+
+class WorkerSection(_Section):
+    processes: int | None = Field(
+        None, ge=1, description="worker processes (default: 1 for `worker`, 2 for `run`)"
+    )
+    batch_size: int = Field(100, ge=1, le=1000, description="messages per lease")
+    concurrency: int = Field(2, ge=1, le=64, description="batches in flight per process")
+    lease_s: float = Field(30.0, gt=0, description="seconds a lease lasts between heartbeats")
+    retry_base_s: float = Field(10.0, gt=0, description="first retry delay, doubling after")
+    shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="seconds in-flight batches get after SIGTERM"
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus port of the first worker (+1 each); 0: none"
+    )
+
+
+class LimitSettings(_Section):
+    provider_rate: float | None = Field(None, gt=0, description="messages/s through the provider")
+    domain_rate: float | None = Field(None, gt=0, description="messages/s per recipient domain")
+    tenant_rate: float | None = Field(None, gt=0, description="messages/s delivered per tenant")
+
+
+class ApiSection(_Section):
+    host: str = Field("127.0.0.1", description="address `emailq serve` listens on")
+    port: int = Field(8025, ge=0, le=65535, description="port `emailq serve` listens on")
+    workers: int = Field(1, ge=1, le=64, description="API server processes")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413"
+    )
+    tenant_rate: float | None = Field(
+        None, gt=0, description="emails/s each tenant may submit (429 beyond); none: no limit"
+    )
+    tenant_burst: float = Field(5000.0, gt=0, description="emails a tenant may submit at once")
+    ready_timeout_s: float = Field(2.0, gt=0, description="/health/ready answers within this")
+    check_provider: bool = Field(
+        False, description="/health/ready also checks that the provider answers"
+    )
+    url: str | None = Field(
+        None, description="a running API, for `emailq send` and `emailq loadtest --target`"
+    )
+    key: SecretStr | None = Field(None, description="the API key used with api.url")
+
+
+class Settings(BaseSettings):
+    """The effective settings. Build with :meth:`load` (all sources) or directly (defaults
+    and the arguments given: nothing is read from the environment)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,  # EMAILQ_WORKER_LEASE_S → worker.lease_s
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    domain: str = Field(
+        "emailq.local",
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$",
+        description="right-hand side of the Message-IDs workers generate",
+    )
+    policy_file: Path | None = Field(None, description="TOML that overrides the lane policy")
+    broker: BrokerSettings = BrokerSettings()
+    provider: ProviderSettings = ProviderSettings()
+    worker: WorkerSection = WorkerSection()
+    limits: LimitSettings = LimitSettings()
+    api: ApiSection = ApiSection()
+
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Constructing Settings(...) reads nothing: load() does the layering, origins included.
+        return (init_settings,)
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        flags: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Defaults → TOML file → environment → ``flags`` (a nested dict, as the file's)."""
+        env = os.environ if environ is None else environ
+        path = config_file or env.get(CONFIG_ENV) or None
+        layers: list[tuple[str, dict[str, Any]]] = []
+        if path:
+            layers.append((f"file {path}", _file_layer(Path(path))))
+        env_layer, env_origins = _env_layer(env)
+        layers.append(("env", env_layer))
+        layers.append(("flag", _drop_none(dict(flags or {}))))
+        merged: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        for source, layer in layers:
+            for dotted, value in _leaves(layer):
+                _put(merged, dotted, value)
+                origins[dotted] = _origin_name(source, dotted)
+        origins.update(env_origins)
+        try:
+            settings = cls(**merged)
+        except PydanticValidationError as error:
+            raise ConfigurationError(_describe(error, origins)) from None
+        settings._origins = origins
+        return settings
+
+    def origin(self, dotted: str) -> str:
+        """Where a setting's value came from: ``default``, ``file …``, ``env NAME``, ``flag``."""
+        return self._origins.get(dotted, "default")
+
+    def rows(self) -> Iterator[tuple[str, str, str]]:
+        """(setting, value with secrets redacted, origin) for every setting."""
+        for dotted, _ in described_fields():
+            yield dotted, display(self.value(dotted)), self.origin(dotted)
+
+    def value(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+    def secrets(self) -> list[str]:
+        """Every secret these settings hold (for scrubbing logs)."""
+        found = [url_password(self.provider.url), url_password(self.broker.url)]
+        for secret in (self.provider.resend_api_key, self.api.key):
+            if secret is not None:
+                found.append(secret.get_secret_value())
+        return [s for s in found if s]
+
+
+def described_fields() -> Iterator[tuple[str, FieldInfo]]:
+    """Every leaf setting as (dotted name, field), in declaration order."""
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, _Section):
+            for leaf, leaf_field in section.model_fields.items():
+                yield f"{name}.{leaf}", leaf_field
+        else:
+            yield name, field
+
+
+def env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from the fields (a test keeps them equal)."""
+    lines = ["| setting | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    for dotted, field in described_fields():
+        env = f"`{env_name(dotted)}`"
+        if dotted == "provider.resend_api_key":
+            env += f" or `{RESEND_KEY_ENV}`"
+        default = "" if field.default is None else f"`{display(field.default)}`"
+        lines.append(f"| `{dotted}` | {env} | {default} | {field.description} |")
+    return "\n".join(lines)
+
+
+# -- secrets ---------------------------------------------------------------------------------
+def url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username}:{REDACTED}" if parts.username else f":{REDACTED}"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def display(value: Any) -> str:
+    """A setting's value for people: secrets redacted, URLs without passwords."""
+    if value is None:
+        return ""
+    if isinstance(value, SecretStr):
+        return REDACTED
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    return str(value)
+
+
+# -- the layers ------------------------------------------------------------------------------
+def _file_layer(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigurationError(f"the settings file {path} does not exist")
+    try:
+        return dict(TomlConfigSettingsSource(Settings, toml_file=path)())
+    except ValueError as error:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigurationError(f"{path} is not valid TOML: {error}") from None
+
+
+def _env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The environment's settings, and the origins that differ from ``EMAILQ_<NAME>``."""
+    layer = dict(_MappingEnvSource(Settings, env)())
+    key = env.get(RESEND_KEY_ENV)
+    if key and "resend_api_key" not in layer.get("provider", {}):
+        layer.setdefault("provider", {})["resend_api_key"] = key
+        return layer, {"provider.resend_api_key": f"env {RESEND_KEY_ENV}"}
+    return layer, {}
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (the process's by default)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._mapping = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._mapping.items() if value != ""}
+
+
+def _origin_name(source: str, dotted: str) -> str:
+    if source != "env":
+        return source
+    return f"env {env_name(dotted)}"
+
+
+def _leaves(layer: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        section = Settings.model_fields.get(key) if not prefix else None
+        is_section = section is not None and isinstance(section.annotation, type) and issubclass(
+            section.annotation, _Section
+        )
+        if is_section and isinstance(value, Mapping):
+            yield from _leaves(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
+def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        tree = tree.setdefault(section, {})
+    tree[leaf] = value
+
+
+def _drop_none(tree: dict[str, Any]) -> dict[str, Any]:
+    """Flags left unset arrive as None: they set nothing."""
+    kept: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if value:
+                kept[key] = value
+        elif value is not None:
+            kept[key] = value
+    return kept
+
+
+def _describe(error: PydanticValidationError, origins: Mapping[str, str]) -> str:
+    """One line per bad setting, naming it and where its value came from (never the value)."""
+    problems = []
+    for item in error.errors(include_input=False):
+        dotted = ".".join(str(part) for part in item["loc"])
+        source = origins.get(dotted, "default")
+        problems.append(f"{dotted} ({source}): {item['msg']}")
+    return "invalid settings: " + "; ".join(problems)
