@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 
-from emailq.keys import open_key_store
+from emailq.deployment import Deployment
 from emailq.sink import free_port
 
 PEER_REDIS = "redis://127.0.0.1:6379/12"  # the Celery peer's broker, emptied after the run
@@ -169,7 +169,8 @@ def measure(port: int, secret: str, args: argparse.Namespace) -> dict[str, float
 
 
 def run_emailq(args: argparse.Namespace) -> dict[str, float]:
-    _, secret = open_key_store(args.broker_url).create("bench")
+    with Deployment.from_url(args.broker_url) as deployment:
+        _, secret = deployment.keys.create("bench")
     port = free_port()
     command = [sys.executable, "-m", "emailq", "serve", "--broker-url", args.broker_url,
                "--port", str(port), "--workers", str(args.workers)]  # fmt: skip
@@ -180,10 +181,8 @@ def run_emailq(args: argparse.Namespace) -> dict[str, float]:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(10)
-        from emailq.broker import open_broker
-
-        with open_broker(args.broker_url) as broker:
-            broker.purge()
+        with Deployment.from_url(args.broker_url) as deployment:
+            deployment.broker.purge()
 
 
 def run_celery_peer(args: argparse.Namespace) -> dict[str, float]:

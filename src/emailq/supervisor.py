@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 from emailq.deployment import Deployment
 from emailq.logs import configure_logging
 from emailq.metrics import DeliveryMetrics
-from emailq.settings import Settings
+from emailq.settings import Settings, redact_url
 from emailq.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
         port = settings.worker.metrics_port
         if port:
             start_http_server(port, "127.0.0.1", registry=metrics.registry)
+        log.info("worker %d delivering from %s through %s", os.getpid(),
+                 redact_url(settings.broker.url), redact_url(settings.provider.url))  # fmt: skip
         worker = Worker(
             deployment.broker,
             provider,

@@ -309,7 +309,8 @@ class RedisBroker(Broker):
         if not isinstance(error, redis.RedisError):
             return None
         text = str(error)
-        if "OOM" in text:  # a write refused at maxmemory (inside a script too)
+        if isinstance(error, redis.exceptions.OutOfMemoryError) or "maxmemory" in text:
+            # a write refused at maxmemory (a script's and a pipeline's error say it in words)
             return BrokerFull(f"Redis is full (maxmemory) and refuses writes: {text}")
         unreachable = (
             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
