@@ -13,12 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
+from deployments import deployment_for
 from emailq.api import create_app
-from emailq.broker import Broker, State, open_broker
+from emailq.broker import Broker, State
 from emailq.deployment import Deployment
 from emailq.keys import KeyStore
-from deployments import deployment_for
-
 from emailq.sink import free_port
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,6 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from deployments import deployment_for
-
 from emailq.api import create_app
 
 # Schemathesis reads the schema when this module is collected, so the app is built here.

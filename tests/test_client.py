@@ -14,7 +14,6 @@ import uvicorn
 from click.testing import CliRunner
 
 from deployments import deployment_for
-
 from emailq.api import create_app
 from emailq.broker import Broker, State
 from emailq.cli import cli

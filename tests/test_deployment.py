@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner
-from deployments import deployment_for
 
+from deployments import deployment_for
 from emailq.broker import NewMessage, State, open_broker
 from emailq.cli import cli
 from emailq.deployment import Deployment
