@@ -49,7 +49,7 @@ def sample() -> Email:
 
 
 def stdlib_default(source: Email) -> bytes:
-    """What DESIGN.md §4 measured: EmailMessage + set_content, default policy."""
+    """What docs/architecture.md §4 describes: EmailMessage + set_content, default policy."""
     message = EmailMessage()
     message["From"] = formataddr((source.sender.name or "", source.sender.email))
     message["To"] = [formataddr((a.name or "", a.email)) for a in source.to]

@@ -98,7 +98,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.
 def smtp_sink() -> Iterator[int]:
     """Postfix's C sink on a free port (backlog 1024); stopped on the way out, errors included.
 
-    Not emailq's aiosmtpd sink: that one tops out near 40,000/min (DESIGN.md §4).
+    Not emailq's aiosmtpd sink: that one tops out near 40,000/min (docs/architecture.md §4).
     """
     port = free_port()
     command = [smtp_sink_path(), "-u", "nobody", f"127.0.0.1:{port}", "1024"]
