@@ -24,8 +24,8 @@ from rich.table import Table
 from emailq.broker import Broker, open_broker
 from emailq.intake import to_new_message
 from emailq.lanes import LANE_ORDER, Lane
-from emailq.loadtest.measure import percentile
 from emailq.message import parse_email
+from emailq.percentiles import percentile
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.sink import SmtpSink
 from emailq.worker import Worker, WorkerSettings

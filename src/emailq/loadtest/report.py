@@ -26,11 +26,11 @@ from emailq.loadtest.measure import (
     distribution,
     drift,
     latency_series,
-    percentile,
     throughput_series,
 )
 from emailq.loadtest.scenarios import Scenario
 from emailq.loadtest.slo import Accounting, SloConfig, Verdict, passed
+from emailq.percentiles import percentile
 
 LANE_COLORS = dict(zip(LANE_ORDER, svg.PALETTE, strict=False))
 
