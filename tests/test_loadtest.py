@@ -26,12 +26,14 @@ from conftest import REDIS_URL, require_redis
 from emailq.cli import cli
 from emailq.client import Client
 from emailq.lanes import Lane
-from emailq.loadtest import report
-from emailq.loadtest.generator import arrivals, emails, lane_of
-from emailq.loadtest.leansink import LeanSmtp
-from emailq.loadtest.measure import LatencySummary, Ledger, ResourceLog, WindowFigures
-from emailq.loadtest.scenarios import EVENT_KINDS, parse_duration, resolve
-from emailq.loadtest.slo import (
+from emailq.message import parse_email
+from emailq.sink import free_port
+from emailq_loadtest import report
+from emailq_loadtest.generator import arrivals, emails, lane_of
+from emailq_loadtest.leansink import LeanSmtp
+from emailq_loadtest.measure import LatencySummary, Ledger, ResourceLog, WindowFigures
+from emailq_loadtest.scenarios import EVENT_KINDS, parse_duration, resolve
+from emailq_loadtest.slo import (
     Accounting,
     SloConfig,
     delivery_verdicts,
@@ -39,9 +41,7 @@ from emailq.loadtest.slo import (
     passed,
     step_verdicts,
 )
-from emailq.loadtest.svg import log_ticks, nice_ticks
-from emailq.message import parse_email
-from emailq.sink import free_port
+from emailq_loadtest.svg import log_ticks, nice_ticks
 
 # -- pure parts -------------------------------------------------------------------------------
 

@@ -285,8 +285,8 @@ def serve(
 @click.option("--live/--no-live", default=None, help="rich live view (default: on a terminal)")
 def loadtest(**flags: Any) -> None:
     """Open-loop load with SLO verdicts and an HTML + JSON report; exit 0 only if all hold."""
-    from emailq.loadtest.flags import options_from_flags
-    from emailq.loadtest.run import main as run_loadtest
+    from emailq_loadtest.flags import options_from_flags
+    from emailq_loadtest.run import main as run_loadtest
 
     try:
         options = options_from_flags(flags)
