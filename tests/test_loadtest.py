@@ -1,4 +1,4 @@
-"""`emailq loadtest`: the pure parts (percentiles, schedule, mix, SLOs, report), then short
+"""`emailq loadtest`: the pure parts (latency summary, schedule, mix, SLOs, report), then short
 real runs against the embedded service: worker processes, sink processes, SMTP."""
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from conftest import REDIS_URL, require_redis
 from emailq.cli import cli
 from emailq.client import Client
 from emailq.lanes import Lane
-from emailq.loadtest import report
-from emailq.loadtest.generator import arrivals, emails, lane_of
-from emailq.loadtest.leansink import LeanSmtp
-from emailq.loadtest.measure import LatencySummary, Ledger, ResourceLog, WindowFigures, percentile
-from emailq.loadtest.scenarios import EVENT_KINDS, parse_duration, resolve
-from emailq.loadtest.slo import (
+from emailq.message import parse_email
+from emailq.sink import free_port
+from emailq_loadtest import report
+from emailq_loadtest.generator import arrivals, emails, lane_of
+from emailq_loadtest.leansink import LeanSmtp
+from emailq_loadtest.measure import LatencySummary, Ledger, ResourceLog, WindowFigures
+from emailq_loadtest.scenarios import EVENT_KINDS, parse_duration, resolve
+from emailq_loadtest.slo import (
     Accounting,
     SloConfig,
     delivery_verdicts,
@@ -39,24 +41,9 @@ from emailq.loadtest.slo import (
     passed,
     step_verdicts,
 )
-from emailq.loadtest.svg import log_ticks, nice_ticks
-from emailq.message import parse_email
-from emailq.sink import free_port
+from emailq_loadtest.svg import log_ticks, nice_ticks
 
 # -- pure parts -------------------------------------------------------------------------------
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50
-    assert percentile(values, 99) == 99
-    assert percentile(values, 100) == 100
-    assert percentile(values, 0) == 1
-    assert percentile([7.0], 99) == 7
-    assert percentile([], 99) == 0
-    assert percentile([1.0, 2.0, 3.0, 1000.0], 99) == 1000  # a stall is never averaged away
-    with pytest.raises(ValueError):
-        percentile(values, 101)
 
 
 def test_latency_summary() -> None:

@@ -333,8 +333,15 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
 @click.option("--live/--no-live", default=None, help="rich live view (default: on a terminal)")
 def loadtest(**flags: Any) -> None:
     """Open-loop load with SLO verdicts and an HTML + JSON report; exit 0 only if all hold."""
-    from emailq.loadtest.flags import options_from_flags
-    from emailq.loadtest.run import main as run_loadtest
+    try:  # the emailq-loadtest distribution: an extra, so production images need not carry it
+        from emailq_loadtest.flags import options_from_flags
+        from emailq_loadtest.run import main as run_loadtest
+    except ModuleNotFoundError as error:
+        if error.name != "emailq_loadtest":
+            raise
+        raise click.ClickException(
+            "emailq loadtest needs the load-test extra: pip install 'emailq[loadtest]'"
+        ) from None
 
     try:
         options = options_from_flags(flags)

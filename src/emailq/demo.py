@@ -23,7 +23,7 @@ from rich.table import Table
 
 from emailq.deployment import Deployment
 from emailq.lanes import LANE_ORDER, Lane
-from emailq.loadtest.measure import percentile
+from emailq.percentiles import percentile
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.settings import BrokerSettings, Settings, redact_url
 from emailq.sink import SmtpSink

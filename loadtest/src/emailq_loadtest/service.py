@@ -27,8 +27,8 @@ from typing import IO, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from emailq.loadtest import leansink
 from emailq.sink import SinkHandler, SmtpSink, free_port
+from emailq_loadtest import leansink
 
 Receipts = list[tuple[str, float]]
 FLUSH_S = 0.1

@@ -26,10 +26,10 @@ from emailq.client import AsyncClient
 from emailq.clock import now
 from emailq.intake import to_new_message
 from emailq.lanes import Lane
-from emailq.loadtest.measure import Ledger
-from emailq.loadtest.scenarios import EVENT_KINDS, EventKind, Scenario
 from emailq.message import parse_email
 from emailq.policy import place
+from emailq_loadtest.measure import Ledger
+from emailq_loadtest.scenarios import EVENT_KINDS, EventKind, Scenario
 
 TENANT = "loadtest"
 DOMAINS = ("example.com", "example.org", "example.net", "guests.example", "mail.example")

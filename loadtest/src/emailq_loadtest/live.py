@@ -7,9 +7,9 @@ from rich.table import Table
 from rich.text import Text
 
 from emailq.lanes import LANE_ORDER
-from emailq.loadtest.measure import LiveView
-from emailq.loadtest.scenarios import Scenario
-from emailq.loadtest.slo import SloConfig
+from emailq_loadtest.measure import LiveView
+from emailq_loadtest.scenarios import Scenario
+from emailq_loadtest.slo import SloConfig
 
 
 def segment_label(scenario: Scenario, elapsed: float) -> str:

@@ -30,13 +30,14 @@ from emailq.broker.base import LIVE_STATES
 from emailq.client import AsyncClient, Client
 from emailq.clock import now
 from emailq.lanes import Lane
-from emailq.loadtest import report
-from emailq.loadtest.generator import BrokerFeeder, HttpFeeder
-from emailq.loadtest.live import render
-from emailq.loadtest.measure import Ledger, ResourceLog
-from emailq.loadtest.scenarios import Scenario
-from emailq.loadtest.service import SinkPool, WorkerFlags, WorkerPool, sink_ports
-from emailq.loadtest.slo import (
+from emailq.message import parse_email
+from emailq_loadtest import report
+from emailq_loadtest.generator import BrokerFeeder, HttpFeeder
+from emailq_loadtest.live import render
+from emailq_loadtest.measure import Ledger, ResourceLog
+from emailq_loadtest.scenarios import Scenario
+from emailq_loadtest.service import SinkPool, WorkerFlags, WorkerPool, sink_ports
+from emailq_loadtest.slo import (
     Accounting,
     SloConfig,
     Verdict,
@@ -45,7 +46,6 @@ from emailq.loadtest.slo import (
     step_verdicts,
     stress_verdicts,
 )
-from emailq.message import parse_email
 
 SINK_CAPACITY_PER_MIN = 40_000  # what one aiosmtpd sink process is trusted to take
 CHECK_LIMIT = 20_000  # lost ids looked up one by one in the broker

@@ -17,8 +17,9 @@ from typing import Any
 from rich.table import Table
 
 from emailq.lanes import LANE_ORDER, Lane
-from emailq.loadtest import svg
-from emailq.loadtest.measure import (
+from emailq.percentiles import percentile
+from emailq_loadtest import svg
+from emailq_loadtest.measure import (
     LatencySummary,
     Ledger,
     ResourceLog,
@@ -26,11 +27,10 @@ from emailq.loadtest.measure import (
     distribution,
     drift,
     latency_series,
-    percentile,
     throughput_series,
 )
-from emailq.loadtest.scenarios import Scenario
-from emailq.loadtest.slo import Accounting, SloConfig, Verdict, passed
+from emailq_loadtest.scenarios import Scenario
+from emailq_loadtest.slo import Accounting, SloConfig, Verdict, passed
 
 LANE_COLORS = dict(zip(LANE_ORDER, svg.PALETTE, strict=False))
 

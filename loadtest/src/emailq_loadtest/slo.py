@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from emailq.lanes import Lane
-from emailq.loadtest.measure import LatencySummary, WindowFigures
 from emailq.policy import LANE_OBJECTIVE_S
+from emailq_loadtest.measure import LatencySummary, WindowFigures
 
 
 def _default_p99() -> dict[Lane, float]:

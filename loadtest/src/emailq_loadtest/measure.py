@@ -11,7 +11,6 @@ the run's start in flat arrays, so an hours-long endurance run stays small.
 from __future__ import annotations
 
 import bisect
-import math
 import os
 import threading
 from array import array
@@ -21,16 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emailq.lanes import LANE_ORDER, Lane
-
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted values (0 when there are none)."""
-    if not sorted_values:
-        return 0.0
-    if not 0 <= pct <= 100:
-        raise ValueError("pct must be within 0 and 100")
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
-    return float(sorted_values[rank - 1])
+from emailq.percentiles import percentile
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from emailq.lanes import Lane
-from emailq.loadtest.run import Options
-from emailq.loadtest.scenarios import parse_duration, resolve
-from emailq.loadtest.service import WorkerFlags
-from emailq.loadtest.slo import SloConfig
+from emailq_loadtest.run import Options
+from emailq_loadtest.scenarios import parse_duration, resolve
+from emailq_loadtest.service import WorkerFlags
+from emailq_loadtest.slo import SloConfig
 
 
 def parse_p99(items: Sequence[str]) -> dict[Lane, float]:
