@@ -25,10 +25,11 @@ from urllib.parse import parse_qs, urlsplit
 from rich.console import Console
 from rich.live import Live
 
-from emailq.broker import Broker, NewMessage, State, open_broker
+from emailq.broker import Broker, NewMessage, State
 from emailq.broker.base import LIVE_STATES
 from emailq.client import AsyncClient, Client
 from emailq.clock import now
+from emailq.deployment import Deployment
 from emailq.lanes import Lane
 from emailq.message import parse_email
 from emailq_loadtest import report
@@ -133,7 +134,7 @@ def isolated_redis_url(url: str) -> str:
 def warmup_message(index: int) -> NewMessage:
     email = parse_email({"from": "warmup@loadtest.example", "to": f"w{index}@loadtest.example",
                          "subject": "warm-up", "text": "warm-up"})  # fmt: skip
-    return NewMessage(email.to_payload(), lane=Lane.CRITICAL)
+    return NewMessage(email.to_payload(), lane=Lane.CRITICAL, validated=True)
 
 
 class EmbeddedService:
@@ -141,7 +142,8 @@ class EmbeddedService:
         self.options, self.ledger = options, ledger
         url = options.broker_url or f"sqlite:///{tmp / 'queue.db'}"
         self.url = isolated_redis_url(url)
-        self.broker: Broker = open_broker(self.url)
+        self.deployment = Deployment.from_url(self.url)
+        self.broker: Broker = self.deployment.broker
         peak = options.scenario.peak_rate_per_min()
         kind = options.sink_kind
         count = options.sinks or min(options.workers, 1 + int(peak // SINK_CAPACITY_PER_MIN))
@@ -221,7 +223,7 @@ class EmbeddedService:
             self.workers.stop()
         if urlsplit(self.url).scheme.startswith("redis"):
             self.broker.purge()
-        self.broker.close()
+        self.deployment.close()
 
 
 class TargetService:

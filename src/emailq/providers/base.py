@@ -1,4 +1,5 @@
-"""The provider contract (docs/architecture.md §3): ``send_batch(rendered) -> results``, one per message.
+"""The provider contract (docs/architecture.md §3): ``send_batch(rendered) -> results``,
+one per message.
 
 A result is ``Accepted`` (the provider took it), ``Transient`` (try again later: SMTP 4xx,
 connection trouble, HTTP 429/5xx) or ``Permanent`` (will never succeed: SMTP 5xx, HTTP 4xx).
