@@ -14,7 +14,7 @@ from emailq.broker import Broker, NewMessage, State, open_broker
 from emailq.clock import ManualClock
 from emailq.lanes import Lane
 from emailq.message import parse_email
-from emailq.providers import Rendered, SendResult
+from emailq.providers import Rendered, SendGate, SendResult
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.sink import SinkHandler, SmtpSink, message_id_of
 from emailq.worker import Worker, WorkerSettings
@@ -176,11 +176,11 @@ class FailsOnce(SmtpProvider):
 
     failed = False
 
-    async def send_batch(self, batch: Sequence[Rendered]) -> list[SendResult]:
+    async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
         if not self.failed:
             self.failed = True
             raise RuntimeError("provider crashed")
-        return await super().send_batch(batch)
+        return await super()._send(batch, gate)
 
 
 def test_a_crashing_provider_does_not_stop_the_worker(broker_url: str, sink: SmtpSink) -> None:
@@ -189,7 +189,8 @@ def test_a_crashing_provider_does_not_stop_the_worker(broker_url: str, sink: Smt
 
         async def run() -> None:
             provider = FailsOnce(SmtpSettings(port=sink.port))
-            worker = Worker(broker, provider, WorkerSettings(error_backoff=0.05))
+            settings = WorkerSettings(error_backoff=0.05, retry_base_s=0.05)
+            worker = Worker(broker, provider, settings)
             stop = asyncio.Event()
             running = asyncio.create_task(worker.run(stop))
             deadline = asyncio.get_running_loop().time() + 30

@@ -367,16 +367,22 @@ def test_connection_refused_is_transient() -> None:
     settings = ResendSettings(api_key="re_x", base_url=f"http://127.0.0.1:{port}", timeout=2)
     (result,) = send(ResendProvider(settings), [make()])
     assert isinstance(result, Transient) and result.reason.startswith("connection: ConnectError")
+    assert result.provider_down and not result.unsure  # unreachable: nothing went out
 
 
 @pytest.mark.parametrize(
     ("api_key", "expected"),
     [("", "401 missing_api_key"), ("re_wrong_key", "403 invalid_api_key")],
 )
-def test_auth_errors_are_permanent(fake: FakeResend, api_key: str, expected: str) -> None:
+def test_a_refused_key_is_the_providers_failure_not_the_mails(
+    fake: FakeResend, api_key: str, expected: str
+) -> None:
+    # A mistyped key must not bury every message it touches: the provider is paused and
+    # the mail waits, spending no attempt, until an operator fixes the key.
     results = send(provider_for(fake, api_key=api_key), [make(0), make(1)])
-    assert all(isinstance(r, Permanent) and r.reason.startswith(expected) for r in results)
-    assert all("re_wrong_key" not in r.reason for r in results if isinstance(r, Permanent))
+    assert all(isinstance(r, Transient) and r.provider_down for r in results)
+    assert all(r.reason.startswith(expected) for r in results if isinstance(r, Transient))
+    assert all("re_wrong_key" not in r.reason for r in results if isinstance(r, Transient))
 
 
 def test_422_is_permanent_and_names_the_error(fake: FakeResend) -> None:

@@ -1,11 +1,27 @@
-"""The worker: lease a batch → render → pass the rate limits → send → settle in one call.
+"""The worker: lease a batch → render → pass the rate limits → send → settle as it goes out.
 
 A worker runs ``concurrency`` batch loops in one event loop, so one batch is being sent
-while the next is leased and rendered. Broker calls are blocking (SQLite, redis-py) and
-short; they run on threads. Leases are kept alive by heartbeats while a batch is in hand,
-and every worker reaps expired leases, so a crashed worker's mail comes back wherever
-another worker runs. On stop, loops lease nothing more and finish their batch; past the
-shutdown deadline, unsent mail is released back to the queue without spending an attempt.
+while the next is leased and rendered, plus an express loop for critical mail with its own
+provider connections. Broker calls are blocking (SQLite, redis-py) and short; they run on
+threads. The rules it keeps (docs/architecture.md §5):
+
+- **The fence reaches the wire** (:mod:`emailq.fence`): right before each message goes out
+  the provider asks whether this process still holds its lease, by a deadline that
+  heartbeats renew. A process that was paused past its lease sends nothing.
+- **Settle as mail goes out** (:mod:`emailq.settling`): each outcome is settled in small
+  groups as it is known, so a crash re-sends at most what was on the wire.
+- **Every failure is one message's**: an error in rendering or sending one message is that
+  message's outcome; the rest of the batch is unaffected. A message our own code keeps
+  failing on is buried after ``poison_attempts``.
+- **A provider's outage is not the mail's** (:mod:`emailq.outages`): refused connections
+  or credentials pause the provider and put mail back without spending attempts.
+- **No leases held while waiting**: mail a rate limit holds back goes back to the queue
+  until the limit allows it, instead of waiting leased.
+
+On stop, loops lease nothing more and their batches get ``shutdown_timeout`` to finish.
+Past it the fence closes: nothing new goes on the wire, what was not sent is released, and
+what is on the wire is waited for (up to ``wire_grace_s``) and settled, so a restart does
+not send it again.
 """
 
 from __future__ import annotations
@@ -16,17 +32,30 @@ import logging
 import os
 import random
 import socket
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from emailq.broker import Action, Broker, Job, Outcome
+from emailq.fence import LeaseFence
 from emailq.lanes import Lane
 from emailq.message import Email
 from emailq.metrics import DeliveryMetrics
 from emailq.mime import envelope, render
-from emailq.providers import Accepted, Permanent, Provider, Rendered, SendResult, Transient
+from emailq.outages import ProviderPause, TransientTally, mask_addresses
+from emailq.providers import (
+    Accepted,
+    Permanent,
+    Provider,
+    Rendered,
+    SendResult,
+    Transient,
+    Withheld,
+)
 from emailq.ratelimit import Limiter
 from emailq.ratelimit.rules import RateRules
+from emailq.settling import Settler
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +68,14 @@ class WorkerSettings:
     idle_sleep: float = 0.05  # between empty leases
     reap_interval: float = 1.0
     purge_interval: float = 60.0  # dropping finished records past the broker's retention
-    error_backoff: float = 1.0  # after a broker or provider failure, before leasing again
-    retry_base_s: float = 10.0  # first retry after 5-10 s, doubling, with jitter
+    error_backoff: float = 1.0  # after a broker failure, before leasing again
+    retry_base_s: float = 60.0  # first retry after 30-60 s, doubling, with jitter (as an MTA)
     retry_cap_s: float = 3600.0
+    poison_attempts: int = 5  # our own code failing on a message: buried after this many
+    pause_base_s: float = 1.0  # a provider that is down: paused 1, 2, 4 ... s
+    pause_cap_s: float = 60.0
     shutdown_timeout: float = 20.0  # after stop, how long in-flight batches may take
+    wire_grace_s: float = 35.0  # past that, how long sends already on the wire may finish
     domain: str = "emailq.local"  # right-hand side of generated Message-IDs
     # The express loop takes only these lanes, in small batches, polling often: critical mail
     # then waits for neither a bulk batch in flight nor a large batch of its own.
@@ -50,9 +83,18 @@ class WorkerSettings:
     express_batch: int = 20
     express_idle_sleep: float = 0.02
 
+    @property
+    def fence_margin_s(self) -> float:
+        """A send must start this long before its lease ends: room for the send itself."""
+        return self.lease_s / 3
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.lease_s / 4
+
 
 def retry_delay(attempt: int, settings: WorkerSettings, hint: float | None = None) -> float:
-    """Exponential backoff with jitter; a provider's retry-after hint is a floor."""
+    """Capped exponential backoff with jitter; a provider's retry-after hint is a floor."""
     ceiling = min(settings.retry_cap_s, settings.retry_base_s * 2 ** max(0, attempt - 1))
     return max(random.uniform(ceiling / 2, ceiling), hint or 0.0)
 
@@ -63,6 +105,30 @@ def render_job(job: Job, domain: str) -> Rendered:
     data = render(email, message_id=job.id, domain=domain)
     tags = tuple(email.tags.items())
     return Rendered(job.id, mail_from, tuple(recipients), data, email.idempotency_key, tags)
+
+
+class _Route:
+    """One provider with its own pause: the express loop's connections fail on their own."""
+
+    def __init__(self, provider: Provider, settings: WorkerSettings) -> None:
+        self.provider = provider
+        self.pause = ProviderPause(provider.name, settings.pause_base_s, settings.pause_cap_s)
+        self.tally = TransientTally(provider.name)
+
+
+class _BatchGate:
+    """What a provider asks before each message and tells after it (providers.base)."""
+
+    def __init__(self, worker: Worker, route: _Route, jobs: Sequence[Job]) -> None:
+        self.worker = worker
+        self.route = route
+        self.jobs = jobs
+
+    def may_send(self, message_id: str) -> bool:
+        return self.route.pause.remaining == 0 and self.worker.fence.may_send(message_id)
+
+    def done(self, index: int, result: SendResult) -> None:
+        self.worker.settle_result(self.jobs[index], result, self.route)
 
 
 class Worker:
@@ -80,57 +146,79 @@ class Worker:
         on_settled: Callable[[Sequence[Outcome]], None] | None = None,
     ) -> None:
         self.broker = broker
-        self.provider = provider
-        # Its own connections, so critical mail never queues behind a bulk batch's sends.
-        self.express_provider = express_provider or provider
         self.settings = settings or WorkerSettings()
+        s = self.settings
+        self.route = _Route(provider, s)
+        # Its own connections, so critical mail never queues behind a bulk batch's sends.
+        self.express_route = _Route(express_provider, s) if express_provider else self.route
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.limiter = limiter if rules and rules.active else None
         self.rules = rules or RateRules()
         self.on_settled = on_settled
         self.metrics = metrics
+        self.fence = LeaseFence(s.lease_s, s.fence_margin_s)
+        self._settler: Settler | None = None
+
+    @property
+    def provider(self) -> Provider:
+        return self.route.provider
+
+    @property
+    def settler(self) -> Settler:
+        if self._settler is None:  # made on first use, inside the running event loop
+            self._settler = Settler(self.broker, self._observe)
+        return self._settler
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then finish (or release) what is in hand."""
         s = self.settings
-        loops = [asyncio.create_task(self._loop(stop)) for _ in range(s.concurrency)]
+        loops = [asyncio.create_task(self._loop(stop, self.route)) for _ in range(s.concurrency)]
         if s.express_lanes:
             express = self._loop(
-                stop, s.express_lanes, s.express_batch, s.express_idle_sleep,
-                self.express_provider,
-            )  # fmt: skip
+                stop, self.express_route, s.express_lanes, s.express_batch, s.express_idle_sleep
+            )
             loops.append(asyncio.create_task(express))
         reaper = asyncio.create_task(self._reap(stop))
         await stop.wait()
-        _, late = await asyncio.wait(loops, timeout=self.settings.shutdown_timeout)
-        for task in late:  # past the deadline: cancelling releases their unsent mail
-            task.cancel()
+        _, late = await asyncio.wait(loops, timeout=s.shutdown_timeout)
+        if late:
+            # Past the deadline: nothing new goes on the wire (those messages are released),
+            # and sends already on it get to finish, so a restart does not send them again.
+            self.fence.closed = True
+            _, stuck = await asyncio.wait(late, timeout=s.wire_grace_s)
+            for task in stuck:  # their leases lapse and the mail comes back
+                task.cancel()
         await asyncio.gather(*loops, reaper, return_exceptions=True)
+        await self.settler.flush()
+        for route in {id(r): r for r in (self.route, self.express_route)}.values():
+            route.tally.report()
 
     async def _loop(
         self,
         stop: asyncio.Event,
+        route: _Route,
         lanes: tuple[Lane, ...] | None = None,
         batch_size: int | None = None,
         idle_sleep: float | None = None,
-        provider: Provider | None = None,
     ) -> None:
         s = self.settings
         batch = batch_size or s.batch_size
         while not stop.is_set():
-            pause = idle_sleep or s.idle_sleep
-            try:
-                jobs = await asyncio.to_thread(
-                    self.broker.lease, self.name, batch, s.lease_s, lanes
-                )
-                if jobs:
-                    await self.process(jobs, provider)
-                    pause = 0.0
-            except Exception:
-                # A broker or provider failure must not end the loop quietly (a worker that
-                # looks alive but sends nothing): log it, back off, lease again.
-                log.exception("delivery loop failed; trying again in %.0f s", s.error_backoff)
-                pause = s.error_backoff
+            pause = route.pause.remaining or idle_sleep or s.idle_sleep
+            if not route.pause.remaining:
+                try:
+                    asked_at = time.monotonic()
+                    jobs = await asyncio.to_thread(
+                        self.broker.lease, self.name, batch, s.lease_s, lanes,
+                        request_id=uuid.uuid4().hex,
+                    )  # fmt: skip
+                    if jobs:
+                        pause = await self.process(jobs, route, asked_at)
+                except Exception:
+                    # A broker failure must not end the loop quietly (a worker that looks
+                    # alive but sends nothing): log it, back off, lease again.
+                    log.exception("delivery loop failed; trying again in %.0f s", s.error_backoff)
+                    pause = s.error_backoff
             if pause:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), pause)
@@ -153,34 +241,45 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reap_interval)
 
-    async def process(self, jobs: Sequence[Job], provider: Provider | None = None) -> list[Outcome]:
-        """Deliver one leased batch and settle it in one call.
+    async def process(
+        self, jobs: Sequence[Job], route: _Route | None = None, asked_at: float | None = None
+    ) -> float:
+        """Deliver one leased batch, settling each message as its outcome is known; returns
+        how long the loop should wait before leasing again (a rate limit's wait, or 0).
 
-        Cancelled (the shutdown deadline) or failed part-way: sends still running are
-        stopped, what was sent is settled as sent, and the rest is released unsent.
+        ``asked_at``: this process's monotonic time just before the lease was asked for.
         """
-        lost: set[str] = set()  # ids whose lease another worker now holds
-        sends: list[asyncio.Task[list[Outcome]]] = []
-        heartbeat = asyncio.create_task(self._heartbeat(jobs, lost))
+        route = route or self.route
+        ids = [job.id for job in jobs]
+        self.fence.hold(ids, time.monotonic() if asked_at is None else asked_at)
+        heartbeat = asyncio.create_task(self._heartbeat(jobs))
         try:
-            outcomes = await self._deliver(jobs, provider or self.provider, sends, lost)
-        except BaseException:
-            salvaged = _salvage(jobs, sends)
-            await asyncio.shield(asyncio.to_thread(self.broker.settle, salvaged))
-            raise
+            ready = [job_and_rendered for job in jobs if (job_and_rendered := self._render(job))]
+            ready, wait = await self._pass_limits(ready)
+            if ready:
+                gate = _BatchGate(self, route, [job for job, _ in ready])
+                await route.provider.send_batch([rendered for _, rendered in ready], gate)
         finally:
             heartbeat.cancel()
-        await asyncio.to_thread(self.broker.settle, outcomes)
-        if self.metrics:
-            self.metrics.observe(outcomes, self.broker.clock())
-        if self.on_settled:
-            self.on_settled(outcomes)
-        return outcomes
+            self.fence.forget(ids)
+        await self.settler.flush()
+        return wait
 
-    async def _heartbeat(self, jobs: Sequence[Job], lost: set[str]) -> None:
-        interval = self.settings.lease_s / 3
+    def _render(self, job: Job) -> tuple[Job, Rendered] | None:
+        try:
+            return job, render_job(job, self.settings.domain)
+        except ValueError as error:  # a payload we cannot read now never will be
+            self.settler.add(Outcome(job, Action.BURY, error=f"unreadable payload: {error}"))
+        except Exception as error:  # our bug, or an input no check foresaw: this one only
+            log.exception("rendering message %s failed", job.id)
+            self.settle_result(job, Transient(f"unexpected {type(error).__name__}",
+                                              unexpected=True), self.route)  # fmt: skip
+        return None
+
+    async def _heartbeat(self, jobs: Sequence[Job]) -> None:
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.heartbeat_s)
+            asked_at = time.monotonic()
             try:
                 kept = set(
                     await asyncio.to_thread(self.broker.heartbeat, jobs, self.settings.lease_s)
@@ -188,77 +287,74 @@ class Worker:
             except Exception:
                 log.exception("heartbeat failed; the lease may run out")
                 continue
-            newly_lost = {job.id for job in jobs if job.id not in kept} - lost
-            if newly_lost:
-                log.warning("lost the lease of %d messages; not sending them", len(newly_lost))
-                lost.update(newly_lost)
-
-    async def _deliver(
-        self,
-        jobs: Sequence[Job],
-        provider: Provider,
-        sends: list[asyncio.Task[list[Outcome]]],
-        lost: set[str],
-    ) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        ready: list[tuple[Job, Rendered]] = []
-        for job in jobs:
-            try:
-                ready.append((job, render_job(job, self.settings.domain)))
-            except ValueError as error:  # a payload we cannot read now never will be
-                outcomes.append(Outcome(job, Action.BURY, error=f"unreadable payload: {error}"))
-        while ready:  # each group the rate limits let through is sent while the rest waits
-            granted, ready, wait = await self._pass_limits(ready)
-            # Mail whose lease ran out (a long rate-limit wait) belongs to another worker now.
-            granted = [item for item in granted if item[0].id not in lost]
-            sends.append(asyncio.create_task(self._send(granted, provider)))
-            if ready:
-                await asyncio.sleep(wait)
-        for results in await asyncio.gather(*sends):
-            outcomes += results
-        return outcomes
+            self.fence.hold(kept, asked_at)
+            lost = [job.id for job in jobs if job.id not in kept]
+            if lost:
+                self.fence.lose(lost)
+                log.warning("lost the lease of %d messages; they will not be sent", len(lost))
 
     async def _pass_limits(
         self, ready: list[tuple[Job, Rendered]]
-    ) -> tuple[list[tuple[Job, Rendered]], list[tuple[Job, Rendered]], float]:
-        """(may go now, must wait, how long) under the rate limits."""
-        if self.limiter is None:
-            return ready, [], 0.0
+    ) -> tuple[list[tuple[Job, Rendered]], float]:
+        """(may go now, how long until the rest may): mail a limit holds back goes back to
+        the queue until then, instead of waiting here leased."""
+        if self.limiter is None or not ready:
+            return ready, 0.0
         requests = [
-            self.rules.request(self.provider.name, job.tenant, rendered.recipients)
+            self.rules.request(self.provider.name, job.tenant, rendered.recipients,
+                               critical=job.lane is Lane.CRITICAL)  # fmt: skip
             for job, rendered in ready
         ]
-        grant = await asyncio.to_thread(self.limiter.try_acquire, requests)
-        granted = [item for item, ok in zip(ready, grant.granted, strict=True) if ok]
-        waiting = [item for item, ok in zip(ready, grant.granted, strict=True) if not ok]
-        return granted, waiting, grant.wait
+        try:
+            grant = await asyncio.to_thread(self.limiter.try_acquire, requests)
+        except Exception as error:  # the limits cannot be read: nothing goes, nothing is spent
+            log.warning("rate limits unavailable (%s); putting %d messages back",
+                        type(error).__name__, len(ready))  # fmt: skip
+            backoff = self.settings.error_backoff
+            for job, _ in ready:
+                self.settler.add(Outcome(job, Action.DEFER, delay=backoff, error="limits down"))
+            return [], backoff
+        granted = []
+        for item, ok in zip(ready, grant.granted, strict=True):
+            if ok:
+                granted.append(item)
+            else:
+                self.settler.add(
+                    Outcome(item[0], Action.DEFER, delay=grant.wait, error="rate limited")
+                )
+        return granted, grant.wait
 
-    async def _send(self, batch: list[tuple[Job, Rendered]], provider: Provider) -> list[Outcome]:
-        if not batch:
-            return []
-        results = await provider.send_batch([rendered for _, rendered in batch])
-        if len(results) != len(batch):  # a provider bug must not lose track of mail
-            log.error("%s answered %d results for %d messages", provider.name,
-                      len(results), len(batch))  # fmt: skip
-            results = [Transient("provider returned no result")] * len(batch)
-        return [self.outcome(job, r) for (job, _), r in zip(batch, results, strict=True)]
+    def settle_result(self, job: Job, result: SendResult, route: _Route) -> None:
+        """One message's outcome, settled in the next group."""
+        if isinstance(result, Transient):
+            route.tally.add(result.reason)
+            if result.provider_down:
+                route.pause.trip(result.reason)
+        elif isinstance(result, Accepted | Permanent):
+            route.pause.recovered()
+        self.settler.add(self.outcome(job, result, route))
 
-    def outcome(self, job: Job, result: SendResult) -> Outcome:
+    def outcome(self, job: Job, result: SendResult, route: _Route | None = None) -> Outcome:
+        route = route or self.route
         if isinstance(result, Accepted):
             return Outcome(job, Action.COMPLETE)
         if isinstance(result, Permanent):
-            return Outcome(job, Action.BURY, error=result.reason)
+            return Outcome(job, Action.BURY, error=mask_addresses(result.reason))
+        if isinstance(result, Withheld):
+            if self.fence.lost(job.id) or self.fence.closed:
+                return Outcome(job, Action.RELEASE)  # refused by the broker if not ours
+            return Outcome(job, Action.DEFER, delay=route.pause.remaining, error=result.reason)
+        reason = mask_addresses(result.reason)
+        if result.provider_down:
+            return Outcome(job, Action.DEFER, delay=route.pause.remaining, error=reason)
+        if result.unexpected and job.attempts >= self.settings.poison_attempts:
+            return Outcome(job, Action.BURY, error=f"gave up after {job.attempts} attempts"
+                           f" that failed in emailq itself: {reason}")  # fmt: skip
         delay = retry_delay(job.attempts, self.settings, result.retry_after)
-        return Outcome(job, Action.RETRY, delay=delay, error=result.reason)
+        return Outcome(job, Action.RETRY, delay=delay, error=reason)
 
-
-def _salvage(jobs: Sequence[Job], sends: list[asyncio.Task[list[Outcome]]]) -> list[Outcome]:
-    """Stop the sends still running; keep the outcomes of finished ones, release the rest."""
-    finished: list[Outcome] = []
-    for task in sends:
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled() and task.exception() is None:
-            finished += task.result()
-    settled = {outcome.job.id for outcome in finished}
-    return finished + [Outcome(job, Action.RELEASE) for job in jobs if job.id not in settled]
+    def _observe(self, outcomes: Sequence[Outcome]) -> None:
+        if self.metrics:
+            self.metrics.observe(outcomes, self.broker.clock())
+        if self.on_settled:
+            self.on_settled(outcomes)

@@ -1,5 +1,25 @@
 """Delivery providers behind one interface: rendered messages in, one result each out."""
 
-from emailq.providers.base import Accepted, Permanent, Provider, Rendered, SendResult, Transient
+from emailq.providers.base import (
+    OPEN_GATE,
+    Accepted,
+    Permanent,
+    Provider,
+    Rendered,
+    SendGate,
+    SendResult,
+    Transient,
+    Withheld,
+)
 
-__all__ = ["Accepted", "Permanent", "Provider", "Rendered", "SendResult", "Transient"]
+__all__ = [
+    "OPEN_GATE",
+    "Accepted",
+    "Permanent",
+    "Provider",
+    "Rendered",
+    "SendGate",
+    "SendResult",
+    "Transient",
+    "Withheld",
+]

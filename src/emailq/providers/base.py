@@ -1,15 +1,27 @@
-"""The provider contract (docs/architecture.md §3): ``send_batch(rendered) -> results``,
+"""The provider contract (docs/architecture.md §3): ``send_batch(rendered, gate) -> results``,
 one per message.
 
 A result is ``Accepted`` (the provider took it), ``Transient`` (try again later: SMTP 4xx,
-connection trouble, HTTP 429/5xx) or ``Permanent`` (will never succeed: SMTP 5xx, HTTP 4xx).
+connection trouble, HTTP 429/5xx), ``Permanent`` (will never succeed: SMTP 5xx, HTTP 4xx)
+or ``Withheld`` (never put on the wire: the gate said no).
+
+The **gate** is how the worker reaches the wire. A provider asks ``gate.may_send(id)``
+immediately before each message goes out (SMTP ``MAIL FROM``, each HTTP call) — a worker
+whose lease may have lapsed (it was paused, the broker moved the message) answers no, so
+a process that wakes up sends nothing it no longer owns — and reports each outcome with
+``gate.done(index, result)`` as soon as it is known, so the worker can settle mail as it
+goes out instead of once per batch.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +46,13 @@ class Transient:
     reason: str
     retry_after: float | None = None
     unsure: bool = False  # the provider may have carried the send out (a timeout, a 5xx)
+    # The provider itself is unreachable or refuses us (connection refused, TLS, 421, a
+    # refused login or API key): nothing about this message. It spends no attempt, and the
+    # worker pauses the provider instead of burning every queued message's attempts.
+    provider_down: bool = False
+    # Our own code failed on this message (a bug, an input no check foresaw): retried a
+    # few times, then buried, so one poison message cannot circle forever.
+    unexpected: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +60,85 @@ class Permanent:
     reason: str
 
 
-SendResult = Accepted | Transient | Permanent
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """Not sent: the gate said no (the lease may have lapsed, or the worker is stopping)."""
+
+    reason: str = "withheld"
+
+
+SendResult = Accepted | Transient | Permanent | Withheld
+
+
+class SendGate(Protocol):
+    def may_send(self, message_id: str) -> bool:
+        """True while this process still owns the message, with a margin for one send."""
+
+    def done(self, index: int, result: SendResult) -> None:
+        """The outcome of ``batch[index]``, as soon as it is known."""
+
+
+class OpenGate:
+    """Every message may go; outcomes are only returned (tests, tools)."""
+
+    def may_send(self, message_id: str) -> bool:
+        return True
+
+    def done(self, index: int, result: SendResult) -> None:
+        pass
+
+
+OPEN_GATE = OpenGate()
+
+
+class _Reporting:
+    """Passes outcomes on once each, so the batch's end can report what a provider did not."""
+
+    def __init__(self, gate: SendGate) -> None:
+        self.gate = gate
+        self.reported: set[int] = set()
+
+    def may_send(self, message_id: str) -> bool:
+        return self.gate.may_send(message_id)
+
+    def done(self, index: int, result: SendResult) -> None:
+        if index not in self.reported:
+            self.reported.add(index)
+            self.gate.done(index, result)
 
 
 class Provider(abc.ABC):
     name: str = "provider"
 
+    async def send_batch(
+        self, batch: Sequence[Rendered], gate: SendGate = OPEN_GATE
+    ) -> list[SendResult]:
+        """Send every message the gate lets through; never raises for a message's failure.
+
+        Each outcome reaches ``gate.done`` exactly once. An exception escaping a provider
+        (a bug) becomes an ``unexpected`` transient result for the messages it left without
+        an outcome, instead of failing the batch (whose other mail may be out already).
+        """
+        reporting = _Reporting(gate)
+        try:
+            results = await self._send(batch, reporting)
+        except Exception as error:
+            log.exception("%s failed on a batch of %d", self.name, len(batch))
+            failed = Transient(f"unexpected {type(error).__name__}", unsure=True, unexpected=True)
+            results = [failed] * len(batch)
+        if len(results) != len(batch):  # a provider bug must not lose track of mail
+            log.error("%s answered %d results for %d messages", self.name, len(results),
+                      len(batch))  # fmt: skip
+            results = [Transient("provider returned no result", unexpected=True)] * len(batch)
+        for index, result in enumerate(results):
+            reporting.done(index, result)
+        return results
+
     @abc.abstractmethod
-    async def send_batch(self, batch: Sequence[Rendered]) -> list[SendResult]:
-        """Send every message; never raises for a message's own failure."""
+    async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
+        """Send the batch: ask ``gate.may_send`` right before each message goes out, and
+        call ``gate.done`` as outcomes become known (those not reported are reported from
+        the returned list)."""
 
     async def close(self) -> None:  # noqa: B027 - providers without resources need not override
         """Release connections."""

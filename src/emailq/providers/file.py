@@ -15,7 +15,16 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from emailq.providers.base import Accepted, Permanent, Provider, Rendered, SendResult, Transient
+from emailq.providers.base import (
+    Accepted,
+    Permanent,
+    Provider,
+    Rendered,
+    SendGate,
+    SendResult,
+    Transient,
+    Withheld,
+)
 
 # A message id becomes a file name: no separators, no leading dot, nothing to escape.
 _SAFE_ID = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
@@ -32,10 +41,13 @@ class FileProvider(Provider):
         """Where a delivered message is: ``<folder>/new/<message_id>.eml``."""
         return self.folder / "new" / f"{message_id}.eml"
 
-    async def send_batch(self, batch: Sequence[Rendered]) -> list[SendResult]:
+    async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
         # Why one thread for the batch: blocking file I/O off the event loop, without a
-        # thread hand-off per message.
-        return await asyncio.to_thread(self._write_all, list(batch))
+        # thread hand-off per message. The gate is asked on the loop, just before.
+        allowed = [gate.may_send(message.message_id) for message in batch]
+        chosen = [message for message, ok in zip(batch, allowed, strict=True) if ok]
+        written = iter(await asyncio.to_thread(self._write_all, chosen))
+        return [next(written) if ok else Withheld("the lease may have lapsed") for ok in allowed]
 
     def _write_all(self, batch: list[Rendered]) -> list[SendResult]:
         try:

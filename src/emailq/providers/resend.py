@@ -27,7 +27,7 @@ import email.policy
 import hashlib
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
@@ -39,7 +39,16 @@ from typing import Any, NotRequired, TypedDict
 import httpx
 
 from emailq.clock import Clock, now
-from emailq.providers.base import Accepted, Permanent, Provider, Rendered, SendResult, Transient
+from emailq.providers.base import (
+    Accepted,
+    Permanent,
+    Provider,
+    Rendered,
+    SendGate,
+    SendResult,
+    Transient,
+    Withheld,
+)
 
 MAX_BATCH = 100  # Resend's limit of emails in one batch call
 MAX_KEY_LENGTH = 256  # Resend's limit on an Idempotency-Key
@@ -52,6 +61,8 @@ _ADDRESS = re.compile(r"[^\s'\"<>()\[\],;:@]+@(?=[^\s'\"<>()\[\],;:@])")
 _MAX_REASON = 300
 # Resend's 429s for a spent daily or monthly email quota; a retry waits at least this long.
 _QUOTAS = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})
+# Resend's names for a key it will not take (403); other 403s are about the email itself.
+_KEY_REFUSED = frozenset({"invalid_api_key", "restricted_api_key", "missing_api_key"})
 QUOTA_RETRY_FLOOR = 3600.0
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_TAG = 256  # characters in a tag's name or value
@@ -182,7 +193,7 @@ class ResendProvider(Provider):
         self._clock = clock
         self._client: httpx.AsyncClient | None = None
 
-    async def send_batch(self, batch: Sequence[Rendered]) -> list[SendResult]:
+    async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
         results: list[SendResult] = [Transient("not sent")] * len(batch)
         singles: list[_Item] = []
         batchable: list[_Item] = []
@@ -191,31 +202,54 @@ class ResendProvider(Provider):
                 body = to_resend_json(message)
             except (ValueError, LookupError) as error:
                 results[index] = Permanent(self._clean(f"unreadable message: {error}"))
+                gate.done(index, results[index])
                 continue
             item = _Item(index, message, body)
             (singles if "attachments" in body else batchable).append(item)
         chunks = list(_chunks(sorted(batchable, key=lambda i: i.message.message_id),
                               self.settings.max_batch))  # fmt: skip
         singles += [chunk[0] for chunk in chunks if len(chunk) == 1]
-        calls = [self._send_one(item) for item in singles]
-        calls += [self._send_chunk(chunk) for chunk in chunks if len(chunk) > 1]
+        calls = [self._gated(gate, [item], self._send_one) for item in singles]
+        calls += [self._gated(gate, chunk, self._send_chunk) for chunk in chunks if len(chunk) > 1]
         for outcomes in await asyncio.gather(*calls):
             for index, result in outcomes:
                 results[index] = result
         return results
+
+    async def _gated(
+        self,
+        gate: SendGate,
+        items: list[_Item],
+        call: Callable[[list[_Item]], Awaitable[list[tuple[int, SendResult]]]],
+    ) -> list[tuple[int, SendResult]]:
+        """One HTTP call for the items the gate still lets go, asked right before it is made;
+        each outcome reported as soon as the call answers."""
+        allowed = [item for item in items if gate.may_send(item.message.message_id)]
+        outcomes: list[tuple[int, SendResult]] = [
+            (item.index, Withheld("the lease may have lapsed before the call"))
+            for item in items if item not in allowed
+        ]  # fmt: skip
+        if allowed:
+            outcomes += await call(allowed)
+        for index, result in outcomes:
+            gate.done(index, result)
+        return outcomes
 
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
 
-    async def _send_one(self, item: _Item) -> list[tuple[int, SendResult]]:
+    async def _send_one(self, items: list[_Item]) -> list[tuple[int, SendResult]]:
+        [item] = items
         outcome = await self._post("/emails", item.body, idempotency_key(item.message))
         if isinstance(outcome, httpx.Response):
             return [(item.index, Accepted(_id_of(_json(outcome))))]
         return [(item.index, outcome)]
 
     async def _send_chunk(self, chunk: list[_Item]) -> list[tuple[int, SendResult]]:
+        if len(chunk) == 1:  # the gate withheld the rest: a single email needs no batch call
+            return await self._send_one(chunk)
         key = batch_idempotency_key([item.message.message_id for item in chunk])
         outcome = await self._post("/emails/batch", [item.body for item in chunk], key, batch=True)
         if not isinstance(outcome, httpx.Response):
@@ -254,7 +288,8 @@ class ResendProvider(Provider):
             return Permanent(f"request could not be sent: {type(error).__name__}")
         except httpx.TransportError as error:  # perhaps after the request went out
             reason = self._clean(f"connection: {type(error).__name__}: {error}")
-            return Transient(reason, unsure=not isinstance(error, httpx.ConnectError))
+            refused = isinstance(error, httpx.ConnectError)  # Resend unreachable: not the mail
+            return Transient(reason, unsure=not refused, provider_down=refused)
         self._note_ratelimit(response.headers)
         if response.is_success:
             return response
@@ -297,6 +332,10 @@ class ResendProvider(Provider):
             # 429 and 408: not carried out; a 5xx or a call still running: perhaps
             unsure = status >= 500 or name == "concurrent_idempotent_requests"
             return Transient(reason, self._retry_after(response.headers), unsure=unsure)
+        if status == 401 or name in _KEY_REFUSED:
+            # A missing, mistyped or revoked key refuses every email alike: the provider is
+            # unusable until an operator fixes it, and no email's attempts are spent on it.
+            return Transient(reason, provider_down=True)
         if 400 <= status < 500:
             return Permanent(reason)
         return Transient(f"unexpected HTTP status {status}")

@@ -8,12 +8,24 @@ code: 4xx and connection errors are transient, 5xx permanent.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiosmtplib
 
-from emailq.providers.base import Accepted, Permanent, Provider, Rendered, SendResult, Transient
+from emailq.providers.base import (
+    Accepted,
+    Permanent,
+    Provider,
+    Rendered,
+    SendGate,
+    SendResult,
+    Transient,
+    Withheld,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +48,36 @@ class SmtpProvider(Provider):
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         self._created = 0
 
-    async def send_batch(self, batch: Sequence[Rendered]) -> list[SendResult]:
-        return list(await asyncio.gather(*(self._send_one(m) for m in batch)))
+    async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
+        async def one(index: int, message: Rendered) -> SendResult:
+            try:
+                result = await self._send_one(message, gate)
+            except Exception as error:  # a bug strikes this message, not its siblings
+                log.exception("sending message %s failed", message.message_id)
+                result = Transient(f"unexpected {_describe(error)}", unexpected=True)
+            gate.done(index, result)  # settled as it completes, not when the batch does
+            return result
 
-    async def _send_one(self, message: Rendered) -> SendResult:
+        return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(batch))))
+
+    async def _send_one(self, message: Rendered, gate: SendGate) -> SendResult:
         client = await self._checkout()
         try:
             if not client.is_connected:
-                await self._open(client)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            # A refused login or a dead server says nothing about this message: never final.
-            client.close()
+                try:
+                    await self._open(client)
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+                    # A dead server or a refused login says nothing about this message.
+                    client.close()
+                    return Transient(f"connect/login: {_describe(error)}", provider_down=True)
+            # The fence reaches the wire: the last moment before MAIL FROM.
+            if not gate.may_send(message.message_id):
+                return Withheld("the lease may have lapsed before MAIL FROM")
+            return await self._transaction(client, message)
+        finally:
             self._idle.put_nowait(client)
-            return Transient(f"connect/login: {type(error).__name__}: {error}")
+
+    async def _transaction(self, client: aiosmtplib.SMTP, message: Rendered) -> SendResult:
         try:
             refused, reply = await client.sendmail(
                 message.mail_from, list(message.recipients), message.data
@@ -56,15 +85,25 @@ class SmtpProvider(Provider):
         except aiosmtplib.SMTPRecipientsRefused as error:
             return _classify_refusals([(e.code, e.message) for e in error.recipients])
         except aiosmtplib.SMTPResponseException as error:
+            if error.code == 421:  # the server is closing the channel: it, not the message
+                client.close()
+                return Transient(f"421 {error.message}", provider_down=True)
             await _reset(client)
             return _from_code(error.code, error.message)
+        except aiosmtplib.SMTPTimeoutError as error:
+            # After DATA the server may have taken the message: retried, but as "unsure".
+            client.close()
+            return Transient(f"timeout: {_describe(error)}", unsure=True)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             client.close()  # reconnect on the next message
-            return Transient(f"connection: {type(error).__name__}: {error}")
-        finally:
-            self._idle.put_nowait(client)
-        # With some recipients refused but not all, the message still went out to the rest.
-        return Accepted(reply if not refused else f"{reply} (refused: {len(refused)})")
+            return Transient(f"connection: {_describe(error)}", unsure=True)
+        except Exception as error:  # an address or message our checks let through
+            client.close()  # the transaction is half done: start the next one afresh
+            return Transient(f"unexpected {_describe(error)}", unexpected=True)
+        if refused:  # some recipients refused, the rest accepted: the message went out
+            refusals = "; ".join(f"{addr}: {code}" for addr, (code, _) in sorted(refused.items()))
+            return Accepted(f"{reply} (refused {len(refused)}: {refusals})")
+        return Accepted(reply)
 
     async def _open(self, client: aiosmtplib.SMTP) -> None:
         await client.connect()
@@ -92,6 +131,10 @@ class SmtpProvider(Provider):
                 except (aiosmtplib.SMTPException, OSError):
                     client.close()
         self._created = 0
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def _from_code(code: int, text: str) -> SendResult:

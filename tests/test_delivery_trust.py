@@ -1,0 +1,211 @@
+"""Delivery you can trust, in-process on both brokers with a manual clock: retried like an
+MTA, one message's failure stays that message's, a provider's outage buries nothing, a
+failed settle sends nothing twice, rate limits hold no leases."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Sequence
+
+import aiosmtplib
+import pytest
+from faults import Greylisting, copies, fill, invitations
+
+from emailq.broker import Broker, NewMessage, Outcome, State
+from emailq.clock import ManualClock
+from emailq.errors import BrokerUnavailable
+from emailq.lanes import Lane
+from emailq.providers import Rendered, SendResult
+from emailq.providers.smtp import SmtpProvider, SmtpSettings
+from emailq.ratelimit import MemoryLimiter
+from emailq.ratelimit.rules import RateRules
+from emailq.sink import SmtpSink, free_port
+from emailq.worker import Worker, WorkerSettings
+
+FAST = WorkerSettings(batch_size=100, retry_base_s=60, retry_cap_s=3600, pause_base_s=0.01,
+                      pause_cap_s=0.05, lease_s=30)  # fmt: skip
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as server:
+        yield server
+
+
+def drain(broker: Broker, clock: ManualClock, worker: Worker, step_s: float, rounds: int) -> None:
+    """Lease and deliver until nothing is left, moving the clock ``step_s`` each round."""
+
+    async def run() -> None:
+        for _ in range(rounds):
+            while jobs := await asyncio.to_thread(broker.lease, worker.name, 100, 30):
+                await worker.process(jobs)
+            if not broker.stats().backlog:
+                return
+            clock.advance(step_s)
+
+    asyncio.run(run())
+
+
+def test_451_to_30_percent_of_messages_kills_none(broker: Broker, clock: ManualClock) -> None:
+    ids = fill(broker, 2000)
+    greylisting = Greylisting(share=0.3)
+    with SmtpSink(handler=greylisting) as sink:
+        provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=4))
+        drain(broker, clock, Worker(broker, provider, FAST), step_s=3600, rounds=40)
+        arrived = copies(sink)
+    assert greylisting.refused > 500
+    assert broker.stats().count(State.DEAD) == 0
+    assert set(arrived) == set(ids) and max(arrived.values()) == 1
+
+
+def test_a_relay_refusing_connections_for_ten_minutes_buries_nothing(
+    broker: Broker, clock: ManualClock
+) -> None:
+    ids = fill(broker, 300)
+    port = free_port()  # nobody listens: every connection is refused
+    provider = SmtpProvider(SmtpSettings(port=port, pool_size=4))
+    worker = Worker(broker, provider, FAST)
+    drain(broker, clock, worker, step_s=30, rounds=20)  # ten minutes of outage
+    assert broker.stats().count(State.DEAD) == 0
+    info = broker.get(ids[0])
+    assert info is not None and info.attempts == 0  # an outage spends no attempt
+    assert info.last_error is not None and "connect" in info.last_error
+    with SmtpSink(port=port) as sink:  # the relay is back
+        clock.advance(3600)
+        drain(broker, clock, worker, step_s=60, rounds=10)
+        arrived = copies(sink)
+    assert set(arrived) == set(ids) and max(arrived.values()) == 1
+    assert broker.stats().count(State.SENT) == len(ids)
+
+
+class Buggy(SmtpProvider):
+    """An SMTP provider with a bug that strikes one message (a poison message)."""
+
+    def __init__(self, settings: SmtpSettings, poison: str) -> None:
+        super().__init__(settings)
+        self.poison = poison
+
+    async def _transaction(self, client: aiosmtplib.SMTP, message: Rendered) -> SendResult:
+        if message.message_id == self.poison:
+            raise KeyError("a bug that only this message triggers")
+        return await super()._transaction(client, message)
+
+
+def test_a_poison_message_in_a_batch_of_100_harms_only_itself(
+    broker: Broker, clock: ManualClock, sink: SmtpSink
+) -> None:
+    ids = fill(broker, 100)
+    provider = Buggy(SmtpSettings(port=sink.port, pool_size=4), poison=ids[37])
+    drain(broker, clock, Worker(broker, provider, FAST), step_s=3600, rounds=20)
+    arrived = copies(sink)
+    assert set(arrived) == set(ids) - {ids[37]} and max(arrived.values()) == 1
+    poison = broker.get(ids[37])
+    assert poison is not None and poison.state is State.DEAD
+    assert poison.attempts == FAST.poison_attempts
+    assert poison.last_error is not None and "KeyError" in poison.last_error
+
+
+class SettleFailsOnce:
+    """The real broker, whose first settle raises as a Redis failover or a busy SQLite
+    file would, after the mail went out."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.failed = False
+
+    def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
+        if not self.failed:
+            self.failed = True
+            raise BrokerUnavailable("injected: the broker did not answer")
+        return self.broker.settle(outcomes)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.broker, name)
+
+
+def test_a_settle_that_fails_after_sending_sends_nothing_twice(
+    broker: Broker, clock: ManualClock, sink: SmtpSink
+) -> None:
+    ids = fill(broker, 50)
+    flaky = SettleFailsOnce(broker)
+    provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=4))
+    worker = Worker(flaky, provider, FAST)  # type: ignore[arg-type]
+    drain(broker, clock, worker, step_s=60, rounds=5)
+    assert flaky.failed
+    arrived = copies(sink)
+    assert set(arrived) == set(ids) and max(arrived.values()) == 1
+    assert broker.stats().count(State.SENT) == len(ids)
+
+
+def test_mail_a_rate_limit_holds_back_waits_unleased_with_its_attempt_refunded(
+    broker: Broker, clock: ManualClock, sink: SmtpSink
+) -> None:
+    ids = fill(broker, 30)
+    rules = RateRules(provider_rate=1.0, provider_burst=5.0, critical_reserve=0.0)
+    worker = Worker(broker, SmtpProvider(SmtpSettings(port=sink.port)), FAST,
+                    limiter=MemoryLimiter(clock), rules=rules)  # fmt: skip
+
+    async def one_batch() -> float:
+        jobs = broker.lease(worker.name, 100, 30)
+        return await worker.process(jobs)
+
+    wait = asyncio.run(one_batch())
+    assert wait > 0
+    stats = broker.stats()
+    assert stats.count(State.LEASED) == 0  # nothing waits while holding a lease
+    assert stats.count(State.SENT) == 5 and stats.count(State.RETRYING) == 25
+    held_back = [info for info in map(broker.get, ids) if info and info.state is State.RETRYING]
+    assert len(held_back) == 25 and all(info.attempts == 0 for info in held_back)
+
+
+def test_critical_mail_keeps_its_share_of_the_provider_limit(
+    broker: Broker, clock: ManualClock, sink: SmtpSink
+) -> None:
+    broker.enqueue_many(invitations(20))  # bulk first: it would spend the whole burst
+    rules = RateRules(provider_rate=0.001, provider_burst=10.0, critical_reserve=0.3)
+    limiter = MemoryLimiter(clock)
+    worker = Worker(broker, SmtpProvider(SmtpSettings(port=sink.port)), FAST,
+                    limiter=limiter, rules=rules)  # fmt: skip
+
+    async def run() -> None:
+        await worker.process(broker.lease(worker.name, 100, 30, [Lane.STANDARD]))
+        broker.enqueue_many([NewMessage(m.payload, lane=Lane.CRITICAL, validated=True)
+                             for m in invitations(3)])  # fmt: skip
+        await worker.process(broker.lease(worker.name, 100, 30, [Lane.CRITICAL]))
+
+    asyncio.run(run())
+    assert broker.stats().count(State.SENT, Lane.STANDARD) == 7  # 10 less the 30 % reserve
+    assert broker.stats().count(State.SENT, Lane.CRITICAL) == 3
+
+
+def test_transient_failures_are_logged_with_counts_and_no_addresses(
+    broker: Broker, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill(broker, 50)
+    with SmtpSink(handler=Greylisting(share=1.0)) as sink:
+        provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=2))
+        worker = Worker(broker, provider, FAST)
+        with caplog.at_level(logging.WARNING):
+            drain(broker, clock, worker, step_s=60, rounds=1)
+            worker.route.tally.report()
+    lines = [r.getMessage() for r in caplog.records if "transient failures" in r.getMessage()]
+    assert lines, "transient failures went unlogged"
+    assert any("451 4.7.1 Greylisted" in line for line in lines)
+    assert sum(int(line.split(": ")[1].split()[0]) for line in lines) == 50
+    assert not any("guest" in line for line in lines)
+
+
+def test_an_unexpected_provider_crash_is_charged_per_message_not_refunded(
+    broker: Broker, clock: ManualClock, sink: SmtpSink
+) -> None:
+    class CrashesBeforeSending(SmtpProvider):
+        async def _send(self, batch: Sequence[Rendered], gate: object) -> list[SendResult]:
+            raise RuntimeError("provider crashed")
+
+    fill(broker, 10)
+    worker = Worker(broker, CrashesBeforeSending(SmtpSettings(port=sink.port)), FAST)
+    drain(broker, clock, worker, step_s=3600, rounds=10)
+    # Charged an attempt each time, so the batch dies after poison_attempts instead of
+    # being released (attempt refunded) and leased again forever.
+    assert broker.stats().count(State.DEAD) == 10
