@@ -1,6 +1,7 @@
 """Open a provider from a URL, the way brokers are opened.
 
-``smtp://[user:password@]host[:port][?pool=8&starttls=auto|yes|no&timeout=30]``,
+``smtp://[user:password@]host[:port][?pool=8&starttls=auto|yes|no&timeout=30]``
+(``&auth=plaintext`` allows a password over a connection without TLS),
 ``smtps://…`` (implicit TLS, port 465), ``file:///path/to/folder``,
 ``resend://[api_key@]api.resend.com`` (key from the settings when not in the URL;
 ``resend+http://127.0.0.1:8025`` reaches a local stand-in over plain HTTP).
@@ -36,6 +37,7 @@ def open_provider(url: str, resend_api_key: str | None = None) -> Provider:
                 password=unquote(parts.password) if parts.password else None,
                 start_tls=False if implicit else _STARTTLS[starttls],
                 use_tls=implicit,
+                allow_plaintext_auth=query.get("auth") == "plaintext",
             )
         )
     if parts.scheme == "file":

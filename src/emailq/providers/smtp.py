@@ -38,6 +38,9 @@ class SmtpSettings:
     password: str | None = field(default=None, repr=False)  # never in a repr or a log
     start_tls: bool | None = None  # None: upgrade when the server offers it
     use_tls: bool = False  # implicit TLS (port 465)
+    # A password over a connection without TLS can be read by anyone on the path: refused
+    # unless the operator asks for it (a relay on localhost, a test server).
+    allow_plaintext_auth: bool = False
 
 
 class SmtpProvider(Provider):
@@ -108,6 +111,13 @@ class SmtpProvider(Provider):
     async def _open(self, client: aiosmtplib.SMTP) -> None:
         await client.connect()
         if self.settings.username and self.settings.password:
+            encrypted = client.get_transport_info("sslobject") is not None
+            if not encrypted and not self.settings.allow_plaintext_auth:
+                client.close()
+                raise PlaintextAuthRefused(
+                    "the server offers no TLS: not sending the password in clear"
+                    " (add ?auth=plaintext to the provider URL to allow it)"
+                )
             await client.login(self.settings.username, self.settings.password)
 
     async def _checkout(self) -> aiosmtplib.SMTP:
@@ -131,6 +141,10 @@ class SmtpProvider(Provider):
                 except (aiosmtplib.SMTPException, OSError):
                     client.close()
         self._created = 0
+
+
+class PlaintextAuthRefused(aiosmtplib.SMTPException):
+    """Credentials would have crossed the network unencrypted."""
 
 
 def _describe(error: BaseException) -> str:
