@@ -3,6 +3,7 @@ helpers to fill a queue and count what arrived."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
@@ -117,10 +118,8 @@ class StallingRelay:
         self.released.set()
         self._server.close()
         for sock in self._sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
 
 def _pipe(source: socket.socket, target: socket.socket) -> None:
@@ -130,7 +129,5 @@ def _pipe(source: socket.socket, target: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             target.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass

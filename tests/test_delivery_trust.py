@@ -10,7 +10,6 @@ from collections.abc import Iterator, Sequence
 
 import aiosmtplib
 import pytest
-from faults import Greylisting, copies, fill, invitations
 
 from emailq.broker import Broker, NewMessage, Outcome, State
 from emailq.clock import ManualClock
@@ -22,6 +21,7 @@ from emailq.ratelimit import MemoryLimiter
 from emailq.ratelimit.rules import RateRules
 from emailq.sink import SmtpSink, free_port
 from emailq.worker import Worker, WorkerSettings
+from faults import Greylisting, copies, fill, invitations
 
 FAST = WorkerSettings(batch_size=100, retry_base_s=60, retry_cap_s=3600, pause_base_s=0.01,
                       pause_cap_s=0.05, lease_s=30)  # fmt: skip

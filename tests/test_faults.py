@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from faults import SlowSink, StallingRelay, copies, fill, wait_until
 
 from emailq.broker import Broker, State, open_broker
 from emailq.sink import SmtpSink
+from faults import SlowSink, StallingRelay, copies, fill, wait_until
 
 pytestmark = pytest.mark.slow
 EMAILQ = [sys.executable, "-m", "emailq"]

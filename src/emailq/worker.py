@@ -301,8 +301,12 @@ class Worker:
         if self.limiter is None or not ready:
             return ready, 0.0
         requests = [
-            self.rules.request(self.provider.name, job.tenant, rendered.recipients,
-                               critical=job.lane is Lane.CRITICAL)  # fmt: skip
+            self.rules.request(
+                self.provider.name,
+                job.tenant,
+                rendered.recipients,
+                critical=job.lane is Lane.CRITICAL,
+            )
             for job, rendered in ready
         ]
         try:
