@@ -309,6 +309,14 @@ def test_purge_expired_drops_final_records_after_retention(
         assert broker.get(kept) is not None  # still leased: never purged
 
 
+def test_now_is_the_brokers_clock(broker: Broker, clock: ManualClock) -> None:
+    assert broker.now() == clock()
+    clock.advance(12.5)
+    [message_id] = enqueue(broker)
+    info = broker.get(message_id)
+    assert info is not None and info.enqueued_at == broker.now() == clock()
+
+
 def test_ping_answers_and_can_be_asked_again_and_again(broker: Broker) -> None:
     # more pings than redis-py's pool holds connections: a probe must not use them up
     assert all(broker.ping() for _ in range(150))

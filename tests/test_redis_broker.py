@@ -65,7 +65,7 @@ def recount(broker: RedisBroker) -> dict[tuple[Lane, State], int]:
 
 
 def counted(broker: RedisBroker) -> dict[tuple[Lane, State], int]:
-    counts, _ = broker._stats(broker.clock())
+    counts, _, _ = broker._stats(broker.clock())
     return {pair: n for pair, n in counts.items() if n}
 
 
@@ -203,6 +203,59 @@ def test_counts_agree_with_the_messages_after_every_kind_of_change(
     clock.advance(broker.options.retention + 1)
     assert broker.purge_expired() == 2  # the sent one and the cancelled one
     assert counted(broker) == recount(broker)
+
+
+# -- one clock: Redis's ------------------------------------------------------------------------
+@pytest.fixture
+def real_time_broker(redis_up: None) -> Iterator[RedisBroker]:
+    """A broker on the server's clock (opened without one), as deployments run."""
+    opened = RedisBroker.from_url(f"{REDIS_URL}?prefix=emailq-test-{uuid.uuid4().hex}")
+    yield opened
+    opened.purge()
+    opened.close()
+
+
+def server_time(broker: RedisBroker) -> float:
+    seconds, micros = broker.client.time()
+    return float(seconds + micros / 1_000_000)
+
+
+def test_a_lease_expires_lease_s_after_redis_time(real_time_broker: RedisBroker) -> None:
+    broker = real_time_broker
+    [message_id] = broker.enqueue_many([NewMessage(PAYLOAD)])
+    before = server_time(broker)
+    broker.lease("w", 1, 30)
+    after = server_time(broker)
+    score = broker.client.zscore(broker.keys.leased, message_id)
+    assert score is not None
+    assert before + 30 - 0.001 <= score / 1000 <= after + 30 + 0.001
+    assert after <= broker.now() <= server_time(broker)
+
+
+def test_a_worker_whose_clock_is_20s_ahead_neither_reaps_live_leases_nor_sends_early(
+    real_time_broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = real_time_broker
+    [leased] = broker.enqueue_many([NewMessage(PAYLOAD)])
+    broker.lease("on-time-worker", 1, 10)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 20)  # this process runs ahead
+    ahead = RedisBroker(broker.client, broker.prefix)  # another worker, on the same queue
+    assert ahead.reap_expired() == 0
+    assert ahead.get(leased).state == State.LEASED  # type: ignore[union-attr]
+    [later] = ahead.enqueue_many([NewMessage(PAYLOAD, send_at=server_time(broker) + 10)])
+    assert ahead.get(later).state == State.SCHEDULED  # type: ignore[union-attr]
+    assert ahead.lease("fast-clock-worker", 10, 10) == []
+    assert abs(ahead.now() - server_time(broker)) < 1
+
+
+def test_an_injected_clock_is_still_the_brokers_time(
+    broker: RedisBroker, clock: ManualClock
+) -> None:
+    [message_id] = broker.enqueue_many([NewMessage(PAYLOAD)])
+    broker.lease("w", 1, 30)
+    assert broker.now() == clock()
+    assert broker.client.zscore(broker.keys.leased, message_id) == (clock() + 30) * 1000
 
 
 # -- lane sharing in Lua is scheduling.allot ------------------------------------------------

@@ -1,8 +1,14 @@
 """The broker contract: what every queue backend does, and the records it speaks in.
 
 Public methods here do the shared checks and bookkeeping, then call the ``_``-prefixed
-method that each backend implements (the SAQ shape). Timestamps are epoch seconds from
-the injected clock. Payloads are opaque bytes: the broker never parses an email.
+method that each backend implements (the SAQ shape). Payloads are opaque bytes: the broker
+never parses an email.
+
+Time is the broker's: timestamps are epoch seconds on one clock that every process shares.
+Redis reads its own (``TIME``, inside each script), so a worker whose wall clock is off
+neither reaps live leases nor schedules wrongly; SQLite, on one machine, reads the local
+clock. A clock injected at construction (tests: ``ManualClock``) replaces both, and the
+backends are handed its time as ``at``; otherwise ``at`` is None and the backend reads its own.
 """
 
 from __future__ import annotations
@@ -145,9 +151,25 @@ class BrokerOptions:
 class Broker(abc.ABC):
     """A durable queue of email payloads in priority lanes."""
 
-    def __init__(self, options: BrokerOptions | None = None, clock: Clock = now) -> None:
+    def __init__(self, options: BrokerOptions | None = None, clock: Clock | None = None) -> None:
+        """``clock``: None (or :func:`emailq.clock.now`, the wall clock) for the broker's own
+        clock; any other callable replaces it (tests inject a ``ManualClock``)."""
         self.options = options or BrokerOptions()
-        self.clock = clock
+        self._injected = clock if clock is not None and clock is not now else None
+        # For this process's own timing (metrics); compare stored times with now() instead.
+        self.clock: Clock = self._injected or now
+
+    def now(self) -> float:
+        """The broker's current time: Redis ``TIME``, the local clock for SQLite, or the
+        injected clock."""
+        if self._injected is not None:
+            return self._injected()
+        with self._backend_errors():
+            return self._now()
+
+    def _at(self) -> float | None:
+        """The time handed to a backend: the injected clock's, else None (its own)."""
+        return None if self._injected is None else self._injected()
 
     # -- intake -------------------------------------------------------------------------
     def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
@@ -163,7 +185,7 @@ class Broker(abc.ABC):
         if not messages:
             return []
         with self._backend_errors():
-            return self._enqueue_many(messages, self.clock())
+            return self._enqueue_many(messages, self._at())
 
     def enqueue(self, message: NewMessage) -> str:
         return self.enqueue_many([message])[0]
@@ -189,14 +211,14 @@ class Broker(abc.ABC):
         if not chosen:
             raise ValueError("lanes must name at least one lane")
         with self._backend_errors():
-            return self._lease(worker, max_n, lease_s, self.clock(), chosen)
+            return self._lease(worker, max_n, lease_s, self._at(), chosen)
 
     def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
         """Extend the leases still held; returns the ids whose lease was extended."""
         if not jobs:
             return []
         with self._backend_errors():
-            return self._heartbeat(jobs, lease_s, self.clock())
+            return self._heartbeat(jobs, lease_s, self._at())
 
     def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
         """Apply a batch of outcomes; returns the ids settled (stale leases are skipped).
@@ -209,7 +231,7 @@ class Broker(abc.ABC):
         if not outcomes:
             return []
         with self._backend_errors():
-            return self._settle(outcomes, self.clock())
+            return self._settle(outcomes, self._at())
 
     def complete(self, jobs: Sequence[Job]) -> list[str]:
         return self.settle([Outcome(job, Action.COMPLETE) for job in jobs])
@@ -228,27 +250,27 @@ class Broker(abc.ABC):
         """Return messages whose lease expired to their lane (or bury them when their
         attempts are spent); returns how many were reaped."""
         with self._backend_errors():
-            return self._reap_expired(self.clock(), limit)
+            return self._reap_expired(self._at(), limit)
 
     def promote_due(self, limit: int = 1000) -> int:
         """Make scheduled and retrying messages whose time has come ready to lease."""
         with self._backend_errors():
-            return self._promote_due(self.clock(), limit)
+            return self._promote_due(self._at(), limit)
 
     def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
         """Give dead messages a fresh set of attempts; all of them (up to limit) when no ids."""
         with self._backend_errors():
-            return self._requeue_dead(ids, limit, self.clock())
+            return self._requeue_dead(ids, limit, self._at())
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a message that no worker holds yet; False when it is leased, final or unknown."""
         with self._backend_errors():
-            return self._cancel(message_id, self.clock())
+            return self._cancel(message_id, self._at())
 
     def purge_expired(self, limit: int = 10_000) -> int:
         """Delete final records (sent, dead, cancelled) older than the retention period."""
         with self._backend_errors():
-            return self._purge_expired(self.clock() - self.options.retention, limit)
+            return self._purge_expired(self._at(), limit)
 
     # -- reads --------------------------------------------------------------------------
     def get(self, message_id: str) -> MessageInfo | None:
@@ -256,9 +278,8 @@ class Broker(abc.ABC):
             return self._get(message_id)
 
     def stats(self) -> Stats:
-        taken_at = self.clock()
         with self._backend_errors():
-            counts, oldest = self._stats(taken_at)
+            counts, oldest, taken_at = self._stats(self._at())
         lanes = {
             lane: LaneStats(
                 counts={s: counts.get((lane, s), 0) for s in State},
@@ -302,40 +323,48 @@ class Broker(abc.ABC):
 
     # -- what a backend implements ------------------------------------------------------
     @abc.abstractmethod
-    def _enqueue_many(self, messages: Sequence[NewMessage], at: float) -> list[str]: ...
+    def _enqueue_many(self, messages: Sequence[NewMessage], at: float | None) -> list[str]: ...
 
     @abc.abstractmethod
     def _lease(
-        self, worker: str, max_n: int, lease_s: float, at: float, lanes: frozenset[Lane]
+        self, worker: str, max_n: int, lease_s: float, at: float | None, lanes: frozenset[Lane]
     ) -> list[Job]: ...
 
     @abc.abstractmethod
-    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float) -> list[str]: ...
+    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]: ...
 
     @abc.abstractmethod
-    def _settle(self, outcomes: Sequence[Outcome], at: float) -> list[str]: ...
+    def _settle(self, outcomes: Sequence[Outcome], at: float | None) -> list[str]: ...
 
     @abc.abstractmethod
-    def _reap_expired(self, at: float, limit: int) -> int: ...
+    def _reap_expired(self, at: float | None, limit: int) -> int: ...
 
     @abc.abstractmethod
-    def _promote_due(self, at: float, limit: int) -> int: ...
+    def _promote_due(self, at: float | None, limit: int) -> int: ...
 
     @abc.abstractmethod
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float) -> int: ...
+    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float | None) -> int: ...
 
     @abc.abstractmethod
-    def _cancel(self, message_id: str, at: float) -> bool: ...
+    def _cancel(self, message_id: str, at: float | None) -> bool: ...
 
     @abc.abstractmethod
-    def _purge_expired(self, before: float, limit: int) -> int: ...
+    def _purge_expired(self, at: float | None, limit: int) -> int:
+        """Delete final records older than ``options.retention`` before ``at``."""
 
     @abc.abstractmethod
     def _get(self, message_id: str) -> MessageInfo | None: ...
 
     @abc.abstractmethod
-    def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
-        """Counts per (lane, state), and per lane the enqueue time of its oldest ready message."""
+    def _stats(
+        self, at: float | None
+    ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
+        """Counts per (lane, state), per lane the time its oldest ready message became
+        ready, and the time they were taken at."""
+
+    @abc.abstractmethod
+    def _now(self) -> float:
+        """The backend's own clock."""
 
     @abc.abstractmethod
     def _ping(self) -> bool: ...

@@ -47,7 +47,7 @@ class SQLiteBroker(Broker):
         self,
         path: str | Path,
         options: BrokerOptions | None = None,
-        clock: Clock = now,
+        clock: Clock | None = None,
         synchronous: str = "full",
     ) -> None:
         super().__init__(options, clock)
@@ -76,7 +76,7 @@ class SQLiteBroker(Broker):
 
     @classmethod
     def from_url(
-        cls, url: str, options: BrokerOptions | None = None, clock: Clock = now
+        cls, url: str, options: BrokerOptions | None = None, clock: Clock | None = None
     ) -> SQLiteBroker:
         """``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``; ``?synchronous=normal``."""
         parts = urlsplit(url)
@@ -103,7 +103,8 @@ class SQLiteBroker(Broker):
             return self._db.execute(sql, params).fetchall()
 
     # -- intake -------------------------------------------------------------------------
-    def _enqueue_many(self, messages: Sequence[NewMessage], at: float) -> list[str]:
+    def _enqueue_many(self, messages: Sequence[NewMessage], when: float | None) -> list[str]:
+        at = _local(when)
         ids: list[str] = []
         rows: list[tuple[Any, ...]] = []
         with self._write() as db:
@@ -146,8 +147,9 @@ class SQLiteBroker(Broker):
 
     # -- workers ------------------------------------------------------------------------
     def _lease(
-        self, worker: str, max_n: int, lease_s: float, at: float, lanes: frozenset[Lane]
+        self, worker: str, max_n: int, lease_s: float, when: float | None, lanes: frozenset[Lane]
     ) -> list[Job]:
+        at = _local(when)
         jobs: list[tuple[Any, ...]] = []
         with self._write() as db:
             self._promote(db, at, 1000)
@@ -194,7 +196,8 @@ class SQLiteBroker(Broker):
             (worker, expires, at, lane.value, count),
         ).fetchall()
 
-    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float) -> list[str]:
+    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, when: float | None) -> list[str]:
+        at = _local(when)
         with self._write() as db:
             return self._update_leased(
                 db,
@@ -203,7 +206,8 @@ class SQLiteBroker(Broker):
                 [(job.id, job.token) for job in jobs],
             )
 
-    def _settle(self, outcomes: Sequence[Outcome], at: float) -> list[str]:
+    def _settle(self, outcomes: Sequence[Outcome], when: float | None) -> list[str]:
+        at = _local(when)
         by_action: dict[Action, list[Outcome]] = {action: [] for action in Action}
         for outcome in outcomes:
             by_action[outcome.action].append(outcome)
@@ -272,7 +276,8 @@ class SQLiteBroker(Broker):
         return done
 
     # -- housekeeping -------------------------------------------------------------------
-    def _reap_expired(self, at: float, limit: int) -> int:
+    def _reap_expired(self, when: float | None, limit: int) -> int:
+        at = _local(when)
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE messages SET"
@@ -286,9 +291,9 @@ class SQLiteBroker(Broker):
             )
             return cursor.rowcount
 
-    def _promote_due(self, at: float, limit: int) -> int:
+    def _promote_due(self, when: float | None, limit: int) -> int:
         with self._write() as db:
-            return self._promote(db, at, limit)
+            return self._promote(db, _local(when), limit)
 
     @staticmethod
     def _promote(db: sqlite3.Connection, at: float, limit: int) -> int:
@@ -299,7 +304,8 @@ class SQLiteBroker(Broker):
             (at, at, limit),
         ).rowcount
 
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float) -> int:
+    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, when: float | None) -> int:
+        at = _local(when)
         chosen = "SELECT id FROM messages WHERE state = 'dead'"
         params: list[Any] = []
         if ids is not None:
@@ -312,7 +318,8 @@ class SQLiteBroker(Broker):
                 (at, at, *params, limit),
             ).rowcount
 
-    def _cancel(self, message_id: str, at: float) -> bool:
+    def _cancel(self, message_id: str, when: float | None) -> bool:
+        at = _local(when)
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE messages SET state = 'cancelled', updated_at = ?"
@@ -321,7 +328,8 @@ class SQLiteBroker(Broker):
             )
             return cursor.rowcount == 1
 
-    def _purge_expired(self, before: float, limit: int) -> int:
+    def _purge_expired(self, when: float | None, limit: int) -> int:
+        before = _local(when) - self.options.retention
         final = ", ".join(f"'{state.value}'" for state in FINAL_STATES)
         with self._write() as db:
             return db.execute(
@@ -344,7 +352,10 @@ class SQLiteBroker(Broker):
             idempotency_key=idempotency_key,
         )
 
-    def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
+    def _stats(
+        self, when: float | None
+    ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
+        at = _local(when)
         counts = {
             (Lane(lane), State(state)): n
             for lane, state, n in self._read(
@@ -359,7 +370,10 @@ class SQLiteBroker(Broker):
             )
             if row and row[0][0] is not None:
                 oldest[lane] = row[0][0]
-        return counts, oldest
+        return counts, oldest, at
+
+    def _now(self) -> float:
+        return now()
 
     def _translate(self, error: Exception) -> BrokerError | None:
         if not isinstance(error, sqlite3.Error):
@@ -385,3 +399,8 @@ class SQLiteBroker(Broker):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _local(at: float | None) -> float:
+    """The injected clock's time, or this machine's: one file has one machine's clock."""
+    return now() if at is None else at

@@ -7,8 +7,8 @@
 -- KEYS[5]      counts hash ("lane:state" → n)
 -- KEYS[6]      credit hash (lane → smooth weighted round robin credit)
 -- KEYS[7..11]  ready zsets in lease order: critical first, then the lanes that share
--- ARGV[1]      now
--- ARGV[2]      lease expiry
+-- ARGV[1]      now, or "" for the server's clock
+-- ARGV[2]      lease seconds, from now
 -- ARGV[3]      worker name
 -- ARGV[4]      N, the most messages to lease
 -- ARGV[5]      the most due messages to promote first
@@ -20,7 +20,14 @@
 --              id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
-local now = tonumber(ARGV[1])
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local now = clock(ARGV[1])
 local lanes, ready_key = {}, {}
 for i = 1, 5 do
   lanes[i] = ARGV[5 + i]
@@ -32,14 +39,14 @@ local function count(field, n)
 end
 
 -- Promote: due scheduled and retrying messages join their lane (kept in step with promote.lua).
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ms(ARGV[1]), 'WITHSCORES', 'LIMIT', 0,
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0,
   tonumber(ARGV[5]))
 for j = 1, #due, 2 do
   local id = due[j]
   local msg = KEYS[1] .. id
   local f = redis.call('HMGET', msg, 'state', 'lane')
   if f[1] == 'scheduled' or f[1] == 'retrying' then
-    redis.call('HSET', msg, 'state', 'queued', 'updated_at', ARGV[1])
+    redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
     redis.call('ZADD', ready_key[f[2]], due[j + 1], id)
     count(f[2] .. ':' .. f[1], -1)
     count(f[2] .. ':queued', 1)
@@ -83,7 +90,8 @@ if shared then
 end
 
 -- Take: pop each lane's oldest and hand them to the worker.
-local jobs, expiries, payloads, expiry = {}, {}, {}, tostring(ms(ARGV[2]))  -- format once
+local expiry = tostring(ms(tonumber(now) + tonumber(ARGV[2])))  -- format once
+local jobs, expiries, payloads = {}, {}, {}
 for i = 1, 5 do
   local popped = {}
   if take[i] > 0 then popped = redis.call('ZPOPMIN', KEYS[6 + i], take[i]) end
@@ -97,7 +105,7 @@ for i = 1, 5 do
       -- (a message stored before the field was named token has none yet: it starts at 1)
       local attempts, token = tonumber(f[2]) + 1, (tonumber(f[4]) or 0) + 1
       redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'token', token,
-        'owner', ARGV[3], 'updated_at', ARGV[1])
+        'owner', ARGV[3], 'updated_at', now)
       leased = leased + 1
       expiries[#expiries + 1] = expiry
       expiries[#expiries + 1] = id

@@ -8,13 +8,20 @@
 -- KEYS[5]     final zset (finished at → "lane:state:id")
 -- KEYS[6]     dead zset (died at → id)
 -- KEYS[7..11] ready zsets, one per lane, in the order of the lane names below
--- ARGV[1]     now
+-- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to reap
 -- ARGV[3]     retention in ms (the Redis TTL of a dead message)
 -- ARGV[4..8]  lane names
 -- Returns     how many messages were reaped.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
 local ready = {}
 for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[6 + i] end
 local delta = {}
@@ -24,7 +31,8 @@ local function move(lane, to)
 end
 
 local reaped = 0
-local now_ms = ms(ARGV[1])
+local now = clock(ARGV[1])
+local now_ms = ms(now)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms, 'LIMIT', 0,
   tonumber(ARGV[2]))
 for _, id in ipairs(expired) do
@@ -34,7 +42,7 @@ for _, id in ipairs(expired) do
   if f[1] == 'leased' then
     local lane = f[2]
     if tonumber(f[3]) >= tonumber(f[4]) then
-      redis.call('HSET', msg, 'state', 'dead', 'updated_at', ARGV[1],
+      redis.call('HSET', msg, 'state', 'dead', 'updated_at', now,
         'last_error', 'lease expired on attempt ' .. f[3])
       redis.call('ZADD', KEYS[6], now_ms, id)
       redis.call('ZADD', KEYS[5], now_ms, lane .. ':dead:' .. id)
@@ -42,7 +50,7 @@ for _, id in ipairs(expired) do
       redis.call('PEXPIRE', KEYS[2] .. id, ARGV[3])
       move(lane, 'dead')
     else
-      redis.call('HSET', msg, 'state', 'queued', 'updated_at', ARGV[1])
+      redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
       redis.call('ZADD', ready[lane], ms(f[5]), id)
       move(lane, 'queued')
     end

@@ -6,7 +6,7 @@
 -- KEYS[4]     counts hash ("lane:state" → n)
 -- KEYS[5]     final zset (finished at → "lane:state:id")
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
--- ARGV[1]     now
+-- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to requeue
 -- ARGV[3]     "ids" to requeue the ids that follow, "all" for the longest dead
 -- ARGV[4..8]  lane names
@@ -14,8 +14,16 @@
 -- Returns     how many messages were requeued.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
 local ready = {}
 for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[5 + i] end
+local now = clock(ARGV[1])
 local limit = tonumber(ARGV[2])
 if limit < 1 then return 0 end
 local ids = {}
@@ -32,11 +40,11 @@ for _, id in ipairs(ids) do
   local f = redis.call('HMGET', msg, 'state', 'lane')
   local lane = f[2]
   if f[1] == 'dead' then
-    redis.call('HSET', msg, 'state', 'queued', 'attempts', '0', 'available_at', ARGV[1],
-      'updated_at', ARGV[1])
+    redis.call('HSET', msg, 'state', 'queued', 'attempts', '0', 'available_at', now,
+      'updated_at', now)
     redis.call('PERSIST', msg)
     redis.call('PERSIST', KEYS[2] .. id)
-    redis.call('ZADD', ready[lane], ms(ARGV[1]), id)
+    redis.call('ZADD', ready[lane], ms(now), id)
     redis.call('ZREM', KEYS[5], lane .. ':dead:' .. id)
     delta[lane] = (delta[lane] or 0) + 1
     requeued = requeued + 1

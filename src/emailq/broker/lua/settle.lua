@@ -9,16 +9,25 @@
 -- KEYS[6]      final zset (finished at → "lane:state:id"), what purge_expired reads
 -- KEYS[7]      dead zset (died at → id)
 -- KEYS[8..12]  ready zsets, one per lane, in the order of the lane names below
--- ARGV[1]      now
+-- ARGV[1]      now, or "" for the server's clock
 -- ARGV[2]      retention in ms (the Redis TTL of a finished message)
 -- ARGV[3..7]   lane names
 -- ARGV[8..11]  how many complete, retry, bury and release outcomes follow, in that order:
---              complete: id, token · retry: id, token, due, error · bury: id, token, error
+--              complete: id, token · retry: id, token, delay, error · bury: id, token, error
 --              release: id, token (an error of "" leaves none)
 -- Returns      the ids settled.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
-local now, now_ms = ARGV[1], tostring(ms(ARGV[1]))  -- format once, not per message
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local function fmt(t) return string.format('%.17g', t) end  -- a computed time, exactly
+local now = clock(ARGV[1])
+local now_n, now_ms = tonumber(now), tostring(ms(now))  -- format once, not per message
 local ready = {}
 for i = 1, 5 do ready[ARGV[2 + i]] = KEYS[7 + i] end
 local delta = {}  -- lane → state → change in count
@@ -70,7 +79,7 @@ local function complete(i)
 end
 
 local function retry(i)
-  local id, due, err = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  local id, due, err = ARGV[i], fmt(now_n + tonumber(ARGV[i + 2])), ARGV[i + 3]
   local msg, lane = held(id, ARGV[i + 1])
   if not msg then return end
   local f = redis.call('HMGET', msg, 'attempts', 'max_attempts')
