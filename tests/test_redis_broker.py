@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import subprocess
 import time
@@ -203,6 +204,19 @@ def test_counts_agree_with_the_messages_after_every_kind_of_change(
     clock.advance(broker.options.retention + 1)
     assert broker.purge_expired() == 2  # the sent one and the cancelled one
     assert counted(broker) == recount(broker)
+
+
+def test_a_message_stored_before_expiry_never_expires_by_age(
+    broker: RedisBroker, clock: ManualClock
+) -> None:
+    [message_id] = broker.enqueue_many([NewMessage(PAYLOAD, max_attempts=3)])
+    broker.client.hdel(broker.keys.message + message_id, "expires_at")  # as emailq 0.2 stored it
+    assert broker.get(message_id).expires_at == math.inf  # type: ignore[union-attr]
+    clock.advance(30 * 86400)
+    [job] = broker.lease("w", 1, 30)
+    assert (job.id, job.max_attempts, job.expires_at) == (message_id, 3, math.inf)
+    assert broker.retry(job, 86400, "451")
+    assert broker.get(message_id).state == State.RETRYING  # type: ignore[union-attr]
 
 
 # -- one clock: Redis's ------------------------------------------------------------------------

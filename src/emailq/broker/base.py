@@ -24,7 +24,16 @@ from emailq.clock import Clock, now
 from emailq.errors import BrokerError, EmailqError
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
 
-DEFAULT_MAX_ATTEMPTS = 5
+DAY = 24 * 3600.0
+# How long each lane's mail is worth trying, as an MTA's queue lifetime: a ceremony change
+# a day late is worse than none; a newsletter may wait out a provider's weekend outage.
+DEFAULT_MAX_AGE: dict[Lane, float] = {
+    Lane.CRITICAL: 1 * DAY,
+    Lane.WEDDING_DAY: 2 * DAY,
+    Lane.PRE_WEDDING: 5 * DAY,
+    Lane.STANDARD: 5 * DAY,
+    Lane.BULK: 5 * DAY,
+}
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # the 10 MB message limit plus JSON/base64 overhead
@@ -36,7 +45,7 @@ class State(StrEnum):
     LEASED = "leased"  # owned by a worker until its lease expires
     RETRYING = "retrying"  # waits for its retry delay
     SENT = "sent"
-    DEAD = "dead"  # gave up: permanent failure or attempts exhausted
+    DEAD = "dead"  # gave up: permanent failure, expired, or explicit attempts spent
     CANCELLED = "cancelled"
 
 
@@ -60,7 +69,10 @@ class NewMessage:
     tenant: str = "default"
     idempotency_key: str | None = None
     send_at: float | None = None  # epoch seconds; None or past means now
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # Retried until this time (epoch seconds); None: the lane's maximum age
+    # (BrokerOptions.max_age) after it is first due (now, or its send_at).
+    expires_at: float | None = None
+    max_attempts: int | None = None  # None: no limit by count, only by age
     # Built from a validated Email (emailq.intake.to_new_message): the door need not look.
     validated: bool = field(default=False, repr=False, compare=False)
 
@@ -74,13 +86,15 @@ class Job:
     lane: Lane
     payload: bytes
     attempts: int  # including this one
-    max_attempts: int
+    max_attempts: int | None  # None: retried until expires_at, however many times
     enqueued_at: float
     tenant: str
+    expires_at: float = math.inf  # inf: stored before messages expired (emailq < 0.3)
 
     @property
     def last_attempt(self) -> bool:
-        return self.attempts >= self.max_attempts
+        """Whether a retry would bury it for its count (its age may bury it sooner)."""
+        return self.max_attempts is not None and self.attempts >= self.max_attempts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,17 +106,19 @@ class MessageInfo:
     lane: Lane
     tenant: str
     attempts: int
-    max_attempts: int
+    max_attempts: int | None
     enqueued_at: float
     updated_at: float
     available_at: float
     last_error: str | None
     idempotency_key: str | None
+    expires_at: float = math.inf
 
 
 class Action(StrEnum):
     COMPLETE = "complete"  # delivered
-    RETRY = "retry"  # failed for now: wait ``delay``, or die if attempts are spent
+    RETRY = "retry"  # failed for now: wait ``delay``; buried when that is past expires_at
+    # or its explicit max_attempts are spent
     BURY = "bury"  # failed for good
     RELEASE = "release"  # not tried (shutdown, rate limit): queued again, attempt not counted
 
@@ -143,9 +159,18 @@ class BrokerOptions:
     lane_weights: Mapping[Lane, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
     retention: float = DEFAULT_RETENTION  # how long sent/dead/cancelled records are kept
+    # How long a lane's mail is retried (the default expires_at); every lane must be named.
+    max_age: Mapping[Lane, float] = field(default_factory=lambda: dict(DEFAULT_MAX_AGE))
     # Refuse payloads that are not emails at enqueue instead of burying them at delivery.
     # A Deployment's broker checks; the raw contract (backends, tests) takes opaque bytes.
     check_payloads: bool = False
+
+    def __post_init__(self) -> None:
+        missing = [lane.value for lane in LANE_ORDER if lane not in self.max_age]
+        if missing:
+            raise ValueError(f"max_age must name every lane; missing {', '.join(missing)}")
+        if not all(0 < age < math.inf for age in self.max_age.values()):
+            raise ValueError("every lane's max_age must be a positive number of seconds")
 
 
 class Broker(abc.ABC):
@@ -223,7 +248,9 @@ class Broker(abc.ABC):
     def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
         """Apply a batch of outcomes; returns the ids settled (stale leases are skipped).
 
-        A retry of a message on its last attempt buries it with the error instead.
+        A retry buries the message instead (its error saying so, see :func:`gave_up`) when
+        it would fall due at or after its ``expires_at``, or when its explicit
+        ``max_attempts`` are spent.
         """
         for outcome in outcomes:
             if outcome.delay < 0 or not math.isfinite(outcome.delay):
@@ -247,8 +274,9 @@ class Broker(abc.ABC):
 
     # -- housekeeping -------------------------------------------------------------------
     def reap_expired(self, limit: int = 1000) -> int:
-        """Return messages whose lease expired to their lane (or bury them when their
-        attempts are spent); returns how many were reaped."""
+        """Return messages whose lease expired to their lane, or bury them when they are
+        past their ``expires_at`` or their explicit attempts are spent; returns how many
+        were reaped."""
         with self._backend_errors():
             return self._reap_expired(self._at(), limit)
 
@@ -382,8 +410,8 @@ def _check_message(index: int, message: NewMessage) -> None:
         raise ValueError(f"{where}.payload is larger than {MAX_PAYLOAD_BYTES} bytes")
     if not isinstance(message.lane, Lane):
         raise TypeError(f"{where}.lane must be a Lane")
-    if message.max_attempts < 1:
-        raise ValueError(f"{where}.max_attempts must be at least 1")
+    if message.max_attempts is not None and message.max_attempts < 1:
+        raise ValueError(f"{where}.max_attempts must be at least 1 (or None: no limit)")
     if not message.tenant or len(message.tenant) > 128:
         raise ValueError(f"{where}.tenant must be 1 to 128 characters")
     key = message.idempotency_key
@@ -391,6 +419,35 @@ def _check_message(index: int, message: NewMessage) -> None:
         raise ValueError(f"{where}.idempotency_key must be 1 to 256 characters")
     if message.send_at is not None and not math.isfinite(message.send_at):
         raise ValueError(f"{where}.send_at must be a finite timestamp")
+    expires = message.expires_at
+    if expires is not None and not math.isfinite(expires):
+        raise ValueError(f"{where}.expires_at must be a finite timestamp")
+    if expires is not None and message.send_at is not None and expires <= message.send_at:
+        raise ValueError(f"{where}.expires_at must be after its send_at")
+
+
+def span(seconds: float) -> str:
+    """A duration for people; the Lua scripts format it the same way."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} seconds"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 2 * DAY:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / DAY:.1f} days"
+
+
+def gave_up(attempts: int, seconds: float, error: str | None) -> str:
+    """The error of a message buried by a retry or the reaper (settle.lua, reap.lua alike)."""
+    text = f"gave up after {attempts} attempt{'' if attempts == 1 else 's'} over {span(seconds)}"
+    return f"{text}: {error}" if error else text
+
+
+def expired(last_error: str | None) -> str:
+    """The error of a message that reached its expires_at before it could be sent."""
+    text = "expired before it could be sent"
+    return f"{text}; last error: {last_error}" if last_error else text
 
 
 def _check_payload(index: int, payload: bytes) -> None:

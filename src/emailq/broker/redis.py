@@ -3,9 +3,10 @@
 Keys (all built by :class:`Keys`; ``{prefix}`` is one hash tag, so a Redis Cluster keeps a
 whole queue on one slot, and the scripts may build per-message keys from a prefix):
 
-    {p}:m:<id>                   hash: state, lane, tenant, attempts, max_attempts, token (the
-                                 fencing token, never reset), enqueued_at, updated_at,
-                                 available_at, last_error, idem, owner (the last to lease it)
+    {p}:m:<id>                   hash: state, lane, tenant, attempts, max_attempts (0: none),
+                                 token (the fencing token, never reset), enqueued_at,
+                                 updated_at, available_at, expires_at (none before 0.3),
+                                 last_error, idem, owner (the last to lease it)
     {p}:p:<id>                   string: the payload, stored once, apart from the hash so that
                                  the hash stays small (listpack) and a sent one just drops it
     {p}:ready:<lane>             zset: ready since → id (ids are time-ordered: ties are FIFO)
@@ -36,6 +37,7 @@ Redis must not evict (``maxmemory-policy noeviction``): it is checked at start-u
 from __future__ import annotations
 
 import logging
+import math
 import re
 import socket
 from collections.abc import Sequence
@@ -148,8 +150,9 @@ _LANE_NAMES = tuple(lane.value for lane in LANE_ORDER)
 _LANES = {lane.value.encode(): lane for lane in Lane}
 _INFO_FIELDS = (
     "state", "lane", "tenant", "attempts", "max_attempts", "enqueued_at", "updated_at",
-    "available_at", "last_error", "idem",
+    "available_at", "last_error", "idem", "expires_at",
 )  # fmt: skip
+_JOB_FIELDS = 9  # per leased message in lease.lua's reply
 
 
 class RedisBroker(Broker):
@@ -184,18 +187,21 @@ class RedisBroker(Broker):
     def _retention_ms(self) -> int:
         return max(1, round(self.options.retention * 1000))
 
+    def _max_ages(self) -> list[float]:
+        return [self.options.max_age[lane] for lane in LANE_ORDER]
+
     # -- intake -------------------------------------------------------------------------
     def _enqueue_many(self, messages: Sequence[NewMessage], at: float | None) -> list[str]:
         ttl = self.options.idempotency_ttl
         args: list[Any] = [_time(at), max(1, round(ttl * 1000)), ttl, *_LANE_NAMES]
+        args += self._max_ages()
         payloads: dict[str, bytes] = {}
-        for message in messages:
+        for m in messages:
             message_id = new_id()
-            payloads[self.keys.payload + message_id] = message.payload
-            send_at = "" if message.send_at is None else message.send_at
-            key = message.idempotency_key or ""
-            args += (message_id, message.lane.value, message.tenant, key, send_at,
-                     message.max_attempts)  # fmt: skip
+            payloads[self.keys.payload + message_id] = m.payload
+            args += (message_id, m.lane.value, m.tenant, m.idempotency_key or "",
+                     _or_blank(m.send_at), m.max_attempts or 0,
+                     _or_blank(m.expires_at))  # fmt: skip
         k = self.keys
         keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready]
         # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
@@ -212,12 +218,11 @@ class RedisBroker(Broker):
         k = self.keys
         weights = [self.options.lane_weights[lane] for lane in SHARED_LANES]
         mask = "".join("1" if lane in lanes else "0" for lane in LANE_ORDER)
-        reply = self._run(
-            "lease",
-            [k.message, k.payload, k.delayed, k.leased, k.counts, k.credit, *k.ready],
-            [_time(at), lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask],
-        )
-        return [_job(reply[i : i + 8]) for i in range(0, len(reply), 8)]
+        keys = [k.message, k.payload, k.delayed, k.leased, k.counts, k.credit, k.dead, k.final]
+        args = [_time(at), lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask,
+                self._retention_ms()]  # fmt: skip
+        reply = self._run("lease", [*keys, *k.ready], args)
+        return [_job(reply[i : i + _JOB_FIELDS]) for i in range(0, len(reply), _JOB_FIELDS)]
 
     def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]:
         args: list[Any] = [_time(at), lease_s]
@@ -259,7 +264,7 @@ class RedisBroker(Broker):
         k = self.keys
         keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready]
         mode = "all" if ids is None else "ids"
-        args = [_time(at), limit, mode, *_LANE_NAMES, *(ids or ())]
+        args = [_time(at), limit, mode, *_LANE_NAMES, *self._max_ages(), *(ids or ())]
         return int(self._run("requeue_dead", keys, args))
 
     def _cancel(self, message_id: str, at: float | None) -> bool:
@@ -279,16 +284,16 @@ class RedisBroker(Broker):
         values: list[Any] = self.client.hmget(self.keys.message + message_id, _INFO_FIELDS)
         if values[0] is None:
             return None
-        state, lane, tenant, attempts, max_attempts, enqueued, updated, available, error, idem = (
-            values
-        )
+        (state, lane, tenant, attempts, max_attempts, enqueued, updated, available, error, idem,
+         expires) = values  # fmt: skip
         return MessageInfo(
             id=message_id,
             state=State(state.decode()),
             lane=_LANES[lane],
             tenant=tenant.decode(),
             attempts=int(attempts),
-            max_attempts=int(max_attempts),
+            max_attempts=int(max_attempts) or None,
+            expires_at=math.inf if expires is None else float(expires),
             enqueued_at=float(enqueued),
             updated_at=float(updated),
             available_at=float(available),
@@ -372,17 +377,22 @@ class RedisBroker(Broker):
 
 
 def _job(fields: Sequence[Any]) -> Job:
-    message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant = fields
+    message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, expires = fields
     return Job(
         id=message_id.decode(),
         token=token,
         lane=_LANES[lane],
         payload=payload,
         attempts=attempts,
-        max_attempts=max_attempts,
+        max_attempts=max_attempts or None,
         enqueued_at=float(enqueued_at),
         tenant=tenant.decode(),
+        expires_at=math.inf if expires is None else float(expires),
     )
+
+
+def _or_blank(value: float | None) -> float | str:
+    return "" if value is None else value
 
 
 def _time(at: float | None) -> float | str:

@@ -1,12 +1,16 @@
 -- Lease up to N ready messages to a worker: promote what is due, share N between the lanes
 -- (emailq.scheduling.allot, step for step), pop each lane's oldest, and fence each with token+1.
+-- A popped message past its expires_at is buried instead of leased (a ceremony change after
+-- the ceremony is worse than none), so a lease may return fewer than it popped.
 -- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]      payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]      delayed zset (due time → id)
 -- KEYS[4]      leased zset (lease expiry → id)
 -- KEYS[5]      counts hash ("lane:state" → n)
 -- KEYS[6]      credit hash (lane → smooth weighted round robin credit)
--- KEYS[7..11]  ready zsets in lease order: critical first, then the lanes that share
+-- KEYS[7]      dead zset (died at → id)
+-- KEYS[8]      final zset (finished at → "lane:state:id")
+-- KEYS[9..13]  ready zsets in lease order: critical first, then the lanes that share
 -- ARGV[1]      now, or "" for the server's clock
 -- ARGV[2]      lease seconds, from now
 -- ARGV[3]      worker name
@@ -16,8 +20,9 @@
 -- ARGV[11..14] weights of the sharing lanes (lanes 2..5)
 -- ARGV[15]     the lanes this lease may take from, "1" or "0" per lane in lease order
 --              ("10000": an express loop that only takes critical mail)
--- Returns      8 per leased message, lane by lane, oldest first:
---              id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant
+-- ARGV[16]     retention in ms (the Redis TTL of a message buried here)
+-- Returns      9 per leased message, lane by lane, oldest first: id, token, lane, payload,
+--              attempts, max_attempts (0: none), enqueued_at, tenant, expires_at (false: none)
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
 -- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
@@ -31,7 +36,7 @@ local now = clock(ARGV[1])
 local lanes, ready_key = {}, {}
 for i = 1, 5 do
   lanes[i] = ARGV[5 + i]
-  ready_key[ARGV[5 + i]] = KEYS[6 + i]
+  ready_key[ARGV[5 + i]] = KEYS[8 + i]
 end
 local delta = {}
 local function count(field, n)
@@ -59,7 +64,7 @@ local n = tonumber(ARGV[4])
 local ready, take, weight, credit = {}, {}, {}, {}
 for i = 1, 5 do
   ready[i] = 0
-  if string.sub(ARGV[15], i, i) == '1' then ready[i] = redis.call('ZCARD', KEYS[6 + i]) end
+  if string.sub(ARGV[15], i, i) == '1' then ready[i] = redis.call('ZCARD', KEYS[8 + i]) end
   take[i] = 0
 end
 local stored = redis.call('HMGET', KEYS[6], lanes[2], lanes[3], lanes[4], lanes[5])
@@ -89,19 +94,33 @@ if shared then
     lanes[4], credit[4], lanes[5], credit[5])
 end
 
--- Take: pop each lane's oldest and hand them to the worker.
-local expiry = tostring(ms(tonumber(now) + tonumber(ARGV[2])))  -- format once
+-- Take: pop each lane's oldest and hand them to the worker, or bury those past expires_at.
+local now_n, now_ms = tonumber(now), ms(now)
+local function bury_expired(msg, id, lane, last_error)
+  local err = 'expired before it could be sent'  -- as emailq.broker.base.expired()
+  if last_error then err = err .. '; last error: ' .. last_error end
+  redis.call('HSET', msg, 'state', 'dead', 'last_error', err, 'updated_at', now)
+  redis.call('PEXPIRE', msg, ARGV[16])
+  redis.call('PEXPIRE', KEYS[2] .. id, ARGV[16])
+  redis.call('ZADD', KEYS[7], now_ms, id)
+  redis.call('ZADD', KEYS[8], now_ms, lane .. ':dead:' .. id)
+  count(lane .. ':queued', -1)
+  count(lane .. ':dead', 1)
+end
+local expiry = tostring(ms(now_n + tonumber(ARGV[2])))  -- format once
 local jobs, expiries, payloads = {}, {}, {}
 for i = 1, 5 do
   local popped = {}
-  if take[i] > 0 then popped = redis.call('ZPOPMIN', KEYS[6 + i], take[i]) end
+  if take[i] > 0 then popped = redis.call('ZPOPMIN', KEYS[8 + i], take[i]) end
   local leased = 0
   for j = 1, #popped, 2 do
     local id = popped[j]
     local msg = KEYS[1] .. id
     local f = redis.call('HMGET', msg, 'state', 'attempts', 'max_attempts', 'token', 'enqueued_at',
-      'tenant')
-    if f[1] == 'queued' then
+      'tenant', 'expires_at', 'last_error')
+    if f[1] == 'queued' and f[7] and tonumber(f[7]) <= now_n then
+      bury_expired(msg, id, lanes[i], f[8])
+    elseif f[1] == 'queued' then
       -- (a message stored before the field was named token has none yet: it starts at 1)
       local attempts, token = tonumber(f[2]) + 1, (tonumber(f[4]) or 0) + 1
       redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'token', token,
@@ -113,6 +132,7 @@ for i = 1, 5 do
       local k = #jobs
       jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, token, lanes[i], false
       jobs[k + 5], jobs[k + 6], jobs[k + 7], jobs[k + 8] = attempts, tonumber(f[3]), f[5], f[6]
+      jobs[k + 9] = f[7] or false
     end
   end
   if leased > 0 then
@@ -125,7 +145,7 @@ for j = 1, #expiries, 1000 do  -- in chunks: unpack() has a limit
 end
 for j = 1, #payloads, 1000 do
   local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
-  for m = 1, #got do jobs[(j + m - 2) * 8 + 4] = got[m] end
+  for m = 1, #got do jobs[(j + m - 2) * 9 + 4] = got[m] end
 end
 for field, d in pairs(delta) do
   if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end

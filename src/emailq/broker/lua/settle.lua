@@ -1,6 +1,6 @@
 -- Settle a batch of leased messages: complete, retry, bury or release, each fenced by its token.
--- A message whose state is not leased or whose stored token is not the given one is skipped: a re-run of a
--- settled batch, or a worker whose lease expired and was re-leased, changes nothing.
+-- A message whose state is not leased or whose stored token is not the given one is skipped:
+-- a re-run of a settled batch, or a worker whose lease expired and was re-leased, changes nothing.
 -- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]      payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]      leased zset (lease expiry → id)
@@ -78,14 +78,35 @@ local function complete(i)
   if msg then finish(msg, ARGV[i], lane, 'sent') end
 end
 
+-- A duration for people, and a burial's error: as emailq.broker.base.span() and gave_up().
+local function span(s)
+  if s < 0 then s = 0 end
+  if s < 120 then return string.format('%.0f seconds', s) end
+  if s < 7200 then return string.format('%.0f minutes', s / 60) end
+  if s < 172800 then return string.format('%.1f hours', s / 3600) end
+  return string.format('%.1f days', s / 86400)
+end
+local function gave_up(attempts, enqueued_at, err)
+  local text = 'gave up after ' .. attempts .. ' attempt'
+  if attempts ~= 1 then text = text .. 's' end
+  text = text .. ' over ' .. span(now_n - tonumber(enqueued_at))
+  if err ~= '' then text = text .. ': ' .. err end
+  return text
+end
+
+-- Retried at its due time, unless that is at or past its expires_at (false: none) or its
+-- explicit max_attempts (0: none) are spent: then it is buried, saying so.
 local function retry(i)
-  local id, due, err = ARGV[i], fmt(now_n + tonumber(ARGV[i + 2])), ARGV[i + 3]
+  local id, due, err = ARGV[i], now_n + tonumber(ARGV[i + 2]), ARGV[i + 3]
   local msg, lane = held(id, ARGV[i + 1])
   if not msg then return end
-  local f = redis.call('HMGET', msg, 'attempts', 'max_attempts')
-  if tonumber(f[1]) >= tonumber(f[2]) then return bury(msg, id, lane, err) end  -- spent
+  local f = redis.call('HMGET', msg, 'attempts', 'max_attempts', 'enqueued_at', 'expires_at')
+  local attempts, max_attempts = tonumber(f[1]), tonumber(f[2])
+  if (max_attempts > 0 and attempts >= max_attempts) or (f[4] and due >= tonumber(f[4])) then
+    return bury(msg, id, lane, gave_up(attempts, f[3], err))
+  end
   set_error(msg, err)
-  redis.call('HSET', msg, 'state', 'retrying', 'available_at', due, 'updated_at', now)
+  redis.call('HSET', msg, 'state', 'retrying', 'available_at', fmt(due), 'updated_at', now)
   redis.call('ZADD', KEYS[4], ms(due), id)
   move(lane, 'retrying')
 end
