@@ -226,6 +226,33 @@ def test_release_returns_mail_unsent_without_spending_an_attempt(broker: Broker)
     assert broker.release(jobs) == []  # the old lease is stale
 
 
+def test_defer_waits_its_delay_gives_the_attempt_back_and_never_buries_for_count(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [message_id] = enqueue(broker, max_attempts=1, expires_at=clock() + 3600)
+    for _ in range(5):  # the provider is down: five deferrals spend none of its one attempt
+        [job] = broker.lease("w", 1, 30)
+        assert job.attempts == 1
+        assert broker.defer([job], 60, "provider down: connection refused") == [message_id]
+        info = broker.get(message_id)
+        assert info is not None and (info.state, info.attempts, info.available_at) == (
+            State.RETRYING, 0, clock() + 60,
+        )  # fmt: skip
+        assert broker.lease("w", 1, 30) == []
+        clock.advance(60)
+    [job] = broker.lease("w", 1, 30)
+    assert broker.defer([job], 10) == [message_id]  # no error given: the last one stays
+    assert broker.get(message_id).last_error == "provider down: connection refused"  # type: ignore[union-attr]
+    assert broker.defer([job], 10) == []  # settled already: the lease is gone
+    clock.advance(10)
+    [job] = broker.lease("w", 1, 30)
+    assert broker.defer([job], 3600, "rate limited") == [message_id]  # due past expiry
+    info = broker.get(message_id)
+    assert info is not None and (info.state, info.attempts, info.last_error) == (
+        State.DEAD, 0, "expired before it could be sent; last error: rate limited",
+    )  # fmt: skip
+
+
 def test_retry_waits_its_delay_then_the_last_attempt_is_buried(
     broker: Broker, clock: ManualClock
 ) -> None:

@@ -130,15 +130,16 @@ def test_scripts_survive_script_flush(broker: RedisBroker) -> None:
 def test_a_settle_rerun_after_success_changes_nothing(
     broker: RedisBroker, clock: ManualClock
 ) -> None:
-    broker.enqueue_many([NewMessage(PAYLOAD) for _ in range(4)])
-    jobs = broker.lease("w", 4, 30)
+    broker.enqueue_many([NewMessage(PAYLOAD) for _ in range(5)])
+    jobs = broker.lease("w", 5, 30)
     outcomes = [
         Outcome(jobs[0], Action.COMPLETE),
         Outcome(jobs[1], Action.RETRY, delay=5, error="451"),
         Outcome(jobs[2], Action.BURY, error="550"),
         Outcome(jobs[3], Action.RELEASE),
+        Outcome(jobs[4], Action.DEFER, delay=5, error="provider down"),
     ]
-    assert len(broker.settle(outcomes)) == 4
+    assert len(broker.settle(outcomes)) == 5
     before = (keys_of(broker), counted(broker))
     assert broker.settle(outcomes) == []  # as if the first reply was lost and the call retried
     assert (keys_of(broker), counted(broker)) == before

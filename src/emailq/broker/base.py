@@ -120,7 +120,11 @@ class Action(StrEnum):
     RETRY = "retry"  # failed for now: wait ``delay``; buried when that is past expires_at
     # or its explicit max_attempts are spent
     BURY = "bury"  # failed for good
-    RELEASE = "release"  # not tried (shutdown, rate limit): queued again, attempt not counted
+    RELEASE = "release"  # not tried (shutdown): queued again in its place, attempt not counted
+    # Not tried, and not to be tried for ``delay`` (its provider is down or refused our
+    # credentials, a rate limit said wait): retrying again, the attempt not counted,
+    # ``error`` (when given) kept as its last error; buried only past its expires_at.
+    DEFER = "defer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +254,8 @@ class Broker(abc.ABC):
 
         A retry buries the message instead (its error saying so, see :func:`gave_up`) when
         it would fall due at or after its ``expires_at``, or when its explicit
-        ``max_attempts`` are spent.
+        ``max_attempts`` are spent; a deferral only when it would fall due at or after its
+        ``expires_at`` (see :func:`expired`).
         """
         for outcome in outcomes:
             if outcome.delay < 0 or not math.isfinite(outcome.delay):
@@ -271,6 +276,9 @@ class Broker(abc.ABC):
 
     def release(self, jobs: Sequence[Job]) -> list[str]:
         return self.settle([Outcome(job, Action.RELEASE) for job in jobs])
+
+    def defer(self, jobs: Sequence[Job], delay: float, error: str | None = None) -> list[str]:
+        return self.settle([Outcome(job, Action.DEFER, delay, error) for job in jobs])
 
     # -- housekeeping -------------------------------------------------------------------
     def reap_expired(self, limit: int = 1000) -> int:

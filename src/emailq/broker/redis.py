@@ -145,7 +145,8 @@ _SCRIPTS = {
         "requeue_dead", "purge_expired",
     )
 }  # fmt: skip
-_SETTLE_ORDER = (Action.COMPLETE, Action.RETRY, Action.BURY, Action.RELEASE)  # as settle.lua
+# settle.lua's sections, in its order
+_SETTLE_ORDER = (Action.COMPLETE, Action.RETRY, Action.BURY, Action.RELEASE, Action.DEFER)
 _LANE_NAMES = tuple(lane.value for lane in LANE_ORDER)
 _LANES = {lane.value.encode(): lane for lane in Lane}
 _INFO_FIELDS = (
@@ -244,6 +245,8 @@ class RedisBroker(Broker):
             args += (o.job.id, o.job.token, o.error or "")
         for o in by_action[Action.RELEASE]:
             args += (o.job.id, o.job.token)
+        for o in by_action[Action.DEFER]:
+            args += (o.job.id, o.job.token, o.delay, o.error or "")
         k = self.keys
         keys = [k.message, k.payload, k.leased, k.delayed, k.counts, k.final, k.dead, *k.ready]
         return _texts(self._run("settle", keys, args))

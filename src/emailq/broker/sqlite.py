@@ -247,6 +247,7 @@ class SQLiteBroker(Broker):
                 [(o.job.id, o.job.token) for o in by_action[Action.COMPLETE]],
             )
             settled += self._reschedule(db, by_action[Action.RETRY], at)
+            settled += self._reschedule(db, by_action[Action.DEFER], at)
             settled += self._update_leased(
                 db,
                 "state = 'dead', last_error = v.error, owner = NULL, lease_expires = NULL,"
@@ -267,22 +268,27 @@ class SQLiteBroker(Broker):
     def _reschedule(
         self, db: sqlite3.Connection, outcomes: Sequence[Outcome], at: float
     ) -> list[str]:
-        """Retry each message at its due time, or bury it when that is at or past its
-        expires_at or its explicit max_attempts are spent (as settle.lua does)."""
+        """Retry or defer each message to its due time, or bury it (as settle.lua does):
+        a retry when that is at or past its expires_at or its explicit max_attempts are
+        spent; a deferral, whose attempt is given back, only past its expires_at."""
         held = self._held(db, outcomes)
         rows: list[tuple[Any, ...]] = []
         for o in outcomes:
             row = held.get(o.job.id)
             if row is None or row[0] != o.job.token:
                 continue  # a stale lease: skipped below as well
-            _, attempts, max_attempts, enqueued_at, expires_at = row
+            _, attempts, max_attempts, enqueued_at, expires_at, last_error = row
             due = at + o.delay
-            spent = bool(max_attempts) and attempts >= max_attempts
-            if spent or (expires_at is not None and due >= expires_at):
-                error = gave_up(attempts, at - enqueued_at, o.error)
-                rows.append((o.job.id, o.job.token, due, error, State.DEAD.value, attempts))
+            late = expires_at is not None and due >= expires_at
+            if o.action is Action.DEFER:
+                attempts -= 1
+                dead = late
+                error = expired(o.error or last_error) if dead else o.error or last_error
             else:
-                rows.append((o.job.id, o.job.token, due, o.error, State.RETRYING.value, attempts))
+                dead = late or (bool(max_attempts) and attempts >= max_attempts)
+                error = gave_up(attempts, at - enqueued_at, o.error) if dead else o.error
+            state = State.DEAD if dead else State.RETRYING
+            rows.append((o.job.id, o.job.token, due, error, state.value, attempts))
         return self._update_leased(
             db,
             "state = v.state, attempts = v.attempts, available_at = v.due, last_error = v.error,"
@@ -293,13 +299,15 @@ class SQLiteBroker(Broker):
 
     @staticmethod
     def _held(db: sqlite3.Connection, outcomes: Sequence[Outcome]) -> dict[str, tuple[Any, ...]]:
-        """id → (token, attempts, max_attempts, enqueued_at, expires_at) of the leased ones."""
+        """id → (token, attempts, max_attempts, enqueued_at, expires_at, last_error) of the
+        leased ones among ``outcomes``."""
         ids = [o.job.id for o in outcomes]
         held: dict[str, tuple[Any, ...]] = {}
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             for row in db.execute(
-                "SELECT id, token, attempts, max_attempts, enqueued_at, expires_at FROM messages"
+                "SELECT id, token, attempts, max_attempts, enqueued_at, expires_at, last_error"
+                " FROM messages"
                 f" WHERE state = 'leased' AND id IN ({', '.join('?' * len(chunk))})",
                 chunk,
             ):

@@ -1,4 +1,5 @@
--- Settle a batch of leased messages: complete, retry, bury or release, each fenced by its token.
+-- Settle a batch of leased messages: complete, retry, bury, release or defer, each fenced by
+-- its token.
 -- A message whose state is not leased or whose stored token is not the given one is skipped:
 -- a re-run of a settled batch, or a worker whose lease expired and was re-leased, changes nothing.
 -- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
@@ -12,9 +13,10 @@
 -- ARGV[1]      now, or "" for the server's clock
 -- ARGV[2]      retention in ms (the Redis TTL of a finished message)
 -- ARGV[3..7]   lane names
--- ARGV[8..11]  how many complete, retry, bury and release outcomes follow, in that order:
+-- ARGV[8..12]  how many complete, retry, bury, release and defer outcomes follow, in order:
 --              complete: id, token · retry: id, token, delay, error · bury: id, token, error
---              release: id, token (an error of "" leaves none)
+--              release: id, token · defer: id, token, delay, error
+--              (a retry's or burial's error of "" leaves none; a deferral's keeps the last)
 -- Returns      the ids settled.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
@@ -127,8 +129,29 @@ local function release(i)
   move(lane, 'queued')
 end
 
-local i = 12
-for section, step in ipairs({{complete, 2}, {retry, 4}, {bury_one, 3}, {release, 2}}) do
+-- Not tried: retrying after its delay with the attempt given back, buried only past its
+-- expires_at (false: never), as emailq.broker.base.expired() says.
+local function defer(i)
+  local id, due, err = ARGV[i], now_n + tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local msg, lane = held(id, ARGV[i + 1])
+  if not msg then return end
+  redis.call('HINCRBY', msg, 'attempts', -1)
+  local f = redis.call('HMGET', msg, 'expires_at', 'last_error')
+  if err == '' then err = f[2] or '' end
+  if f[1] and due >= tonumber(f[1]) then
+    local why = 'expired before it could be sent'
+    if err ~= '' then why = why .. '; last error: ' .. err end
+    return bury(msg, id, lane, why)
+  end
+  if err ~= '' then redis.call('HSET', msg, 'last_error', err) end
+  redis.call('HSET', msg, 'state', 'retrying', 'available_at', fmt(due), 'updated_at', now)
+  redis.call('ZADD', KEYS[4], ms(due), id)
+  move(lane, 'retrying')
+end
+
+local i = 13
+for section, step in ipairs({{complete, 2}, {retry, 4}, {bury_one, 3}, {release, 2},
+                             {defer, 4}}) do
   for _ = 1, tonumber(ARGV[7 + section]) do
     step[1](i)
     i = i + step[2]
