@@ -454,6 +454,10 @@ def test_lease_arguments_are_checked(broker: Broker) -> None:
         broker.lease("w", 0, 30)
     with pytest.raises(ValueError, match="lease_s"):
         broker.lease("w", 1, 0)
+    with pytest.raises(ValueError, match="request_id"):
+        broker.lease("w", 1, 30, request_id="")
+    enqueue(broker)
+    assert len(broker.lease("w", 1, 30, request_id="batch-7")) == 1  # every backend takes one
 
 
 def test_a_lease_can_be_limited_to_some_lanes(broker: Broker) -> None:

@@ -163,6 +163,44 @@ def test_a_stale_token_is_refused_after_reap_and_re_lease(
     assert broker.complete([new]) == [message_id]
 
 
+def test_a_lease_repeated_with_its_request_id_returns_the_same_jobs(broker: RedisBroker) -> None:
+    broker.enqueue_many([NewMessage(b"m%d" % i) for i in range(10)])
+    first = broker.lease("w", 4, 30, request_id="lease-1")
+    again = broker.lease("w", 4, 30, request_id="lease-1")  # as if the reply had been lost
+    assert again == first and len(first) == 4
+    assert broker.stats().count(State.LEASED) == 4
+    broker.complete(first[:1])
+    assert broker.lease("w", 4, 30, request_id="lease-1") == first[1:]  # what it still holds
+    other = broker.lease("w", 4, 30, request_id="lease-2")
+    assert not {job.id for job in other} & {job.id for job in first}
+    assert broker.stats().count(State.LEASED) == 7
+    ttl = broker.client.pttl(broker.keys.lease_request + "lease-1")
+    assert 0 < ttl <= 30_000  # kept as long as the lease, no longer
+
+
+def test_a_lease_whose_reply_is_lost_is_sent_again_without_leasing_more(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker.enqueue_many([NewMessage(b"m%d" % i) for i in range(10)])
+    assert broker.lease("w", 1, 30, lanes=[Lane.BULK]) == []  # the script is loaded
+    read_response = redis.connection.Connection.read_response
+    lose = {"next": True}
+
+    def lost_once(self: redis.connection.Connection, *args: Any, **kwargs: Any) -> Any:
+        reply = read_response(self, *args, **kwargs)  # the script ran...
+        if lose["next"]:
+            lose["next"] = False
+            self.disconnect()
+            raise redis.ConnectionError("connection reset before the reply arrived")
+        return reply
+
+    monkeypatch.setattr(redis.connection.Connection, "read_response", lost_once)
+    jobs = broker.lease("w", 4, 30)  # redis-py's Retry sends it again after the reset
+    assert not lose["next"] and len(jobs) == 4
+    assert broker.stats().count(State.LEASED) == 4  # nothing leased twice, nothing orphaned
+    assert len(broker.lease("w", 10, 30)) == 6
+
+
 def test_an_enqueue_rerun_with_the_same_ids_stores_nothing_twice(
     broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

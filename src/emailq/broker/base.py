@@ -226,21 +226,31 @@ class Broker(abc.ABC):
         max_n: int,
         lease_s: float,
         lanes: Collection[Lane] | None = None,
+        *,
+        request_id: str | None = None,
     ) -> list[Job]:
         """Take up to ``max_n`` ready messages, critical first, for ``lease_s`` seconds.
 
         Due scheduled and retrying messages are promoted first, in the same step. ``lanes``
         restricts the lease to those lanes (a worker's express loop takes only critical).
+
+        A call repeated with the same ``request_id`` while its leases last returns the same
+        jobs (those still leased with the same tokens) instead of leasing more: a lease
+        whose reply was lost and that the client sent again leaves nothing orphaned. The
+        Redis broker makes up an id when none is given, so its client's own retries are
+        safe; SQLite has no lost replies and ignores it.
         """
         if max_n < 1:
             raise ValueError("max_n must be at least 1")
         if not lease_s > 0:
             raise ValueError("lease_s must be positive")
+        if request_id is not None and not 0 < len(request_id) <= 200:
+            raise ValueError("request_id must be 1 to 200 characters")
         chosen = frozenset(LANE_ORDER if lanes is None else lanes)
         if not chosen:
             raise ValueError("lanes must name at least one lane")
         with self._backend_errors():
-            return self._lease(worker, max_n, lease_s, self._at(), chosen)
+            return self._lease(worker, max_n, lease_s, self._at(), chosen, request_id)
 
     def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
         """Extend the leases still held; returns the ids whose lease was extended."""
@@ -363,7 +373,13 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _lease(
-        self, worker: str, max_n: int, lease_s: float, at: float | None, lanes: frozenset[Lane]
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        at: float | None,
+        lanes: frozenset[Lane],
+        request_id: str | None,
     ) -> list[Job]: ...
 
     @abc.abstractmethod

@@ -17,6 +17,8 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:counts                   hash: "lane:state" → messages in that state
     {p}:credit                   hash: lane → smooth weighted round robin credit
     {p}:idem:<tenant>\\x1f<key>   string: "id|expires_at", with a Redis TTL of the window
+    {p}:lreq:<request id>        string: "id:token,…" a lease handed out, kept as long as the
+                                 lease (a repeated lease call returns these)
 
 Times are Redis's own clock (``TIME``, read inside each script), so every worker on every
 machine shares one clock, whatever its own says; a broker given a clock (tests) passes its
@@ -40,6 +42,7 @@ import logging
 import math
 import re
 import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -110,6 +113,7 @@ class Keys:
     message: str  # + id
     payload: str  # + id
     idempotency: str  # + tenant, US (0x1f), key
+    lease_request: str  # + request id
     delayed: str
     leased: str
     dead: str
@@ -128,6 +132,7 @@ class Keys:
             message=f"{tag}:m:",
             payload=f"{tag}:p:",
             idempotency=f"{tag}:idem:",
+            lease_request=f"{tag}:lreq:",
             delayed=f"{tag}:delayed",
             leased=f"{tag}:leased",
             dead=f"{tag}:dead",
@@ -214,15 +219,24 @@ class RedisBroker(Broker):
 
     # -- workers ------------------------------------------------------------------------
     def _lease(
-        self, worker: str, max_n: int, lease_s: float, at: float | None, lanes: frozenset[Lane]
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        at: float | None,
+        lanes: frozenset[Lane],
+        request_id: str | None,
     ) -> list[Job]:
         k = self.keys
         weights = [self.options.lane_weights[lane] for lane in SHARED_LANES]
         mask = "".join("1" if lane in lanes else "0" for lane in LANE_ORDER)
         keys = [k.message, k.payload, k.delayed, k.leased, k.counts, k.credit, k.dead, k.final]
+        # With an id of its own, a call that redis-py sends again (its reply was lost to a
+        # ConnectionError) returns the jobs of the first instead of leasing more.
+        request = k.lease_request + (request_id or uuid.uuid4().hex)
         args = [_time(at), lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask,
                 self._retention_ms()]  # fmt: skip
-        reply = self._run("lease", [*keys, *k.ready], args)
+        reply = self._run("lease", [*keys, *k.ready, request], args)
         return [_job(reply[i : i + _JOB_FIELDS]) for i in range(0, len(reply), _JOB_FIELDS)]
 
     def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]:

@@ -165,7 +165,13 @@ class SQLiteBroker(Broker):
 
     # -- workers ------------------------------------------------------------------------
     def _lease(
-        self, worker: str, max_n: int, lease_s: float, when: float | None, lanes: frozenset[Lane]
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        when: float | None,
+        lanes: frozenset[Lane],
+        request_id: str | None,  # a local file loses no replies: nothing to repeat
     ) -> list[Job]:
         at = _local(when)
         jobs: list[tuple[Any, ...]] = []

@@ -2,6 +2,9 @@
 -- (emailq.scheduling.allot, step for step), pop each lane's oldest, and fence each with token+1.
 -- A popped message past its expires_at is buried instead of leased (a ceremony change after
 -- the ceremony is worse than none), so a lease may return fewer than it popped.
+-- Safe to repeat: the jobs handed out are kept under the call's request key for as long as
+-- the lease, and a second call with that key (redis-py sends a call again when its reply was
+-- lost to a ConnectionError) returns those still leased with their tokens, leasing nothing.
 -- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]      payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]      delayed zset (due time → id)
@@ -11,6 +14,7 @@
 -- KEYS[7]      dead zset (died at → id)
 -- KEYS[8]      final zset (finished at → "lane:state:id")
 -- KEYS[9..13]  ready zsets in lease order: critical first, then the lanes that share
+-- KEYS[14]     this call's request key "{p}:lreq:<request id>"
 -- ARGV[1]      now, or "" for the server's clock
 -- ARGV[2]      lease seconds, from now
 -- ARGV[3]      worker name
@@ -32,6 +36,29 @@ local function clock(given)
   local t = redis.call('TIME')
   return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 end
+-- A repeated call: the jobs the first one handed out, as they are now, and nothing more.
+local function replay(handed)
+  local jobs, payloads = {}, {}
+  for id, token in string.gmatch(handed, '([^,:]+):(%d+)') do
+    local f = redis.call('HMGET', KEYS[1] .. id, 'state', 'token', 'lane', 'attempts',
+      'max_attempts', 'enqueued_at', 'tenant', 'expires_at')
+    if f[1] == 'leased' and f[2] == token then
+      local k = #jobs
+      jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, tonumber(token), f[3], false
+      jobs[k + 5], jobs[k + 6] = tonumber(f[4]), tonumber(f[5])
+      jobs[k + 7], jobs[k + 8], jobs[k + 9] = f[6], f[7], f[8] or false
+      payloads[#payloads + 1] = KEYS[2] .. id
+    end
+  end
+  for j = 1, #payloads, 1000 do
+    local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
+    for m = 1, #got do jobs[(j + m - 2) * 9 + 4] = got[m] end
+  end
+  return jobs
+end
+local handed = redis.call('GET', KEYS[14])
+if handed then return replay(handed) end
+
 local now = clock(ARGV[1])
 local lanes, ready_key = {}, {}
 for i = 1, 5 do
@@ -149,5 +176,11 @@ for j = 1, #payloads, 1000 do
 end
 for field, d in pairs(delta) do
   if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end
+end
+if #jobs > 0 then
+  local record = {}
+  for j = 1, #jobs, 9 do record[#record + 1] = jobs[j] .. ':' .. jobs[j + 1] end
+  redis.call('SET', KEYS[14], table.concat(record, ','), 'PX',
+    math.ceil(tonumber(ARGV[2]) * 1000))
 end
 return jobs
