@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from emailq.broker import Action, Broker, BrokerOptions, NewMessage, Outcome, State, open_broker
+from emailq.broker.base import DEFAULT_MAX_AGE
 from emailq.clock import ManualClock
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
 
@@ -49,6 +50,10 @@ def test_bad_messages_are_refused_before_anything_is_stored(broker: Broker) -> N
         broker.enqueue_many([NewMessage(b"ok"), NewMessage("text")])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"messages\[0\]\.max_attempts"):
         broker.enqueue_many([NewMessage(b"x", max_attempts=0)])
+    with pytest.raises(ValueError, match=r"messages\[0\]\.expires_at must be a finite"):
+        broker.enqueue_many([NewMessage(b"x", expires_at=float("inf"))])
+    with pytest.raises(ValueError, match=r"messages\[0\]\.expires_at must be after its send_at"):
+        broker.enqueue_many([NewMessage(b"x", send_at=2e9, expires_at=2e9 - 1)])
     with pytest.raises(ValueError, match="idempotency_key"):
         broker.enqueue_many([NewMessage(b"x", idempotency_key="")])
     assert broker.stats().backlog == 0
@@ -221,6 +226,33 @@ def test_release_returns_mail_unsent_without_spending_an_attempt(broker: Broker)
     assert broker.release(jobs) == []  # the old lease is stale
 
 
+def test_defer_waits_its_delay_gives_the_attempt_back_and_never_buries_for_count(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [message_id] = enqueue(broker, max_attempts=1, expires_at=clock() + 3600)
+    for _ in range(5):  # the provider is down: five deferrals spend none of its one attempt
+        [job] = broker.lease("w", 1, 30)
+        assert job.attempts == 1
+        assert broker.defer([job], 60, "provider down: connection refused") == [message_id]
+        info = broker.get(message_id)
+        assert info is not None and (info.state, info.attempts, info.available_at) == (
+            State.RETRYING, 0, clock() + 60,
+        )  # fmt: skip
+        assert broker.lease("w", 1, 30) == []
+        clock.advance(60)
+    [job] = broker.lease("w", 1, 30)
+    assert broker.defer([job], 10) == [message_id]  # no error given: the last one stays
+    assert broker.get(message_id).last_error == "provider down: connection refused"  # type: ignore[union-attr]
+    assert broker.defer([job], 10) == []  # settled already: the lease is gone
+    clock.advance(10)
+    [job] = broker.lease("w", 1, 30)
+    assert broker.defer([job], 3600, "rate limited") == [message_id]  # due past expiry
+    info = broker.get(message_id)
+    assert info is not None and (info.state, info.attempts, info.last_error) == (
+        State.DEAD, 0, "expired before it could be sent; last error: rate limited",
+    )  # fmt: skip
+
+
 def test_retry_waits_its_delay_then_the_last_attempt_is_buried(
     broker: Broker, clock: ManualClock
 ) -> None:
@@ -233,7 +265,97 @@ def test_retry_waits_its_delay_then_the_last_attempt_is_buried(
     assert job.attempts == 2 and job.last_attempt
     assert broker.retry(job, 30, "421 still busy")
     info = broker.get(message_id)
-    assert info is not None and (info.state, info.last_error) == (State.DEAD, "421 still busy")
+    assert info is not None and (info.state, info.last_error) == (
+        State.DEAD, "gave up after 2 attempts over 30 seconds: 421 still busy",
+    )  # fmt: skip
+
+
+# -- retrying like an MTA: by age ----------------------------------------------------------
+def test_each_lane_expires_after_its_maximum_age_from_when_it_is_first_due(
+    broker_url: str, clock: ManualClock
+) -> None:
+    with open_broker(broker_url, clock=clock) as broker:
+        for lane in Lane:
+            [message_id] = enqueue(broker, lane)
+            info = broker.get(message_id)
+            assert info is not None and info.expires_at == clock() + DEFAULT_MAX_AGE[lane]
+            assert info.max_attempts is None
+        [later] = enqueue(broker, Lane.CRITICAL, send_at=clock() + 7 * 86400)
+        assert broker.get(later).expires_at == clock() + 8 * 86400  # type: ignore[union-attr]
+        [given] = enqueue(broker, expires_at=clock() + 60)
+        assert broker.get(given).expires_at == clock() + 60  # type: ignore[union-attr]
+    ages = dict.fromkeys(Lane, 3600.0) | {Lane.BULK: 7200.0}
+    with open_broker(broker_url, BrokerOptions(max_age=ages), clock) as broker:
+        [bulk] = enqueue(broker, Lane.BULK)
+        assert broker.get(bulk).expires_at == clock() + 7200  # type: ignore[union-attr]
+
+
+def test_without_max_attempts_mail_is_retried_until_it_would_expire(
+    broker: Broker, clock: ManualClock
+) -> None:
+    expires_at = clock() + 3600
+    [message_id] = enqueue(broker, expires_at=expires_at)
+    for attempt in range(1, 21):  # far more than any count limit would allow
+        [job] = broker.lease("w", 1, 30)
+        assert (job.attempts, job.last_attempt, job.expires_at) == (attempt, False, expires_at)
+        assert isinstance(job.expires_at, float)
+        assert broker.retry(job, 60, "451 greylisted")
+        assert state_of(broker, message_id) == State.RETRYING
+        clock.advance(60)
+    clock.advance(3600 - 20 * 60 - 30)  # 30 s before it expires: a 60 s wait is too long
+    [job] = broker.lease("w", 1, 30)
+    assert broker.retry(job, 60, "451 greylisted")
+    info = broker.get(message_id)
+    assert info is not None and (info.state, info.last_error) == (
+        State.DEAD, "gave up after 21 attempts over 60 minutes: 451 greylisted",
+    )  # fmt: skip
+
+
+def test_a_lease_buries_mail_past_its_expiry_instead_of_sending_it_late(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [stale, retried] = enqueue(broker, Lane.CRITICAL, n=2, expires_at=clock() + 60)
+    [fresh] = enqueue(broker, Lane.CRITICAL)
+    jobs = {job.id: job for job in broker.lease("w", 3, 30)}
+    broker.settle([
+        Outcome(jobs[stale], Action.RELEASE),
+        Outcome(jobs[retried], Action.RETRY, error="421 busy"),
+        Outcome(jobs[fresh], Action.RELEASE),
+    ])  # fmt: skip
+    clock.advance(60)
+    assert [job.id for job in broker.lease("w", 10, 30)] == [fresh]
+    expected = {
+        stale: (State.DEAD, 0, "expired before it could be sent"),
+        retried: (State.DEAD, 1, "expired before it could be sent; last error: 421 busy"),
+    }
+    for message_id, (state, attempts, error) in expected.items():
+        info = broker.get(message_id)
+        assert info is not None and (info.state, info.attempts, info.last_error) == (
+            state, attempts, error,
+        )  # fmt: skip
+    assert broker.stats().count(State.DEAD, Lane.CRITICAL) == 2
+
+
+def test_reap_buries_only_past_expiry_or_spent_explicit_attempts(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [unlimited] = enqueue(broker, expires_at=clock() + 1000)
+    for _ in range(8):  # a worker keeps dying mid-send: retried by age, not count
+        broker.lease("crashing-worker", 1, 10)
+        clock.advance(10)
+        assert broker.reap_expired() == 1
+        assert state_of(broker, unlimited) == State.QUEUED
+    clock.advance(1000)
+    broker.lease("w", 1, 10)  # leased past expiry? no: buried by the lease itself
+    assert state_of(broker, unlimited) == State.DEAD
+    [late] = enqueue(broker, expires_at=clock() + 5)
+    broker.lease("crashing-worker", 1, 10)
+    clock.advance(10)
+    assert broker.reap_expired() == 1
+    info = broker.get(late)
+    assert info is not None and (info.state, info.last_error) == (
+        State.DEAD, "gave up after 1 attempt over 10 seconds: lease expired on attempt 1",
+    )  # fmt: skip
 
 
 def test_a_lease_that_expires_on_the_last_attempt_is_buried(
@@ -248,14 +370,18 @@ def test_a_lease_that_expires_on_the_last_attempt_is_buried(
     assert info.last_error and "lease expired" in info.last_error
 
 
-def test_requeue_dead_gives_fresh_attempts(broker: Broker) -> None:
+def test_requeue_dead_gives_fresh_attempts_and_a_fresh_expiry(
+    broker: Broker, clock: ManualClock
+) -> None:
     ids = enqueue(broker, n=3, max_attempts=1)
     for job in broker.lease("w", 3, 30):
         broker.bury(job, "550 rejected")
+    clock.advance(10 * 86400)  # long past their first expiry: requeued mail gets a new one
     assert broker.requeue_dead([ids[0]]) == 1
     assert broker.requeue_dead([]) == 0
     [job] = broker.lease("w", 3, 30)
     assert (job.id, job.attempts) == (ids[0], 1)
+    assert job.expires_at == clock() + DEFAULT_MAX_AGE[Lane.STANDARD]
     assert broker.requeue_dead() == 2
     assert broker.stats().count(State.DEAD) == 0
 
@@ -309,6 +435,14 @@ def test_purge_expired_drops_final_records_after_retention(
         assert broker.get(kept) is not None  # still leased: never purged
 
 
+def test_now_is_the_brokers_clock(broker: Broker, clock: ManualClock) -> None:
+    assert broker.now() == clock()
+    clock.advance(12.5)
+    [message_id] = enqueue(broker)
+    info = broker.get(message_id)
+    assert info is not None and info.enqueued_at == broker.now() == clock()
+
+
 def test_ping_answers_and_can_be_asked_again_and_again(broker: Broker) -> None:
     # more pings than redis-py's pool holds connections: a probe must not use them up
     assert all(broker.ping() for _ in range(150))
@@ -320,6 +454,10 @@ def test_lease_arguments_are_checked(broker: Broker) -> None:
         broker.lease("w", 0, 30)
     with pytest.raises(ValueError, match="lease_s"):
         broker.lease("w", 1, 0)
+    with pytest.raises(ValueError, match="request_id"):
+        broker.lease("w", 1, 30, request_id="")
+    enqueue(broker)
+    assert len(broker.lease("w", 1, 30, request_id="batch-7")) == 1  # every backend takes one
 
 
 def test_a_lease_can_be_limited_to_some_lanes(broker: Broker) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import subprocess
 import time
@@ -65,7 +66,7 @@ def recount(broker: RedisBroker) -> dict[tuple[Lane, State], int]:
 
 
 def counted(broker: RedisBroker) -> dict[tuple[Lane, State], int]:
-    counts, _ = broker._stats(broker.clock())
+    counts, _, _ = broker._stats(broker.clock())
     return {pair: n for pair, n in counts.items() if n}
 
 
@@ -129,15 +130,16 @@ def test_scripts_survive_script_flush(broker: RedisBroker) -> None:
 def test_a_settle_rerun_after_success_changes_nothing(
     broker: RedisBroker, clock: ManualClock
 ) -> None:
-    broker.enqueue_many([NewMessage(PAYLOAD) for _ in range(4)])
-    jobs = broker.lease("w", 4, 30)
+    broker.enqueue_many([NewMessage(PAYLOAD) for _ in range(5)])
+    jobs = broker.lease("w", 5, 30)
     outcomes = [
         Outcome(jobs[0], Action.COMPLETE),
         Outcome(jobs[1], Action.RETRY, delay=5, error="451"),
         Outcome(jobs[2], Action.BURY, error="550"),
         Outcome(jobs[3], Action.RELEASE),
+        Outcome(jobs[4], Action.DEFER, delay=5, error="provider down"),
     ]
-    assert len(broker.settle(outcomes)) == 4
+    assert len(broker.settle(outcomes)) == 5
     before = (keys_of(broker), counted(broker))
     assert broker.settle(outcomes) == []  # as if the first reply was lost and the call retried
     assert (keys_of(broker), counted(broker)) == before
@@ -159,6 +161,44 @@ def test_a_stale_token_is_refused_after_reap_and_re_lease(
     info = broker.get(message_id)
     assert info is not None and (info.state, info.attempts) == (State.LEASED, 2)
     assert broker.complete([new]) == [message_id]
+
+
+def test_a_lease_repeated_with_its_request_id_returns_the_same_jobs(broker: RedisBroker) -> None:
+    broker.enqueue_many([NewMessage(b"m%d" % i) for i in range(10)])
+    first = broker.lease("w", 4, 30, request_id="lease-1")
+    again = broker.lease("w", 4, 30, request_id="lease-1")  # as if the reply had been lost
+    assert again == first and len(first) == 4
+    assert broker.stats().count(State.LEASED) == 4
+    broker.complete(first[:1])
+    assert broker.lease("w", 4, 30, request_id="lease-1") == first[1:]  # what it still holds
+    other = broker.lease("w", 4, 30, request_id="lease-2")
+    assert not {job.id for job in other} & {job.id for job in first}
+    assert broker.stats().count(State.LEASED) == 7
+    ttl = broker.client.pttl(broker.keys.lease_request + "lease-1")
+    assert 0 < ttl <= 30_000  # kept as long as the lease, no longer
+
+
+def test_a_lease_whose_reply_is_lost_is_sent_again_without_leasing_more(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker.enqueue_many([NewMessage(b"m%d" % i) for i in range(10)])
+    assert broker.lease("w", 1, 30, lanes=[Lane.BULK]) == []  # the script is loaded
+    read_response = redis.connection.Connection.read_response
+    lose = {"next": True}
+
+    def lost_once(self: redis.connection.Connection, *args: Any, **kwargs: Any) -> Any:
+        reply = read_response(self, *args, **kwargs)  # the script ran...
+        if lose["next"]:
+            lose["next"] = False
+            self.disconnect()
+            raise redis.ConnectionError("connection reset before the reply arrived")
+        return reply
+
+    monkeypatch.setattr(redis.connection.Connection, "read_response", lost_once)
+    jobs = broker.lease("w", 4, 30)  # redis-py's Retry sends it again after the reset
+    assert not lose["next"] and len(jobs) == 4
+    assert broker.stats().count(State.LEASED) == 4  # nothing leased twice, nothing orphaned
+    assert len(broker.lease("w", 10, 30)) == 6
 
 
 def test_an_enqueue_rerun_with_the_same_ids_stores_nothing_twice(
@@ -203,6 +243,72 @@ def test_counts_agree_with_the_messages_after_every_kind_of_change(
     clock.advance(broker.options.retention + 1)
     assert broker.purge_expired() == 2  # the sent one and the cancelled one
     assert counted(broker) == recount(broker)
+
+
+def test_a_message_stored_before_expiry_never_expires_by_age(
+    broker: RedisBroker, clock: ManualClock
+) -> None:
+    [message_id] = broker.enqueue_many([NewMessage(PAYLOAD, max_attempts=3)])
+    broker.client.hdel(broker.keys.message + message_id, "expires_at")  # as emailq 0.2 stored it
+    assert broker.get(message_id).expires_at == math.inf  # type: ignore[union-attr]
+    clock.advance(30 * 86400)
+    [job] = broker.lease("w", 1, 30)
+    assert (job.id, job.max_attempts, job.expires_at) == (message_id, 3, math.inf)
+    assert broker.retry(job, 86400, "451")
+    assert broker.get(message_id).state == State.RETRYING  # type: ignore[union-attr]
+
+
+# -- one clock: Redis's ------------------------------------------------------------------------
+@pytest.fixture
+def real_time_broker(redis_up: None) -> Iterator[RedisBroker]:
+    """A broker on the server's clock (opened without one), as deployments run."""
+    opened = RedisBroker.from_url(f"{REDIS_URL}?prefix=emailq-test-{uuid.uuid4().hex}")
+    yield opened
+    opened.purge()
+    opened.close()
+
+
+def server_time(broker: RedisBroker) -> float:
+    seconds, micros = broker.client.time()
+    return float(seconds + micros / 1_000_000)
+
+
+def test_a_lease_expires_lease_s_after_redis_time(real_time_broker: RedisBroker) -> None:
+    broker = real_time_broker
+    [message_id] = broker.enqueue_many([NewMessage(PAYLOAD)])
+    before = server_time(broker)
+    broker.lease("w", 1, 30)
+    after = server_time(broker)
+    score = broker.client.zscore(broker.keys.leased, message_id)
+    assert score is not None
+    assert before + 30 - 0.001 <= score / 1000 <= after + 30 + 0.001
+    assert after <= broker.now() <= server_time(broker)
+
+
+def test_a_worker_whose_clock_is_20s_ahead_neither_reaps_live_leases_nor_sends_early(
+    real_time_broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = real_time_broker
+    [leased] = broker.enqueue_many([NewMessage(PAYLOAD)])
+    broker.lease("on-time-worker", 1, 10)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 20)  # this process runs ahead
+    ahead = RedisBroker(broker.client, broker.prefix)  # another worker, on the same queue
+    assert ahead.reap_expired() == 0
+    assert ahead.get(leased).state == State.LEASED  # type: ignore[union-attr]
+    [later] = ahead.enqueue_many([NewMessage(PAYLOAD, send_at=server_time(broker) + 10)])
+    assert ahead.get(later).state == State.SCHEDULED  # type: ignore[union-attr]
+    assert ahead.lease("fast-clock-worker", 10, 10) == []
+    assert abs(ahead.now() - server_time(broker)) < 1
+
+
+def test_an_injected_clock_is_still_the_brokers_time(
+    broker: RedisBroker, clock: ManualClock
+) -> None:
+    [message_id] = broker.enqueue_many([NewMessage(PAYLOAD)])
+    broker.lease("w", 1, 30)
+    assert broker.now() == clock()
+    assert broker.client.zscore(broker.keys.leased, message_id) == (clock() + 30) * 1000
 
 
 # -- lane sharing in Lua is scheduling.allot ------------------------------------------------

@@ -15,7 +15,7 @@ from emailq.broker.base import (
     State,
     Stats,
 )
-from emailq.clock import Clock, now
+from emailq.clock import Clock
 from emailq.errors import ConfigurationError
 
 DEFAULT_URL = "sqlite:///emailq.db"
@@ -36,9 +36,12 @@ __all__ = [
 
 
 def open_broker(
-    url: str = DEFAULT_URL, options: BrokerOptions | None = None, clock: Clock = now
+    url: str = DEFAULT_URL, options: BrokerOptions | None = None, clock: Clock | None = None
 ) -> Broker:
     """Open the backend a URL names; backends are imported only when chosen.
+
+    Without ``clock`` the broker keeps its own time (Redis ``TIME``; SQLite the local
+    clock); a clock given replaces it (tests inject a ``ManualClock``).
 
     ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``redis://host:port/db``,
     ``rediss://…`` (TLS) and ``redis+sentinel://host:port[,host:port]/service_name``.

@@ -1,8 +1,14 @@
 """The broker contract: what every queue backend does, and the records it speaks in.
 
 Public methods here do the shared checks and bookkeeping, then call the ``_``-prefixed
-method that each backend implements (the SAQ shape). Timestamps are epoch seconds from
-the injected clock. Payloads are opaque bytes: the broker never parses an email.
+method that each backend implements (the SAQ shape). Payloads are opaque bytes: the broker
+never parses an email.
+
+Time is the broker's: timestamps are epoch seconds on one clock that every process shares.
+Redis reads its own (``TIME``, inside each script), so a worker whose wall clock is off
+neither reaps live leases nor schedules wrongly; SQLite, on one machine, reads the local
+clock. A clock injected at construction (tests: ``ManualClock``) replaces both, and the
+backends are handed its time as ``at``; otherwise ``at`` is None and the backend reads its own.
 """
 
 from __future__ import annotations
@@ -18,7 +24,16 @@ from emailq.clock import Clock, now
 from emailq.errors import BrokerError, EmailqError
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
 
-DEFAULT_MAX_ATTEMPTS = 5
+DAY = 24 * 3600.0
+# How long each lane's mail is worth trying, as an MTA's queue lifetime: a ceremony change
+# a day late is worse than none; a newsletter may wait out a provider's weekend outage.
+DEFAULT_MAX_AGE: dict[Lane, float] = {
+    Lane.CRITICAL: 1 * DAY,
+    Lane.WEDDING_DAY: 2 * DAY,
+    Lane.PRE_WEDDING: 5 * DAY,
+    Lane.STANDARD: 5 * DAY,
+    Lane.BULK: 5 * DAY,
+}
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # the 10 MB message limit plus JSON/base64 overhead
@@ -30,7 +45,7 @@ class State(StrEnum):
     LEASED = "leased"  # owned by a worker until its lease expires
     RETRYING = "retrying"  # waits for its retry delay
     SENT = "sent"
-    DEAD = "dead"  # gave up: permanent failure or attempts exhausted
+    DEAD = "dead"  # gave up: permanent failure, expired, or explicit attempts spent
     CANCELLED = "cancelled"
 
 
@@ -54,7 +69,10 @@ class NewMessage:
     tenant: str = "default"
     idempotency_key: str | None = None
     send_at: float | None = None  # epoch seconds; None or past means now
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # Retried until this time (epoch seconds); None: the lane's maximum age
+    # (BrokerOptions.max_age) after it is first due (now, or its send_at).
+    expires_at: float | None = None
+    max_attempts: int | None = None  # None: no limit by count, only by age
     # Built from a validated Email (emailq.intake.to_new_message): the door need not look.
     validated: bool = field(default=False, repr=False, compare=False)
 
@@ -68,13 +86,15 @@ class Job:
     lane: Lane
     payload: bytes
     attempts: int  # including this one
-    max_attempts: int
+    max_attempts: int | None  # None: retried until expires_at, however many times
     enqueued_at: float
     tenant: str
+    expires_at: float = math.inf  # inf: stored before messages expired (emailq < 0.3)
 
     @property
     def last_attempt(self) -> bool:
-        return self.attempts >= self.max_attempts
+        """Whether a retry would bury it for its count (its age may bury it sooner)."""
+        return self.max_attempts is not None and self.attempts >= self.max_attempts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,19 +106,25 @@ class MessageInfo:
     lane: Lane
     tenant: str
     attempts: int
-    max_attempts: int
+    max_attempts: int | None
     enqueued_at: float
     updated_at: float
     available_at: float
     last_error: str | None
     idempotency_key: str | None
+    expires_at: float = math.inf
 
 
 class Action(StrEnum):
     COMPLETE = "complete"  # delivered
-    RETRY = "retry"  # failed for now: wait ``delay``, or die if attempts are spent
+    RETRY = "retry"  # failed for now: wait ``delay``; buried when that is past expires_at
+    # or its explicit max_attempts are spent
     BURY = "bury"  # failed for good
-    RELEASE = "release"  # not tried (shutdown, rate limit): queued again, attempt not counted
+    RELEASE = "release"  # not tried (shutdown): queued again in its place, attempt not counted
+    # Not tried, and not to be tried for ``delay`` (its provider is down or refused our
+    # credentials, a rate limit said wait): retrying again, the attempt not counted,
+    # ``error`` (when given) kept as its last error; buried only past its expires_at.
+    DEFER = "defer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,17 +163,42 @@ class BrokerOptions:
     lane_weights: Mapping[Lane, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
     retention: float = DEFAULT_RETENTION  # how long sent/dead/cancelled records are kept
+    # How long a lane's mail is retried (the default expires_at); every lane must be named.
+    max_age: Mapping[Lane, float] = field(default_factory=lambda: dict(DEFAULT_MAX_AGE))
     # Refuse payloads that are not emails at enqueue instead of burying them at delivery.
     # A Deployment's broker checks; the raw contract (backends, tests) takes opaque bytes.
     check_payloads: bool = False
+
+    def __post_init__(self) -> None:
+        missing = [lane.value for lane in LANE_ORDER if lane not in self.max_age]
+        if missing:
+            raise ValueError(f"max_age must name every lane; missing {', '.join(missing)}")
+        if not all(0 < age < math.inf for age in self.max_age.values()):
+            raise ValueError("every lane's max_age must be a positive number of seconds")
 
 
 class Broker(abc.ABC):
     """A durable queue of email payloads in priority lanes."""
 
-    def __init__(self, options: BrokerOptions | None = None, clock: Clock = now) -> None:
+    def __init__(self, options: BrokerOptions | None = None, clock: Clock | None = None) -> None:
+        """``clock``: None (or :func:`emailq.clock.now`, the wall clock) for the broker's own
+        clock; any other callable replaces it (tests inject a ``ManualClock``)."""
         self.options = options or BrokerOptions()
-        self.clock = clock
+        self._injected = clock if clock is not None and clock is not now else None
+        # For this process's own timing (metrics); compare stored times with now() instead.
+        self.clock: Clock = self._injected or now
+
+    def now(self) -> float:
+        """The broker's current time: Redis ``TIME``, the local clock for SQLite, or the
+        injected clock."""
+        if self._injected is not None:
+            return self._injected()
+        with self._backend_errors():
+            return self._now()
+
+    def _at(self) -> float | None:
+        """The time handed to a backend: the injected clock's, else None (its own)."""
+        return None if self._injected is None else self._injected()
 
     # -- intake -------------------------------------------------------------------------
     def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
@@ -163,7 +214,7 @@ class Broker(abc.ABC):
         if not messages:
             return []
         with self._backend_errors():
-            return self._enqueue_many(messages, self.clock())
+            return self._enqueue_many(messages, self._at())
 
     def enqueue(self, message: NewMessage) -> str:
         return self.enqueue_many([message])[0]
@@ -175,33 +226,46 @@ class Broker(abc.ABC):
         max_n: int,
         lease_s: float,
         lanes: Collection[Lane] | None = None,
+        *,
+        request_id: str | None = None,
     ) -> list[Job]:
         """Take up to ``max_n`` ready messages, critical first, for ``lease_s`` seconds.
 
         Due scheduled and retrying messages are promoted first, in the same step. ``lanes``
         restricts the lease to those lanes (a worker's express loop takes only critical).
+
+        A call repeated with the same ``request_id`` while its leases last returns the same
+        jobs (those still leased with the same tokens) instead of leasing more: a lease
+        whose reply was lost and that the client sent again leaves nothing orphaned. The
+        Redis broker makes up an id when none is given, so its client's own retries are
+        safe; SQLite has no lost replies and ignores it.
         """
         if max_n < 1:
             raise ValueError("max_n must be at least 1")
         if not lease_s > 0:
             raise ValueError("lease_s must be positive")
+        if request_id is not None and not 0 < len(request_id) <= 200:
+            raise ValueError("request_id must be 1 to 200 characters")
         chosen = frozenset(LANE_ORDER if lanes is None else lanes)
         if not chosen:
             raise ValueError("lanes must name at least one lane")
         with self._backend_errors():
-            return self._lease(worker, max_n, lease_s, self.clock(), chosen)
+            return self._lease(worker, max_n, lease_s, self._at(), chosen, request_id)
 
     def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
         """Extend the leases still held; returns the ids whose lease was extended."""
         if not jobs:
             return []
         with self._backend_errors():
-            return self._heartbeat(jobs, lease_s, self.clock())
+            return self._heartbeat(jobs, lease_s, self._at())
 
     def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
         """Apply a batch of outcomes; returns the ids settled (stale leases are skipped).
 
-        A retry of a message on its last attempt buries it with the error instead.
+        A retry buries the message instead (its error saying so, see :func:`gave_up`) when
+        it would fall due at or after its ``expires_at``, or when its explicit
+        ``max_attempts`` are spent; a deferral only when it would fall due at or after its
+        ``expires_at`` (see :func:`expired`).
         """
         for outcome in outcomes:
             if outcome.delay < 0 or not math.isfinite(outcome.delay):
@@ -209,7 +273,7 @@ class Broker(abc.ABC):
         if not outcomes:
             return []
         with self._backend_errors():
-            return self._settle(outcomes, self.clock())
+            return self._settle(outcomes, self._at())
 
     def complete(self, jobs: Sequence[Job]) -> list[str]:
         return self.settle([Outcome(job, Action.COMPLETE) for job in jobs])
@@ -223,32 +287,36 @@ class Broker(abc.ABC):
     def release(self, jobs: Sequence[Job]) -> list[str]:
         return self.settle([Outcome(job, Action.RELEASE) for job in jobs])
 
+    def defer(self, jobs: Sequence[Job], delay: float, error: str | None = None) -> list[str]:
+        return self.settle([Outcome(job, Action.DEFER, delay, error) for job in jobs])
+
     # -- housekeeping -------------------------------------------------------------------
     def reap_expired(self, limit: int = 1000) -> int:
-        """Return messages whose lease expired to their lane (or bury them when their
-        attempts are spent); returns how many were reaped."""
+        """Return messages whose lease expired to their lane, or bury them when they are
+        past their ``expires_at`` or their explicit attempts are spent; returns how many
+        were reaped."""
         with self._backend_errors():
-            return self._reap_expired(self.clock(), limit)
+            return self._reap_expired(self._at(), limit)
 
     def promote_due(self, limit: int = 1000) -> int:
         """Make scheduled and retrying messages whose time has come ready to lease."""
         with self._backend_errors():
-            return self._promote_due(self.clock(), limit)
+            return self._promote_due(self._at(), limit)
 
     def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
         """Give dead messages a fresh set of attempts; all of them (up to limit) when no ids."""
         with self._backend_errors():
-            return self._requeue_dead(ids, limit, self.clock())
+            return self._requeue_dead(ids, limit, self._at())
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a message that no worker holds yet; False when it is leased, final or unknown."""
         with self._backend_errors():
-            return self._cancel(message_id, self.clock())
+            return self._cancel(message_id, self._at())
 
     def purge_expired(self, limit: int = 10_000) -> int:
         """Delete final records (sent, dead, cancelled) older than the retention period."""
         with self._backend_errors():
-            return self._purge_expired(self.clock() - self.options.retention, limit)
+            return self._purge_expired(self._at(), limit)
 
     # -- reads --------------------------------------------------------------------------
     def get(self, message_id: str) -> MessageInfo | None:
@@ -256,9 +324,8 @@ class Broker(abc.ABC):
             return self._get(message_id)
 
     def stats(self) -> Stats:
-        taken_at = self.clock()
         with self._backend_errors():
-            counts, oldest = self._stats(taken_at)
+            counts, oldest, taken_at = self._stats(self._at())
         lanes = {
             lane: LaneStats(
                 counts={s: counts.get((lane, s), 0) for s in State},
@@ -302,40 +369,54 @@ class Broker(abc.ABC):
 
     # -- what a backend implements ------------------------------------------------------
     @abc.abstractmethod
-    def _enqueue_many(self, messages: Sequence[NewMessage], at: float) -> list[str]: ...
+    def _enqueue_many(self, messages: Sequence[NewMessage], at: float | None) -> list[str]: ...
 
     @abc.abstractmethod
     def _lease(
-        self, worker: str, max_n: int, lease_s: float, at: float, lanes: frozenset[Lane]
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        at: float | None,
+        lanes: frozenset[Lane],
+        request_id: str | None,
     ) -> list[Job]: ...
 
     @abc.abstractmethod
-    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float) -> list[str]: ...
+    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]: ...
 
     @abc.abstractmethod
-    def _settle(self, outcomes: Sequence[Outcome], at: float) -> list[str]: ...
+    def _settle(self, outcomes: Sequence[Outcome], at: float | None) -> list[str]: ...
 
     @abc.abstractmethod
-    def _reap_expired(self, at: float, limit: int) -> int: ...
+    def _reap_expired(self, at: float | None, limit: int) -> int: ...
 
     @abc.abstractmethod
-    def _promote_due(self, at: float, limit: int) -> int: ...
+    def _promote_due(self, at: float | None, limit: int) -> int: ...
 
     @abc.abstractmethod
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float) -> int: ...
+    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float | None) -> int: ...
 
     @abc.abstractmethod
-    def _cancel(self, message_id: str, at: float) -> bool: ...
+    def _cancel(self, message_id: str, at: float | None) -> bool: ...
 
     @abc.abstractmethod
-    def _purge_expired(self, before: float, limit: int) -> int: ...
+    def _purge_expired(self, at: float | None, limit: int) -> int:
+        """Delete final records older than ``options.retention`` before ``at``."""
 
     @abc.abstractmethod
     def _get(self, message_id: str) -> MessageInfo | None: ...
 
     @abc.abstractmethod
-    def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
-        """Counts per (lane, state), and per lane the enqueue time of its oldest ready message."""
+    def _stats(
+        self, at: float | None
+    ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
+        """Counts per (lane, state), per lane the time its oldest ready message became
+        ready, and the time they were taken at."""
+
+    @abc.abstractmethod
+    def _now(self) -> float:
+        """The backend's own clock."""
 
     @abc.abstractmethod
     def _ping(self) -> bool: ...
@@ -353,8 +434,8 @@ def _check_message(index: int, message: NewMessage) -> None:
         raise ValueError(f"{where}.payload is larger than {MAX_PAYLOAD_BYTES} bytes")
     if not isinstance(message.lane, Lane):
         raise TypeError(f"{where}.lane must be a Lane")
-    if message.max_attempts < 1:
-        raise ValueError(f"{where}.max_attempts must be at least 1")
+    if message.max_attempts is not None and message.max_attempts < 1:
+        raise ValueError(f"{where}.max_attempts must be at least 1 (or None: no limit)")
     if not message.tenant or len(message.tenant) > 128:
         raise ValueError(f"{where}.tenant must be 1 to 128 characters")
     key = message.idempotency_key
@@ -362,6 +443,35 @@ def _check_message(index: int, message: NewMessage) -> None:
         raise ValueError(f"{where}.idempotency_key must be 1 to 256 characters")
     if message.send_at is not None and not math.isfinite(message.send_at):
         raise ValueError(f"{where}.send_at must be a finite timestamp")
+    expires = message.expires_at
+    if expires is not None and not math.isfinite(expires):
+        raise ValueError(f"{where}.expires_at must be a finite timestamp")
+    if expires is not None and message.send_at is not None and expires <= message.send_at:
+        raise ValueError(f"{where}.expires_at must be after its send_at")
+
+
+def span(seconds: float) -> str:
+    """A duration for people; the Lua scripts format it the same way."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} seconds"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 2 * DAY:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / DAY:.1f} days"
+
+
+def gave_up(attempts: int, seconds: float, error: str | None) -> str:
+    """The error of a message buried by a retry or the reaper (settle.lua, reap.lua alike)."""
+    text = f"gave up after {attempts} attempt{'' if attempts == 1 else 's'} over {span(seconds)}"
+    return f"{text}: {error}" if error else text
+
+
+def expired(last_error: str | None) -> str:
+    """The error of a message that reached its expires_at before it could be sent."""
+    text = "expired before it could be sent"
+    return f"{text}; last error: {last_error}" if last_error else text
 
 
 def _check_payload(index: int, payload: bytes) -> None:

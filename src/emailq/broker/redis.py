@@ -3,9 +3,10 @@
 Keys (all built by :class:`Keys`; ``{prefix}`` is one hash tag, so a Redis Cluster keeps a
 whole queue on one slot, and the scripts may build per-message keys from a prefix):
 
-    {p}:m:<id>                   hash: state, lane, tenant, attempts, max_attempts, token (the
-                                 fencing token, never reset), enqueued_at, updated_at,
-                                 available_at, last_error, idem, owner (the last to lease it)
+    {p}:m:<id>                   hash: state, lane, tenant, attempts, max_attempts (0: none),
+                                 token (the fencing token, never reset), enqueued_at,
+                                 updated_at, available_at, expires_at (none before 0.3),
+                                 last_error, idem, owner (the last to lease it)
     {p}:p:<id>                   string: the payload, stored once, apart from the hash so that
                                  the hash stays small (listpack) and a sent one just drops it
     {p}:ready:<lane>             zset: ready since → id (ids are time-ordered: ties are FIFO)
@@ -16,10 +17,14 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:counts                   hash: "lane:state" → messages in that state
     {p}:credit                   hash: lane → smooth weighted round robin credit
     {p}:idem:<tenant>\\x1f<key>   string: "id|expires_at", with a Redis TTL of the window
+    {p}:lreq:<request id>        string: "id:token,…" a lease handed out, kept as long as the
+                                 lease (a repeated lease call returns these)
 
-Times are the injected clock's (passed in ARGV), never Redis ``TIME``: epoch seconds in the
-hashes, whole milliseconds as zset scores (Redis compares small sorted sets by parsing their
-scores as text, and integers parse several times faster than 17-digit fractions).
+Times are Redis's own clock (``TIME``, read inside each script), so every worker on every
+machine shares one clock, whatever its own says; a broker given a clock (tests) passes its
+time instead. Epoch seconds in the hashes, whole milliseconds as zset scores (Redis
+compares small sorted sets by parsing their scores as text, and integers parse several
+times faster than 17-digit fractions).
 
 Finished messages carry a Redis TTL of the retention period, a safety net; ``purge_expired``
 deletes them on the broker's clock and keeps ``{p}:counts`` exact, so until it next runs the
@@ -34,8 +39,10 @@ Redis must not evict (``maxmemory-policy noeviction``): it is checked at start-u
 from __future__ import annotations
 
 import logging
+import math
 import re
 import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -58,7 +65,7 @@ from emailq.broker.base import (
     Outcome,
     State,
 )
-from emailq.clock import Clock, now
+from emailq.clock import Clock
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
 from emailq.ids import new_id
 from emailq.lanes import LANE_ORDER, SHARED_LANES, Lane
@@ -106,6 +113,7 @@ class Keys:
     message: str  # + id
     payload: str  # + id
     idempotency: str  # + tenant, US (0x1f), key
+    lease_request: str  # + request id
     delayed: str
     leased: str
     dead: str
@@ -124,6 +132,7 @@ class Keys:
             message=f"{tag}:m:",
             payload=f"{tag}:p:",
             idempotency=f"{tag}:idem:",
+            lease_request=f"{tag}:lreq:",
             delayed=f"{tag}:delayed",
             leased=f"{tag}:leased",
             dead=f"{tag}:dead",
@@ -141,13 +150,15 @@ _SCRIPTS = {
         "requeue_dead", "purge_expired",
     )
 }  # fmt: skip
-_SETTLE_ORDER = (Action.COMPLETE, Action.RETRY, Action.BURY, Action.RELEASE)  # as settle.lua
+# settle.lua's sections, in its order
+_SETTLE_ORDER = (Action.COMPLETE, Action.RETRY, Action.BURY, Action.RELEASE, Action.DEFER)
 _LANE_NAMES = tuple(lane.value for lane in LANE_ORDER)
 _LANES = {lane.value.encode(): lane for lane in Lane}
 _INFO_FIELDS = (
     "state", "lane", "tenant", "attempts", "max_attempts", "enqueued_at", "updated_at",
-    "available_at", "last_error", "idem",
+    "available_at", "last_error", "idem", "expires_at",
 )  # fmt: skip
+_JOB_FIELDS = 9  # per leased message in lease.lua's reply
 
 
 class RedisBroker(Broker):
@@ -156,7 +167,7 @@ class RedisBroker(Broker):
         client: redis.Redis,
         prefix: str = DEFAULT_PREFIX,
         options: BrokerOptions | None = None,
-        clock: Clock = now,
+        clock: Clock | None = None,
     ) -> None:
         super().__init__(options, clock)
         self.client = client
@@ -169,7 +180,7 @@ class RedisBroker(Broker):
 
     @classmethod
     def from_url(
-        cls, url: str, options: BrokerOptions | None = None, clock: Clock = now
+        cls, url: str, options: BrokerOptions | None = None, clock: Clock | None = None
     ) -> RedisBroker:
         """``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://h:p[,h:p]/service``;
         ``?prefix=name`` picks the queue (default ``emailq``)."""
@@ -182,17 +193,21 @@ class RedisBroker(Broker):
     def _retention_ms(self) -> int:
         return max(1, round(self.options.retention * 1000))
 
+    def _max_ages(self) -> list[float]:
+        return [self.options.max_age[lane] for lane in LANE_ORDER]
+
     # -- intake -------------------------------------------------------------------------
-    def _enqueue_many(self, messages: Sequence[NewMessage], at: float) -> list[str]:
+    def _enqueue_many(self, messages: Sequence[NewMessage], at: float | None) -> list[str]:
         ttl = self.options.idempotency_ttl
-        args: list[Any] = [at, max(1, round(ttl * 1000)), at + ttl, *_LANE_NAMES]
+        args: list[Any] = [_time(at), max(1, round(ttl * 1000)), ttl, *_LANE_NAMES]
+        args += self._max_ages()
         payloads: dict[str, bytes] = {}
-        for message in messages:
+        for m in messages:
             message_id = new_id()
-            payloads[self.keys.payload + message_id] = message.payload
-            due = message.send_at if message.send_at is not None and message.send_at > at else at
-            key = message.idempotency_key or ""
-            args += (message_id, message.lane.value, message.tenant, key, due, message.max_attempts)
+            payloads[self.keys.payload + message_id] = m.payload
+            args += (message_id, m.lane.value, m.tenant, m.idempotency_key or "",
+                     _or_blank(m.send_at), m.max_attempts or 0,
+                     _or_blank(m.expires_at))  # fmt: skip
         k = self.keys
         keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready]
         # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
@@ -204,85 +219,98 @@ class RedisBroker(Broker):
 
     # -- workers ------------------------------------------------------------------------
     def _lease(
-        self, worker: str, max_n: int, lease_s: float, at: float, lanes: frozenset[Lane]
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        at: float | None,
+        lanes: frozenset[Lane],
+        request_id: str | None,
     ) -> list[Job]:
         k = self.keys
         weights = [self.options.lane_weights[lane] for lane in SHARED_LANES]
         mask = "".join("1" if lane in lanes else "0" for lane in LANE_ORDER)
-        reply = self._run(
-            "lease",
-            [k.message, k.payload, k.delayed, k.leased, k.counts, k.credit, *k.ready],
-            [at, at + lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask],
-        )
-        return [_job(reply[i : i + 8]) for i in range(0, len(reply), 8)]
+        keys = [k.message, k.payload, k.delayed, k.leased, k.counts, k.credit, k.dead, k.final]
+        # With an id of its own, a call that redis-py sends again (its reply was lost to a
+        # ConnectionError) returns the jobs of the first instead of leasing more.
+        request = k.lease_request + (request_id or uuid.uuid4().hex)
+        args = [_time(at), lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask,
+                self._retention_ms()]  # fmt: skip
+        reply = self._run("lease", [*keys, *k.ready, request], args)
+        return [_job(reply[i : i + _JOB_FIELDS]) for i in range(0, len(reply), _JOB_FIELDS)]
 
-    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float) -> list[str]:
-        args: list[Any] = [at, at + lease_s]
+    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]:
+        args: list[Any] = [_time(at), lease_s]
         for job in jobs:
             args += (job.id, job.token)
         return _texts(self._run("heartbeat", [self.keys.message, self.keys.leased], args))
 
-    def _settle(self, outcomes: Sequence[Outcome], at: float) -> list[str]:
+    def _settle(self, outcomes: Sequence[Outcome], at: float | None) -> list[str]:
         by_action: dict[Action, list[Outcome]] = {action: [] for action in _SETTLE_ORDER}
         for outcome in outcomes:
             by_action[outcome.action].append(outcome)
-        args: list[Any] = [at, self._retention_ms(), *_LANE_NAMES]
+        args: list[Any] = [_time(at), self._retention_ms(), *_LANE_NAMES]
         args += [len(by_action[action]) for action in _SETTLE_ORDER]
         for o in by_action[Action.COMPLETE]:
             args += (o.job.id, o.job.token)
         for o in by_action[Action.RETRY]:
-            args += (o.job.id, o.job.token, at + o.delay, o.error or "")
+            args += (o.job.id, o.job.token, o.delay, o.error or "")
         for o in by_action[Action.BURY]:
             args += (o.job.id, o.job.token, o.error or "")
         for o in by_action[Action.RELEASE]:
             args += (o.job.id, o.job.token)
+        for o in by_action[Action.DEFER]:
+            args += (o.job.id, o.job.token, o.delay, o.error or "")
         k = self.keys
         keys = [k.message, k.payload, k.leased, k.delayed, k.counts, k.final, k.dead, *k.ready]
         return _texts(self._run("settle", keys, args))
 
     # -- housekeeping -------------------------------------------------------------------
-    def _reap_expired(self, at: float, limit: int) -> int:
+    def _reap_expired(self, at: float | None, limit: int) -> int:
         k = self.keys
         keys = [k.message, k.payload, k.leased, k.counts, k.final, k.dead, *k.ready]
-        return int(self._run("reap", keys, [at, limit, self._retention_ms(), *_LANE_NAMES]))
+        args = [_time(at), limit, self._retention_ms(), *_LANE_NAMES]
+        return int(self._run("reap", keys, args))
 
-    def _promote_due(self, at: float, limit: int) -> int:
+    def _promote_due(self, at: float | None, limit: int) -> int:
         k = self.keys
         keys = [k.message, k.delayed, k.counts, *k.ready]
-        return int(self._run("promote", keys, [at, limit, *_LANE_NAMES]))
+        return int(self._run("promote", keys, [_time(at), limit, *_LANE_NAMES]))
 
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float) -> int:
+    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float | None) -> int:
         k = self.keys
         keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready]
         mode = "all" if ids is None else "ids"
-        return int(self._run("requeue_dead", keys, [at, limit, mode, *_LANE_NAMES, *(ids or ())]))
+        args = [_time(at), limit, mode, *_LANE_NAMES, *self._max_ages(), *(ids or ())]
+        return int(self._run("requeue_dead", keys, args))
 
-    def _cancel(self, message_id: str, at: float) -> bool:
+    def _cancel(self, message_id: str, at: float | None) -> bool:
         k = self.keys
         keys = [k.message, k.payload, k.delayed, k.counts, k.final, *k.ready]
-        args = [at, message_id, self._retention_ms(), *_LANE_NAMES]
+        args = [_time(at), message_id, self._retention_ms(), *_LANE_NAMES]
         return bool(self._run("cancel", keys, args))
 
-    def _purge_expired(self, before: float, limit: int) -> int:
+    def _purge_expired(self, at: float | None, limit: int) -> int:
         k = self.keys
         keys = [k.message, k.payload, k.final, k.dead, k.counts]
-        return int(self._run("purge_expired", keys, [before, limit]))
+        args = [_time(at), limit, self.options.retention]
+        return int(self._run("purge_expired", keys, args))
 
     # -- reads --------------------------------------------------------------------------
     def _get(self, message_id: str) -> MessageInfo | None:
         values: list[Any] = self.client.hmget(self.keys.message + message_id, _INFO_FIELDS)
         if values[0] is None:
             return None
-        state, lane, tenant, attempts, max_attempts, enqueued, updated, available, error, idem = (
-            values
-        )
+        (state, lane, tenant, attempts, max_attempts, enqueued, updated, available, error, idem,
+         expires) = values  # fmt: skip
         return MessageInfo(
             id=message_id,
             state=State(state.decode()),
             lane=_LANES[lane],
             tenant=tenant.decode(),
             attempts=int(attempts),
-            max_attempts=int(max_attempts),
+            max_attempts=int(max_attempts) or None,
+            expires_at=math.inf if expires is None else float(expires),
             enqueued_at=float(enqueued),
             updated_at=float(updated),
             available_at=float(available),
@@ -290,12 +318,20 @@ class RedisBroker(Broker):
             idempotency_key=idem.decode() if idem is not None else None,
         )
 
-    def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
+    def _stats(
+        self, at: float | None
+    ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.counts)
         for key in self.keys.ready:
             pipe.zrange(key, 0, 0, withscores=True)
-        raw_counts, *heads = pipe.execute()
+        if at is None:
+            pipe.time()
+        replies = pipe.execute()
+        if at is None:
+            seconds, micros = replies.pop()
+            at = seconds + micros / 1_000_000
+        raw_counts, *heads = replies
         counts: dict[tuple[Lane, State], int] = {}
         for field, value in raw_counts.items():
             lane, state = field.decode().split(":")
@@ -303,7 +339,11 @@ class RedisBroker(Broker):
         oldest = {
             lane: head[0][1] / 1000 for lane, head in zip(LANE_ORDER, heads, strict=True) if head
         }
-        return counts, oldest
+        return counts, oldest, at
+
+    def _now(self) -> float:
+        seconds, micros = self.client.time()
+        return float(seconds + micros / 1_000_000)
 
     def _translate(self, error: Exception) -> BrokerError | None:
         if not isinstance(error, redis.RedisError):
@@ -354,17 +394,27 @@ class RedisBroker(Broker):
 
 
 def _job(fields: Sequence[Any]) -> Job:
-    message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant = fields
+    message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, expires = fields
     return Job(
         id=message_id.decode(),
         token=token,
         lane=_LANES[lane],
         payload=payload,
         attempts=attempts,
-        max_attempts=max_attempts,
+        max_attempts=max_attempts or None,
         enqueued_at=float(enqueued_at),
         tenant=tenant.decode(),
+        expires_at=math.inf if expires is None else float(expires),
     )
+
+
+def _or_blank(value: float | None) -> float | str:
+    return "" if value is None else value
+
+
+def _time(at: float | None) -> float | str:
+    """A script's ARGV[1]: the injected clock's time, or "" for Redis's own (``TIME``)."""
+    return "" if at is None else at
 
 
 def _texts(values: Sequence[bytes]) -> list[str]:

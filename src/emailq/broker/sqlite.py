@@ -7,6 +7,7 @@ SQLite's write lock (``busy_timeout``) instead of failing; leases are one
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,8 @@ from emailq.broker.base import (
     NewMessage,
     Outcome,
     State,
+    expired,
+    gave_up,
 )
 from emailq.clock import Clock, now
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
@@ -35,10 +38,19 @@ from emailq.scheduling import allot
 
 _SYNC_MODES = ("off", "normal", "full", "extra")
 _CHUNK = 400  # rows per multi-row statement; stays far below SQLite's variable limit
-_JOB_COLUMNS = "id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, available_at"
+_JOB_COLUMNS = (
+    "id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, available_at,"
+    " expires_at, state"
+)
 _INFO_COLUMNS = (
     "id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,"
-    " available_at, last_error, idempotency_key"
+    " available_at, last_error, idempotency_key, expires_at"
+)
+_VALUE_NAMES = ("id", "token", "due", "error", "state", "attempts")  # _update_leased's v.*
+# A message past its expires_at (NULL: never) when a lease finds it.
+_EXPIRED = "expires_at <= :at"
+_EXPIRED_ERROR = (
+    f"'{expired(None)}' || COALESCE('; last error: ' || last_error, '')"  # = base.expired()
 )
 
 
@@ -47,7 +59,7 @@ class SQLiteBroker(Broker):
         self,
         path: str | Path,
         options: BrokerOptions | None = None,
-        clock: Clock = now,
+        clock: Clock | None = None,
         synchronous: str = "full",
     ) -> None:
         super().__init__(options, clock)
@@ -65,18 +77,21 @@ class SQLiteBroker(Broker):
             self._db.execute("PRAGMA busy_timeout=60000")
             schema = resources.files("emailq.broker").joinpath("sqlite_schema.sql").read_text()
             with self._lock:  # executescript manages its own transaction
-                self._rename_legacy_columns()
+                self._migrate_columns()
                 self._db.executescript(schema)
 
-    def _rename_legacy_columns(self) -> None:
-        """Files made before 0.2 named the fencing token ``seq``."""
+    def _migrate_columns(self) -> None:
+        """Bring files made by older versions up to this schema (nothing for a new file)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
-        if "seq" in columns:
+        if "seq" in columns:  # before 0.2 the fencing token was named seq
             self._db.execute("ALTER TABLE messages RENAME COLUMN seq TO token")
+        if columns and "expires_at" not in columns:  # before 0.3 mail did not expire:
+            # its messages keep their max_attempts and never expire by age.
+            self._db.execute("ALTER TABLE messages ADD COLUMN expires_at REAL")
 
     @classmethod
     def from_url(
-        cls, url: str, options: BrokerOptions | None = None, clock: Clock = now
+        cls, url: str, options: BrokerOptions | None = None, clock: Clock | None = None
     ) -> SQLiteBroker:
         """``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``; ``?synchronous=normal``."""
         parts = urlsplit(url)
@@ -103,7 +118,8 @@ class SQLiteBroker(Broker):
             return self._db.execute(sql, params).fetchall()
 
     # -- intake -------------------------------------------------------------------------
-    def _enqueue_many(self, messages: Sequence[NewMessage], at: float) -> list[str]:
+    def _enqueue_many(self, messages: Sequence[NewMessage], when: float | None) -> list[str]:
+        at = _local(when)
         ids: list[str] = []
         rows: list[tuple[Any, ...]] = []
         with self._write() as db:
@@ -116,14 +132,17 @@ class SQLiteBroker(Broker):
                     continue  # the key was seen: the first message stands for this one
                 due = message.send_at if message.send_at and message.send_at > at else at
                 state = State.SCHEDULED if due > at else State.QUEUED
+                expires = message.expires_at
+                if expires is None:
+                    expires = due + self.options.max_age[message.lane]
                 rows.append((
                     message_id, message.lane.value, state.value, message.tenant, message.payload,
-                    message.max_attempts, at, at, due, message.idempotency_key,
+                    message.max_attempts or 0, at, at, due, message.idempotency_key, expires,
                 ))  # fmt: skip
             db.executemany(
                 "INSERT INTO messages (id, lane, state, tenant, payload, max_attempts,"
-                " enqueued_at, updated_at, available_at, idempotency_key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " enqueued_at, updated_at, available_at, idempotency_key, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return ids
@@ -146,8 +165,15 @@ class SQLiteBroker(Broker):
 
     # -- workers ------------------------------------------------------------------------
     def _lease(
-        self, worker: str, max_n: int, lease_s: float, at: float, lanes: frozenset[Lane]
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        when: float | None,
+        lanes: frozenset[Lane],
+        request_id: str | None,  # a local file loses no replies: nothing to repeat
     ) -> list[Job]:
+        at = _local(when)
         jobs: list[tuple[Any, ...]] = []
         with self._write() as db:
             self._promote(db, at, 1000)
@@ -176,25 +202,35 @@ class SQLiteBroker(Broker):
         return [
             Job(
                 id=row[0], token=row[1], lane=Lane(row[2]), payload=row[3], attempts=row[4],
-                max_attempts=row[5], enqueued_at=row[6], tenant=row[7],
+                max_attempts=row[5] or None, enqueued_at=float(row[6]), tenant=row[7],
+                expires_at=math.inf if row[9] is None else float(row[9]),
             )
             for row in jobs
+            if row[10] == State.LEASED
         ]
 
     @staticmethod
     def _take(
         db: sqlite3.Connection, lane: Lane, count: int, worker: str, expires: float, at: float
     ) -> list[tuple[Any, ...]]:
+        """Lease the lane's oldest ``count``; those past their expires_at are buried instead
+        (a ceremony change after the ceremony is worse than none) and come back dead."""
         return db.execute(
-            "UPDATE messages SET state = 'leased', attempts = attempts + 1, token = token + 1,"
-            " owner = ?, lease_expires = ?, updated_at = ?"
-            " WHERE id IN (SELECT id FROM messages WHERE state = 'queued' AND lane = ?"
-            " ORDER BY available_at, id LIMIT ?)"
+            "UPDATE messages SET token = token + 1, updated_at = :at,"
+            f" state = CASE WHEN {_EXPIRED} THEN 'dead' ELSE 'leased' END,"
+            f" attempts = CASE WHEN {_EXPIRED} THEN attempts ELSE attempts + 1 END,"
+            f" last_error = CASE WHEN {_EXPIRED} THEN {_EXPIRED_ERROR} ELSE last_error END,"
+            f" owner = CASE WHEN {_EXPIRED} THEN NULL ELSE :worker END,"
+            f" lease_expires = CASE WHEN {_EXPIRED} THEN NULL ELSE :lease_expires END"
+            " WHERE id IN (SELECT id FROM messages WHERE state = 'queued' AND lane = :lane"
+            " ORDER BY available_at, id LIMIT :count)"
             f" RETURNING {_JOB_COLUMNS}",
-            (worker, expires, at, lane.value, count),
-        ).fetchall()
+            {"at": at, "worker": worker, "lease_expires": expires, "lane": lane.value,
+             "count": count},
+        ).fetchall()  # fmt: skip
 
-    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float) -> list[str]:
+    def _heartbeat(self, jobs: Sequence[Job], lease_s: float, when: float | None) -> list[str]:
+        at = _local(when)
         with self._write() as db:
             return self._update_leased(
                 db,
@@ -203,7 +239,8 @@ class SQLiteBroker(Broker):
                 [(job.id, job.token) for job in jobs],
             )
 
-    def _settle(self, outcomes: Sequence[Outcome], at: float) -> list[str]:
+    def _settle(self, outcomes: Sequence[Outcome], when: float | None) -> list[str]:
+        at = _local(when)
         by_action: dict[Action, list[Outcome]] = {action: [] for action in Action}
         for outcome in outcomes:
             by_action[outcome.action].append(outcome)
@@ -215,15 +252,8 @@ class SQLiteBroker(Broker):
                 (at,),
                 [(o.job.id, o.job.token) for o in by_action[Action.COMPLETE]],
             )
-            # On the last attempt a retry becomes a burial, with the same error kept.
-            settled += self._update_leased(
-                db,
-                "state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'retrying' END,"
-                " available_at = v.due, last_error = v.error, owner = NULL,"
-                " lease_expires = NULL, updated_at = ?",
-                (at,),
-                [(o.job.id, o.job.token, at + o.delay, o.error) for o in by_action[Action.RETRY]],
-            )
+            settled += self._reschedule(db, by_action[Action.RETRY], at)
+            settled += self._reschedule(db, by_action[Action.DEFER], at)
             settled += self._update_leased(
                 db,
                 "state = 'dead', last_error = v.error, owner = NULL, lease_expires = NULL,"
@@ -241,6 +271,55 @@ class SQLiteBroker(Broker):
             )
         return settled
 
+    def _reschedule(
+        self, db: sqlite3.Connection, outcomes: Sequence[Outcome], at: float
+    ) -> list[str]:
+        """Retry or defer each message to its due time, or bury it (as settle.lua does):
+        a retry when that is at or past its expires_at or its explicit max_attempts are
+        spent; a deferral, whose attempt is given back, only past its expires_at."""
+        held = self._held(db, outcomes)
+        rows: list[tuple[Any, ...]] = []
+        for o in outcomes:
+            row = held.get(o.job.id)
+            if row is None or row[0] != o.job.token:
+                continue  # a stale lease: skipped below as well
+            _, attempts, max_attempts, enqueued_at, expires_at, last_error = row
+            due = at + o.delay
+            late = expires_at is not None and due >= expires_at
+            if o.action is Action.DEFER:
+                attempts -= 1
+                dead = late
+                error = expired(o.error or last_error) if dead else o.error or last_error
+            else:
+                dead = late or (bool(max_attempts) and attempts >= max_attempts)
+                error = gave_up(attempts, at - enqueued_at, o.error) if dead else o.error
+            state = State.DEAD if dead else State.RETRYING
+            rows.append((o.job.id, o.job.token, due, error, state.value, attempts))
+        return self._update_leased(
+            db,
+            "state = v.state, attempts = v.attempts, available_at = v.due, last_error = v.error,"
+            " owner = NULL, lease_expires = NULL, updated_at = ?",
+            (at,),
+            rows,
+        )
+
+    @staticmethod
+    def _held(db: sqlite3.Connection, outcomes: Sequence[Outcome]) -> dict[str, tuple[Any, ...]]:
+        """id → (token, attempts, max_attempts, enqueued_at, expires_at, last_error) of the
+        leased ones among ``outcomes``."""
+        ids = [o.job.id for o in outcomes]
+        held: dict[str, tuple[Any, ...]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            for row in db.execute(
+                "SELECT id, token, attempts, max_attempts, enqueued_at, expires_at, last_error"
+                " FROM messages"
+                f" WHERE state = 'leased' AND id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                held[row[0]] = row[1:]
+        return held
+
     @staticmethod
     def _update_leased(
         db: sqlite3.Connection,
@@ -250,15 +329,15 @@ class SQLiteBroker(Broker):
     ) -> list[str]:
         """Update the rows whose (id, token) still hold the lease; returns their ids.
 
-        ``rows`` are (id, token[, due, error]) and are visible to ``assignments`` as ``v.*``.
+        ``rows`` are (id, token[, due, error[, state, attempts]]) and are visible to
+        ``assignments`` as ``v.*``.
         """
         done: list[str] = []
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             width = len(chunk[0])
             names = ", ".join(
-                f"column{i + 1} AS {name}"
-                for i, name in enumerate(("id", "token", "due", "error")[:width])
+                f"column{i + 1} AS {name}" for i, name in enumerate(_VALUE_NAMES[:width])
             )
             values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
             sql = (
@@ -272,23 +351,37 @@ class SQLiteBroker(Broker):
         return done
 
     # -- housekeeping -------------------------------------------------------------------
-    def _reap_expired(self, at: float, limit: int) -> int:
+    def _reap_expired(self, when: float | None, limit: int) -> int:
+        at = _local(when)
         with self._write() as db:
-            cursor = db.execute(
-                "UPDATE messages SET"
-                " state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,"
-                " last_error = CASE WHEN attempts >= max_attempts"
-                "   THEN 'lease expired on attempt ' || attempts ELSE last_error END,"
-                " owner = NULL, lease_expires = NULL, updated_at = ?"
-                " WHERE id IN (SELECT id FROM messages WHERE state = 'leased'"
-                " AND lease_expires <= ? LIMIT ?)",
-                (at, at, limit),
+            rows = db.execute(
+                "SELECT id, attempts, max_attempts, enqueued_at, expires_at FROM messages"
+                " WHERE state = 'leased' AND lease_expires <= ? LIMIT ?",
+                (at, limit),
+            ).fetchall()
+            back, dead = [], []
+            for message_id, attempts, max_attempts, enqueued_at, expires_at in rows:
+                spent = bool(max_attempts) and attempts >= max_attempts
+                if spent or (expires_at is not None and at >= expires_at):
+                    why = f"lease expired on attempt {attempts}"
+                    dead.append((gave_up(attempts, at - enqueued_at, why), at, message_id))
+                else:
+                    back.append((at, message_id))
+            db.executemany(
+                "UPDATE messages SET state = 'queued', owner = NULL, lease_expires = NULL,"
+                " updated_at = ? WHERE id = ?",
+                back,
             )
-            return cursor.rowcount
+            db.executemany(
+                "UPDATE messages SET state = 'dead', last_error = ?, owner = NULL,"
+                " lease_expires = NULL, updated_at = ? WHERE id = ?",
+                dead,
+            )
+            return len(rows)
 
-    def _promote_due(self, at: float, limit: int) -> int:
+    def _promote_due(self, when: float | None, limit: int) -> int:
         with self._write() as db:
-            return self._promote(db, at, limit)
+            return self._promote(db, _local(when), limit)
 
     @staticmethod
     def _promote(db: sqlite3.Connection, at: float, limit: int) -> int:
@@ -299,20 +392,25 @@ class SQLiteBroker(Broker):
             (at, at, limit),
         ).rowcount
 
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float) -> int:
+    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, when: float | None) -> int:
+        at = _local(when)
         chosen = "SELECT id FROM messages WHERE state = 'dead'"
         params: list[Any] = []
         if ids is not None:
             chosen += f" AND id IN ({', '.join('?' * len(ids))})" if ids else " AND 0"
             params += ids
+        ages = " ".join(f"WHEN '{lane.value}' THEN ?" for lane in LANE_ORDER)
+        max_ages = [self.options.max_age[lane] for lane in LANE_ORDER]
         with self._write() as db:
             return db.execute(
                 "UPDATE messages SET state = 'queued', attempts = 0, available_at = ?,"
-                f" updated_at = ? WHERE id IN ({chosen} LIMIT ?)",
-                (at, at, *params, limit),
+                f" expires_at = ? + CASE lane {ages} END,"
+                f" updated_at = ? WHERE id IN ({chosen} ORDER BY updated_at LIMIT ?)",
+                (at, at, *max_ages, at, *params, limit),
             ).rowcount
 
-    def _cancel(self, message_id: str, at: float) -> bool:
+    def _cancel(self, message_id: str, when: float | None) -> bool:
+        at = _local(when)
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE messages SET state = 'cancelled', updated_at = ?"
@@ -321,7 +419,8 @@ class SQLiteBroker(Broker):
             )
             return cursor.rowcount == 1
 
-    def _purge_expired(self, before: float, limit: int) -> int:
+    def _purge_expired(self, when: float | None, limit: int) -> int:
+        before = _local(when) - self.options.retention
         final = ", ".join(f"'{state.value}'" for state in FINAL_STATES)
         with self._write() as db:
             return db.execute(
@@ -336,15 +435,19 @@ class SQLiteBroker(Broker):
         if not rows:
             return None
         (message_id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,
-         available_at, last_error, idempotency_key) = rows[0]  # fmt: skip
+         available_at, last_error, idempotency_key, expires_at) = rows[0]  # fmt: skip
         return MessageInfo(
             id=message_id, state=State(state), lane=Lane(lane), tenant=tenant,
-            attempts=attempts, max_attempts=max_attempts, enqueued_at=enqueued_at,
+            attempts=attempts, max_attempts=max_attempts or None, enqueued_at=enqueued_at,
             updated_at=updated_at, available_at=available_at, last_error=last_error,
             idempotency_key=idempotency_key,
+            expires_at=math.inf if expires_at is None else expires_at,
         )
 
-    def _stats(self, at: float) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float]]:
+    def _stats(
+        self, when: float | None
+    ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
+        at = _local(when)
         counts = {
             (Lane(lane), State(state)): n
             for lane, state, n in self._read(
@@ -359,7 +462,10 @@ class SQLiteBroker(Broker):
             )
             if row and row[0][0] is not None:
                 oldest[lane] = row[0][0]
-        return counts, oldest
+        return counts, oldest, at
+
+    def _now(self) -> float:
+        return now()
 
     def _translate(self, error: Exception) -> BrokerError | None:
         if not isinstance(error, sqlite3.Error):
@@ -385,3 +491,8 @@ class SQLiteBroker(Broker):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _local(at: float | None) -> float:
+    """The injected clock's time, or this machine's: one file has one machine's clock."""
+    return now() if at is None else at

@@ -6,7 +6,7 @@ CREATE TABLE IF NOT EXISTS messages (
     tenant          TEXT NOT NULL,
     payload         BLOB NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
-    max_attempts    INTEGER NOT NULL,
+    max_attempts    INTEGER NOT NULL,             -- 0: no limit by count, only by age
     token           INTEGER NOT NULL DEFAULT 0,   -- fencing token: +1 at every lease, never reset
     owner           TEXT,
     lease_expires   REAL,
@@ -14,7 +14,8 @@ CREATE TABLE IF NOT EXISTS messages (
     updated_at      REAL NOT NULL,
     available_at    REAL NOT NULL,                -- ready since (queued) or due at (scheduled, retrying)
     last_error      TEXT,
-    idempotency_key TEXT
+    idempotency_key TEXT,
+    expires_at      REAL                          -- given up on from then; NULL: never (< 0.3)
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id)

@@ -6,15 +6,23 @@
 -- KEYS[4]     counts hash ("lane:state" → n)
 -- KEYS[5]     final zset (finished at → "lane:state:id")
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
--- ARGV[1]     now
+-- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the message id
 -- ARGV[3]     retention in ms (the Redis TTL of a cancelled message)
 -- ARGV[4..8]  lane names
 -- Returns     1 when cancelled, else 0.
 -- The message's key is built from the prefix; it shares the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
 local ready = {}
 for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[5 + i] end
+local now = clock(ARGV[1])
 local id = ARGV[2]
 local msg = KEYS[1] .. id
 local f = redis.call('HMGET', msg, 'state', 'lane')
@@ -26,9 +34,9 @@ elseif state == 'scheduled' or state == 'retrying' then
 else
   return 0
 end
-redis.call('HSET', msg, 'state', 'cancelled', 'updated_at', ARGV[1])
+redis.call('HSET', msg, 'state', 'cancelled', 'updated_at', now)
 redis.call('UNLINK', KEYS[2] .. id)
-redis.call('ZADD', KEYS[5], ms(ARGV[1]), lane .. ':cancelled:' .. id)
+redis.call('ZADD', KEYS[5], ms(now), lane .. ':cancelled:' .. id)
 redis.call('PEXPIRE', msg, ARGV[3])
 redis.call('HINCRBY', KEYS[4], lane .. ':' .. state, -1)
 redis.call('HINCRBY', KEYS[4], lane .. ':cancelled', 1)

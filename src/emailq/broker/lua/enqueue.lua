@@ -7,23 +7,39 @@
 -- KEYS[4]     delayed zset (due time → id)
 -- KEYS[5]     counts hash ("lane:state" → n)
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
--- ARGV[1]     now
+-- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     idempotency window in ms (the Redis TTL of a key)
--- ARGV[3]     when a key claimed now stops counting, on the broker's clock
+-- ARGV[3]     the same window in seconds (a key claimed now stops counting then)
 -- ARGV[4..8]  lane names
--- ARGV[9..]   6 per message: id, lane, tenant, idempotency key or "", due, max_attempts
+-- ARGV[9..13] each lane's maximum age in seconds (a message's default expires_at is that
+--             long after it is first due)
+-- ARGV[14..]  7 per message: id, lane, tenant, idempotency key or "", send_at or "",
+--             max_attempts (0: no limit), expires_at or ""
 -- Returns     one id per message: its own, or the id that already owns its idempotency key.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local function fmt(t) return string.format('%.17g', t) end  -- a computed time, exactly
 local score = {}  -- due → its score, formatted once (a batch mostly shares one due time)
 local function score_of(due)
   local s = score[due]
   if not s then s = tostring(ms(due)); score[due] = s end
   return s
 end
-local now = tonumber(ARGV[1])
-local ready = {}
-for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[5 + i] end
+local now_text = clock(ARGV[1])
+local now = tonumber(now_text)
+local key_ends = fmt(now + tonumber(ARGV[3]))
+local ready, max_age = {}, {}
+for i = 1, 5 do
+  ready[ARGV[3 + i]] = KEYS[5 + i]
+  max_age[ARGV[3 + i]] = tonumber(ARGV[8 + i])
+end
 local delta = {}
 local function count(field)
   delta[field] = (delta[field] or 0) + 1
@@ -37,7 +53,7 @@ local function claim(scope, id)
     local sep = string.find(held, '|', 1, true)
     if tonumber(string.sub(held, sep + 1)) > now then return string.sub(held, 1, sep - 1) end
   end
-  redis.call('SET', idem, id .. '|' .. ARGV[3], 'PX', ARGV[2])
+  redis.call('SET', idem, id .. '|' .. key_ends, 'PX', ARGV[2])
   return nil
 end
 
@@ -50,12 +66,13 @@ local function line_up(key, score, id)
 end
 
 local function store(i, msg)
-  local id, lane, key, due = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
+  local id, lane, key, due, expires = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4], ARGV[i + 6]
   local state = 'queued'
-  if tonumber(due) > now then state = 'scheduled' end
+  if due ~= '' and tonumber(due) > now then state = 'scheduled' else due = now_text end
+  if expires == '' then expires = fmt(tonumber(due) + max_age[lane]) end
   redis.call('HSET', msg, 'state', state, 'lane', lane,
     'tenant', ARGV[i + 2], 'attempts', '0', 'max_attempts', ARGV[i + 5], 'token', '0',
-    'enqueued_at', ARGV[1], 'updated_at', ARGV[1], 'available_at', due)
+    'enqueued_at', now_text, 'updated_at', now_text, 'available_at', due, 'expires_at', expires)
   if key ~= '' then redis.call('HSET', msg, 'idem', key) end
   if state == 'queued' then
     line_up(ready[lane], score_of(due), id)
@@ -67,14 +84,14 @@ end
 
 -- A re-run finds its messages stored: check one by one only when any is.
 local msgs = {}
-for i = 9, #ARGV, 6 do msgs[#msgs + 1] = KEYS[1] .. ARGV[i] end
+for i = 14, #ARGV, 7 do msgs[#msgs + 1] = KEYS[1] .. ARGV[i] end
 local rerun = false
 for j = 1, #msgs, 1000 do  -- in chunks: unpack() has a limit
   rerun = rerun or redis.call('EXISTS', unpack(msgs, j, math.min(j + 999, #msgs))) > 0
 end
 
 local ids = {}
-for i = 9, #ARGV, 6 do
+for i = 14, #ARGV, 7 do
   local id, tenant, key = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   local msg = msgs[#ids + 1]
   local owner = id

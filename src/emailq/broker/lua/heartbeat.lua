@@ -2,13 +2,21 @@
 -- token (its lease expired and was reaped, or re-leased to another worker) is skipped.
 -- KEYS[1]  message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]  leased zset (lease expiry → id)
--- ARGV[1]  now
--- ARGV[2]  new lease expiry
+-- ARGV[1]  now, or "" for the server's clock
+-- ARGV[2]  lease seconds, from now
 -- ARGV[3..] 2 per lease: id, token
 -- Returns  the ids whose lease was extended.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
-local expiry = ms(ARGV[2])
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local now = clock(ARGV[1])
+local expiry = ms(tonumber(now) + tonumber(ARGV[2]))
 local extended = {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
@@ -16,7 +24,7 @@ for i = 3, #ARGV, 2 do
   local f = redis.call('HMGET', msg, 'state', 'token')
   if f[1] == 'leased' and f[2] == ARGV[i + 1] then
     redis.call('ZADD', KEYS[2], expiry, id)
-    redis.call('HSET', msg, 'updated_at', ARGV[1])
+    redis.call('HSET', msg, 'updated_at', now)
     extended[#extended + 1] = id
   end
 end

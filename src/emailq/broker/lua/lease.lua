@@ -1,14 +1,22 @@
 -- Lease up to N ready messages to a worker: promote what is due, share N between the lanes
 -- (emailq.scheduling.allot, step for step), pop each lane's oldest, and fence each with token+1.
+-- A popped message past its expires_at is buried instead of leased (a ceremony change after
+-- the ceremony is worse than none), so a lease may return fewer than it popped.
+-- Safe to repeat: the jobs handed out are kept under the call's request key for as long as
+-- the lease, and a second call with that key (redis-py sends a call again when its reply was
+-- lost to a ConnectionError) returns those still leased with their tokens, leasing nothing.
 -- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]      payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]      delayed zset (due time → id)
 -- KEYS[4]      leased zset (lease expiry → id)
 -- KEYS[5]      counts hash ("lane:state" → n)
 -- KEYS[6]      credit hash (lane → smooth weighted round robin credit)
--- KEYS[7..11]  ready zsets in lease order: critical first, then the lanes that share
--- ARGV[1]      now
--- ARGV[2]      lease expiry
+-- KEYS[7]      dead zset (died at → id)
+-- KEYS[8]      final zset (finished at → "lane:state:id")
+-- KEYS[9..13]  ready zsets in lease order: critical first, then the lanes that share
+-- KEYS[14]     this call's request key "{p}:lreq:<request id>"
+-- ARGV[1]      now, or "" for the server's clock
+-- ARGV[2]      lease seconds, from now
 -- ARGV[3]      worker name
 -- ARGV[4]      N, the most messages to lease
 -- ARGV[5]      the most due messages to promote first
@@ -16,15 +24,46 @@
 -- ARGV[11..14] weights of the sharing lanes (lanes 2..5)
 -- ARGV[15]     the lanes this lease may take from, "1" or "0" per lane in lease order
 --              ("10000": an express loop that only takes critical mail)
--- Returns      8 per leased message, lane by lane, oldest first:
---              id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant
+-- ARGV[16]     retention in ms (the Redis TTL of a message buried here)
+-- Returns      9 per leased message, lane by lane, oldest first: id, token, lane, payload,
+--              attempts, max_attempts (0: none), enqueued_at, tenant, expires_at (false: none)
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
-local now = tonumber(ARGV[1])
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+-- A repeated call: the jobs the first one handed out, as they are now, and nothing more.
+local function replay(handed)
+  local jobs, payloads = {}, {}
+  for id, token in string.gmatch(handed, '([^,:]+):(%d+)') do
+    local f = redis.call('HMGET', KEYS[1] .. id, 'state', 'token', 'lane', 'attempts',
+      'max_attempts', 'enqueued_at', 'tenant', 'expires_at')
+    if f[1] == 'leased' and f[2] == token then
+      local k = #jobs
+      jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, tonumber(token), f[3], false
+      jobs[k + 5], jobs[k + 6] = tonumber(f[4]), tonumber(f[5])
+      jobs[k + 7], jobs[k + 8], jobs[k + 9] = f[6], f[7], f[8] or false
+      payloads[#payloads + 1] = KEYS[2] .. id
+    end
+  end
+  for j = 1, #payloads, 1000 do
+    local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
+    for m = 1, #got do jobs[(j + m - 2) * 9 + 4] = got[m] end
+  end
+  return jobs
+end
+local handed = redis.call('GET', KEYS[14])
+if handed then return replay(handed) end
+
+local now = clock(ARGV[1])
 local lanes, ready_key = {}, {}
 for i = 1, 5 do
   lanes[i] = ARGV[5 + i]
-  ready_key[ARGV[5 + i]] = KEYS[6 + i]
+  ready_key[ARGV[5 + i]] = KEYS[8 + i]
 end
 local delta = {}
 local function count(field, n)
@@ -32,14 +71,14 @@ local function count(field, n)
 end
 
 -- Promote: due scheduled and retrying messages join their lane (kept in step with promote.lua).
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ms(ARGV[1]), 'WITHSCORES', 'LIMIT', 0,
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0,
   tonumber(ARGV[5]))
 for j = 1, #due, 2 do
   local id = due[j]
   local msg = KEYS[1] .. id
   local f = redis.call('HMGET', msg, 'state', 'lane')
   if f[1] == 'scheduled' or f[1] == 'retrying' then
-    redis.call('HSET', msg, 'state', 'queued', 'updated_at', ARGV[1])
+    redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
     redis.call('ZADD', ready_key[f[2]], due[j + 1], id)
     count(f[2] .. ':' .. f[1], -1)
     count(f[2] .. ':queued', 1)
@@ -52,7 +91,7 @@ local n = tonumber(ARGV[4])
 local ready, take, weight, credit = {}, {}, {}, {}
 for i = 1, 5 do
   ready[i] = 0
-  if string.sub(ARGV[15], i, i) == '1' then ready[i] = redis.call('ZCARD', KEYS[6 + i]) end
+  if string.sub(ARGV[15], i, i) == '1' then ready[i] = redis.call('ZCARD', KEYS[8 + i]) end
   take[i] = 0
 end
 local stored = redis.call('HMGET', KEYS[6], lanes[2], lanes[3], lanes[4], lanes[5])
@@ -82,22 +121,37 @@ if shared then
     lanes[4], credit[4], lanes[5], credit[5])
 end
 
--- Take: pop each lane's oldest and hand them to the worker.
-local jobs, expiries, payloads, expiry = {}, {}, {}, tostring(ms(ARGV[2]))  -- format once
+-- Take: pop each lane's oldest and hand them to the worker, or bury those past expires_at.
+local now_n, now_ms = tonumber(now), ms(now)
+local function bury_expired(msg, id, lane, last_error)
+  local err = 'expired before it could be sent'  -- as emailq.broker.base.expired()
+  if last_error then err = err .. '; last error: ' .. last_error end
+  redis.call('HSET', msg, 'state', 'dead', 'last_error', err, 'updated_at', now)
+  redis.call('PEXPIRE', msg, ARGV[16])
+  redis.call('PEXPIRE', KEYS[2] .. id, ARGV[16])
+  redis.call('ZADD', KEYS[7], now_ms, id)
+  redis.call('ZADD', KEYS[8], now_ms, lane .. ':dead:' .. id)
+  count(lane .. ':queued', -1)
+  count(lane .. ':dead', 1)
+end
+local expiry = tostring(ms(now_n + tonumber(ARGV[2])))  -- format once
+local jobs, expiries, payloads = {}, {}, {}
 for i = 1, 5 do
   local popped = {}
-  if take[i] > 0 then popped = redis.call('ZPOPMIN', KEYS[6 + i], take[i]) end
+  if take[i] > 0 then popped = redis.call('ZPOPMIN', KEYS[8 + i], take[i]) end
   local leased = 0
   for j = 1, #popped, 2 do
     local id = popped[j]
     local msg = KEYS[1] .. id
     local f = redis.call('HMGET', msg, 'state', 'attempts', 'max_attempts', 'token', 'enqueued_at',
-      'tenant')
-    if f[1] == 'queued' then
+      'tenant', 'expires_at', 'last_error')
+    if f[1] == 'queued' and f[7] and tonumber(f[7]) <= now_n then
+      bury_expired(msg, id, lanes[i], f[8])
+    elseif f[1] == 'queued' then
       -- (a message stored before the field was named token has none yet: it starts at 1)
       local attempts, token = tonumber(f[2]) + 1, (tonumber(f[4]) or 0) + 1
       redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'token', token,
-        'owner', ARGV[3], 'updated_at', ARGV[1])
+        'owner', ARGV[3], 'updated_at', now)
       leased = leased + 1
       expiries[#expiries + 1] = expiry
       expiries[#expiries + 1] = id
@@ -105,6 +159,7 @@ for i = 1, 5 do
       local k = #jobs
       jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, token, lanes[i], false
       jobs[k + 5], jobs[k + 6], jobs[k + 7], jobs[k + 8] = attempts, tonumber(f[3]), f[5], f[6]
+      jobs[k + 9] = f[7] or false
     end
   end
   if leased > 0 then
@@ -117,9 +172,15 @@ for j = 1, #expiries, 1000 do  -- in chunks: unpack() has a limit
 end
 for j = 1, #payloads, 1000 do
   local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
-  for m = 1, #got do jobs[(j + m - 2) * 8 + 4] = got[m] end
+  for m = 1, #got do jobs[(j + m - 2) * 9 + 4] = got[m] end
 end
 for field, d in pairs(delta) do
   if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end
+end
+if #jobs > 0 then
+  local record = {}
+  for j = 1, #jobs, 9 do record[#record + 1] = jobs[j] .. ':' .. jobs[j + 1] end
+  redis.call('SET', KEYS[14], table.concat(record, ','), 'PX',
+    math.ceil(tonumber(ARGV[2]) * 1000))
 end
 return jobs

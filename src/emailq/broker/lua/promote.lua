@@ -4,12 +4,19 @@
 -- KEYS[2]     delayed zset (due time → id)
 -- KEYS[3]     counts hash ("lane:state" → n)
 -- KEYS[4..8]  ready zsets, one per lane, in the order of the lane names below
--- ARGV[1]     now
+-- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to promote
 -- ARGV[3..7]  lane names
 -- Returns     how many messages were promoted.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
 local ready = {}
 for i = 1, 5 do ready[ARGV[2 + i]] = KEYS[3 + i] end
 local delta = {}
@@ -17,15 +24,16 @@ local function count(field, n)
   delta[field] = (delta[field] or 0) + n
 end
 
+local now = clock(ARGV[1])
 local promoted = 0
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms(ARGV[1]), 'WITHSCORES', 'LIMIT', 0,
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0,
   tonumber(ARGV[2]))
 for j = 1, #due, 2 do
   local id = due[j]
   local msg = KEYS[1] .. id
   local f = redis.call('HMGET', msg, 'state', 'lane')
   if f[1] == 'scheduled' or f[1] == 'retrying' then
-    redis.call('HSET', msg, 'state', 'queued', 'updated_at', ARGV[1])
+    redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
     redis.call('ZADD', ready[f[2]], due[j + 1], id)
     count(f[2] .. ':' .. f[1], -1)
     count(f[2] .. ':queued', 1)

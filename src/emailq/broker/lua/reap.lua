@@ -1,6 +1,6 @@
 -- Return messages whose lease expired to their lane, in their old place (the attempt stays
--- counted), or bury them when their attempts are spent. Idempotent: a reaped message is no
--- longer in the leased zset.
+-- counted), or bury them when they are past their expires_at or their explicit max_attempts
+-- are spent. Idempotent: a reaped message is no longer in the leased zset.
 -- KEYS[1]     message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]     payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]     leased zset (lease expiry → id)
@@ -8,13 +8,20 @@
 -- KEYS[5]     final zset (finished at → "lane:state:id")
 -- KEYS[6]     dead zset (died at → id)
 -- KEYS[7..11] ready zsets, one per lane, in the order of the lane names below
--- ARGV[1]     now
+-- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to reap
 -- ARGV[3]     retention in ms (the Redis TTL of a dead message)
 -- ARGV[4..8]  lane names
 -- Returns     how many messages were reaped.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
 local ready = {}
 for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[6 + i] end
 local delta = {}
@@ -23,26 +30,43 @@ local function move(lane, to)
   delta[lane .. ':' .. to] = (delta[lane .. ':' .. to] or 0) + 1
 end
 
+-- A duration for people, and a burial's error: as emailq.broker.base.span() and gave_up().
+local function span(s)
+  if s < 0 then s = 0 end
+  if s < 120 then return string.format('%.0f seconds', s) end
+  if s < 7200 then return string.format('%.0f minutes', s / 60) end
+  if s < 172800 then return string.format('%.1f hours', s / 3600) end
+  return string.format('%.1f days', s / 86400)
+end
+local function gave_up(attempts, age, err)
+  local text = 'gave up after ' .. attempts .. ' attempt'
+  if attempts ~= 1 then text = text .. 's' end
+  return text .. ' over ' .. span(age) .. ': ' .. err
+end
+
 local reaped = 0
-local now_ms = ms(ARGV[1])
+local now = clock(ARGV[1])
+local now_n, now_ms = tonumber(now), ms(now)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms, 'LIMIT', 0,
   tonumber(ARGV[2]))
 for _, id in ipairs(expired) do
   local msg = KEYS[1] .. id
-  local f = redis.call('HMGET', msg, 'state', 'lane', 'attempts', 'max_attempts', 'available_at')
+  local f = redis.call('HMGET', msg, 'state', 'lane', 'attempts', 'max_attempts', 'available_at',
+    'enqueued_at', 'expires_at')
   redis.call('ZREM', KEYS[3], id)
   if f[1] == 'leased' then
-    local lane = f[2]
-    if tonumber(f[3]) >= tonumber(f[4]) then
-      redis.call('HSET', msg, 'state', 'dead', 'updated_at', ARGV[1],
-        'last_error', 'lease expired on attempt ' .. f[3])
+    local lane, attempts, max_attempts = f[2], tonumber(f[3]), tonumber(f[4])
+    if (max_attempts > 0 and attempts >= max_attempts) or (f[7] and now_n >= tonumber(f[7])) then
+      local why = 'lease expired on attempt ' .. attempts
+      redis.call('HSET', msg, 'state', 'dead', 'updated_at', now,
+        'last_error', gave_up(attempts, now_n - tonumber(f[6]), why))
       redis.call('ZADD', KEYS[6], now_ms, id)
       redis.call('ZADD', KEYS[5], now_ms, lane .. ':dead:' .. id)
       redis.call('PEXPIRE', msg, ARGV[3])
       redis.call('PEXPIRE', KEYS[2] .. id, ARGV[3])
       move(lane, 'dead')
     else
-      redis.call('HSET', msg, 'state', 'queued', 'updated_at', ARGV[1])
+      redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
       redis.call('ZADD', ready[lane], ms(f[5]), id)
       move(lane, 'queued')
     end

@@ -1,28 +1,42 @@
--- Give dead messages a fresh set of attempts: queued again now, attempts 0; token is NOT reset,
--- so tokens from earlier leases stay stale. Idempotent: a requeued message is no longer dead.
+-- Give dead messages a fresh start: queued again now, attempts 0, expires_at now + their lane's
+-- maximum age; token is NOT reset, so tokens from earlier leases stay stale. Idempotent: a
+-- requeued message is no longer dead.
 -- KEYS[1]     message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]     payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]     dead zset (died at → id)
 -- KEYS[4]     counts hash ("lane:state" → n)
 -- KEYS[5]     final zset (finished at → "lane:state:id")
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
--- ARGV[1]     now
+-- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to requeue
 -- ARGV[3]     "ids" to requeue the ids that follow, "all" for the longest dead
 -- ARGV[4..8]  lane names
--- ARGV[9..]   message ids (with "ids")
+-- ARGV[9..13] each lane's maximum age in seconds
+-- ARGV[14..]  message ids (with "ids")
 -- Returns     how many messages were requeued.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
-local ready = {}
-for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[5 + i] end
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local function fmt(t) return string.format('%.17g', t) end  -- a computed time, exactly
+local ready, max_age = {}, {}
+for i = 1, 5 do
+  ready[ARGV[3 + i]] = KEYS[5 + i]
+  max_age[ARGV[3 + i]] = tonumber(ARGV[8 + i])
+end
+local now = clock(ARGV[1])
 local limit = tonumber(ARGV[2])
 if limit < 1 then return 0 end
 local ids = {}
 if ARGV[3] == 'all' then
   ids = redis.call('ZRANGE', KEYS[3], 0, limit - 1)
 else
-  for i = 9, #ARGV do ids[#ids + 1] = ARGV[i] end
+  for i = 14, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
 local delta = {}
 local requeued = 0
@@ -32,11 +46,11 @@ for _, id in ipairs(ids) do
   local f = redis.call('HMGET', msg, 'state', 'lane')
   local lane = f[2]
   if f[1] == 'dead' then
-    redis.call('HSET', msg, 'state', 'queued', 'attempts', '0', 'available_at', ARGV[1],
-      'updated_at', ARGV[1])
+    redis.call('HSET', msg, 'state', 'queued', 'attempts', '0', 'available_at', now,
+      'updated_at', now, 'expires_at', fmt(tonumber(now) + max_age[lane]))
     redis.call('PERSIST', msg)
     redis.call('PERSIST', KEYS[2] .. id)
-    redis.call('ZADD', ready[lane], ms(ARGV[1]), id)
+    redis.call('ZADD', ready[lane], ms(now), id)
     redis.call('ZREM', KEYS[5], lane .. ':dead:' .. id)
     delta[lane] = (delta[lane] or 0) + 1
     requeued = requeued + 1

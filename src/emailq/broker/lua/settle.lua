@@ -1,6 +1,7 @@
--- Settle a batch of leased messages: complete, retry, bury or release, each fenced by its token.
--- A message whose state is not leased or whose stored token is not the given one is skipped: a re-run of a
--- settled batch, or a worker whose lease expired and was re-leased, changes nothing.
+-- Settle a batch of leased messages: complete, retry, bury, release or defer, each fenced by
+-- its token.
+-- A message whose state is not leased or whose stored token is not the given one is skipped:
+-- a re-run of a settled batch, or a worker whose lease expired and was re-leased, changes nothing.
 -- KEYS[1]      message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)
 -- KEYS[2]      payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]      leased zset (lease expiry → id)
@@ -9,16 +10,26 @@
 -- KEYS[6]      final zset (finished at → "lane:state:id"), what purge_expired reads
 -- KEYS[7]      dead zset (died at → id)
 -- KEYS[8..12]  ready zsets, one per lane, in the order of the lane names below
--- ARGV[1]      now
+-- ARGV[1]      now, or "" for the server's clock
 -- ARGV[2]      retention in ms (the Redis TTL of a finished message)
 -- ARGV[3..7]   lane names
--- ARGV[8..11]  how many complete, retry, bury and release outcomes follow, in that order:
---              complete: id, token · retry: id, token, due, error · bury: id, token, error
---              release: id, token (an error of "" leaves none)
+-- ARGV[8..12]  how many complete, retry, bury, release and defer outcomes follow, in order:
+--              complete: id, token · retry: id, token, delay, error · bury: id, token, error
+--              release: id, token · defer: id, token, delay, error
+--              (a retry's or burial's error of "" leaves none; a deferral's keeps the last)
 -- Returns      the ids settled.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
-local now, now_ms = ARGV[1], tostring(ms(ARGV[1]))  -- format once, not per message
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local function fmt(t) return string.format('%.17g', t) end  -- a computed time, exactly
+local now = clock(ARGV[1])
+local now_n, now_ms = tonumber(now), tostring(ms(now))  -- format once, not per message
 local ready = {}
 for i = 1, 5 do ready[ARGV[2 + i]] = KEYS[7 + i] end
 local delta = {}  -- lane → state → change in count
@@ -69,14 +80,35 @@ local function complete(i)
   if msg then finish(msg, ARGV[i], lane, 'sent') end
 end
 
+-- A duration for people, and a burial's error: as emailq.broker.base.span() and gave_up().
+local function span(s)
+  if s < 0 then s = 0 end
+  if s < 120 then return string.format('%.0f seconds', s) end
+  if s < 7200 then return string.format('%.0f minutes', s / 60) end
+  if s < 172800 then return string.format('%.1f hours', s / 3600) end
+  return string.format('%.1f days', s / 86400)
+end
+local function gave_up(attempts, enqueued_at, err)
+  local text = 'gave up after ' .. attempts .. ' attempt'
+  if attempts ~= 1 then text = text .. 's' end
+  text = text .. ' over ' .. span(now_n - tonumber(enqueued_at))
+  if err ~= '' then text = text .. ': ' .. err end
+  return text
+end
+
+-- Retried at its due time, unless that is at or past its expires_at (false: none) or its
+-- explicit max_attempts (0: none) are spent: then it is buried, saying so.
 local function retry(i)
-  local id, due, err = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  local id, due, err = ARGV[i], now_n + tonumber(ARGV[i + 2]), ARGV[i + 3]
   local msg, lane = held(id, ARGV[i + 1])
   if not msg then return end
-  local f = redis.call('HMGET', msg, 'attempts', 'max_attempts')
-  if tonumber(f[1]) >= tonumber(f[2]) then return bury(msg, id, lane, err) end  -- spent
+  local f = redis.call('HMGET', msg, 'attempts', 'max_attempts', 'enqueued_at', 'expires_at')
+  local attempts, max_attempts = tonumber(f[1]), tonumber(f[2])
+  if (max_attempts > 0 and attempts >= max_attempts) or (f[4] and due >= tonumber(f[4])) then
+    return bury(msg, id, lane, gave_up(attempts, f[3], err))
+  end
   set_error(msg, err)
-  redis.call('HSET', msg, 'state', 'retrying', 'available_at', due, 'updated_at', now)
+  redis.call('HSET', msg, 'state', 'retrying', 'available_at', fmt(due), 'updated_at', now)
   redis.call('ZADD', KEYS[4], ms(due), id)
   move(lane, 'retrying')
 end
@@ -97,8 +129,29 @@ local function release(i)
   move(lane, 'queued')
 end
 
-local i = 12
-for section, step in ipairs({{complete, 2}, {retry, 4}, {bury_one, 3}, {release, 2}}) do
+-- Not tried: retrying after its delay with the attempt given back, buried only past its
+-- expires_at (false: never), as emailq.broker.base.expired() says.
+local function defer(i)
+  local id, due, err = ARGV[i], now_n + tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local msg, lane = held(id, ARGV[i + 1])
+  if not msg then return end
+  redis.call('HINCRBY', msg, 'attempts', -1)
+  local f = redis.call('HMGET', msg, 'expires_at', 'last_error')
+  if err == '' then err = f[2] or '' end
+  if f[1] and due >= tonumber(f[1]) then
+    local why = 'expired before it could be sent'
+    if err ~= '' then why = why .. '; last error: ' .. err end
+    return bury(msg, id, lane, why)
+  end
+  if err ~= '' then redis.call('HSET', msg, 'last_error', err) end
+  redis.call('HSET', msg, 'state', 'retrying', 'available_at', fmt(due), 'updated_at', now)
+  redis.call('ZADD', KEYS[4], ms(due), id)
+  move(lane, 'retrying')
+end
+
+local i = 13
+for section, step in ipairs({{complete, 2}, {retry, 4}, {bury_one, 3}, {release, 2},
+                             {defer, 4}}) do
   for _ = 1, tonumber(ARGV[7 + section]) do
     step[1](i)
     i = i + step[2]
