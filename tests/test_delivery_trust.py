@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 
 import aiosmtplib
 import pytest
@@ -15,7 +15,7 @@ from emailq.broker import Broker, NewMessage, Outcome, State
 from emailq.clock import ManualClock
 from emailq.errors import BrokerUnavailable
 from emailq.lanes import Lane
-from emailq.providers import Rendered, SendResult
+from emailq.providers import Provider, Rendered, SendResult
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.ratelimit import MemoryLimiter
 from emailq.ratelimit.rules import RateRules
@@ -33,18 +33,29 @@ def sink() -> Iterator[SmtpSink]:
         yield server
 
 
-def drain(broker: Broker, clock: ManualClock, worker: Worker, step_s: float, rounds: int) -> None:
+async def drain(
+    broker: Broker, clock: ManualClock, worker: Worker, step_s: float, rounds: int
+) -> None:
     """Lease and deliver until nothing is left, moving the clock ``step_s`` each round."""
+    for _ in range(rounds):
+        while jobs := await asyncio.to_thread(broker.lease, worker.name, 100, 30):
+            await worker.process(jobs)
+        if not broker.stats().backlog:
+            return
+        clock.advance(step_s)
 
-    async def run() -> None:
-        for _ in range(rounds):
-            while jobs := await asyncio.to_thread(broker.lease, worker.name, 100, 30):
-                await worker.process(jobs)
-            if not broker.stats().backlog:
-                return
-            clock.advance(step_s)
 
-    asyncio.run(run())
+def run(*steps: Awaitable[None], provider: Provider) -> None:
+    """The steps in one event loop (a provider's connections belong to it), then close."""
+
+    async def main() -> None:
+        try:
+            for step in steps:
+                await step
+        finally:
+            await provider.close()
+
+    asyncio.run(main())
 
 
 def test_451_to_30_percent_of_messages_kills_none(broker: Broker, clock: ManualClock) -> None:
@@ -52,7 +63,8 @@ def test_451_to_30_percent_of_messages_kills_none(broker: Broker, clock: ManualC
     greylisting = Greylisting(share=0.3)
     with SmtpSink(handler=greylisting) as sink:
         provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=4))
-        drain(broker, clock, Worker(broker, provider, FAST), step_s=3600, rounds=40)
+        worker = Worker(broker, provider, FAST)
+        run(drain(broker, clock, worker, step_s=3600, rounds=40), provider=provider)
         arrived = copies(sink)
     assert greylisting.refused > 500
     assert broker.stats().count(State.DEAD) == 0
@@ -66,15 +78,24 @@ def test_a_relay_refusing_connections_for_ten_minutes_buries_nothing(
     port = free_port()  # nobody listens: every connection is refused
     provider = SmtpProvider(SmtpSettings(port=port, pool_size=4))
     worker = Worker(broker, provider, FAST)
-    drain(broker, clock, worker, step_s=30, rounds=20)  # ten minutes of outage
-    assert broker.stats().count(State.DEAD) == 0
-    info = broker.get(ids[0])
-    assert info is not None and info.attempts == 0  # an outage spends no attempt
-    assert info.last_error is not None and "connect" in info.last_error
-    with SmtpSink(port=port) as sink:  # the relay is back
+    sink = SmtpSink(port=port)
+
+    async def outage_then_recovery() -> None:
+        await drain(broker, clock, worker, step_s=30, rounds=20)  # ten minutes of outage
+        assert broker.stats().count(State.DEAD) == 0
+        info = broker.get(ids[0])
+        assert info is not None and info.attempts == 0  # an outage spends no attempt
+        assert info.last_error is not None and "connect" in info.last_error
+        sink.start()  # the relay is back
         clock.advance(3600)
-        drain(broker, clock, worker, step_s=60, rounds=10)
+        await asyncio.sleep(0.1)  # the provider's pause (real time) is over
+        await drain(broker, clock, worker, step_s=60, rounds=10)
+
+    try:
+        run(outage_then_recovery(), provider=provider)
         arrived = copies(sink)
+    finally:
+        sink.stop()
     assert set(arrived) == set(ids) and max(arrived.values()) == 1
     assert broker.stats().count(State.SENT) == len(ids)
 
@@ -97,7 +118,8 @@ def test_a_poison_message_in_a_batch_of_100_harms_only_itself(
 ) -> None:
     ids = fill(broker, 100)
     provider = Buggy(SmtpSettings(port=sink.port, pool_size=4), poison=ids[37])
-    drain(broker, clock, Worker(broker, provider, FAST), step_s=3600, rounds=20)
+    worker = Worker(broker, provider, FAST)
+    run(drain(broker, clock, worker, step_s=3600, rounds=20), provider=provider)
     arrived = copies(sink)
     assert set(arrived) == set(ids) - {ids[37]} and max(arrived.values()) == 1
     poison = broker.get(ids[37])
@@ -131,7 +153,7 @@ def test_a_settle_that_fails_after_sending_sends_nothing_twice(
     flaky = SettleFailsOnce(broker)
     provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=4))
     worker = Worker(flaky, provider, FAST)  # type: ignore[arg-type]
-    drain(broker, clock, worker, step_s=60, rounds=5)
+    run(drain(broker, clock, worker, step_s=60, rounds=5), provider=provider)
     assert flaky.failed
     arrived = copies(sink)
     assert set(arrived) == set(ids) and max(arrived.values()) == 1
@@ -148,7 +170,10 @@ def test_mail_a_rate_limit_holds_back_waits_unleased_with_its_attempt_refunded(
 
     async def one_batch() -> float:
         jobs = broker.lease(worker.name, 100, 30)
-        return await worker.process(jobs)
+        try:
+            return await worker.process(jobs)
+        finally:
+            await worker.provider.close()
 
     wait = asyncio.run(one_batch())
     assert wait > 0
@@ -168,13 +193,13 @@ def test_critical_mail_keeps_its_share_of_the_provider_limit(
     worker = Worker(broker, SmtpProvider(SmtpSettings(port=sink.port)), FAST,
                     limiter=limiter, rules=rules)  # fmt: skip
 
-    async def run() -> None:
+    async def scenario() -> None:
         await worker.process(broker.lease(worker.name, 100, 30, [Lane.STANDARD]))
         broker.enqueue_many([NewMessage(m.payload, lane=Lane.CRITICAL, validated=True)
                              for m in invitations(3)])  # fmt: skip
         await worker.process(broker.lease(worker.name, 100, 30, [Lane.CRITICAL]))
 
-    asyncio.run(run())
+    run(scenario(), provider=worker.provider)
     assert broker.stats().count(State.SENT, Lane.STANDARD) == 7  # 10 less the 30 % reserve
     assert broker.stats().count(State.SENT, Lane.CRITICAL) == 3
 
@@ -187,7 +212,7 @@ def test_transient_failures_are_logged_with_counts_and_no_addresses(
         provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=2))
         worker = Worker(broker, provider, FAST)
         with caplog.at_level(logging.WARNING):
-            drain(broker, clock, worker, step_s=60, rounds=1)
+            run(drain(broker, clock, worker, step_s=60, rounds=1), provider=provider)
             worker.route.tally.report()
     lines = [r.getMessage() for r in caplog.records if "transient failures" in r.getMessage()]
     assert lines, "transient failures went unlogged"
@@ -204,8 +229,9 @@ def test_an_unexpected_provider_crash_is_charged_per_message_not_refunded(
             raise RuntimeError("provider crashed")
 
     fill(broker, 10)
-    worker = Worker(broker, CrashesBeforeSending(SmtpSettings(port=sink.port)), FAST)
-    drain(broker, clock, worker, step_s=3600, rounds=10)
+    provider = CrashesBeforeSending(SmtpSettings(port=sink.port))
+    worker = Worker(broker, provider, FAST)
+    run(drain(broker, clock, worker, step_s=3600, rounds=10), provider=provider)
     # Charged an attempt each time, so the batch dies after poison_attempts instead of
     # being released (attempt refunded) and leased again forever.
     assert broker.stats().count(State.DEAD) == 10

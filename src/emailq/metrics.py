@@ -84,6 +84,12 @@ class DeliveryMetrics:
         self.released = Counter(
             "emailq_released", "Emails given back unsent", labels, registry=self.registry
         )
+        self.deferred = Counter(
+            "emailq_deferred",
+            "Emails put back untried: provider down or rate limited (no attempt spent)",
+            labels,
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "emailq_delivery_seconds", "Enqueue to delivery", labels,
             buckets=LATENCY_BUCKETS, registry=self.registry,
@@ -93,6 +99,7 @@ class DeliveryMetrics:
         counters = {
             Action.COMPLETE: self.sent, Action.BURY: self.failed,
             Action.RETRY: self.retried, Action.RELEASE: self.released,
+            Action.DEFER: self.deferred,
         }  # fmt: skip
         for outcome in outcomes:
             lane = outcome.job.lane.value

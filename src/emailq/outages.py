@@ -46,7 +46,7 @@ class ProviderPause:
 
     @property
     def remaining(self) -> float:
-        return max(0.0, self.until - self.clock())
+        return float(max(0.0, self.until - self.clock()))
 
     def trip(self, reason: str) -> float:
         """The provider is down: pause (longer each time in a row); returns the pause."""
