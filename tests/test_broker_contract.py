@@ -449,6 +449,10 @@ def test_ping_answers_and_can_be_asked_again_and_again(broker: Broker) -> None:
     assert broker.enqueue_many([NewMessage(b"after the probes")]) != []
 
 
+def test_check_finds_nothing_wrong_with_a_healthy_broker(broker: Broker) -> None:
+    assert broker.check() is None
+
+
 def test_lease_arguments_are_checked(broker: Broker) -> None:
     with pytest.raises(ValueError, match="max_n"):
         broker.lease("w", 0, 30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import socket
 import subprocess
 import time
@@ -24,7 +25,7 @@ from emailq.broker import Action, BrokerOptions, NewMessage, Outcome, State
 from emailq.broker import redis as redis_broker
 from emailq.broker.redis import RedisBroker, connect, warn_unless_noeviction
 from emailq.clock import ManualClock
-from emailq.errors import ConfigurationError
+from emailq.errors import BrokerFull, ConfigurationError
 from emailq.lanes import LANE_ORDER, SHARED_LANES, Lane
 from emailq.scheduling import allot
 
@@ -415,6 +416,58 @@ def test_the_retry_budget_outlasts_a_sentinel_failover() -> None:
     assert waited >= 45  # Sentinel's down-after-milliseconds defaults to 30 s
     assert redis.ConnectionError in retry._supported_errors
     assert redis.TimeoutError in retry._supported_errors
+
+
+# -- a full Redis ------------------------------------------------------------------------------
+@pytest.fixture
+def small_redis(redis_server: str, tmp_path: Path) -> Iterator[str]:
+    """A Redis of our own with 3 MB of memory, refusing writes when full (as emailq requires)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--maxmemory", "3mb",
+         "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: answers(port, "PING") is not None, "redis-server start")
+        yield f"redis://127.0.0.1:{port}/0?prefix=full"
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def test_a_full_redis_still_leases_and_settles_and_takes_mail_again_once_it_is_sent(
+    small_redis: str,
+) -> None:
+    with RedisBroker.from_url(small_redis) as broker:
+        assert broker.check() is None
+        stored: list[str] = []
+        with pytest.raises(BrokerFull, match="maxmemory"):
+            for _ in range(1000):
+                stored += broker.enqueue_many([NewMessage(b"x" * 20_000) for _ in range(5)])
+        assert 20 < len(stored) < 200
+        reason = broker.check()
+        assert reason is not None and re.fullmatch(
+            r"full: Redis used_memory \d\.\d MB ≥ (95% of )?maxmemory 3\.0 MB", reason
+        ), reason
+        assert broker.ping()  # up, but full: readiness says which
+        # Leasing and settling free memory, or move it: they run at maxmemory.
+        sent: list[str] = []
+        while jobs := broker.lease("w", 40, 60):
+            assert sorted(broker.complete(jobs)) == sorted(job.id for job in jobs)
+            sent += [job.id for job in jobs]
+        assert sorted(sent) == sorted(stored)
+        assert broker.stats().count(State.SENT) == len(stored)
+        assert broker.check() is None
+        assert broker.enqueue_many([NewMessage(b"room again")]) != []
+
+
+def test_check_says_when_redis_cannot_be_reached() -> None:
+    nobody = redis.Redis(port=free_port(), retry=None, socket_connect_timeout=1)
+    with RedisBroker(nobody) as broker:
+        reason = broker.check()
+    assert reason is not None and reason.startswith("unreachable: "), reason
 
 
 # -- Sentinel failover ----------------------------------------------------------------------

@@ -340,6 +340,15 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._ping()
 
+    def check(self) -> str | None:
+        """None when the broker can take writes now; otherwise why not, in a few words
+        ("full: Redis used_memory 2.0 MB ≥ maxmemory 2.0 MB", "unreachable: …",
+        "disk full: …"), for readiness to report. Never raises."""
+        try:
+            return self._check()
+        except Exception as error:  # a check reports, it does not raise
+            return f"unreachable: {type(error).__name__}: {error}"
+
     def close(self) -> None:  # noqa: B027 - backends without resources need not override
         """Release connections."""
 
@@ -420,6 +429,10 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _ping(self) -> bool: ...
+
+    @abc.abstractmethod
+    def _check(self) -> str | None:
+        """Why the backend cannot take writes now, or None (see :meth:`check`)."""
 
     @abc.abstractmethod
     def purge(self) -> None:

@@ -76,6 +76,10 @@ DEFAULT_PREFIX = "emailq"
 PROMOTE_LIMIT = 1000  # due messages promoted by one lease
 SENTINEL_PORT = 26379
 PING_TIMEOUT = 2.0  # seconds, to connect and to answer
+# check() calls Redis full from this share of maxmemory: a write is refused only once memory
+# is past maxmemory, but a batch that did not fit leaves it just below, and the room left is
+# the workers' (leasing and settling run at maxmemory; intake should stop first).
+FULL_AT = 0.95
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # no braces (the hash tag), no glob characters
 
 
@@ -361,19 +365,38 @@ class RedisBroker(Broker):
         return BrokerError(f"Redis: {text}")
 
     def _ping(self) -> bool:
-        # A connection of its own, without the client's retry budget (about a minute of
-        # reconnecting through a failover): a readiness probe wants to know now. Built
-        # from the pool's settings, not by the pool, which would count it against its cap.
+        try:
+            return self._ask_once("PING") in (b"PONG", True)
+        except redis.RedisError:
+            return False
+
+    def _check(self) -> str | None:
+        try:
+            info = _info_fields(self._ask_once("INFO", "memory", "replication"))
+        except redis.RedisError as error:
+            return f"unreachable: {error}"
+        if info.get("role") == "slave":
+            return "read-only: connected to a replica, not the master"
+        limit = int(info.get("maxmemory", 0))
+        used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
+        if limit and used >= FULL_AT * limit:
+            share = "" if used >= limit else f"{FULL_AT:.0%} of "
+            return f"full: Redis used_memory {_mb(used)} ≥ {share}maxmemory {_mb(limit)}"
+        return None
+
+    def _ask_once(self, *command: str) -> Any:
+        """One command on a connection of its own, without the client's retry budget (about
+        a minute of reconnecting through a failover): a readiness probe wants to know now.
+        Built from the pool's settings, not by the pool, which would count it against its
+        cap."""
         pool = self.client.connection_pool
         once = {"retry": Retry(NoBackoff(), 0), "socket_timeout": PING_TIMEOUT,
                 "socket_connect_timeout": PING_TIMEOUT}  # fmt: skip
         connection: Any = None  # redis-py's connection classes are untyped
         try:
             connection = pool.connection_class(**pool.connection_kwargs | once)
-            connection.send_command("PING")
-            return connection.read_response() in (b"PONG", True)
-        except redis.RedisError:
-            return False
+            connection.send_command(*command)
+            return connection.read_response()
         finally:
             if connection is not None:
                 connection.disconnect()
@@ -406,6 +429,17 @@ def _job(fields: Sequence[Any]) -> Job:
         tenant=tenant.decode(),
         expires_at=math.inf if expires is None else float(expires),
     )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def _info_fields(reply: Any) -> dict[str, str]:
+    """INFO's "name:value" lines (the raw reply: the connection does not parse it)."""
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    pairs = (line.partition(":") for line in text.splitlines() if not line.startswith("#"))
+    return {name: value for name, sep, value in pairs if sep}
 
 
 def _or_blank(value: float | None) -> float | str:

@@ -8,6 +8,8 @@ SQLite's write lock (``busy_timeout``) instead of failing; leases are one
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -37,6 +39,7 @@ from emailq.lanes import LANE_ORDER, Lane
 from emailq.scheduling import allot
 
 _SYNC_MODES = ("off", "normal", "full", "extra")
+MIN_FREE_BYTES = 1024 * 1024  # less free space than this where the file lives: "disk full"
 _CHUNK = 400  # rows per multi-row statement; stays far below SQLite's variable limit
 _JOB_COLUMNS = (
     "id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, available_at,"
@@ -67,6 +70,7 @@ class SQLiteBroker(Broker):
             raise ConfigurationError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
         self.path = str(path)
         self._lock = threading.Lock()  # one connection, shared by the threads of a process
+        self._refused: str | None = None  # why the last write failed for want of room
         with self._backend_errors():
             self._db = sqlite3.connect(
                 self.path, timeout=60.0, isolation_level=None, check_same_thread=False
@@ -108,10 +112,14 @@ class SQLiteBroker(Broker):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (SQLITE_FULL among them): a
+                # second ROLLBACK would raise and hide the error that matters.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            self._refused = None
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -473,6 +481,7 @@ class SQLiteBroker(Broker):
         text = str(error)
         if isinstance(error, sqlite3.OperationalError):
             if "full" in text:  # "database or disk is full"
+                self._refused = text
                 return BrokerFull(f"the SQLite file {self.path} cannot grow: {text}")
             return BrokerUnavailable(f"the SQLite file {self.path} is unavailable: {text}")
         return BrokerError(f"SQLite: {text}")
@@ -482,6 +491,19 @@ class SQLiteBroker(Broker):
             return self._read("SELECT 1") == [(1,)]
         except sqlite3.Error:
             return False
+
+    def _check(self) -> str | None:
+        where = os.path.dirname(os.path.abspath(self.path))
+        free = shutil.disk_usage(where).free
+        if free < MIN_FREE_BYTES:
+            return f"disk full: {free / 1024:.0f} KB free in {where}"
+        if self._refused is not None:
+            return f"disk full: {self._refused}"
+        try:
+            self._read("SELECT 1")
+        except sqlite3.Error as error:
+            return f"unavailable: {error}"
+        return None
 
     def purge(self) -> None:
         with self._write() as db:

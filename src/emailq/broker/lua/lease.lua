@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Lease up to N ready messages to a worker: promote what is due, share N between the lanes
 -- (emailq.scheduling.allot, step for step), pop each lane's oldest, and fence each with token+1.
 -- A popped message past its expires_at is buried instead of leased (a ceremony change after

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Return messages whose lease expired to their lane, in their old place (the attempt stays
 -- counted), or bury them when they are past their expires_at or their explicit max_attempts
 -- are spent. Idempotent: a reaped message is no longer in the leased zset.
