@@ -137,6 +137,15 @@ class Outcome:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadFilter:
+    """Which dead messages :meth:`Broker.requeue_dead` takes; None: any."""
+
+    since: float | None = None  # died at or after (epoch seconds)
+    lane: Lane | None = None
+    tenant: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class LaneStats:
     counts: dict[State, int]
@@ -303,10 +312,24 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._promote_due(self._at(), limit)
 
-    def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
-        """Give dead messages a fresh set of attempts; all of them (up to limit) when no ids."""
+    def requeue_dead(
+        self,
+        ids: Sequence[str] | None = None,
+        *,
+        since: float | None = None,
+        lane: Lane | None = None,
+        tenant: str | None = None,
+        limit: int = 1000,
+    ) -> int:
+        """Queue dead messages again, with fresh attempts and a fresh expires_at (now + their
+        lane's maximum age); returns how many. ``ids`` names them, or None takes the dead
+        (longest dead first); either way only those that died at or after ``since`` (epoch
+        seconds), in ``lane`` and of ``tenant``, when given, and at most ``limit``."""
+        if since is not None and not math.isfinite(since):
+            raise ValueError("since must be a finite timestamp")
+        found = DeadFilter(since=since, lane=lane, tenant=tenant)
         with self._backend_errors():
-            return self._requeue_dead(ids, limit, self._at())
+            return self._requeue_dead(ids, found, limit, self._at())
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a message that no worker holds yet; False when it is leased, final or unknown."""
@@ -404,7 +427,9 @@ class Broker(abc.ABC):
     def _promote_due(self, at: float | None, limit: int) -> int: ...
 
     @abc.abstractmethod
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float | None) -> int: ...
+    def _requeue_dead(
+        self, ids: Sequence[str] | None, only: DeadFilter, limit: int, at: float | None
+    ) -> int: ...
 
     @abc.abstractmethod
     def _cancel(self, message_id: str, at: float | None) -> bool: ...

@@ -59,6 +59,7 @@ from emailq.broker.base import (
     Action,
     Broker,
     BrokerOptions,
+    DeadFilter,
     Job,
     MessageInfo,
     NewMessage,
@@ -281,11 +282,14 @@ class RedisBroker(Broker):
         keys = [k.message, k.delayed, k.counts, *k.ready]
         return int(self._run("promote", keys, [_time(at), limit, *_LANE_NAMES]))
 
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float | None) -> int:
+    def _requeue_dead(
+        self, ids: Sequence[str] | None, only: DeadFilter, limit: int, at: float | None
+    ) -> int:
         k = self.keys
         keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready]
         mode = "all" if ids is None else "ids"
-        args = [_time(at), limit, mode, *_LANE_NAMES, *self._max_ages(), *(ids or ())]
+        args = [_time(at), limit, mode, *_LANE_NAMES, *self._max_ages(), _or_blank(only.since),
+                only.lane.value if only.lane else "", only.tenant or "", *(ids or ())]  # fmt: skip
         return int(self._run("requeue_dead", keys, args))
 
     def _cancel(self, message_id: str, at: float | None) -> bool:

@@ -24,6 +24,7 @@ from emailq.broker.base import (
     Action,
     Broker,
     BrokerOptions,
+    DeadFilter,
     Job,
     MessageInfo,
     NewMessage,
@@ -400,13 +401,20 @@ class SQLiteBroker(Broker):
             (at, at, limit),
         ).rowcount
 
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, when: float | None) -> int:
+    def _requeue_dead(
+        self, ids: Sequence[str] | None, only: DeadFilter, limit: int, when: float | None
+    ) -> int:
         at = _local(when)
         chosen = "SELECT id FROM messages WHERE state = 'dead'"
         params: list[Any] = []
         if ids is not None:
             chosen += f" AND id IN ({', '.join('?' * len(ids))})" if ids else " AND 0"
             params += ids
+        for column, value in (("updated_at >=", only.since), ("lane =", only.lane),
+                              ("tenant =", only.tenant)):  # fmt: skip
+            if value is not None:
+                chosen += f" AND {column} ?"
+                params.append(value)
         ages = " ".join(f"WHEN '{lane.value}' THEN ?" for lane in LANE_ORDER)
         max_ages = [self.options.max_age[lane] for lane in LANE_ORDER]
         with self._write() as db:
