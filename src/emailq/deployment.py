@@ -151,6 +151,7 @@ class Deployment:
             provider_rate=limits.provider_rate,
             domain_rate=limits.domain_rate,
             tenant_rate=limits.tenant_rate,
+            critical_reserve=limits.critical_reserve,
         )
 
     # -- intake: what POST /v1/emails does, from Python -----------------------------------

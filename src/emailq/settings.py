@@ -90,6 +90,9 @@ class LimitSettings(_Section):
     provider_rate: float | None = Field(None, gt=0, description="messages/s through the provider")
     domain_rate: float | None = Field(None, gt=0, description="messages/s per recipient domain")
     tenant_rate: float | None = Field(None, gt=0, description="messages/s delivered per tenant")
+    critical_reserve: float = Field(
+        0.2, ge=0, lt=1, description="share of each limit's burst only critical mail may spend"
+    )
 
 
 class ApiSection(_Section):
