@@ -85,6 +85,8 @@ async def test_a_valid_email_is_queued_in_its_lane(api: Api) -> None:
         ({"text": "   "}, "text"),
         ({"unknown": 1}, "unknown"),
         ({"send_at": "2030-01-01T10:00:00"}, "send_at"),
+        ({"send_at": "2030-01-01T10:00:00Z", "expires_at": "2030-01-01T09:00:00Z"}, "expires_at"),
+        ({"max_attempts": 0}, "max_attempts"),
         ({"tenant": "other"}, None),  # 403, below
     ],
 )
