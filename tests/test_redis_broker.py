@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from conftest import REDIS_URL, require_redis
+from deployments import deployment_for
 from emailq.broker import Action, BrokerOptions, NewMessage, Outcome, State
 from emailq.broker import redis as redis_broker
 from emailq.broker.redis import RedisBroker, connect, warn_unless_noeviction
@@ -301,6 +302,16 @@ def test_a_worker_whose_clock_is_20s_ahead_neither_reaps_live_leases_nor_sends_e
     assert ahead.get(later).state == State.SCHEDULED  # type: ignore[union-attr]
     assert ahead.lease("fast-clock-worker", 10, 10) == []
     assert abs(ahead.now() - server_time(broker)) < 1
+
+
+def test_a_deployment_keeps_time_by_the_redis_clock(
+    real_time_broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 20)
+    url = f"{REDIS_URL}?prefix={real_time_broker.prefix}"
+    with deployment_for(url) as deployment:  # its clock defaults to the wall clock's now
+        assert abs(deployment.broker.now() - server_time(real_time_broker)) < 1
 
 
 def test_an_injected_clock_is_still_the_brokers_time(
