@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from emailq.broker import Action, Broker, BrokerOptions, NewMessage, Outcome, State, open_broker
-from emailq.broker.base import DEFAULT_MAX_AGE
+from emailq.broker.expiry import DEFAULT_MAX_AGE
 from emailq.clock import ManualClock
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
 

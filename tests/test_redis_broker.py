@@ -22,9 +22,11 @@ from redis.crc import key_slot
 
 from conftest import REDIS_URL, require_redis
 from deployments import deployment_for
-from emailq.broker import Action, BrokerOptions, NewMessage, Outcome, State
+from emailq.broker import Action, BrokerOptions, NewMessage, Outcome, State, redis_client
 from emailq.broker import redis as redis_broker
-from emailq.broker.redis import RedisBroker, connect, warn_unless_noeviction
+from emailq.broker.expiry import gave_up
+from emailq.broker.redis import RedisBroker
+from emailq.broker.redis_client import connect, warn_unless_noeviction
 from emailq.clock import ManualClock
 from emailq.errors import BrokerFull, ConfigurationError
 from emailq.lanes import LANE_ORDER, SHARED_LANES, Lane
@@ -247,6 +249,17 @@ def test_counts_agree_with_the_messages_after_every_kind_of_change(
     assert counted(broker) == recount(broker)
 
 
+@pytest.mark.parametrize("age", [0.4, 59.5, 119.6, 150, 7199, 7200, 86399.9, 172800, 9e5])
+def test_the_scripts_word_a_burial_as_the_python_does(
+    broker: RedisBroker, clock: ManualClock, age: float
+) -> None:
+    [message_id] = broker.enqueue_many([NewMessage(PAYLOAD, max_attempts=1, expires_at=3e9)])
+    clock.advance(age)
+    [job] = broker.lease("w", 1, 1e6)
+    broker.retry(job, 0, "451 later")
+    assert broker.get(message_id).last_error == gave_up(1, age, "451 later")  # type: ignore[union-attr]
+
+
 def test_a_message_stored_before_expiry_never_expires_by_age(
     broker: RedisBroker, clock: ManualClock
 ) -> None:
@@ -373,7 +386,7 @@ class FakeConfig:
 
 
 def test_a_policy_that_may_evict_mail_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="emailq.broker.redis"):
+    with caplog.at_level(logging.INFO, logger="emailq.broker.redis_client"):
         lru = FakeConfig({b"maxmemory-policy": b"allkeys-lru"})
         assert warn_unless_noeviction(lru) == "allkeys-lru"  # type: ignore[arg-type]
         assert "noeviction" in caplog.records[-1].message
@@ -421,7 +434,7 @@ def test_bad_urls_are_refused(url: str) -> None:
 
 
 def test_the_retry_budget_outlasts_a_sentinel_failover() -> None:
-    retry = redis_broker.client_options()["retry"]
+    retry = redis_client.client_options()["retry"]
     backoff = retry._backoff
     waited = sum(backoff.compute(failures) for failures in range(1, retry.get_retries() + 1))
     assert waited >= 45  # Sentinel's down-after-milliseconds defaults to 30 s

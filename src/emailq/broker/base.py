@@ -20,20 +20,11 @@ from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from enum import StrEnum
 
+from emailq.broker.expiry import DEFAULT_MAX_AGE
 from emailq.clock import Clock, now
 from emailq.errors import BrokerError, EmailqError
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
 
-DAY = 24 * 3600.0
-# How long each lane's mail is worth trying, as an MTA's queue lifetime: a ceremony change
-# a day late is worse than none; a newsletter may wait out a provider's weekend outage.
-DEFAULT_MAX_AGE: dict[Lane, float] = {
-    Lane.CRITICAL: 1 * DAY,
-    Lane.WEDDING_DAY: 2 * DAY,
-    Lane.PRE_WEDDING: 5 * DAY,
-    Lane.STANDARD: 5 * DAY,
-    Lane.BULK: 5 * DAY,
-}
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # the 10 MB message limit plus JSON/base64 overhead
@@ -271,10 +262,10 @@ class Broker(abc.ABC):
     def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
         """Apply a batch of outcomes; returns the ids settled (stale leases are skipped).
 
-        A retry buries the message instead (its error saying so, see :func:`gave_up`) when
+        A retry buries the message instead (its error saying so: :mod:`emailq.broker.expiry`) when
         it would fall due at or after its ``expires_at``, or when its explicit
         ``max_attempts`` are spent; a deferral only when it would fall due at or after its
-        ``expires_at`` (see :func:`expired`).
+        ``expires_at``.
         """
         for outcome in outcomes:
             if outcome.delay < 0 or not math.isfinite(outcome.delay):
@@ -486,30 +477,6 @@ def _check_message(index: int, message: NewMessage) -> None:
         raise ValueError(f"{where}.expires_at must be a finite timestamp")
     if expires is not None and message.send_at is not None and expires <= message.send_at:
         raise ValueError(f"{where}.expires_at must be after its send_at")
-
-
-def span(seconds: float) -> str:
-    """A duration for people; the Lua scripts format it the same way."""
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} seconds"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} minutes"
-    if seconds < 2 * DAY:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds / DAY:.1f} days"
-
-
-def gave_up(attempts: int, seconds: float, error: str | None) -> str:
-    """The error of a message buried by a retry or the reaper (settle.lua, reap.lua alike)."""
-    text = f"gave up after {attempts} attempt{'' if attempts == 1 else 's'} over {span(seconds)}"
-    return f"{text}: {error}" if error else text
-
-
-def expired(last_error: str | None) -> str:
-    """The error of a message that reached its expires_at before it could be sent."""
-    text = "expired before it could be sent"
-    return f"{text}; last error: {last_error}" if last_error else text
 
 
 def _check_payload(index: int, payload: bytes) -> None:

@@ -30,9 +30,8 @@ from emailq.broker.base import (
     NewMessage,
     Outcome,
     State,
-    expired,
-    gave_up,
 )
+from emailq.broker.expiry import Tried, after_deferral, after_lapse, after_retry, expired
 from emailq.clock import Clock, now
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
 from emailq.ids import new_id
@@ -54,7 +53,7 @@ _VALUE_NAMES = ("id", "token", "due", "error", "state", "attempts")  # _update_l
 # A message past its expires_at (NULL: never) when a lease finds it.
 _EXPIRED = "expires_at <= :at"
 _EXPIRED_ERROR = (
-    f"'{expired(None)}' || COALESCE('; last error: ' || last_error, '')"  # = base.expired()
+    f"'{expired(None)}' || COALESCE('; last error: ' || last_error, '')"  # = expiry.expired()
 )
 
 
@@ -86,13 +85,21 @@ class SQLiteBroker(Broker):
                 self._db.executescript(schema)
 
     def _migrate_columns(self) -> None:
-        """Bring files made by older versions up to this schema (nothing for a new file)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
-        if "seq" in columns:  # before 0.2 the fencing token was named seq
-            self._db.execute("ALTER TABLE messages RENAME COLUMN seq TO token")
-        if columns and "expires_at" not in columns:  # before 0.3 mail did not expire:
-            # its messages keep their max_attempts and never expire by age.
-            self._db.execute("ALTER TABLE messages ADD COLUMN expires_at REAL")
+        """Bring files made by older versions up to this schema (nothing for a new file),
+        under the write lock: processes that open an old file together migrate it once."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+            if "seq" in columns:  # before 0.2 the fencing token was named seq
+                self._db.execute("ALTER TABLE messages RENAME COLUMN seq TO token")
+            if columns and "expires_at" not in columns:  # before 0.3 mail did not expire:
+                # its messages keep their max_attempts and never expire by age.
+                self._db.execute("ALTER TABLE messages ADD COLUMN expires_at REAL")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @classmethod
     def from_url(
@@ -293,17 +300,16 @@ class SQLiteBroker(Broker):
             if row is None or row[0] != o.job.token:
                 continue  # a stale lease: skipped below as well
             _, attempts, max_attempts, enqueued_at, expires_at, last_error = row
+            tried = Tried(attempts=attempts, max_attempts=max_attempts or None,
+                          enqueued_at=enqueued_at, expires_at=expires_at,
+                          last_error=last_error)  # fmt: skip
             due = at + o.delay
-            late = expires_at is not None and due >= expires_at
             if o.action is Action.DEFER:
-                attempts -= 1
-                dead = late
-                error = expired(o.error or last_error) if dead else o.error or last_error
+                then = after_deferral(tried, due, o.error)
             else:
-                dead = late or (bool(max_attempts) and attempts >= max_attempts)
-                error = gave_up(attempts, at - enqueued_at, o.error) if dead else o.error
-            state = State.DEAD if dead else State.RETRYING
-            rows.append((o.job.id, o.job.token, due, error, state.value, attempts))
+                then = after_retry(tried, due, at, o.error)
+            state = State.DEAD if then.dead else State.RETRYING
+            rows.append((o.job.id, o.job.token, due, then.error, state.value, then.attempts))
         return self._update_leased(
             db,
             "state = v.state, attempts = v.attempts, available_at = v.due, last_error = v.error,"
@@ -370,12 +376,13 @@ class SQLiteBroker(Broker):
             ).fetchall()
             back, dead = [], []
             for message_id, attempts, max_attempts, enqueued_at, expires_at in rows:
-                spent = bool(max_attempts) and attempts >= max_attempts
-                if spent or (expires_at is not None and at >= expires_at):
-                    why = f"lease expired on attempt {attempts}"
-                    dead.append((gave_up(attempts, at - enqueued_at, why), at, message_id))
-                else:
+                tried = Tried(attempts=attempts, max_attempts=max_attempts or None,
+                              enqueued_at=enqueued_at, expires_at=expires_at)  # fmt: skip
+                error = after_lapse(tried, at)
+                if error is None:
                     back.append((at, message_id))
+                else:
+                    dead.append((error, at, message_id))
             db.executemany(
                 "UPDATE messages SET state = 'queued', owner = NULL, lease_expires = NULL,"
                 " updated_at = ? WHERE id = ?",

@@ -74,7 +74,7 @@ local function bury(msg, id, lane, err)
   finish(msg, id, lane, 'dead')
 end
 
--- A duration for people, and a burial's error: as emailq.broker.base.span() and gave_up().
+-- A duration for people, and a burial's error: as emailq.broker.expiry.span() and gave_up().
 local function span(s)
   if s < 0 then s = 0 end
   if s < 120 then return string.format('%.0f seconds', s) end
@@ -124,7 +124,7 @@ local function release(i)
 end
 
 -- Not tried: retrying after its delay with the attempt given back, buried only past its
--- expires_at (false: never), as emailq.broker.base.expired() says.
+-- expires_at (false: never), as emailq.broker.expiry.after_deferral() does.
 local function defer(i)
   local id, due, err = ARGV[i], now_n + tonumber(ARGV[i + 2]), ARGV[i + 3]
   local msg, lane = held(id, ARGV[i + 1])
