@@ -85,6 +85,8 @@ async def test_a_valid_email_is_queued_in_its_lane(api: Api) -> None:
         ({"text": "   "}, "text"),
         ({"unknown": 1}, "unknown"),
         ({"send_at": "2030-01-01T10:00:00"}, "send_at"),
+        ({"send_at": "2030-01-01T10:00:00Z", "expires_at": "2030-01-01T09:00:00Z"}, "expires_at"),
+        ({"max_attempts": 0}, "max_attempts"),
         ({"tenant": "other"}, None),  # 403, below
     ],
 )
@@ -282,6 +284,26 @@ async def test_other_tenants_cannot_see_or_cancel(api: Api) -> None:
     headers = {"Authorization": f"Bearer {other}"}
     assert (await api.client.get(f"/v1/emails/{message_id}", headers=headers)).status_code == 404
     assert (await api.client.delete(f"/v1/emails/{message_id}", headers=headers)).status_code == 404
+
+
+async def test_requeue_a_dead_email_of_ones_own_tenant_only(api: Api) -> None:
+    dead, queued = [(await api.post("/v1/emails", EMAIL)).json()["id"] for _ in range(2)]
+    [job, _] = api.broker.lease("worker", 2, 30)
+    assert job.id == dead
+    api.broker.bury(job, "550 mailbox unavailable")
+    _, other = api.keys.create("globex")
+    for message_id, headers in (("no-such-id", api.auth),
+                                (dead, {"Authorization": f"Bearer {other}"})):  # fmt: skip
+        missing = await api.client.post(f"/v1/emails/{message_id}/requeue", headers=headers)
+        assert missing.status_code == 404
+    assert api.broker.get(dead).state == State.DEAD  # type: ignore[union-attr]
+    requeued = await api.client.post(f"/v1/emails/{dead}/requeue", headers=api.auth)
+    assert requeued.status_code == 200 and requeued.json() == {"id": dead, "state": "queued"}
+    info = api.broker.get(dead)
+    assert info is not None and (info.state, info.attempts) == (State.QUEUED, 0)
+    for message_id, state in ((dead, "queued"), (queued, "leased")):  # not dead: 409
+        again = await api.client.post(f"/v1/emails/{message_id}/requeue", headers=api.auth)
+        assert again.status_code == 409 and f"is {state}" in again.json()["detail"]
 
 
 async def test_queues_health_and_metrics(api: Api) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from emailq.broker import Action, Broker, BrokerOptions, NewMessage, Outcome, State, open_broker
-from emailq.broker.base import DEFAULT_MAX_AGE
+from emailq.broker.expiry import DEFAULT_MAX_AGE
 from emailq.clock import ManualClock
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
 
@@ -386,6 +386,36 @@ def test_requeue_dead_gives_fresh_attempts_and_a_fresh_expiry(
     assert broker.stats().count(State.DEAD) == 0
 
 
+def test_requeue_dead_picks_by_id_since_lane_and_tenant(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [early] = enqueue(broker, Lane.STANDARD, tenant="acme", max_attempts=1)
+    [bulk] = enqueue(broker, Lane.BULK, tenant="acme", max_attempts=1)
+    [other] = enqueue(broker, Lane.STANDARD, tenant="globex", max_attempts=1)
+    jobs = {job.id: job for job in broker.lease("w", 3, 30)}
+    broker.bury(jobs[early], "550")
+    died_early = clock()
+    clock.advance(3600)
+    broker.settle([Outcome(jobs[bulk], Action.BURY), Outcome(jobs[other], Action.BURY)])
+    assert broker.requeue_dead(lane=Lane.BULK, since=died_early + 1) == 1
+    assert state_of(broker, bulk) == State.QUEUED
+    assert broker.requeue_dead(tenant="globex", lane=Lane.BULK) == 0
+    assert broker.requeue_dead([early], since=died_early + 1) == 0  # it died before that
+    assert broker.requeue_dead([early, other], tenant="acme") == 1
+    assert (state_of(broker, early), state_of(broker, other)) == (State.QUEUED, State.DEAD)
+    assert broker.requeue_dead(since=died_early) == 1
+    assert broker.stats().count(State.DEAD) == 0
+
+
+def test_requeue_dead_takes_the_longest_dead_first(broker: Broker, clock: ManualClock) -> None:
+    ids = enqueue(broker, n=3, max_attempts=1)
+    for job in broker.lease("w", 3, 30)[::-1]:  # the last one enqueued dies first
+        broker.bury(job, "550")
+        clock.advance(1)
+    assert broker.requeue_dead(limit=2) == 2
+    assert state_of(broker, ids[0]) == State.DEAD
+
+
 def test_cancel_only_what_no_worker_holds(broker: Broker, clock: ManualClock) -> None:
     queued, leased, scheduled = enqueue(broker, n=2) + enqueue(broker, send_at=clock() + 60)
     [job] = broker.lease("w", 1, 30)
@@ -447,6 +477,10 @@ def test_ping_answers_and_can_be_asked_again_and_again(broker: Broker) -> None:
     # more pings than redis-py's pool holds connections: a probe must not use them up
     assert all(broker.ping() for _ in range(150))
     assert broker.enqueue_many([NewMessage(b"after the probes")]) != []
+
+
+def test_check_finds_nothing_wrong_with_a_healthy_broker(broker: Broker) -> None:
+    assert broker.check() is None
 
 
 def test_lease_arguments_are_checked(broker: Broker) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 
 from click.testing import CliRunner
 
-from emailq.broker import NewMessage, open_broker
+from emailq.broker import NewMessage, State, open_broker
 from emailq.cli import cli
 from emailq.lanes import Lane
 
@@ -33,6 +34,37 @@ def test_get_shows_a_message_and_refuses_an_unknown_id(broker_url: str) -> None:
     assert json.loads(result.output)["tenant"] == "acme"
     missing = CliRunner().invoke(cli, ["get", "--broker-url", broker_url, "nope"])
     assert missing.exit_code != 0 and "no message nope" in missing.output
+
+
+def test_requeue_dead_by_lane_tenant_since_and_id(broker_url: str) -> None:
+    with open_broker(broker_url) as broker:
+        ids = broker.enqueue_many(
+            [NewMessage(b"x", lane=Lane.BULK, tenant="acme", max_attempts=1)] * 3
+            + [NewMessage(b"x", lane=Lane.STANDARD, tenant="acme", max_attempts=1)]
+            + [NewMessage(b"x", lane=Lane.BULK, tenant="globex", max_attempts=1)]
+        )
+        for job in broker.lease("w", 10, 30):
+            broker.bury(job, "550")
+
+    def requeue(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["requeue", "--broker-url", broker_url, *args])
+        assert result.exit_code == 0, result.output
+        return result.output.strip()
+
+    since = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert requeue("--dead", "--since", since) == "requeued 0 dead messages"
+    assert requeue("--dead", "--id", ids[0], "--id", ids[3]) == "requeued 2 dead messages"
+    assert requeue("--dead", "--lane", "bulk", "--tenant", "acme", "--since", "2h") == (
+        "requeued 2 dead messages"
+    )
+    assert requeue("--dead") == "requeued 1 dead message"
+    with open_broker(broker_url) as broker:
+        assert broker.stats().count(State.QUEUED) == 5
+    missing = CliRunner().invoke(cli, ["requeue", "--broker-url", broker_url])
+    assert missing.exit_code != 0 and "--dead" in missing.output
+    naive = CliRunner().invoke(cli, ["requeue", "--dead", "--since", "2026-01-01T00:00",
+                                     "--broker-url", broker_url])  # fmt: skip
+    assert naive.exit_code != 0 and "offset" in naive.output
 
 
 def test_a_bad_broker_url_is_a_clear_error() -> None:

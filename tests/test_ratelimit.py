@@ -49,6 +49,26 @@ def test_a_request_passes_all_its_limits_or_spends_none(
     assert provider_only.granted.count(True) == 3
 
 
+def test_non_critical_mail_leaves_the_reserve_of_a_burst_to_critical_mail(
+    limiter: Limiter, clock: ManualClock
+) -> None:
+    provider = Limit("provider:smtp", rate=0.1, burst=10)
+    bulk, critical = LimitRequest((provider,), reserve=0.2), LimitRequest((provider,))
+    assert limiter.try_acquire([bulk] * 10).granted == (True,) * 8 + (False,) * 2
+    assert limiter.try_acquire([critical] * 3).granted == (True, True, False)
+    clock.advance(10)  # one unit back: still inside the reserve, so only critical may have it
+    assert limiter.try_acquire([bulk, critical]).granted == (False, True)
+
+
+def test_a_burst_too_small_for_a_reserve_keeps_none(limiter: Limiter, clock: ManualClock) -> None:
+    single = Limit("domain:tiny.example", rate=1, burst=1)
+    assert limiter.try_acquire([LimitRequest((single,), reserve=0.2)] * 2).granted == (
+        True, False,
+    )  # fmt: skip
+    clock.advance(1)
+    assert limiter.try_acquire([LimitRequest((single,), reserve=0.2)]).granted == (True,)
+
+
 def test_sqlite_limits_are_shared_between_connections(clock: ManualClock, tmp_path: Path) -> None:
     one = SQLiteLimiter(str(tmp_path / "shared.db"), clock)
     two = SQLiteLimiter(str(tmp_path / "shared.db"), clock)
@@ -61,6 +81,9 @@ def test_limits_reject_nonsense() -> None:
         Limit("x", 0)
     with pytest.raises(ValueError, match="burst must be at least 1"):
         Limit("x", 1, burst=0)
+    for reserve in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="reserve must be at least 0 and below 1"):
+            LimitRequest((PROVIDER,), reserve=reserve)
 
 
 def test_rules_name_provider_domain_and_tenant_limits() -> None:
@@ -72,6 +95,10 @@ def test_rules_name_provider_domain_and_tenant_limits() -> None:
         ("tenant:acme", 20),
     ]  # fmt: skip
     assert not RateRules().active
+    assert request.reserve == 0.2  # not critical: leaves a fifth of each burst
+    critical = rules.request("smtp", "acme", ("a@gmail.com",), critical=True)
+    assert critical.reserve == 0.0
+    assert RateRules(critical_reserve=0.5).request("smtp", "acme", ()).reserve == 0.5
 
 
 @pytest.fixture
@@ -97,6 +124,17 @@ def test_redis_limits_grant_all_or_nothing_and_hold_the_rate(redis_limiter: Redi
         granted += step.granted[0]
         time.sleep(step.wait or 0.001)
     assert 1 <= granted <= 3  # 2 per second, the first of them already spent above
+
+
+def test_redis_limits_keep_the_same_reserve_for_critical_mail(redis_limiter: RedisLimiter) -> None:
+    provider = Limit("provider:smtp", rate=0.1, burst=10)
+    bulk, critical = LimitRequest((provider,), reserve=0.2), LimitRequest((provider,))
+    assert redis_limiter.try_acquire([bulk] * 10).granted == (True,) * 8 + (False,) * 2
+    assert redis_limiter.try_acquire([critical] * 3).granted == (True, True, False)
+    single = Limit("domain:tiny.example", rate=0.1, burst=1)
+    assert redis_limiter.try_acquire([LimitRequest((single,), reserve=0.2)] * 2).granted == (
+        True, False,
+    )  # fmt: skip
 
 
 def test_redis_limit_keys_expire(redis_limiter: RedisLimiter) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import socket
 import subprocess
 import time
@@ -20,11 +21,14 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from conftest import REDIS_URL, require_redis
-from emailq.broker import Action, BrokerOptions, NewMessage, Outcome, State
+from deployments import deployment_for
+from emailq.broker import Action, BrokerOptions, NewMessage, Outcome, State, redis_client
 from emailq.broker import redis as redis_broker
-from emailq.broker.redis import RedisBroker, connect, warn_unless_noeviction
+from emailq.broker.expiry import gave_up
+from emailq.broker.redis import RedisBroker
+from emailq.broker.redis_client import connect, warn_unless_noeviction
 from emailq.clock import ManualClock
-from emailq.errors import ConfigurationError
+from emailq.errors import BrokerFull, ConfigurationError
 from emailq.lanes import LANE_ORDER, SHARED_LANES, Lane
 from emailq.scheduling import allot
 
@@ -245,6 +249,17 @@ def test_counts_agree_with_the_messages_after_every_kind_of_change(
     assert counted(broker) == recount(broker)
 
 
+@pytest.mark.parametrize("age", [0.4, 59.5, 119.6, 150, 7199, 7200, 86399.9, 172800, 9e5])
+def test_the_scripts_word_a_burial_as_the_python_does(
+    broker: RedisBroker, clock: ManualClock, age: float
+) -> None:
+    [message_id] = broker.enqueue_many([NewMessage(PAYLOAD, max_attempts=1, expires_at=3e9)])
+    clock.advance(age)
+    [job] = broker.lease("w", 1, 1e6)
+    broker.retry(job, 0, "451 later")
+    assert broker.get(message_id).last_error == gave_up(1, age, "451 later")  # type: ignore[union-attr]
+
+
 def test_a_message_stored_before_expiry_never_expires_by_age(
     broker: RedisBroker, clock: ManualClock
 ) -> None:
@@ -300,6 +315,16 @@ def test_a_worker_whose_clock_is_20s_ahead_neither_reaps_live_leases_nor_sends_e
     assert ahead.get(later).state == State.SCHEDULED  # type: ignore[union-attr]
     assert ahead.lease("fast-clock-worker", 10, 10) == []
     assert abs(ahead.now() - server_time(broker)) < 1
+
+
+def test_a_deployment_keeps_time_by_the_redis_clock(
+    real_time_broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 20)
+    url = f"{REDIS_URL}?prefix={real_time_broker.prefix}"
+    with deployment_for(url) as deployment:  # its clock defaults to the wall clock's now
+        assert abs(deployment.broker.now() - server_time(real_time_broker)) < 1
 
 
 def test_an_injected_clock_is_still_the_brokers_time(
@@ -361,7 +386,7 @@ class FakeConfig:
 
 
 def test_a_policy_that_may_evict_mail_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="emailq.broker.redis"):
+    with caplog.at_level(logging.INFO, logger="emailq.broker.redis_client"):
         lru = FakeConfig({b"maxmemory-policy": b"allkeys-lru"})
         assert warn_unless_noeviction(lru) == "allkeys-lru"  # type: ignore[arg-type]
         assert "noeviction" in caplog.records[-1].message
@@ -409,12 +434,64 @@ def test_bad_urls_are_refused(url: str) -> None:
 
 
 def test_the_retry_budget_outlasts_a_sentinel_failover() -> None:
-    retry = redis_broker.client_options()["retry"]
+    retry = redis_client.client_options()["retry"]
     backoff = retry._backoff
     waited = sum(backoff.compute(failures) for failures in range(1, retry.get_retries() + 1))
     assert waited >= 45  # Sentinel's down-after-milliseconds defaults to 30 s
     assert redis.ConnectionError in retry._supported_errors
     assert redis.TimeoutError in retry._supported_errors
+
+
+# -- a full Redis ------------------------------------------------------------------------------
+@pytest.fixture
+def small_redis(redis_server: str, tmp_path: Path) -> Iterator[str]:
+    """A Redis of our own with 3 MB of memory, refusing writes when full (as emailq requires)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--maxmemory", "3mb",
+         "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: answers(port, "PING") is not None, "redis-server start")
+        yield f"redis://127.0.0.1:{port}/0?prefix=full"
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def test_a_full_redis_still_leases_and_settles_and_takes_mail_again_once_it_is_sent(
+    small_redis: str,
+) -> None:
+    with RedisBroker.from_url(small_redis) as broker:
+        assert broker.check() is None
+        stored: list[str] = []
+        with pytest.raises(BrokerFull, match="maxmemory"):
+            for _ in range(1000):
+                stored += broker.enqueue_many([NewMessage(b"x" * 20_000) for _ in range(5)])
+        assert 20 < len(stored) < 200
+        reason = broker.check()
+        assert reason is not None and re.fullmatch(
+            r"full: Redis used_memory \d\.\d MB ≥ (95% of )?maxmemory 3\.0 MB", reason
+        ), reason
+        assert broker.ping()  # up, but full: readiness says which
+        # Leasing and settling free memory, or move it: they run at maxmemory.
+        sent: list[str] = []
+        while jobs := broker.lease("w", 40, 60):
+            assert sorted(broker.complete(jobs)) == sorted(job.id for job in jobs)
+            sent += [job.id for job in jobs]
+        assert sorted(sent) == sorted(stored)
+        assert broker.stats().count(State.SENT) == len(stored)
+        assert broker.check() is None
+        assert broker.enqueue_many([NewMessage(b"room again")]) != []
+
+
+def test_check_says_when_redis_cannot_be_reached() -> None:
+    nobody = redis.Redis(port=free_port(), retry=None, socket_connect_timeout=1)
+    with RedisBroker(nobody) as broker:
+        reason = broker.check()
+    assert reason is not None and reason.startswith("unreachable: "), reason
 
 
 # -- Sentinel failover ----------------------------------------------------------------------

@@ -8,9 +8,11 @@ A flag that is not given sets nothing, so the file and the environment still cou
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import click
@@ -20,7 +22,7 @@ from rich.table import Table
 from emailq.broker import State, Stats
 from emailq.deployment import Deployment
 from emailq.errors import EmailqError
-from emailq.lanes import LANE_ORDER
+from emailq.lanes import LANE_ORDER, Lane
 from emailq.settings import Settings, described_fields, display, redact_url
 
 # Which setting each flag sets (flags of the same name mean the same setting everywhere).
@@ -348,6 +350,51 @@ def loadtest(**flags: Any) -> None:
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     sys.exit(run_loadtest(options))
+
+
+@cli.command()
+@BROKER_URL
+@click.option("--dead", is_flag=True, required=True, help="requeue dead mail (required)")
+@click.option("--since", help="only mail that died since: 30m, 2h, 1d, or ISO 8601 with offset")
+@click.option("--lane", type=click.Choice([lane.value for lane in LANE_ORDER]))
+@click.option("--tenant", help="only this tenant's mail")
+@click.option("--id", "ids", multiple=True, help="only this message (repeatable)")
+@click.option("--limit", default=10_000, show_default=True, help="the most to requeue")
+@click.pass_context
+def requeue(
+    ctx: click.Context, /, dead: bool, since: str | None, lane: str | None, tenant: str | None,
+    ids: tuple[str, ...], limit: int, **flags: Any,
+) -> None:  # fmt: skip
+    """Queue dead mail again, with fresh attempts and a fresh expiry; prints how many."""
+    with open_deployment(ctx, flags) as deployment:
+        broker = deployment.broker
+        count = broker.requeue_dead(
+            list(ids) or None,
+            since=None if since is None else since_timestamp(since, broker.now()),
+            lane=Lane(lane) if lane else None,
+            tenant=tenant,
+            limit=limit,
+        )
+    click.echo(f"requeued {count} dead message{'' if count == 1 else 's'}")
+
+
+_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since_timestamp(text: str, now: float) -> float:
+    """``2h`` (that long before ``now``) or an ISO 8601 time with its offset, as epoch s."""
+    ago = _AGO.fullmatch(text.strip())
+    if ago:
+        return now - float(ago[1]) * _SECONDS[ago[2]]
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        hint = "give 30m, 2h, 1d… or an ISO 8601 time"
+        raise click.BadParameter(hint, param_hint="--since") from None
+    if at.tzinfo is None:
+        raise click.BadParameter("give the time's offset, e.g. +02:00 or Z", param_hint="--since")
+    return at.timestamp()
 
 
 @cli.group()

@@ -25,6 +25,7 @@ from emailq.clock import Clock, now
 from emailq.errors import ConfigurationError, FieldError, InvalidEmail
 from emailq.intake import to_new_message
 from emailq.keys import KeyStore
+from emailq.lanes import Lane
 from emailq.message import Email, parse_email
 from emailq.policy import DEFAULT_POLICY, Policy
 from emailq.probes import provider_reachable
@@ -67,6 +68,7 @@ class Deployment:
         options = BrokerOptions(
             idempotency_ttl=settings.broker.idempotency_ttl_s,
             retention=settings.broker.retention_s,
+            max_age={lane: getattr(settings.broker, f"max_age_{lane.value}_s") for lane in Lane},
             check_payloads=True,
         )
         self.broker: Broker = open_broker(settings.broker.url, options, clock)
@@ -151,6 +153,7 @@ class Deployment:
             provider_rate=limits.provider_rate,
             domain_rate=limits.domain_rate,
             tenant_rate=limits.tenant_rate,
+            critical_reserve=limits.critical_reserve,
         )
 
     # -- intake: what POST /v1/emails does, from Python -----------------------------------

@@ -34,5 +34,7 @@ def to_new_message(
         tenant=email.tenant,
         idempotency_key=email.idempotency_key,
         send_at=email.send_at.timestamp() if email.send_at else None,
+        expires_at=email.expires_at.timestamp() if email.expires_at else None,
+        max_attempts=email.max_attempts,
         validated=True,
     )

@@ -358,8 +358,20 @@ class Email(_Model):
     tenant: Tenant = "default"
     idempotency_key: IdempotencyKey | None = None
     send_at: Instant | None = None
+    # Retried until then, like an MTA's queue lifetime (default: the lane's maximum age);
+    # max_attempts also limits the count (default: none, only the age).
+    expires_at: Instant | None = None
+    max_attempts: Annotated[int | None, Field(ge=1, le=1000)] = None
     wedding: WeddingContext | None = None
     priority: Annotated[int | None, Field(ge=0, le=100)] = None  # trusted callers only
+
+    @field_validator("expires_at")
+    @classmethod
+    def _expires_after_send_at(cls, value: datetime | None, info: ValidationInfo) -> Any:
+        send_at = info.data.get("send_at")
+        if value is not None and send_at is not None and value <= send_at:
+            raise _invalid("must be after send_at")
+        return value
 
     @field_validator("headers")
     @classmethod

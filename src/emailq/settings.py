@@ -57,6 +57,22 @@ class BrokerSettings(_Section):
     idempotency_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="seconds an idempotency key returns its first id"
     )
+    # How long each lane's mail is retried before it is buried (an MTA's queue lifetime).
+    max_age_critical_s: float = Field(
+        86400.0, gt=0, description="seconds critical mail is retried before it is buried"
+    )
+    max_age_wedding_day_s: float = Field(
+        2 * 86400.0, gt=0, description="seconds wedding_day mail is retried before it is buried"
+    )
+    max_age_pre_wedding_s: float = Field(
+        5 * 86400.0, gt=0, description="seconds pre_wedding mail is retried before it is buried"
+    )
+    max_age_standard_s: float = Field(
+        5 * 86400.0, gt=0, description="seconds standard mail is retried before it is buried"
+    )
+    max_age_bulk_s: float = Field(
+        5 * 86400.0, gt=0, description="seconds bulk mail is retried before it is buried"
+    )
 
 
 class ProviderSettings(_Section):
@@ -90,6 +106,9 @@ class LimitSettings(_Section):
     provider_rate: float | None = Field(None, gt=0, description="messages/s through the provider")
     domain_rate: float | None = Field(None, gt=0, description="messages/s per recipient domain")
     tenant_rate: float | None = Field(None, gt=0, description="messages/s delivered per tenant")
+    critical_reserve: float = Field(
+        0.2, ge=0, lt=1, description="share of each limit's burst only critical mail may spend"
+    )
 
 
 class ApiSection(_Section):

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from emailq.api import auth
 from emailq.api.batch import BatchRequest, parse_batch
 from emailq.api.problems import Problem
-from emailq.broker import MessageInfo, NewMessage
+from emailq.broker import MessageInfo, NewMessage, State
 from emailq.errors import FieldError, InvalidEmail
 from emailq.intake import to_new_message
 from emailq.keys import ApiKey
@@ -140,6 +140,19 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             state = current.state.value if current else info.state.value
             raise Problem(409, f"the email is {state} and can no longer be cancelled")
         return JSONResponse({"id": message_id, "state": "cancelled"})
+
+    @app.post("/v1/emails/{message_id}/requeue")
+    async def requeue_email(request: Request, message_id: str) -> JSONResponse:
+        """Queue a dead email again, with fresh attempts and a fresh expiry; 409 unless dead."""
+        info = await owned_info(request, message_id)
+        requeued = 0
+        if info.state is State.DEAD:
+            requeued = await run_in_threadpool(ctx.deployment.broker.requeue_dead, [message_id])
+        if not requeued:
+            current = await run_in_threadpool(ctx.deployment.broker.get, message_id)
+            state = current.state.value if current else info.state.value
+            raise Problem(409, f"the email is {state}; only dead emails can be requeued")
+        return JSONResponse({"id": message_id, "state": "queued"})
 
     @app.get("/v1/queues")
     async def queues(request: Request) -> JSONResponse:

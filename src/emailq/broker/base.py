@@ -20,20 +20,11 @@ from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from enum import StrEnum
 
+from emailq.broker.expiry import DEFAULT_MAX_AGE
 from emailq.clock import Clock, now
 from emailq.errors import BrokerError, EmailqError
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
 
-DAY = 24 * 3600.0
-# How long each lane's mail is worth trying, as an MTA's queue lifetime: a ceremony change
-# a day late is worse than none; a newsletter may wait out a provider's weekend outage.
-DEFAULT_MAX_AGE: dict[Lane, float] = {
-    Lane.CRITICAL: 1 * DAY,
-    Lane.WEDDING_DAY: 2 * DAY,
-    Lane.PRE_WEDDING: 5 * DAY,
-    Lane.STANDARD: 5 * DAY,
-    Lane.BULK: 5 * DAY,
-}
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # the 10 MB message limit plus JSON/base64 overhead
@@ -135,6 +126,15 @@ class Outcome:
     action: Action
     delay: float = 0.0
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadFilter:
+    """Which dead messages :meth:`Broker.requeue_dead` takes; None: any."""
+
+    since: float | None = None  # died at or after (epoch seconds)
+    lane: Lane | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +262,10 @@ class Broker(abc.ABC):
     def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
         """Apply a batch of outcomes; returns the ids settled (stale leases are skipped).
 
-        A retry buries the message instead (its error saying so, see :func:`gave_up`) when
+        A retry buries the message instead (its error saying so: :mod:`emailq.broker.expiry`) when
         it would fall due at or after its ``expires_at``, or when its explicit
         ``max_attempts`` are spent; a deferral only when it would fall due at or after its
-        ``expires_at`` (see :func:`expired`).
+        ``expires_at``.
         """
         for outcome in outcomes:
             if outcome.delay < 0 or not math.isfinite(outcome.delay):
@@ -303,10 +303,24 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._promote_due(self._at(), limit)
 
-    def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
-        """Give dead messages a fresh set of attempts; all of them (up to limit) when no ids."""
+    def requeue_dead(
+        self,
+        ids: Sequence[str] | None = None,
+        *,
+        since: float | None = None,
+        lane: Lane | None = None,
+        tenant: str | None = None,
+        limit: int = 1000,
+    ) -> int:
+        """Queue dead messages again, with fresh attempts and a fresh expires_at (now + their
+        lane's maximum age); returns how many. ``ids`` names them, or None takes the dead
+        (longest dead first); either way only those that died at or after ``since`` (epoch
+        seconds), in ``lane`` and of ``tenant``, when given, and at most ``limit``."""
+        if since is not None and not math.isfinite(since):
+            raise ValueError("since must be a finite timestamp")
+        found = DeadFilter(since=since, lane=lane, tenant=tenant)
         with self._backend_errors():
-            return self._requeue_dead(ids, limit, self._at())
+            return self._requeue_dead(ids, found, limit, self._at())
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a message that no worker holds yet; False when it is leased, final or unknown."""
@@ -339,6 +353,15 @@ class Broker(abc.ABC):
         """True when the backend answers."""
         with self._backend_errors():
             return self._ping()
+
+    def check(self) -> str | None:
+        """None when the broker can take writes now; otherwise why not, in a few words
+        ("full: Redis used_memory 2.0 MB ≥ maxmemory 2.0 MB", "unreachable: …",
+        "disk full: …"), for readiness to report. Never raises."""
+        try:
+            return self._check()
+        except Exception as error:  # a check reports, it does not raise
+            return f"unreachable: {type(error).__name__}: {error}"
 
     def close(self) -> None:  # noqa: B027 - backends without resources need not override
         """Release connections."""
@@ -395,7 +418,9 @@ class Broker(abc.ABC):
     def _promote_due(self, at: float | None, limit: int) -> int: ...
 
     @abc.abstractmethod
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float | None) -> int: ...
+    def _requeue_dead(
+        self, ids: Sequence[str] | None, only: DeadFilter, limit: int, at: float | None
+    ) -> int: ...
 
     @abc.abstractmethod
     def _cancel(self, message_id: str, at: float | None) -> bool: ...
@@ -420,6 +445,10 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _ping(self) -> bool: ...
+
+    @abc.abstractmethod
+    def _check(self) -> str | None:
+        """Why the backend cannot take writes now, or None (see :meth:`check`)."""
 
     @abc.abstractmethod
     def purge(self) -> None:
@@ -448,30 +477,6 @@ def _check_message(index: int, message: NewMessage) -> None:
         raise ValueError(f"{where}.expires_at must be a finite timestamp")
     if expires is not None and message.send_at is not None and expires <= message.send_at:
         raise ValueError(f"{where}.expires_at must be after its send_at")
-
-
-def span(seconds: float) -> str:
-    """A duration for people; the Lua scripts format it the same way."""
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} seconds"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} minutes"
-    if seconds < 2 * DAY:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds / DAY:.1f} days"
-
-
-def gave_up(attempts: int, seconds: float, error: str | None) -> str:
-    """The error of a message buried by a retry or the reaper (settle.lua, reap.lua alike)."""
-    text = f"gave up after {attempts} attempt{'' if attempts == 1 else 's'} over {span(seconds)}"
-    return f"{text}: {error}" if error else text
-
-
-def expired(last_error: str | None) -> str:
-    """The error of a message that reached its expires_at before it could be sent."""
-    text = "expired before it could be sent"
-    return f"{text}; last error: {last_error}" if last_error else text
 
 
 def _check_payload(index: int, payload: bytes) -> None:

@@ -33,114 +33,48 @@ periodically: ``{p}:final`` only shrinks when it runs.
 
 Durability is the server's: an acknowledged enqueue survives a crash with ``appendonly yes``
 (``appendfsync always``, or ``everysec`` losing up to a second); replication is asynchronous.
-Redis must not evict (``maxmemory-policy noeviction``): it is checked at start-up.
+Redis must not evict (``maxmemory-policy noeviction``): it is checked at start-up. Redis 7.0
+or later: the scripts that free or move memory (lease, heartbeat, settle, reap, promote,
+cancel, purge) are flagged ``#!lua flags=allow-oom``, so a full Redis keeps draining while
+enqueue is refused.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import re
-import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from emailq.broker.base import (
     Action,
     Broker,
     BrokerOptions,
+    DeadFilter,
     Job,
     MessageInfo,
     NewMessage,
     Outcome,
     State,
 )
+from emailq.broker.redis_client import DEFAULT_PREFIX, Keys, connect, warn_unless_noeviction
 from emailq.clock import Clock
-from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
+from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable
 from emailq.ids import new_id
 from emailq.lanes import LANE_ORDER, SHARED_LANES, Lane
 
-log = logging.getLogger(__name__)
-
-DEFAULT_PREFIX = "emailq"
 PROMOTE_LIMIT = 1000  # due messages promoted by one lease
-SENTINEL_PORT = 26379
 PING_TIMEOUT = 2.0  # seconds, to connect and to answer
-_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # no braces (the hash tag), no glob characters
-
-
-def client_options() -> dict[str, Any]:
-    """How every connection behaves; the retry budget outlasts a Sentinel failover.
-
-    About a minute of reconnecting (0.2, 0.4, 0.8, 1.6 s, then every 2 s), so a worker waits a
-    failover out instead of failing its batch. A script that raised ConnectionError may have
-    run: every script is idempotent by message id and lease token, so the retry is safe. A
-    demoted master answers READONLY: that reconnects and retries too.
-    """
-    retry = Retry(
-        ExponentialBackoff(cap=2.0, base=0.1),
-        retries=33,
-        supported_errors=(
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-            redis.exceptions.ReadOnlyError,
-        ),
-    )
-    return {
-        "decode_responses": False,  # payloads are bytes
-        "retry": retry,
-        "socket_timeout": 10.0,  # a silent network partition fails over instead of hanging
-        "socket_connect_timeout": 2.0,
-        "health_check_interval": 30,  # a connection idle that long is pinged before use
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """Every key name of one queue, in one place."""
-
-    tag: str
-    message: str  # + id
-    payload: str  # + id
-    idempotency: str  # + tenant, US (0x1f), key
-    lease_request: str  # + request id
-    delayed: str
-    leased: str
-    dead: str
-    final: str
-    counts: str
-    credit: str
-    ready: tuple[str, ...]  # one per lane, in LANE_ORDER
-
-    @classmethod
-    def for_prefix(cls, prefix: str) -> Keys:
-        if not _PREFIX.fullmatch(prefix):
-            raise ConfigurationError(f"a queue prefix is 1-100 of A-Z a-z 0-9 _ . -: {prefix!r}")
-        tag = f"{{{prefix}}}"
-        return cls(
-            tag=tag,
-            message=f"{tag}:m:",
-            payload=f"{tag}:p:",
-            idempotency=f"{tag}:idem:",
-            lease_request=f"{tag}:lreq:",
-            delayed=f"{tag}:delayed",
-            leased=f"{tag}:leased",
-            dead=f"{tag}:dead",
-            final=f"{tag}:final",
-            counts=f"{tag}:counts",
-            credit=f"{tag}:credit",
-            ready=tuple(f"{tag}:ready:{lane.value}" for lane in LANE_ORDER),
-        )
+# check() calls Redis full from this share of maxmemory: a write is refused only once memory
+# is past maxmemory, but a batch that did not fit leaves it just below, and the room left is
+# the workers' (leasing and settling run at maxmemory; intake should stop first).
+FULL_AT = 0.95
 
 
 _SCRIPTS = {
@@ -277,11 +211,14 @@ class RedisBroker(Broker):
         keys = [k.message, k.delayed, k.counts, *k.ready]
         return int(self._run("promote", keys, [_time(at), limit, *_LANE_NAMES]))
 
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, at: float | None) -> int:
+    def _requeue_dead(
+        self, ids: Sequence[str] | None, only: DeadFilter, limit: int, at: float | None
+    ) -> int:
         k = self.keys
         keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready]
         mode = "all" if ids is None else "ids"
-        args = [_time(at), limit, mode, *_LANE_NAMES, *self._max_ages(), *(ids or ())]
+        args = [_time(at), limit, mode, *_LANE_NAMES, *self._max_ages(), _or_blank(only.since),
+                only.lane.value if only.lane else "", only.tenant or "", *(ids or ())]  # fmt: skip
         return int(self._run("requeue_dead", keys, args))
 
     def _cancel(self, message_id: str, at: float | None) -> bool:
@@ -361,19 +298,38 @@ class RedisBroker(Broker):
         return BrokerError(f"Redis: {text}")
 
     def _ping(self) -> bool:
-        # A connection of its own, without the client's retry budget (about a minute of
-        # reconnecting through a failover): a readiness probe wants to know now. Built
-        # from the pool's settings, not by the pool, which would count it against its cap.
+        try:
+            return self._ask_once("PING") in (b"PONG", True)
+        except redis.RedisError:
+            return False
+
+    def _check(self) -> str | None:
+        try:
+            info = _info_fields(self._ask_once("INFO", "memory", "replication"))
+        except redis.RedisError as error:
+            return f"unreachable: {error}"
+        if info.get("role") == "slave":
+            return "read-only: connected to a replica, not the master"
+        limit = int(info.get("maxmemory", 0))
+        used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
+        if limit and used >= FULL_AT * limit:
+            share = "" if used >= limit else f"{FULL_AT:.0%} of "
+            return f"full: Redis used_memory {_mb(used)} ≥ {share}maxmemory {_mb(limit)}"
+        return None
+
+    def _ask_once(self, *command: str) -> Any:
+        """One command on a connection of its own, without the client's retry budget (about
+        a minute of reconnecting through a failover): a readiness probe wants to know now.
+        Built from the pool's settings, not by the pool, which would count it against its
+        cap."""
         pool = self.client.connection_pool
         once = {"retry": Retry(NoBackoff(), 0), "socket_timeout": PING_TIMEOUT,
                 "socket_connect_timeout": PING_TIMEOUT}  # fmt: skip
         connection: Any = None  # redis-py's connection classes are untyped
         try:
             connection = pool.connection_class(**pool.connection_kwargs | once)
-            connection.send_command("PING")
-            return connection.read_response() in (b"PONG", True)
-        except redis.RedisError:
-            return False
+            connection.send_command(*command)
+            return connection.read_response()
         finally:
             if connection is not None:
                 connection.disconnect()
@@ -408,6 +364,17 @@ def _job(fields: Sequence[Any]) -> Job:
     )
 
 
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def _info_fields(reply: Any) -> dict[str, str]:
+    """INFO's "name:value" lines (the raw reply: the connection does not parse it)."""
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    pairs = (line.partition(":") for line in text.splitlines() if not line.startswith("#"))
+    return {name: value for name, sep, value in pairs if sep}
+
+
 def _or_blank(value: float | None) -> float | str:
     return "" if value is None else value
 
@@ -419,93 +386,3 @@ def _time(at: float | None) -> float | str:
 
 def _texts(values: Sequence[bytes]) -> list[str]:
     return [value.decode() for value in values]
-
-
-def warn_unless_noeviction(client: redis.Redis) -> str | None:
-    """Warn unless Redis refuses writes when full (``noeviction``) instead of evicting queued
-    mail; returns the policy, or None when it cannot be read (CONFIG may be disabled)."""
-    try:
-        reply = client.config_get("maxmemory-policy")
-    except redis.RedisError as error:
-        log.info("could not read maxmemory-policy (%s); it must be noeviction", error)
-        return None
-    values = [_text(value) for value in reply.values()]
-    policy = values[0] if values else None
-    if policy != "noeviction":
-        log.warning(
-            "Redis maxmemory-policy is %s: a full Redis may evict queued mail; set it to"
-            " noeviction",
-            policy,
-        )
-    return policy
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def connect(url: str) -> tuple[redis.Redis, str]:
-    """A client for a broker URL, and the queue prefix its ``?prefix=`` names."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query, keep_blank_values=True)
-    prefix = query.pop("prefix", [DEFAULT_PREFIX])[-1]
-    Keys.for_prefix(prefix)  # refuse a bad prefix before connecting
-    if parts.scheme == "redis+sentinel":
-        return _sentinel_client(parts.netloc, parts.path, query), prefix
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(f"not a Redis URL: {url}")
-    rest = urlencode(query, doseq=True)  # redis-py refuses options it does not know
-    plain = url.partition("?")[0] + (f"?{rest}" if rest else "")
-    return redis.Redis.from_url(plain, **client_options()), prefix
-
-
-def _sentinel_client(netloc: str, path: str, query: dict[str, list[str]]) -> redis.Redis:
-    """``redis+sentinel://[user:password@]host:port[,host:port]/service_name[?db=N]``.
-
-    The credentials are the master's; Sentinel finds the master again after a failover.
-    """
-    userinfo, _, hosts = netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    service = path.strip("/")
-    db = query.pop("db", ["0"])[-1]
-    if not service or not hosts or query or not db.isdigit():
-        raise ConfigurationError(
-            "a Sentinel URL looks like redis+sentinel://host:port[,host:port]/service_name"
-            "[?db=N&prefix=name]"
-        )
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        [_host_port(item) for item in hosts.split(",")],
-        sentinel_kwargs={"socket_timeout": 2.0, "socket_connect_timeout": 2.0},
-    )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        service,
-        db=int(db),
-        connection_class=_SentinelMasterConnection,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        **client_options(),
-    )
-    return client
-
-
-class _SentinelMasterConnection(SentinelManagedConnection):
-    """Asks Sentinel where the master is at every connect, the retries' included.
-
-    redis-py reconnects a dropped Sentinel connection to the address it had, so after a
-    failover it would knock on the dead master until the retry budget runs out
-    (redis/redis-py#3874; tests/test_redis_broker.py kills a master to check this).
-    """
-
-    def _connect(self) -> socket.socket:
-        self.host, self.port = self.connection_pool.get_master_address()
-        sock: socket.socket = super()._connect()  # type: ignore[no-untyped-call]
-        return sock
-
-
-def _host_port(item: str) -> tuple[str, int]:
-    host, colon, port = item.rpartition(":")
-    if not colon or "]" in port:  # no port given ("[::1]" has colons of its own)
-        return item.strip("[]"), SENTINEL_PORT
-    if not port.isdigit():
-        raise ConfigurationError(f"a Sentinel address is host:port: {item!r}")
-    return host.strip("[]"), int(port)

@@ -8,6 +8,8 @@ SQLite's write lock (``busy_timeout``) instead of failing; leases are one
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -22,14 +24,14 @@ from emailq.broker.base import (
     Action,
     Broker,
     BrokerOptions,
+    DeadFilter,
     Job,
     MessageInfo,
     NewMessage,
     Outcome,
     State,
-    expired,
-    gave_up,
 )
+from emailq.broker.expiry import Tried, after_deferral, after_lapse, after_retry, expired
 from emailq.clock import Clock, now
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
 from emailq.ids import new_id
@@ -37,6 +39,7 @@ from emailq.lanes import LANE_ORDER, Lane
 from emailq.scheduling import allot
 
 _SYNC_MODES = ("off", "normal", "full", "extra")
+MIN_FREE_BYTES = 1024 * 1024  # less free space than this where the file lives: "disk full"
 _CHUNK = 400  # rows per multi-row statement; stays far below SQLite's variable limit
 _JOB_COLUMNS = (
     "id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, available_at,"
@@ -50,7 +53,7 @@ _VALUE_NAMES = ("id", "token", "due", "error", "state", "attempts")  # _update_l
 # A message past its expires_at (NULL: never) when a lease finds it.
 _EXPIRED = "expires_at <= :at"
 _EXPIRED_ERROR = (
-    f"'{expired(None)}' || COALESCE('; last error: ' || last_error, '')"  # = base.expired()
+    f"'{expired(None)}' || COALESCE('; last error: ' || last_error, '')"  # = expiry.expired()
 )
 
 
@@ -67,6 +70,7 @@ class SQLiteBroker(Broker):
             raise ConfigurationError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
         self.path = str(path)
         self._lock = threading.Lock()  # one connection, shared by the threads of a process
+        self._refused: str | None = None  # why the last write failed for want of room
         with self._backend_errors():
             self._db = sqlite3.connect(
                 self.path, timeout=60.0, isolation_level=None, check_same_thread=False
@@ -81,13 +85,21 @@ class SQLiteBroker(Broker):
                 self._db.executescript(schema)
 
     def _migrate_columns(self) -> None:
-        """Bring files made by older versions up to this schema (nothing for a new file)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
-        if "seq" in columns:  # before 0.2 the fencing token was named seq
-            self._db.execute("ALTER TABLE messages RENAME COLUMN seq TO token")
-        if columns and "expires_at" not in columns:  # before 0.3 mail did not expire:
-            # its messages keep their max_attempts and never expire by age.
-            self._db.execute("ALTER TABLE messages ADD COLUMN expires_at REAL")
+        """Bring files made by older versions up to this schema (nothing for a new file),
+        under the write lock: processes that open an old file together migrate it once."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+            if "seq" in columns:  # before 0.2 the fencing token was named seq
+                self._db.execute("ALTER TABLE messages RENAME COLUMN seq TO token")
+            if columns and "expires_at" not in columns:  # before 0.3 mail did not expire:
+                # its messages keep their max_attempts and never expire by age.
+                self._db.execute("ALTER TABLE messages ADD COLUMN expires_at REAL")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @classmethod
     def from_url(
@@ -108,10 +120,14 @@ class SQLiteBroker(Broker):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (SQLITE_FULL among them): a
+                # second ROLLBACK would raise and hide the error that matters.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            self._refused = None
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -284,17 +300,16 @@ class SQLiteBroker(Broker):
             if row is None or row[0] != o.job.token:
                 continue  # a stale lease: skipped below as well
             _, attempts, max_attempts, enqueued_at, expires_at, last_error = row
+            tried = Tried(attempts=attempts, max_attempts=max_attempts or None,
+                          enqueued_at=enqueued_at, expires_at=expires_at,
+                          last_error=last_error)  # fmt: skip
             due = at + o.delay
-            late = expires_at is not None and due >= expires_at
             if o.action is Action.DEFER:
-                attempts -= 1
-                dead = late
-                error = expired(o.error or last_error) if dead else o.error or last_error
+                then = after_deferral(tried, due, o.error)
             else:
-                dead = late or (bool(max_attempts) and attempts >= max_attempts)
-                error = gave_up(attempts, at - enqueued_at, o.error) if dead else o.error
-            state = State.DEAD if dead else State.RETRYING
-            rows.append((o.job.id, o.job.token, due, error, state.value, attempts))
+                then = after_retry(tried, due, at, o.error)
+            state = State.DEAD if then.dead else State.RETRYING
+            rows.append((o.job.id, o.job.token, due, then.error, state.value, then.attempts))
         return self._update_leased(
             db,
             "state = v.state, attempts = v.attempts, available_at = v.due, last_error = v.error,"
@@ -361,12 +376,13 @@ class SQLiteBroker(Broker):
             ).fetchall()
             back, dead = [], []
             for message_id, attempts, max_attempts, enqueued_at, expires_at in rows:
-                spent = bool(max_attempts) and attempts >= max_attempts
-                if spent or (expires_at is not None and at >= expires_at):
-                    why = f"lease expired on attempt {attempts}"
-                    dead.append((gave_up(attempts, at - enqueued_at, why), at, message_id))
-                else:
+                tried = Tried(attempts=attempts, max_attempts=max_attempts or None,
+                              enqueued_at=enqueued_at, expires_at=expires_at)  # fmt: skip
+                error = after_lapse(tried, at)
+                if error is None:
                     back.append((at, message_id))
+                else:
+                    dead.append((error, at, message_id))
             db.executemany(
                 "UPDATE messages SET state = 'queued', owner = NULL, lease_expires = NULL,"
                 " updated_at = ? WHERE id = ?",
@@ -392,13 +408,20 @@ class SQLiteBroker(Broker):
             (at, at, limit),
         ).rowcount
 
-    def _requeue_dead(self, ids: Sequence[str] | None, limit: int, when: float | None) -> int:
+    def _requeue_dead(
+        self, ids: Sequence[str] | None, only: DeadFilter, limit: int, when: float | None
+    ) -> int:
         at = _local(when)
         chosen = "SELECT id FROM messages WHERE state = 'dead'"
         params: list[Any] = []
         if ids is not None:
             chosen += f" AND id IN ({', '.join('?' * len(ids))})" if ids else " AND 0"
             params += ids
+        for column, value in (("updated_at >=", only.since), ("lane =", only.lane),
+                              ("tenant =", only.tenant)):  # fmt: skip
+            if value is not None:
+                chosen += f" AND {column} ?"
+                params.append(value)
         ages = " ".join(f"WHEN '{lane.value}' THEN ?" for lane in LANE_ORDER)
         max_ages = [self.options.max_age[lane] for lane in LANE_ORDER]
         with self._write() as db:
@@ -473,6 +496,7 @@ class SQLiteBroker(Broker):
         text = str(error)
         if isinstance(error, sqlite3.OperationalError):
             if "full" in text:  # "database or disk is full"
+                self._refused = text
                 return BrokerFull(f"the SQLite file {self.path} cannot grow: {text}")
             return BrokerUnavailable(f"the SQLite file {self.path} is unavailable: {text}")
         return BrokerError(f"SQLite: {text}")
@@ -482,6 +506,19 @@ class SQLiteBroker(Broker):
             return self._read("SELECT 1") == [(1,)]
         except sqlite3.Error:
             return False
+
+    def _check(self) -> str | None:
+        where = os.path.dirname(os.path.abspath(self.path))
+        free = shutil.disk_usage(where).free
+        if free < MIN_FREE_BYTES:
+            return f"disk full: {free / 1024:.0f} KB free in {where}"
+        if self._refused is not None:
+            return f"disk full: {self._refused}"
+        try:
+            self._read("SELECT 1")
+        except sqlite3.Error as error:
+            return f"unavailable: {error}"
+        return None
 
     def purge(self) -> None:
         with self._write() as db:

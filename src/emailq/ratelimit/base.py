@@ -30,10 +30,21 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class LimitRequest:
-    """``cost`` units against every one of ``limits`` (e.g. provider, domain, tenant)."""
+    """``cost`` units against every one of ``limits`` (e.g. provider, domain, tenant).
+
+    ``reserve`` is the share of each limit's burst that must remain after this request is
+    granted: non-critical mail asks with a reserve, critical mail without, so bulk can never
+    spend the budget a ceremony change needs. A burst too small to keep a reserve beside
+    one request keeps none: an idle limit always lets a request that fits its burst through.
+    """
 
     limits: tuple[Limit, ...]
     cost: float = 1.0
+    reserve: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.reserve < 1:
+            raise ValueError(f"reserve must be at least 0 and below 1: {self.reserve}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +55,14 @@ class Grant:
     wait: float  # seconds; 0.0 when everything was granted
 
 
-def gcra_step(tat: float, now: float, limit: Limit, cost: float) -> tuple[float, float]:
+def gcra_step(
+    tat: float, now: float, limit: Limit, cost: float, reserve: float = 0.0
+) -> tuple[float, float]:
     """``(new_tat, wait)``: the key's next theoretical arrival time if granted, and how long
-    the request must wait first (0 when it may go now)."""
+    the request must wait first (0 when it may go now). gcra.lua computes the same."""
     new_tat = max(tat, now) + cost * limit.interval
-    wait = new_tat - limit.burst * limit.interval - now
+    spendable = max(limit.burst * (1 - reserve), min(cost, limit.burst))  # units at once
+    wait = new_tat - spendable * limit.interval - now
     # Epoch seconds carry ~0.2 µs of float error; a microsecond early is on time.
     return new_tat, wait if wait > 1e-6 else 0.0
 
@@ -58,8 +72,9 @@ def decide(requests: Sequence[LimitRequest], tats: dict[str, float], at: float) 
     granted: list[bool] = []
     wait = 0.0
     for request in requests:
+        cost, reserve = request.cost, request.reserve
         steps = [
-            (limit.key, *gcra_step(tats.get(limit.key, at), at, limit, request.cost))
+            (limit.key, *gcra_step(tats.get(limit.key, at), at, limit, cost, reserve))
             for limit in request.limits
         ]
         longest = max((w for _, _, w in steps), default=0.0)

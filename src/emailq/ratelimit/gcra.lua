@@ -2,7 +2,9 @@
 -- KEYS[1]  key prefix, with the queue's hash tag (e.g. "{emailq}:rl:"); limit keys are
 --          KEYS[1] .. name, so every key stays in the queue's cluster slot
 -- ARGV[1]  number of requests R; then for each request:
---          cost, number of limits L, then L times: name, interval_us, burst
+--          cost, reserve, number of limits L, then L times: name, interval_us, burst
+--          (reserve: the share of each burst that must remain after it is granted; a burst
+--          too small to keep one beside the request keeps none, as ratelimit/base.py)
 -- Returns  R flags (1 granted, 0 denied), then the shortest wait of a denied request in µs.
 -- Time is the Redis server's: every worker on every machine reads the same clock.
 local t = redis.call('TIME')
@@ -12,7 +14,8 @@ local flags = {}
 local wait = 0
 local i = 2
 for r = 1, tonumber(ARGV[1]) do
-  local cost = tonumber(ARGV[i]); local n = tonumber(ARGV[i + 1]); i = i + 2
+  local cost, reserve, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  i = i + 3
   local longest = 0
   local updates = {}
   for _ = 1, n do
@@ -21,7 +24,9 @@ for r = 1, tonumber(ARGV[1]) do
     local tat = tats[key]
     if tat == nil then tat = tonumber(redis.call('GET', key) or now) end
     local new_tat = math.max(tat, now) + cost * interval
-    local ahead = new_tat - burst * interval - now
+    local spendable = math.max(burst * (1 - reserve), math.min(cost, burst))
+    local ahead = new_tat - spendable * interval - now
+    if ahead <= 1 then ahead = 0 end  -- a microsecond early is on time (float error)
     if ahead > longest then longest = ahead end
     updates[#updates + 1] = {key, new_tat}
   end

@@ -24,7 +24,7 @@ class RedisLimiter(Limiter):
             return Grant((), 0.0)
         args: list[Any] = [len(requests)]
         for request in requests:
-            args += [request.cost, len(request.limits)]
+            args += [request.cost, request.reserve, len(request.limits)]
             for limit in request.limits:
                 args += [limit.key, round(limit.interval * 1_000_000), limit.burst]
         reply = self._script(keys=[self.key_prefix], args=args)

@@ -20,6 +20,8 @@ class RateRules:
     tenant_rate: float | None = None
     tenant_burst: float = 20.0
     tenant_rates: Mapping[str, float] = field(default_factory=dict)
+    # The share of every burst that only critical mail may spend (LimitRequest.reserve).
+    critical_reserve: float = 0.2
 
     @property
     def active(self) -> bool:
@@ -28,7 +30,11 @@ class RateRules:
             or self.tenant_rates
         )  # fmt: skip
 
-    def request(self, provider: str, tenant: str, recipients: tuple[str, ...]) -> LimitRequest:
+    def request(
+        self, provider: str, tenant: str, recipients: tuple[str, ...], *, critical: bool = False
+    ) -> LimitRequest:
+        """The limits one message must pass; non-critical mail leaves ``critical_reserve``
+        of each burst to critical mail."""
         limits: list[Limit] = []
         if self.provider_rate:
             limits.append(Limit(f"provider:{provider}", self.provider_rate, self.provider_burst))
@@ -39,4 +45,4 @@ class RateRules:
         tenant_rate = self.tenant_rates.get(tenant, self.tenant_rate)
         if tenant_rate:
             limits.append(Limit(f"tenant:{tenant}", tenant_rate, self.tenant_burst))
-        return LimitRequest(tuple(limits))
+        return LimitRequest(tuple(limits), reserve=0.0 if critical else self.critical_reserve)

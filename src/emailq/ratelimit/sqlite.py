@@ -36,10 +36,11 @@ class SQLiteLimiter(Limiter):
                     " ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
                     list(tats.items()),
                 )
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
         return grant
 
     def close(self) -> None:

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Cancel one message that no worker holds (queued, scheduled or retrying); it drops its payload
 -- and is kept for the retention period. Idempotent: a cancelled message is not cancelled again.
 -- KEYS[1]     message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Extend the leases still held: a message whose state is not leased or whose token is not the
 -- token (its lease expired and was reaped, or re-leased to another worker) is skipped.
 -- KEYS[1]  message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)

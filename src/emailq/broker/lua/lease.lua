@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Lease up to N ready messages to a worker: promote what is due, share N between the lanes
 -- (emailq.scheduling.allot, step for step), pop each lane's oldest, and fence each with token+1.
 -- A popped message past its expires_at is buried instead of leased (a ceremony change after
@@ -124,7 +125,7 @@ end
 -- Take: pop each lane's oldest and hand them to the worker, or bury those past expires_at.
 local now_n, now_ms = tonumber(now), ms(now)
 local function bury_expired(msg, id, lane, last_error)
-  local err = 'expired before it could be sent'  -- as emailq.broker.base.expired()
+  local err = 'expired before it could be sent'  -- as emailq.broker.expiry.expired()
   if last_error then err = err .. '; last error: ' .. last_error end
   redis.call('HSET', msg, 'state', 'dead', 'last_error', err, 'updated_at', now)
   redis.call('PEXPIRE', msg, ARGV[16])

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Make due scheduled and retrying messages ready: each joins its lane at its due time.
 -- (lease.lua runs the same step first; keep the two in step.)
 -- KEYS[1]     message key prefix "{p}:m:" (a message is the hash KEYS[1] .. id)

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Delete finished messages (sent, dead, cancelled) older than a cut-off, on the broker's clock.
 -- Their hashes also carry a Redis TTL of the retention period; this removes the index entries
 -- and the counts too, whether or not the TTL already took the hash.

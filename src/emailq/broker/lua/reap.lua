@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Return messages whose lease expired to their lane, in their old place (the attempt stays
 -- counted), or bury them when they are past their expires_at or their explicit max_attempts
 -- are spent. Idempotent: a reaped message is no longer in the leased zset.
@@ -30,7 +31,7 @@ local function move(lane, to)
   delta[lane .. ':' .. to] = (delta[lane .. ':' .. to] or 0) + 1
 end
 
--- A duration for people, and a burial's error: as emailq.broker.base.span() and gave_up().
+-- A duration for people, and a burial's error: as emailq.broker.expiry.span() and gave_up().
 local function span(s)
   if s < 0 then s = 0 end
   if s < 120 then return string.format('%.0f seconds', s) end

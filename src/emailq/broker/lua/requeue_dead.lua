@@ -9,10 +9,13 @@
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to requeue
--- ARGV[3]     "ids" to requeue the ids that follow, "all" for the longest dead
+-- ARGV[3]     "ids" to requeue the ids that follow, "all" for the longest dead first
 -- ARGV[4..8]  lane names
 -- ARGV[9..13] each lane's maximum age in seconds
--- ARGV[14..]  message ids (with "ids")
+-- ARGV[14]    only those that died at or after this time, or "" for any
+-- ARGV[15]    only this lane's, or ""
+-- ARGV[16]    only this tenant's, or ""
+-- ARGV[17..]  message ids (with "ids")
 -- Returns     how many messages were requeued.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
@@ -32,30 +35,50 @@ end
 local now = clock(ARGV[1])
 local limit = tonumber(ARGV[2])
 if limit < 1 then return 0 end
-local ids = {}
-if ARGV[3] == 'all' then
-  ids = redis.call('ZRANGE', KEYS[3], 0, limit - 1)
-else
-  for i = 14, #ARGV do ids[#ids + 1] = ARGV[i] end
-end
+local since, only_lane, only_tenant = ARGV[14], ARGV[15], ARGV[16]
+local SCAN_MOST = 100000  -- dead records looked at by one call: a script blocks the server
+
 local delta = {}
 local requeued = 0
-for _, id in ipairs(ids) do
-  if requeued >= limit then break end
+-- "dead" when the message is dead and passes the filters (and is requeued), "other" when it
+-- is dead but filtered out, "gone" when it is not dead (no longer, or never).
+local function requeue(id)
   local msg = KEYS[1] .. id
-  local f = redis.call('HMGET', msg, 'state', 'lane')
+  local f = redis.call('HMGET', msg, 'state', 'lane', 'tenant', 'updated_at')
   local lane = f[2]
-  if f[1] == 'dead' then
-    redis.call('HSET', msg, 'state', 'queued', 'attempts', '0', 'available_at', now,
-      'updated_at', now, 'expires_at', fmt(tonumber(now) + max_age[lane]))
-    redis.call('PERSIST', msg)
-    redis.call('PERSIST', KEYS[2] .. id)
-    redis.call('ZADD', ready[lane], ms(now), id)
-    redis.call('ZREM', KEYS[5], lane .. ':dead:' .. id)
-    delta[lane] = (delta[lane] or 0) + 1
-    requeued = requeued + 1
+  if f[1] ~= 'dead' then return 'gone' end
+  if (only_lane ~= '' and lane ~= only_lane) or (only_tenant ~= '' and f[3] ~= only_tenant)
+      or (since ~= '' and tonumber(f[4]) < tonumber(since)) then
+    return 'other'
   end
-  redis.call('ZREM', KEYS[3], id)  -- requeued, or not dead in the first place
+  redis.call('HSET', msg, 'state', 'queued', 'attempts', '0', 'available_at', now,
+    'updated_at', now, 'expires_at', fmt(tonumber(now) + max_age[lane]))
+  redis.call('PERSIST', msg)
+  redis.call('PERSIST', KEYS[2] .. id)
+  redis.call('ZADD', ready[lane], ms(now), id)
+  redis.call('ZREM', KEYS[5], lane .. ':dead:' .. id)
+  delta[lane] = (delta[lane] or 0) + 1
+  requeued = requeued + 1
+  return 'dead'
+end
+
+if ARGV[3] == 'all' then
+  local low, kept, looked = '-inf', 0, 0  -- kept: dead but filtered out, still in the zset
+  if since ~= '' then low = ms(since) end
+  while requeued < limit and looked < SCAN_MOST do
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[3], low, '+inf', 'LIMIT', kept, 500)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do
+      if requeued >= limit then break end
+      looked = looked + 1
+      if requeue(id) == 'other' then kept = kept + 1 else redis.call('ZREM', KEYS[3], id) end
+    end
+  end
+else
+  for i = 17, #ARGV do
+    if requeued >= limit then break end
+    if requeue(ARGV[i]) ~= 'other' then redis.call('ZREM', KEYS[3], ARGV[i]) end
+  end
 end
 for lane, n in pairs(delta) do
   redis.call('HINCRBY', KEYS[4], lane .. ':dead', -n)

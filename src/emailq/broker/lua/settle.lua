@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Settle a batch of leased messages: complete, retry, bury, release or defer, each fenced by
 -- its token.
 -- A message whose state is not leased or whose stored token is not the given one is skipped:
@@ -39,7 +40,7 @@ local function move(lane, to)
   d.leased = (d.leased or 0) - 1
   d[to] = (d[to] or 0) + 1
 end
-local settled, finished, sent_payloads = {}, {}, {}
+local settled, finished = {}, {}
 
 -- The message's hash and lane when this token still holds its lease, else nil.
 local function held(id, token)
@@ -54,9 +55,7 @@ end
 local function finish(msg, id, lane, state)
   redis.call('HSET', msg, 'state', state, 'updated_at', now)
   redis.call('PEXPIRE', msg, ARGV[2])
-  if state == 'sent' then
-    sent_payloads[#sent_payloads + 1] = KEYS[2] .. id
-  else
+  if state ~= 'sent' then  -- a sent one's payload is gone already (see the end)
     redis.call('PEXPIRE', KEYS[2] .. id, ARGV[2])
     redis.call('ZADD', KEYS[7], now_ms, id)
   end
@@ -75,12 +74,7 @@ local function bury(msg, id, lane, err)
   finish(msg, id, lane, 'dead')
 end
 
-local function complete(i)
-  local msg, lane = held(ARGV[i], ARGV[i + 1])
-  if msg then finish(msg, ARGV[i], lane, 'sent') end
-end
-
--- A duration for people, and a burial's error: as emailq.broker.base.span() and gave_up().
+-- A duration for people, and a burial's error: as emailq.broker.expiry.span() and gave_up().
 local function span(s)
   if s < 0 then s = 0 end
   if s < 120 then return string.format('%.0f seconds', s) end
@@ -130,7 +124,7 @@ local function release(i)
 end
 
 -- Not tried: retrying after its delay with the attempt given back, buried only past its
--- expires_at (false: never), as emailq.broker.base.expired() says.
+-- expires_at (false: never), as emailq.broker.expiry.after_deferral() does.
 local function defer(i)
   local id, due, err = ARGV[i], now_n + tonumber(ARGV[i + 2]), ARGV[i + 3]
   local msg, lane = held(id, ARGV[i + 1])
@@ -149,22 +143,32 @@ local function defer(i)
   move(lane, 'retrying')
 end
 
-local i = 13
-for section, step in ipairs({{complete, 2}, {retry, 4}, {bury_one, 3}, {release, 2},
-                             {defer, 4}}) do
-  for _ = 1, tonumber(ARGV[7 + section]) do
+-- What frees memory goes first: a Redis at maxmemory (this script may run there, flags
+-- allow-oom) gets room back before anything is written. The completed messages' payloads are
+-- dropped before any other change, and the leased index shrinks before the final one grows.
+local i, sent = 13, {}
+for _ = 1, tonumber(ARGV[8]) do
+  local msg, lane = held(ARGV[i], ARGV[i + 1])
+  if msg then sent[#sent + 1] = {msg, ARGV[i], lane} end
+  i = i + 2
+end
+for j = 1, #sent, 1000 do  -- in chunks: unpack() has a limit
+  local payloads = {}
+  for m = j, math.min(j + 999, #sent) do payloads[#payloads + 1] = KEYS[2] .. sent[m][2] end
+  redis.call('UNLINK', unpack(payloads))
+end
+for _, s in ipairs(sent) do finish(s[1], s[2], s[3], 'sent') end
+for section, step in ipairs({{retry, 4}, {bury_one, 3}, {release, 2}, {defer, 4}}) do
+  for _ = 1, tonumber(ARGV[8 + section]) do
     step[1](i)
     i = i + step[2]
   end
 end
-for j = 1, #settled, 1000 do  -- in chunks: unpack() has a limit
+for j = 1, #settled, 1000 do
   redis.call('ZREM', KEYS[3], unpack(settled, j, math.min(j + 999, #settled)))
 end
 for j = 1, #finished, 1000 do
   redis.call('ZADD', KEYS[6], unpack(finished, j, math.min(j + 999, #finished)))
-end
-for j = 1, #sent_payloads, 1000 do
-  redis.call('UNLINK', unpack(sent_payloads, j, math.min(j + 999, #sent_payloads)))
 end
 for lane, d in pairs(delta) do
   for state, n in pairs(d) do redis.call('HINCRBY', KEYS[5], lane .. ':' .. state, n) end

@@ -1,0 +1,182 @@
+"""Connecting to Redis: the client's behaviour, broker URLs (Sentinel too), the key names.
+
+Every Redis connection of a queue is made here (:func:`connect`) with one retry budget
+that outlasts a Sentinel failover, and every key name of a queue comes from :class:`Keys`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
+
+from emailq.errors import ConfigurationError
+from emailq.lanes import LANE_ORDER
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "emailq"
+SENTINEL_PORT = 26379
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # no braces (the hash tag), no glob characters
+
+
+def client_options() -> dict[str, Any]:
+    """How every connection behaves; the retry budget outlasts a Sentinel failover.
+
+    About a minute of reconnecting (0.2, 0.4, 0.8, 1.6 s, then every 2 s), so a worker waits a
+    failover out instead of failing its batch. A script that raised ConnectionError may have
+    run: every script is idempotent by message id and lease token, so the retry is safe. A
+    demoted master answers READONLY: that reconnects and retries too.
+    """
+    retry = Retry(
+        ExponentialBackoff(cap=2.0, base=0.1),
+        retries=33,
+        supported_errors=(
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            redis.exceptions.ReadOnlyError,
+        ),
+    )
+    return {
+        "decode_responses": False,  # payloads are bytes
+        "retry": retry,
+        "socket_timeout": 10.0,  # a silent network partition fails over instead of hanging
+        "socket_connect_timeout": 2.0,
+        "health_check_interval": 30,  # a connection idle that long is pinged before use
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Every key name of one queue, in one place."""
+
+    tag: str
+    message: str  # + id
+    payload: str  # + id
+    idempotency: str  # + tenant, US (0x1f), key
+    lease_request: str  # + request id
+    delayed: str
+    leased: str
+    dead: str
+    final: str
+    counts: str
+    credit: str
+    ready: tuple[str, ...]  # one per lane, in LANE_ORDER
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> Keys:
+        if not _PREFIX.fullmatch(prefix):
+            raise ConfigurationError(f"a queue prefix is 1-100 of A-Z a-z 0-9 _ . -: {prefix!r}")
+        tag = f"{{{prefix}}}"
+        return cls(
+            tag=tag,
+            message=f"{tag}:m:",
+            payload=f"{tag}:p:",
+            idempotency=f"{tag}:idem:",
+            lease_request=f"{tag}:lreq:",
+            delayed=f"{tag}:delayed",
+            leased=f"{tag}:leased",
+            dead=f"{tag}:dead",
+            final=f"{tag}:final",
+            counts=f"{tag}:counts",
+            credit=f"{tag}:credit",
+            ready=tuple(f"{tag}:ready:{lane.value}" for lane in LANE_ORDER),
+        )
+
+
+def warn_unless_noeviction(client: redis.Redis) -> str | None:
+    """Warn unless Redis refuses writes when full (``noeviction``) instead of evicting queued
+    mail; returns the policy, or None when it cannot be read (CONFIG may be disabled)."""
+    try:
+        reply = client.config_get("maxmemory-policy")
+    except redis.RedisError as error:
+        log.info("could not read maxmemory-policy (%s); it must be noeviction", error)
+        return None
+    values = [_text(value) for value in reply.values()]
+    policy = values[0] if values else None
+    if policy != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %s: a full Redis may evict queued mail; set it to"
+            " noeviction",
+            policy,
+        )
+    return policy
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def connect(url: str) -> tuple[redis.Redis, str]:
+    """A client for a broker URL, and the queue prefix its ``?prefix=`` names."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    prefix = query.pop("prefix", [DEFAULT_PREFIX])[-1]
+    Keys.for_prefix(prefix)  # refuse a bad prefix before connecting
+    if parts.scheme == "redis+sentinel":
+        return _sentinel_client(parts.netloc, parts.path, query), prefix
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(f"not a Redis URL: {url}")
+    rest = urlencode(query, doseq=True)  # redis-py refuses options it does not know
+    plain = url.partition("?")[0] + (f"?{rest}" if rest else "")
+    return redis.Redis.from_url(plain, **client_options()), prefix
+
+
+def _sentinel_client(netloc: str, path: str, query: dict[str, list[str]]) -> redis.Redis:
+    """``redis+sentinel://[user:password@]host:port[,host:port]/service_name[?db=N]``.
+
+    The credentials are the master's; Sentinel finds the master again after a failover.
+    """
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    service = path.strip("/")
+    db = query.pop("db", ["0"])[-1]
+    if not service or not hosts or query or not db.isdigit():
+        raise ConfigurationError(
+            "a Sentinel URL looks like redis+sentinel://host:port[,host:port]/service_name"
+            "[?db=N&prefix=name]"
+        )
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        [_host_port(item) for item in hosts.split(",")],
+        sentinel_kwargs={"socket_timeout": 2.0, "socket_connect_timeout": 2.0},
+    )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service,
+        db=int(db),
+        connection_class=_SentinelMasterConnection,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        **client_options(),
+    )
+    return client
+
+
+class _SentinelMasterConnection(SentinelManagedConnection):
+    """Asks Sentinel where the master is at every connect, the retries' included.
+
+    redis-py reconnects a dropped Sentinel connection to the address it had, so after a
+    failover it would knock on the dead master until the retry budget runs out
+    (redis/redis-py#3874; tests/test_redis_broker.py kills a master to check this).
+    """
+
+    def _connect(self) -> socket.socket:
+        self.host, self.port = self.connection_pool.get_master_address()
+        sock: socket.socket = super()._connect()  # type: ignore[no-untyped-call]
+        return sock
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    host, colon, port = item.rpartition(":")
+    if not colon or "]" in port:  # no port given ("[::1]" has colons of its own)
+        return item.strip("[]"), SENTINEL_PORT
+    if not port.isdigit():
+        raise ConfigurationError(f"a Sentinel address is host:port: {item!r}")
+    return host.strip("[]"), int(port)
