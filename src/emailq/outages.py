@@ -52,7 +52,7 @@ class ProviderPause:
         """The provider is down: pause (longer each time in a row); returns the pause."""
         if self.remaining > 0:
             return self.remaining
-        pause = min(self.cap_s, self.base_s * 2**self.trips)
+        pause = min(self.cap_s, self.base_s * 2.0**self.trips)
         self.trips += 1
         self.until = self.clock() + pause
         log.warning("%s unavailable (%s); pausing its deliveries for %.0f s, no attempt spent",

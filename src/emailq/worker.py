@@ -114,6 +114,9 @@ class _Route:
         self.provider = provider
         self.pause = ProviderPause(provider.name, settings.pause_base_s, settings.pause_cap_s)
         self.tally = TransientTally(provider.name)
+        # While rate limits turn mail away, lease about as much as they let through: the
+        # rest would only be leased to be put back.
+        self.lease_cap: int | None = None
 
 
 class _BatchGate:
@@ -208,8 +211,9 @@ class Worker:
             if not route.pause.remaining:
                 try:
                     asked_at = time.monotonic()
+                    size = min(batch, route.lease_cap or batch)
                     jobs = await asyncio.to_thread(
-                        self.broker.lease, self.name, batch, s.lease_s, lanes,
+                        self.broker.lease, self.name, size, s.lease_s, lanes,
                         request_id=uuid.uuid4().hex,
                     )  # fmt: skip
                     if jobs:
@@ -255,7 +259,9 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(jobs))
         try:
             ready = [job_and_rendered for job in jobs if (job_and_rendered := self._render(job))]
+            offered = len(ready)
             ready, wait = await self._pass_limits(ready)
+            route.lease_cap = len(ready) + 1 if len(ready) < offered else None
             if ready:
                 gate = _BatchGate(self, route, [job for job, _ in ready])
                 await route.provider.send_batch([rendered for _, rendered in ready], gate)
@@ -319,13 +325,17 @@ class Worker:
                 self.settler.add(Outcome(job, Action.DEFER, delay=backoff, error="limits down"))
             return [], backoff
         granted = []
-        for item, ok in zip(ready, grant.granted, strict=True):
+        queue_position = 0
+        for item, request, ok in zip(ready, requests, grant.granted, strict=True):
             if ok:
                 granted.append(item)
-            else:
-                self.settler.add(
-                    Outcome(item[0], Action.DEFER, delay=grant.wait, error="rate limited")
-                )
+                continue
+            # Each waiting message comes back when its own turn comes, one limit interval
+            # after the one before it, not all at once to be turned away again.
+            pace = max((limit.interval for limit in request.limits), default=0.0)
+            delay = grant.wait + queue_position * pace
+            queue_position += 1
+            self.settler.add(Outcome(item[0], Action.DEFER, delay=delay, error="rate limited"))
         return granted, grant.wait
 
     def settle_result(self, job: Job, result: SendResult, route: _Route) -> None:
