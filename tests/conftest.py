@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import redis
 
 from emailq.broker import Broker, open_broker
 from emailq.clock import ManualClock
+from emailq.sink import free_port
 
 REDIS_URL = os.environ.get("EMAILQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 BACKENDS = ("sqlite", "redis")
@@ -77,3 +80,28 @@ def broker(broker_url: str, clock: ManualClock) -> Iterator[Broker]:
     """An empty broker of each backend whose time is the manual ``clock``."""
     with open_broker(broker_url, clock=clock) as opened:
         yield opened
+
+
+@pytest.fixture
+def small_redis(redis_server: str, tmp_path: Path) -> Iterator[str]:
+    """A Redis of our own with 2 MB of memory and a password."""
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--dir", str(tmp_path), "--maxmemory", "2mb", "--maxmemory-policy", "noeviction",
+         "--requirepass", "s3cret-pass"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://:s3cret-pass@127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield url
+    server.kill()
+    server.wait()

@@ -372,9 +372,33 @@ async def test_readiness_answers_within_its_deadline_when_redis_is_gone(
                 probes = await asyncio.gather(*(client.get("/health/ready") for _ in range(2)))
                 assert time.monotonic() - started < 10  # not the client's minute of retries
                 for probe in probes:
-                    assert probe.status_code == 503
-                    assert probe.json() == {"status": "not ready", "broker": False,
-                                            "provider": True}  # fmt: skip
+                    assert probe.status_code == 503 and probe.headers["retry-after"]
+                    body = probe.json()
+                    assert (body["status"], body["broker"], body["provider"]) == (
+                        "not ready", False, True)  # fmt: skip
+                    assert body["broker_problem"].startswith(("unreachable", "no answer"))
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.mark.redis
+async def test_a_full_redis_is_503_with_retry_after_and_readiness_says_full(
+    small_redis: str,
+) -> None:
+    deployment = deployment_for(small_redis)
+    _, secret = deployment.keys.create("acme")
+    app = create_app(deployment)
+    headers = {"Authorization": f"Bearer {secret}"}
+    big = EMAIL | {"text": "x" * 50_000}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        codes = [(await c.post("/v1/emails", json=big, headers=headers)) for _ in range(100)]
+        refused = [r for r in codes if r.status_code != 202]
+        assert refused, "the 2 MB Redis never filled up"
+        assert {r.status_code for r in refused} == {503}
+        assert refused[0].headers["retry-after"]
+        assert refused[0].headers["content-type"] == "application/problem+json"
+        ready = await c.get("/health/ready")
+    deployment.close()
+    assert ready.status_code == 503
+    assert "maxmemory" in ready.json()["broker_problem"]

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 from click.testing import CliRunner
 
 from deployments import deployment_for
@@ -94,31 +93,6 @@ def test_a_sqlite_file_that_cannot_be_opened_is_broker_unavailable(tmp_path: Pat
         deployment_for(f"sqlite:///{tmp_path}/no/such/dir/q.db")
 
 
-@pytest.fixture
-def small_redis(redis_server: str, tmp_path: Path) -> Iterator[str]:
-    """A Redis of our own with 2 MB of memory and a password."""
-    port = free_port()
-    server = subprocess.Popen(
-        [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--dir", str(tmp_path), "--maxmemory", "2mb", "--maxmemory-policy", "noeviction",
-         "--requirepass", "s3cret-pass"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://:s3cret-pass@127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield url
-    server.kill()
-    server.wait()
-
-
 @pytest.mark.redis
 def test_a_full_redis_is_broker_full_naming_maxmemory(small_redis: str) -> None:
     with deployment_for(small_redis) as deployment, pytest.raises(BrokerFull) as full:
@@ -173,10 +147,18 @@ def test_a_workers_log_never_holds_its_provider_password(tmp_path: Path) -> None
     with SmtpSink() as sink:
         provider = f"smtp://alice:hunter2-secret@127.0.0.1:{sink.port}?starttls=no"
         env = clean_env() | {"EMAILQ_PROVIDER_URL": provider}
+        with deployment_for(url) as deployment:
+            deployment.send(EMAIL)  # something to deliver: the login is refused, and logged
         worker = start(["worker", "--broker-url", url, "--lease", "5"], env)
-        time.sleep(3)
+        assert worker.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("unavailable" in x for x in lines):
+            lines.append(worker.stdout.readline())
         worker.send_signal(signal.SIGTERM)
-        output, _ = worker.communicate(timeout=30)
+        rest, _ = worker.communicate(timeout=30)
+        output = "".join(lines) + rest
+    assert "PlaintextAuthRefused" in output  # the refused login is logged...
     assert "alice:***@127.0.0.1" in output  # the start-up line names the provider...
     assert "hunter2-secret" not in output  # ...without its password
 

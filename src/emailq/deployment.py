@@ -47,7 +47,8 @@ class Queued:
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    """What ``/health/ready`` reports: is the broker up, does the provider answer."""
+    """What ``/health/ready`` reports: can the broker take mail (``broker_error`` says why
+    not: unreachable, full), does the provider answer."""
 
     broker: bool
     provider: bool
@@ -202,13 +203,9 @@ class Deployment:
 
     def health(self, check_provider: bool = True) -> Health:
         """Whether the broker answers and the provider is reachable (``/health/ready``)."""
-        broker_ok, error = True, None
-        try:
-            broker_ok = self.broker.ping()
-        except Exception as failure:  # a health check reports, it does not raise
-            broker_ok, error = False, type(failure).__name__
+        problem = self.broker.check()  # reachable, not full; never raises
         provider_ok = provider_reachable(self.settings.provider.url) if check_provider else True
-        return Health(broker=broker_ok, provider=provider_ok, broker_error=error)
+        return Health(broker=problem is None, provider=provider_ok, broker_error=problem)
 
     async def ahealth(self, check_provider: bool = True) -> Health:
         return await asyncio.to_thread(self.health, check_provider)

@@ -48,9 +48,11 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
         deployment=opened,
         settings=api,
         metrics=IntakeMetrics(lambda: context.deployment.broker),
-        broker_ready=BoundedCheck(lambda: context.deployment.broker.ping(), api.ready_timeout_s),
+        broker_ready=BoundedCheck(lambda: context.deployment.broker.check(), api.ready_timeout_s),
         provider_ready=BoundedCheck(
-            (lambda: provider_reachable(provider_url)) if api.check_provider else (lambda: True),
+            (lambda: None if provider_reachable(provider_url) else "unreachable")
+            if api.check_provider
+            else (lambda: None),
             api.ready_timeout_s,
         ),
         group=EnqueueGroup(opened.broker),

@@ -1,4 +1,5 @@
-"""What ``GET /health/ready`` asks: is the broker reachable, is the provider.
+"""What ``GET /health/ready`` asks: can the broker take mail now (reachable, not full), is
+the provider reachable.
 
 A check can block: a locked SQLite file, a provider host that does not answer, a Redis
 connection stuck mid-failover. A readiness probe wants an answer within its own timeout,
@@ -15,18 +16,19 @@ from starlette.concurrency import run_in_threadpool
 
 
 class BoundedCheck:
-    """``await check()``: the check's answer, or False when it takes over ``timeout`` s."""
+    """``await check()``: the check's answer — None when all is well, else what is wrong —
+    or "no answer within … s" when it takes longer than ``timeout``."""
 
-    def __init__(self, check: Callable[[], bool], timeout: float) -> None:
+    def __init__(self, check: Callable[[], str | None], timeout: float) -> None:
         self.check = check
         self.timeout = timeout
-        self._running: asyncio.Future[bool] | None = None
+        self._running: asyncio.Future[str | None] | None = None
 
-    async def __call__(self) -> bool:
+    async def __call__(self) -> str | None:
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(run_in_threadpool(self.check))
         try:
             # shield: a probe that times out leaves the run going for the next probe to join
             return await asyncio.wait_for(asyncio.shield(self._running), self.timeout)
         except TimeoutError:
-            return False
+            return f"no answer within {self.timeout:g} s"

@@ -174,12 +174,18 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
 
     @app.get("/health/ready")
     async def ready() -> JSONResponse:
-        """Readiness: the broker and the provider answer; 503 when either does not."""
-        broker_ok, provider_ok = await asyncio.gather(ctx.broker_ready(), ctx.provider_ready())
-        ok = broker_ok and provider_ok
-        body = {"status": "ready" if ok else "not ready",
-                "broker": broker_ok, "provider": provider_ok}  # fmt: skip
-        return JSONResponse(body, status_code=200 if ok else 503)
+        """Readiness: the broker can take mail (reachable, not full) and, when configured,
+        the provider answers; 503 naming what is wrong otherwise."""
+        broker, provider = await asyncio.gather(ctx.broker_ready(), ctx.provider_ready())
+        ok = broker is None and provider is None
+        body: dict[str, Any] = {"status": "ready" if ok else "not ready",
+                                "broker": broker is None, "provider": provider is None}
+        if broker is not None:
+            body["broker_problem"] = broker
+        if provider is not None:
+            body["provider_problem"] = provider
+        headers = None if ok else {"Retry-After": "5"}
+        return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
