@@ -19,7 +19,7 @@ from emailq.broker import Broker, State, open_broker
 from emailq.sink import SmtpSink
 from faults import SlowSink, StallingRelay, copies, fill, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 EMAILQ = [sys.executable, "-m", "emailq"]
 POOL = 4
 
