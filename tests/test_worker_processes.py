@@ -111,9 +111,11 @@ def test_three_processes_share_one_provider_limit(
         start_worker(broker_url, sink, "--batch", "20", "--provider-rate", str(rate))
         for _ in range(3)
     ]
-    wait_until(lambda: sink.count == len(ids), 60, "every message delivered")
-    for worker in workers:
-        worker.send_signal(signal.SIGTERM)
+    try:
+        wait_until(lambda: sink.count == len(ids), 60, "every message delivered")
+    finally:  # a failed wait must not leave three workers running on
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
     for worker in workers:
         assert worker.wait(timeout=30) == 0
     arrivals = sorted(d.received_at for d in sink.deliveries)
