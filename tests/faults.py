@@ -108,7 +108,12 @@ class StallingRelay:
 
     def _relay(self, client: socket.socket) -> None:
         self.released.wait()
-        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        if self._closing:
+            return  # close() closes the client socket
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            return
         self._sockets.append(upstream)
         threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
         _pipe(client, upstream)

@@ -27,12 +27,14 @@ class Settler:
         self,
         broker: Broker,
         on_settled: Callable[[Sequence[Outcome]], None] | None = None,
+        on_finished: Callable[[Sequence[Outcome]], None] | None = None,
         retry_base_s: float = 0.1,
         retry_cap_s: float = 2.0,
         give_up_after_s: float = 120.0,
     ) -> None:
         self.broker = broker
         self.on_settled = on_settled
+        self.on_finished = on_finished  # settled or given up on, either way out of our hands
         self.retry_base_s = retry_base_s
         self.retry_cap_s = retry_cap_s
         self.give_up_after_s = give_up_after_s
@@ -52,7 +54,11 @@ class Settler:
     async def _run(self) -> None:
         while self._pending:
             group, self._pending = self._pending, []
-            await self._settle(group)
+            try:
+                await self._settle(group)
+            finally:
+                if self.on_finished is not None:
+                    self.on_finished(group)
 
     async def _settle(self, group: list[Outcome]) -> None:
         loop = asyncio.get_running_loop()

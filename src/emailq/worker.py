@@ -117,6 +117,32 @@ class _Route:
         # While rate limits turn mail away, lease about as much as they let through: the
         # rest would only be leased to be put back.
         self.lease_cap: int | None = None
+        self.window = _Window(provider.concurrency)
+
+
+class _Window:
+    """Mail sent or on the wire but not yet settled, at most ``limit`` messages (the
+    provider's connections): a killed worker then re-sends at most that many. A send
+    waits for room; settling makes room."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Event()
+
+    async def enter(self, give_up: Callable[[], bool]) -> bool:
+        while self.limit and self.used >= self.limit:
+            if give_up():
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.05)
+        self.used += 1
+        return True
+
+    def leave(self) -> None:
+        self.used -= 1
+        self._changed.set()
 
 
 class _BatchGate:
@@ -127,8 +153,16 @@ class _BatchGate:
         self.route = route
         self.jobs = jobs
 
-    def may_send(self, message_id: str) -> bool:
-        return self.route.pause.remaining == 0 and self.worker.fence.may_send(message_id)
+    async def may_send(self, message_id: str) -> bool:
+        route, worker = self.route, self.worker
+        if not await route.window.enter(give_up=lambda: worker.fence.closed):
+            return False
+        # Checked after any wait for room: the lease must still hold when the send starts.
+        if route.pause.remaining == 0 and worker.fence.may_send(message_id):
+            worker.unsettled[message_id] = route  # room given back once it is settled
+            return True
+        route.window.leave()
+        return False
 
     def done(self, index: int, result: SendResult) -> None:
         self.worker.settle_result(self.jobs[index], result, self.route)
@@ -160,6 +194,7 @@ class Worker:
         self.on_settled = on_settled
         self.metrics = metrics
         self.fence = LeaseFence(s.lease_s, s.fence_margin_s)
+        self.unsettled: dict[str, _Route] = {}  # sent (or on the wire), not yet settled
         self._settler: Settler | None = None
 
     @property
@@ -169,7 +204,7 @@ class Worker:
     @property
     def settler(self) -> Settler:
         if self._settler is None:  # made on first use, inside the running event loop
-            self._settler = Settler(self.broker, self._observe)
+            self._settler = Settler(self.broker, self._observe, self._make_room)
         return self._settler
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -366,6 +401,12 @@ class Worker:
                            f" that failed in emailq itself: {reason}")  # fmt: skip
         delay = retry_delay(job.attempts, self.settings, result.retry_after)
         return Outcome(job, Action.RETRY, delay=delay, error=reason)
+
+    def _make_room(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            route = self.unsettled.pop(outcome.job.id, None)
+            if route is not None:
+                route.window.leave()
 
     def _observe(self, outcomes: Sequence[Outcome]) -> None:
         if self.metrics:

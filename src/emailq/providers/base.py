@@ -71,8 +71,9 @@ SendResult = Accepted | Transient | Permanent | Withheld
 
 
 class SendGate(Protocol):
-    def may_send(self, message_id: str) -> bool:
-        """True while this process still owns the message, with a margin for one send."""
+    async def may_send(self, message_id: str) -> bool:
+        """True while this process still owns the message, with a margin for one send.
+        May wait first (the worker bounds how much sent mail is not yet settled)."""
 
     def done(self, index: int, result: SendResult) -> None:
         """The outcome of ``batch[index]``, as soon as it is known."""
@@ -81,7 +82,7 @@ class SendGate(Protocol):
 class OpenGate:
     """Every message may go; outcomes are only returned (tests, tools)."""
 
-    def may_send(self, message_id: str) -> bool:
+    async def may_send(self, message_id: str) -> bool:
         return True
 
     def done(self, index: int, result: SendResult) -> None:
@@ -98,8 +99,8 @@ class _Reporting:
         self.gate = gate
         self.reported: set[int] = set()
 
-    def may_send(self, message_id: str) -> bool:
-        return self.gate.may_send(message_id)
+    async def may_send(self, message_id: str) -> bool:
+        return await self.gate.may_send(message_id)
 
     def done(self, index: int, result: SendResult) -> None:
         if index not in self.reported:
@@ -109,6 +110,9 @@ class _Reporting:
 
 class Provider(abc.ABC):
     name: str = "provider"
+    # Messages this provider can have on the wire at once (an SMTP pool's connections);
+    # None: no such bound (one HTTP call carries a whole batch).
+    concurrency: int | None = None
 
     async def send_batch(
         self, batch: Sequence[Rendered], gate: SendGate = OPEN_GATE

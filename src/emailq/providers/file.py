@@ -44,7 +44,7 @@ class FileProvider(Provider):
     async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
         # Why one thread for the batch: blocking file I/O off the event loop, without a
         # thread hand-off per message. The gate is asked on the loop, just before.
-        allowed = [gate.may_send(message.message_id) for message in batch]
+        allowed = [await gate.may_send(message.message_id) for message in batch]
         chosen = [message for message, ok in zip(batch, allowed, strict=True) if ok]
         written = iter(await asyncio.to_thread(self._write_all, chosen))
         return [next(written) if ok else Withheld("the lease may have lapsed") for ok in allowed]

@@ -224,7 +224,7 @@ class ResendProvider(Provider):
     ) -> list[tuple[int, SendResult]]:
         """One HTTP call for the items the gate still lets go, asked right before it is made;
         each outcome reported as soon as the call answers."""
-        allowed = [item for item in items if gate.may_send(item.message.message_id)]
+        allowed = [item for item in items if await gate.may_send(item.message.message_id)]
         outcomes: list[tuple[int, SendResult]] = [
             (item.index, Withheld("the lease may have lapsed before the call"))
             for item in items if item not in allowed

@@ -48,6 +48,7 @@ class SmtpProvider(Provider):
 
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
+        self.concurrency = settings.pool_size
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         self._created = 0
 
@@ -74,7 +75,7 @@ class SmtpProvider(Provider):
                     client.close()
                     return Transient(f"connect/login: {_describe(error)}", provider_down=True)
             # The fence reaches the wire: the last moment before MAIL FROM.
-            if not gate.may_send(message.message_id):
+            if not await gate.may_send(message.message_id):
                 return Withheld("the lease may have lapsed before MAIL FROM")
             return await self._transaction(client, message)
         finally:
