@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from emailq.errors import EmailqError, FieldError
+from emailq.intake import Queued
 from emailq.message import Email
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -31,12 +32,6 @@ class ApiError(EmailqError):
         self.status = status
         self.detail = detail
         self.errors = list(errors)
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    id: str
-    lane: str
 
 
 @dataclass(frozen=True, slots=True)

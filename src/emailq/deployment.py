@@ -23,7 +23,7 @@ from typing import Any
 from emailq.broker import Broker, BrokerOptions, Stats, open_broker
 from emailq.clock import Clock, now
 from emailq.errors import ConfigurationError, FieldError, InvalidEmail
-from emailq.intake import to_new_message
+from emailq.intake import Queued, to_new_message
 from emailq.keys import KeyStore
 from emailq.lanes import Lane
 from emailq.message import Email, parse_email
@@ -35,14 +35,6 @@ from emailq.ratelimit import Limiter
 from emailq.ratelimit.rules import RateRules
 from emailq.settings import Settings
 from emailq.worker import WorkerSettings
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """An accepted email: its id, and the lane the policy gave it."""
-
-    id: str
-    lane: str
 
 
 @dataclass(frozen=True, slots=True)

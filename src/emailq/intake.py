@@ -6,11 +6,21 @@ Every intake (HTTP API, :class:`emailq.deployment.Deployment`, CLI, demo) goes t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from emailq.broker import NewMessage
 from emailq.message import Email
 from emailq.policy import DEFAULT_POLICY, Placement, Policy, place
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """An accepted email: its id, and the lane the policy gave it (every intake answers
+    with this: the HTTP API's 202 body, the clients, Deployment.send)."""
+
+    id: str
+    lane: str
 
 
 def placement_of(email: Email, now: datetime, policy: Policy = DEFAULT_POLICY) -> Placement:

@@ -77,8 +77,18 @@ PING_TIMEOUT = 2.0  # seconds, to connect and to answer
 FULL_AT = 0.95
 
 
+def _script(name: str) -> str:
+    """A script's text: its shebang line (if any), then the shared prelude, then its body —
+    static files put together once at import, never Lua built per call."""
+    lua = resources.files("emailq.broker").joinpath("lua")
+    body = lua.joinpath(f"{name}.lua").read_text()
+    shebang, body = body.split("\n", 1) if body.startswith("#!") else ("", body)
+    prelude = lua.joinpath("prelude.lua").read_text()
+    return f"{shebang}\n{prelude}{body}" if shebang else prelude + body
+
+
 _SCRIPTS = {
-    name: resources.files("emailq.broker").joinpath("lua", f"{name}.lua").read_text()
+    name: _script(name)
     for name in (
         "enqueue", "lease", "heartbeat", "settle", "reap", "promote", "cancel",
         "requeue_dead", "purge_expired",

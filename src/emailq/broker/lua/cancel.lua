@@ -13,14 +13,6 @@
 -- ARGV[4..8]  lane names
 -- Returns     1 when cancelled, else 0.
 -- The message's key is built from the prefix; it shares the prefix's hash tag (one slot).
-local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
--- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
--- the one clock every worker on every machine shares.
-local function clock(given)
-  if given ~= '' then return given end
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
 local ready = {}
 for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[5 + i] end
 local now = clock(ARGV[1])

@@ -17,15 +17,6 @@
 --             max_attempts (0: no limit), expires_at or ""
 -- Returns     one id per message: its own, or the id that already owns its idempotency key.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
-local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
--- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
--- the one clock every worker on every machine shares.
-local function clock(given)
-  if given ~= '' then return given end
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
-local function fmt(t) return string.format('%.17g', t) end  -- a computed time, exactly
 local score = {}  -- due → its score, formatted once (a batch mostly shares one due time)
 local function score_of(due)
   local s = score[due]

@@ -29,14 +29,6 @@
 -- Returns      9 per leased message, lane by lane, oldest first: id, token, lane, payload,
 --              attempts, max_attempts (0: none), enqueued_at, tenant, expires_at (false: none)
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
-local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
--- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
--- the one clock every worker on every machine shares.
-local function clock(given)
-  if given ~= '' then return given end
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
 -- A repeated call: the jobs the first one handed out, as they are now, and nothing more.
 local function replay(handed)
   local jobs, payloads = {}, {}

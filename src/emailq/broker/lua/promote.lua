@@ -10,14 +10,6 @@
 -- ARGV[3..7]  lane names
 -- Returns     how many messages were promoted.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
-local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
--- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
--- the one clock every worker on every machine shares.
-local function clock(given)
-  if given ~= '' then return given end
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
 local ready = {}
 for i = 1, 5 do ready[ARGV[2 + i]] = KEYS[3 + i] end
 local delta = {}

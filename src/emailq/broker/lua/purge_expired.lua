@@ -12,14 +12,6 @@
 -- ARGV[3]  retention in seconds: messages finished before now - retention go
 -- Returns  how many index entries were removed.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
-local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
--- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
--- the one clock every worker on every machine shares.
-local function clock(given)
-  if given ~= '' then return given end
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
 local cutoff = tonumber(clock(ARGV[1])) - tonumber(ARGV[3])
 local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ms(cutoff), 'LIMIT', 0,
   tonumber(ARGV[2]))

@@ -18,15 +18,6 @@
 -- ARGV[17..]  message ids (with "ids")
 -- Returns     how many messages were requeued.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
-local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
--- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
--- the one clock every worker on every machine shares.
-local function clock(given)
-  if given ~= '' then return given end
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
-local function fmt(t) return string.format('%.17g', t) end  -- a computed time, exactly
 local ready, max_age = {}, {}
 for i = 1, 5 do
   ready[ARGV[3 + i]] = KEYS[5 + i]

@@ -20,15 +20,6 @@
 --              (a retry's or burial's error of "" leaves none; a deferral's keeps the last)
 -- Returns      the ids settled.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
-local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
--- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
--- the one clock every worker on every machine shares.
-local function clock(given)
-  if given ~= '' then return given end
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
-local function fmt(t) return string.format('%.17g', t) end  -- a computed time, exactly
 local now = clock(ARGV[1])
 local now_n, now_ms = tonumber(now), tostring(ms(now))  -- format once, not per message
 local ready = {}
@@ -74,21 +65,6 @@ local function bury(msg, id, lane, err)
   finish(msg, id, lane, 'dead')
 end
 
--- A duration for people, and a burial's error: as emailq.broker.expiry.span() and gave_up().
-local function span(s)
-  if s < 0 then s = 0 end
-  if s < 120 then return string.format('%.0f seconds', s) end
-  if s < 7200 then return string.format('%.0f minutes', s / 60) end
-  if s < 172800 then return string.format('%.1f hours', s / 3600) end
-  return string.format('%.1f days', s / 86400)
-end
-local function gave_up(attempts, enqueued_at, err)
-  local text = 'gave up after ' .. attempts .. ' attempt'
-  if attempts ~= 1 then text = text .. 's' end
-  text = text .. ' over ' .. span(now_n - tonumber(enqueued_at))
-  if err ~= '' then text = text .. ': ' .. err end
-  return text
-end
 
 -- Retried at its due time, unless that is at or past its expires_at (false: none) or its
 -- explicit max_attempts (0: none) are spent: then it is buried, saying so.
@@ -99,7 +75,7 @@ local function retry(i)
   local f = redis.call('HMGET', msg, 'attempts', 'max_attempts', 'enqueued_at', 'expires_at')
   local attempts, max_attempts = tonumber(f[1]), tonumber(f[2])
   if (max_attempts > 0 and attempts >= max_attempts) or (f[4] and due >= tonumber(f[4])) then
-    return bury(msg, id, lane, gave_up(attempts, f[3], err))
+    return bury(msg, id, lane, gave_up(attempts, now_n - tonumber(f[3]), err))
   end
   set_error(msg, err)
   redis.call('HSET', msg, 'state', 'retrying', 'available_at', fmt(due), 'updated_at', now)

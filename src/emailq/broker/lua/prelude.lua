@@ -1,0 +1,26 @@
+-- Shared by every script: loaded in front of each one's body (broker/redis.py), so the
+-- helpers below are defined once. Nothing here touches a key.
+local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
+-- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
+-- the one clock every worker on every machine shares.
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local function fmt(t) return string.format('%.17g', t) end  -- a computed time, exactly
+-- A duration for people, and a burial's error: as emailq.broker.expiry.span() and gave_up().
+local function span(s)
+  if s < 0 then s = 0 end
+  if s < 120 then return string.format('%.0f seconds', s) end
+  if s < 7200 then return string.format('%.0f minutes', s / 60) end
+  if s < 172800 then return string.format('%.1f hours', s / 3600) end
+  return string.format('%.1f days', s / 86400)
+end
+local function gave_up(attempts, age, err)
+  local text = 'gave up after ' .. attempts .. ' attempt'
+  if attempts ~= 1 then text = text .. 's' end
+  text = text .. ' over ' .. span(age)
+  if err ~= '' then text = text .. ': ' .. err end
+  return text
+end
