@@ -5,8 +5,9 @@ validates, places and queues email, and answers status and health questions.
 """
 
 from emailq.broker import Broker, Job, NewMessage, State, open_broker
-from emailq.deployment import Deployment, Health, Queued
+from emailq.deployment import Deployment, Health
 from emailq.errors import BrokerFull, BrokerUnavailable, EmailqError, InvalidEmail
+from emailq.intake import Queued
 from emailq.lanes import Lane
 from emailq.settings import Settings
 
