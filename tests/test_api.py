@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -360,3 +361,33 @@ async def test_readiness_answers_within_its_deadline_when_redis_is_gone(
     finally:
         server.kill()
         server.wait()
+
+
+# -- issue 11: the security/fuzz review of the intake -----------------------------------------
+async def post_raw(api: Api, path: str, body: Any) -> httpx.Response:
+    """``body`` as JSON text with every non-ASCII character escaped, lone surrogates too."""
+    headers = api.auth | {"Content-Type": "application/json"}
+    return await api.client.post(path, content=json.dumps(body).encode(), headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"tags": {"\ud800": "x"}}, "tags.\\ud800"),
+        ({"headers": {"X-\udfff": "x"}}, "headers.X-\\udfff"),
+        ({"tags": {"campaign": "\ud800"}}, "tags.campaign"),
+        ({"headers": {"X-Note": "\ud800"}}, "headers.X-Note"),
+        ({"attachments": [{"filename": "a\ud800.pdf", "content": ""}]}, "attachments.0.filename"),
+        ({"wedding": {"wedding_id": "\ud800", "ceremony_at": "2030-01-01T00:00:00Z"}},
+         "wedding.wedding_id"),
+        ({"subject": "\ud800"}, "subject"),
+        ({"text": "\ud800"}, "text"),
+    ],
+)  # fmt: skip
+async def test_issue11_2_lone_surrogates_are_a_422_naming_the_field(
+    api: Api, change: dict[str, Any], field: str
+) -> None:
+    response = await post_raw(api, "/v1/emails", EMAIL | change)
+    assert response.status_code == 422, response.text
+    assert field in fields_of(response)
+    assert api.broker.stats().backlog == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -415,7 +416,9 @@ def test_no_json_input_escapes_as_anything_but_invalid_email(value: Any) -> None
         assert error.errors and all(isinstance(e.field, str) for e in error.errors)
 
 
-_safe_text = st.text(max_size=40).filter(lambda s: not set(s) & {"\r", "\n", "\0"})
+# What a header-bound field takes: anything but C0 controls (HTAB aside), DEL and C1 controls
+_HEADER_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_safe_text = st.text(max_size=40).filter(lambda s: not _HEADER_UNSAFE.search(s))
 _addresses = st.builds(
     Address,
     email=st.sampled_from(["a@example.com", "b.c+d@sub.example.org", "x@bücher.example"]),
@@ -429,7 +432,8 @@ _attachments = st.builds(
     filename=_safe_text.filter(str.strip),
     content=st.binary(max_size=300),
     content_type=st.sampled_from(["", "application/pdf", 'text/calendar; method="REQUEST"']),
-    content_id=st.none() | st.from_regex(r"[a-z0-9.@]{1,20}", fullmatch=True),
+    content_id=st.none()
+    | st.from_regex(r"[a-z0-9]{1,8}(\.[a-z0-9]{1,8})?(@[a-z]{1,8})?", fullmatch=True),
 )
 _emails = st.builds(
     Email,
@@ -581,3 +585,99 @@ def test_the_fast_address_path_gives_email_validators_answer(local: str, domain:
         expected = ("", False)
     normalized, problem = _checked_address(address)
     assert (normalized, not problem) == expected
+
+
+# -- issue 11: the security/fuzz review of the intake, one test (at least) per finding ---------
+def _in(field: str, value: str) -> dict[str, Any]:
+    """An email whose header-bound ``field`` holds ``value``."""
+    attachment: dict[str, Any] = {"filename": "a.pdf", "content": ""}
+    return {
+        "subject": valid(subject=value),
+        "to.0.name": valid(to={"email": "a@example.com", "name": value}),
+        "from": valid(**{"from": f"{value} <a@example.com>"}),
+        "headers.X-Note": valid(headers={"X-Note": value}),
+        "headers": valid(headers={f"X-{value}": "x"}),
+        "tags.campaign": valid(tags={"campaign": value}),
+        "tags": valid(tags={value: "x"}),
+        "attachments.0.filename": valid(attachments=[attachment | {"filename": value}]),
+        "attachments.0.content_type": valid(
+            attachments=[attachment | {"content_type": f'text/plain; x="{value}"'}]
+        ),
+        "attachments.0.content_id": valid(attachments=[attachment | {"content_id": value}]),
+        "wedding.wedding_id": valid(wedding={"wedding_id": value, "ceremony_at": CEREMONY}),
+    }[field]
+
+
+_HEADER_FIELDS = ["subject", "to.0.name", "from", "headers.X-Note", "headers", "tags.campaign",
+                  "tags", "attachments.0.filename", "attachments.0.content_type",
+                  "attachments.0.content_id", "wedding.wedding_id"]  # fmt: skip
+
+
+@pytest.mark.parametrize("char", ["\0", "\r", "\n", "\x01", "\x1b", "\x7f", "\x85", "\x9f"])
+@pytest.mark.parametrize("field", _HEADER_FIELDS)
+def test_issue11_1_nul_and_control_bytes_never_reach_a_header(field: str, char: str) -> None:
+    fields = fields_of(_in(field, f"a{char}b"))
+    assert [name for name in fields if name.startswith(field)], fields
+
+
+@pytest.mark.parametrize(
+    ("content_type", "why"),
+    [
+        ('text/plain; x="a\0b"', "NUL in a quoted parameter"),
+        ('text/plain; x="é"', "non-ASCII: accepted, then unsendable"),
+        ('text/plain; x="=?utf-8?b?DQo=?="', "an encoded-word parsers decode to CR LF"),
+        ("text/plain; x*=utf-8''%0D%0A", "an RFC 2231 parameter parsers decode to CR LF"),
+        ('text/plain; x="a\\"b"', "a quoted-pair"),
+        ("text/plain; x=a b", "a space in a token"),
+        ("text/plain;", "a ';' with no parameter"),
+        ("text/plain; x=\x0b", "a control"),
+        ("tëxt/plain", "non-ASCII in the type"),
+    ],
+)
+def test_issue11_1_content_type_follows_rfc_2045(content_type: str, why: str) -> None:
+    attachment = {"filename": "a.txt", "content": "", "content_type": content_type}
+    assert fields_of(valid(attachments=[attachment])) == ["attachments.0.content_type"], why
+
+
+@pytest.mark.parametrize(
+    "content_id", ["=?utf-8?b?DQo=?=", "a@=?utf-8?q?=0D?=", "two@@ats", "a..b", ".a", "a b", "é"]
+)
+def test_issue11_1_content_id_is_a_msg_id(content_id: str) -> None:
+    attachment = {"filename": "a.png", "content": "", "content_id": content_id}
+    assert fields_of(valid(attachments=[attachment])) == ["attachments.0.content_id"]
+
+
+def test_issue11_1_header_bound_values_in_their_grammar_are_accepted() -> None:
+    email = parse_email(
+        valid(
+            subject="Tab\there, U+2028\u2028and non-ASCII: é 结婚",
+            headers={"X-Note": "=?utf-8?q?encoded_by_the_renderer?="},
+            attachments=[
+                {"filename": "Plan — été.pdf", "content": "",
+                 "content_type": 'application/pdf; x-a=b; x-q="a b;c=d"'},
+                {"filename": "logo.png", "content": "", "content_id": "<logo.v2@weddings.example>"},
+                {"filename": "map.png", "content": "", "content_id": "map"},
+            ],
+        )
+    )  # fmt: skip
+    assert [a.content_id for a in email.attachments] == [None, "logo.v2@weddings.example", "map"]
+
+
+@pytest.mark.parametrize("field", [*_HEADER_FIELDS, "text", "html", "to.0.email"])
+def test_issue11_2_lone_surrogates_are_refused_naming_the_field(field: str) -> None:
+    bodies = {"text": valid(text="a\ud800b"), "html": valid(html="<p>\udfff</p>"),
+              "to.0.email": valid(to="a\ud800b@example.com")}  # fmt: skip
+    data = bodies.get(field) or _in(field, "a\ud800b")
+    with pytest.raises(InvalidEmail) as caught:
+        parse_email(data)
+    errors = caught.value.errors
+    assert [e for e in errors if e.field.startswith(field.removesuffix(".email"))], errors
+    for error in errors:  # the problem document that reports them is UTF-8
+        (error.field + error.message).encode("utf-8")
+
+
+def test_issue11_2_an_unknown_key_with_a_lone_surrogate_is_an_invalid_email() -> None:
+    with pytest.raises(InvalidEmail) as caught:
+        parse_email(valid(**{"x\ud800": 1}))
+    for error in caught.value.errors:
+        (error.field + error.message).encode("utf-8")

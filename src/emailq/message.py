@@ -1,8 +1,9 @@
 """The email model: one validated shape for every intake, and the queue payload.
 
 Every intake goes through :func:`parse_email`: an :class:`Email`, or an ``InvalidEmail``
-naming each problem's field ("to.2.email", "attachments.0.filename"). CR, LF or NUL in
-anything bound for a header is refused here, so the renderer never meets one. The worker
+naming each problem's field ("to.2.email", "attachments.0.filename"). Control characters
+(CR, LF and NUL above all) and unpaired surrogates in anything bound for a header are
+refused here, so the renderer never meets one (it refuses them too, as a last line). The worker
 reads payloads back with :meth:`Email.from_payload`, which trusts them and skips the
 costly intake checks (address syntax, size estimates).
 """
@@ -50,35 +51,50 @@ RESERVED_HEADERS = frozenset(
 )
 
 _TRUSTED = {"trusted": True}
-_HEADER_BREAKERS = re.compile("[\r\n\0]")
+# Header-bound text: no C0 control but HTAB, no DEL, no C1 control (RFC 5322 unstructured
+# text is VCHAR and WSP), and no unpaired surrogate, which JSON's "\ud800" can carry but
+# no UTF-8 encoder can write.
+_UNSAFE_HEADER_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 ftext: printable but ":"
 _TENANT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _TAG_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?")
-_CONTENT_ID = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]{1,250}")  # printable but "<" and ">"
-_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
-_CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?: *; *{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\r\n]*\"))*")
-_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_DOT_ATOM_TEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_DOT_ATOM = re.compile(_DOT_ATOM_TEXT)
+# RFC 2392 takes a Content-ID's grammar from RFC 5322's msg-id: dot-atoms around an "@".
+# Without "@" is allowed too, as mail clients resolve "cid:logo" all the same.
+_CONTENT_ID = re.compile(rf"{_DOT_ATOM_TEXT}(?:@{_DOT_ATOM_TEXT})?")
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # RFC 2045 token: no space, control or tspecial
+# RFC 2231 attribute-char: a token but "*", "'" and "%", so no extended parameter
+# (x*=utf-8''%0D%0A), which parsers decode, to CR and LF as readily as to anything else.
+_ATTRIBUTE = r"[A-Za-z0-9!#$&+.^_`|~-]+"
+_QUOTED = r'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'  # printable ASCII; no quoted-pair needed
+_CONTENT_TYPE = re.compile(
+    rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_ATTRIBUTE}=(?:{_TOKEN}|{_QUOTED}))*"
+)
 _NAME_ADDR = re.compile(r"(?P<name>.*)<(?P<email>[^<>]*)>", re.DOTALL)
 
 
 def _invalid(message: str, path: str = "") -> PydanticCustomError:
     """A validation error; ``path`` extends the field's location (e.g. a header's name)."""
-    return PydanticCustomError("emailq", message, {"path": path} if path else None)
+    return PydanticCustomError("emailq", message, {"path": _encodable(path)} if path else None)
 
 
 def _trusted(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("trusted"))
 
 
-def _no_line_breaks(value: str, path: str = "") -> str:
-    # Why: a CR or LF here would let a caller start a header of their own choosing.
-    if _HEADER_BREAKERS.search(value):
-        raise _invalid("must not contain CR, LF or NUL", path)
+def _header_safe(value: str, path: str = "") -> str:
+    # Why: a CR or LF here would let a caller start a header of their own choosing, and a
+    # surrogate would fail only when the worker encodes it, as mail that can never be sent.
+    if _UNSAFE_HEADER_TEXT.search(value):
+        message = "must not contain control characters (CR, LF, NUL...) or unpaired surrogates"
+        raise _invalid(message, path)
     return value
 
 
-HeaderText = Annotated[str, AfterValidator(lambda value: _no_line_breaks(value))]
+HeaderText = Annotated[str, AfterValidator(lambda value: _header_safe(value))]
 
 
 class _Model(BaseModel):
@@ -128,7 +144,7 @@ class Address(_Model):
     def _from_string(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        _no_line_breaks(value)  # before any stripping could hide one
+        _header_safe(value)  # before any stripping could hide one
         match = _NAME_ADDR.fullmatch(value.strip())
         if not match:
             return {"email": value.strip()}
@@ -142,7 +158,7 @@ class Address(_Model):
     def _valid_address(cls, value: str, info: ValidationInfo) -> str:
         if _trusted(info):
             return value
-        _no_line_breaks(value)
+        _header_safe(value)
         if len(value) > 320:
             raise _invalid("is too long to be an email address")
         normalized, problem = _checked_address(value)
@@ -157,7 +173,7 @@ class Address(_Model):
             return None
         # Why: in a display name a run of whitespace means one space (RFC 5322 3.2.2), and
         # parsers do collapse it, so store what every reader will see.
-        value = " ".join(_no_line_breaks(value).split())
+        value = " ".join(_header_safe(value).split())
         if len(value) > MAX_DISPLAY_NAME:
             raise _invalid(f"must be at most {MAX_DISPLAY_NAME} characters")
         return value or None
@@ -223,8 +239,13 @@ Content = Annotated[
 ]
 
 
+# Why: RFC 2047 forbids encoded-words here, yet mail parsers decode them, into any bytes,
+# CR and LF included.
+_NO_ENCODED_WORDS = "must not hold an encoded-word (=?...?=)"
+
+
 def _filename(value: str) -> str:
-    value = _no_line_breaks(value).strip()  # mail clients strip it anyway
+    value = _header_safe(value).strip()  # mail clients strip it anyway
     if not value or len(value) > 255:
         raise _invalid("must be 1-255 characters, not blank")
     return value
@@ -258,7 +279,12 @@ class Attachment(_Model):
     def _valid_content_type(cls, value: str) -> str:
         value = value.strip()
         if len(value) > 255 or not _CONTENT_TYPE.fullmatch(value):
-            raise _invalid('must be a MIME type such as "application/pdf"')
+            raise _invalid(
+                'must be a MIME type such as "application/pdf"; parameter values are tokens'
+                " or quoted printable ASCII (RFC 2045)"
+            )
+        if "=?" in value:
+            raise _invalid(_NO_ENCODED_WORDS)
         if re.search(r";\s*(name|boundary)\s*=", value, re.IGNORECASE):
             raise _invalid("must not set name or boundary (they come from the attachment)")
         return value
@@ -269,8 +295,13 @@ class Attachment(_Model):
         if value is None:
             return None
         value = value.removeprefix("<").removesuffix(">")
-        if not _CONTENT_ID.fullmatch(value):
-            raise _invalid("must be 1-250 printable ASCII characters, without spaces or <>")
+        if len(value) > 250 or not _CONTENT_ID.fullmatch(value):
+            raise _invalid(
+                "must be an id such as logo@example.org: at most 250 characters, dot-atoms"
+                " (RFC 5322) around an optional @"
+            )
+        if "=?" in value:
+            raise _invalid(_NO_ENCODED_WORDS)
         return value
 
 
@@ -314,8 +345,8 @@ class WeddingContext(_Model):
 def _body(value: str | None) -> str | None:
     if value is None:
         return None
-    if "\0" in value:
-        raise _invalid("must not contain NUL")
+    if "\0" in value or (not value.isascii() and _UNPAIRED_SURROGATE.search(value)):
+        raise _invalid("must not contain NUL or unpaired surrogates")
     return value if value.strip() else None  # a blank body is no body
 
 
@@ -374,7 +405,7 @@ class Email(_Model):
             if lowered in seen:
                 raise _invalid("header given twice (names are case-insensitive)", name)
             seen.add(lowered)
-            _no_line_breaks(text, name)
+            _header_safe(text, name)
         return value
 
     @field_validator("tags")
@@ -387,7 +418,7 @@ class Email(_Model):
                 raise _invalid("tag names are 1-64 letters, digits, '_', '.' or '-'", name)
             if len(text) > 256:
                 raise _invalid("tag values are at most 256 characters", name)
-            _no_line_breaks(text, name)
+            _header_safe(text, name)
         return value
 
     @field_validator("attachments")
@@ -555,4 +586,13 @@ def _field_error(error: ErrorDetails) -> FieldError:
     ctx = error.get("ctx") or {}
     if ctx.get("path"):
         loc.append(str(ctx["path"]))
-    return FieldError(".".join(loc), _FRIENDLY.get(error["type"], error["msg"]))
+    message = _FRIENDLY.get(error["type"], error["msg"])
+    return FieldError(_encodable(".".join(loc)), _encodable(message))
+
+
+def _encodable(text: str) -> str:
+    """``text`` with unpaired surrogates written as ``\\udxxx``: a field name given as a
+    key ("tags.\\ud800") must not make the error report itself unencodable."""
+    if text.isascii() or not _UNPAIRED_SURROGATE.search(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
