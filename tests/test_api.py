@@ -391,3 +391,11 @@ async def test_issue11_2_lone_surrogates_are_a_422_naming_the_field(
     assert response.status_code == 422, response.text
     assert field in fields_of(response)
     assert api.broker.stats().backlog == 0
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+async def test_issue11_2_ceremony_at_past_the_range_is_a_422_naming_it(api: Api, at: str) -> None:
+    wedding = {"wedding_id": "w1", "ceremony_at": at, "kind": "ceremony_change"}
+    response = await api.post("/v1/emails", EMAIL | {"wedding": wedding, "send_at": at})
+    assert response.status_code == 422, response.text
+    assert sorted(fields_of(response)) == ["send_at", "wedding.ceremony_at"]

@@ -424,8 +424,8 @@ _addresses = st.builds(
     email=st.sampled_from(["a@example.com", "b.c+d@sub.example.org", "x@bücher.example"]),
     name=st.none() | _safe_text,
 )
-_aware = st.datetimes(
-    min_value=datetime(1800, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.timezones()
+_aware = st.datetimes(  # local times a day inside the model's range, whatever the offset
+    min_value=datetime(1900, 1, 2), max_value=datetime(2200, 12, 30), timezones=st.timezones()
 )
 _attachments = st.builds(
     Attachment,
@@ -483,7 +483,7 @@ def test_payload_is_compact_json_with_the_from_alias() -> None:
 
 def test_datetimes_keep_their_instant_and_offset_through_the_payload() -> None:
     eastern = datetime(2026, 6, 13, 9, 30, tzinfo=ZoneInfo("America/New_York"))
-    old = datetime(1890, 1, 1, tzinfo=ZoneInfo("Europe/Amsterdam"))  # +00:19:32 LMT
+    old = datetime(1920, 1, 1, tzinfo=ZoneInfo("Europe/Amsterdam"))  # +00:19:32 LMT
     email = parse_email(valid(send_at=eastern, wedding={"wedding_id": "w", "ceremony_at": old}))
     back = Email.from_payload(email.to_payload())
     assert back.send_at == eastern and back.send_at.utcoffset() == timedelta(hours=-4)
@@ -681,3 +681,23 @@ def test_issue11_2_an_unknown_key_with_a_lone_surrogate_is_an_invalid_email() ->
         parse_email(valid(**{"x\ud800": 1}))
     for error in caught.value.errors:
         (error.field + error.message).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "at",
+    ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "1899-12-31T23:59:59Z",
+     "2201-01-01T00:00:00Z", "2200-12-31T23:00:00-14:00"],
+)  # fmt: skip
+def test_issue11_2_datetimes_out_of_range_are_refused_naming_the_field(at: str) -> None:
+    assert fields_of(valid(wedding={"wedding_id": "w", "ceremony_at": at})) == [
+        "wedding.ceremony_at"
+    ]
+    assert fields_of(valid(send_at=at)) == ["send_at"]
+    kiritimati = datetime(9999, 12, 31, 23, 59, tzinfo=ZoneInfo("Pacific/Kiritimati"))  # +14
+    assert fields_of(valid(send_at=kiritimati)) == ["send_at"]
+
+
+def test_issue11_2_the_range_ends_are_accepted_and_round_trip() -> None:
+    for at in ("1900-01-01T00:00:00Z", "2200-12-31T23:59:59Z", "1900-01-01T00:19:32+00:19"):
+        email = parse_email(valid(send_at=at, wedding={"wedding_id": "w", "ceremony_at": at}))
+        assert Email.from_payload(email.to_payload()) == email

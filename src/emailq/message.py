@@ -130,7 +130,20 @@ def _fixed_offset(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC if not offset else timezone(offset))
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_fixed_offset)]
+# Far enough apart for any wedding or schedule, and far from datetime's own limits (years 1
+# and 9999), where a change of offset (astimezone, the policy's arithmetic) overflows.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2201, 1, 1, tzinfo=UTC)  # exclusive: the last instant of 2200 is the last
+
+
+def _in_range(value: datetime) -> datetime:
+    # Comparing aware datetimes converts neither, so this cannot overflow itself.
+    if not EARLIEST <= value < LATEST:
+        raise _invalid("must be between 1900-01-01 and 2200-12-31 (UTC)")
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_in_range), AfterValidator(_fixed_offset)]
 
 
 class Address(_Model):
