@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError as PydanticValidationError
 
 from emailq import message as message_module
 from emailq.errors import EmailqError, FieldError, InvalidEmail, ValidationError
@@ -701,3 +702,25 @@ def test_issue11_2_the_range_ends_are_accepted_and_round_trip() -> None:
     for at in ("1900-01-01T00:00:00Z", "2200-12-31T23:59:59Z", "1900-01-01T00:19:32+00:19"):
         email = parse_email(valid(send_at=at, wedding={"wedding_id": "w", "ceremony_at": at}))
         assert Email.from_payload(email.to_payload()) == email
+
+
+def test_issue11_4_validation_errors_never_carry_input_values() -> None:
+    secret = "secret.guest@example"  # no dot in the domain: refused
+    with pytest.raises(PydanticValidationError) as caught:
+        Email.model_validate(valid(to=[secret, "Jo Secret <jo@@example.com>"]))
+    for text in (str(caught.value), repr(caught.value)):
+        assert "secret" not in text.lower() and "input_value" not in text
+    with pytest.raises(PydanticValidationError) as caught:
+        Address(email="x@example.com", name="Secret\r\nName")
+    assert "secret" not in str(caught.value).lower()
+    # The worker reads payloads as trusted and buries an unreadable one with the error's
+    # text as the reason, which is stored and logged.
+    payload = json.dumps(valid(to={"email": "secret.guest@example.org"}, subject=["x"]))
+    with pytest.raises(ValueError) as unreadable:
+        Email.from_payload(payload)
+    assert "secret" not in str(unreadable.value)
+    from emailq.api.batch import BatchRequest
+
+    with pytest.raises(PydanticValidationError) as caught:
+        BatchRequest.model_validate({"template": [], "recipients": [{"to": "x", "cc": "secret"}]})
+    assert "secret" not in str(caught.value)

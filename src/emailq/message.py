@@ -98,7 +98,11 @@ HeaderText = Annotated[str, AfterValidator(lambda value: _header_safe(value))]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)
+    # hide_input_in_errors: a ValidationError's text (in a traceback, a log line, the
+    # worker's bury reason) would otherwise repeat the input, addresses included.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, hide_input_in_errors=True
+    )
 
 
 class MessageKind(StrEnum):
@@ -586,7 +590,7 @@ def _size_limit(max_message_bytes: int | None) -> int:
 def _invalid_email(error: PydanticValidationError) -> InvalidEmail:
     # Raised "from None" by callers: the pydantic error repeats the input (addresses) into
     # tracebacks and logs.
-    return InvalidEmail([_field_error(e) for e in error.errors()])
+    return InvalidEmail([_field_error(e) for e in error.errors(include_input=False)])
 
 
 _FRIENDLY = {"extra_forbidden": "unknown field", "missing": "required"}

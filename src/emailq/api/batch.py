@@ -26,7 +26,7 @@ _ENV = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
 
 
 class Recipient(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # no addresses in logs
     to: str | dict[str, Any] | list[Any]
     variables: dict[str, Any] = {}
     idempotency_key: str | None = None
@@ -36,7 +36,7 @@ class BatchRequest(BaseModel):
     """``template`` holds every email field but ``to``; subject, text and html may use
     ``{{ variables }}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     template: dict[str, Any]
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
 
@@ -54,7 +54,8 @@ def parse_batch(
         batch = BatchRequest.model_validate_json(data)
     except ValidationError as error:
         raise InvalidEmail([
-            FieldError(".".join(str(p) for p in e["loc"]), e["msg"]) for e in error.errors()
+            FieldError(".".join(str(p) for p in e["loc"]), e["msg"])
+            for e in error.errors(include_input=False)
         ]) from None  # fmt: skip
     template = dict(batch.template)
     scope(template)
