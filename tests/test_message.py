@@ -724,3 +724,22 @@ def test_issue11_4_validation_errors_never_carry_input_values() -> None:
     with pytest.raises(PydanticValidationError) as caught:
         BatchRequest.model_validate({"template": [], "recipients": [{"to": "x", "cc": "secret"}]})
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "name"),
+    [
+        ({"email": "a@example.com", "name": "A\u00a0B\u3000C\u2028D"}, "A\u00a0B\u3000C\u2028D"),
+        ("\u00a0Ana\u00a0 <a@example.com>", "\u00a0Ana\u00a0"),
+        ({"email": "a@example.com", "name": "\u3000"}, "\u3000"),
+        ({"email": "a@example.com", "name": " Ana \t  Ben\t"}, "Ana Ben"),  # SP and HTAB only
+    ],
+)
+def test_issue11_6_display_names_keep_non_ascii_spaces(given: Any, name: str) -> None:
+    assert parse_email(valid(to=given)).to[0].name == name
+
+
+@pytest.mark.parametrize("char", ["\x1b", "\x7f", "\x85", "\x9b", "\x00", "\x0b", "\x1f"])
+def test_issue11_6_display_names_refuse_c0_c1_and_del(char: str) -> None:
+    assert fields_of(valid(to={"email": "a@example.com", "name": f"A{char}B"})) == ["to.0.name"]
+    assert fields_of(valid(cc=f"A{char}B <a@example.com>")) == ["cc.0"]

@@ -469,3 +469,22 @@ def test_long_display_names_decode_per_rfc_2047(name: str) -> None:
     else:
         decoded = parse(data)["To"].addresses[0].display_name
     assert decoded == expected
+
+
+# Issue 11: the security/fuzz review of the intake, one test (at least) per finding
+
+
+def compat32(data: bytes) -> email.message.Message:
+    return email.message_from_bytes(data, policy=email.policy.compat32)
+
+
+def decoded(header_value: str) -> str:
+    return str(email.header.make_header(email.header.decode_header(header_value)))
+
+
+def test_issue11_6_non_ascii_spaces_in_display_names_round_trip() -> None:
+    name = "Ana\u00a0&\u3000Ben\u2028Müller"
+    data = wire(make(to={"email": "a@example.org", "name": name}))
+    assert _raw_header(data, b"To").startswith("=?utf-8?b?")
+    assert parse(data)["To"].addresses[0].display_name == name
+    assert decoded(compat32(data)["To"].rsplit(" <", 1)[0]) == name

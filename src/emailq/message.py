@@ -73,6 +73,7 @@ _QUOTED = r'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'  # printable ASCII; no quoted-pair 
 _CONTENT_TYPE = re.compile(
     rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_ATTRIBUTE}=(?:{_TOKEN}|{_QUOTED}))*"
 )
+_WSP_RUN = re.compile(r"[ \t]{2,}|\t")  # RFC 5322 WSP that is not already a single space
 _NAME_ADDR = re.compile(r"(?P<name>.*)<(?P<email>[^<>]*)>", re.DOTALL)
 
 
@@ -162,10 +163,12 @@ class Address(_Model):
         if not isinstance(value, str):
             return value
         _header_safe(value)  # before any stripping could hide one
-        match = _NAME_ADDR.fullmatch(value.strip())
+        # Only SP and HTAB are whitespace in a header (RFC 5322 WSP): a name's other
+        # spaces (U+00A0, U+3000...) are its own characters.
+        match = _NAME_ADDR.fullmatch(value.strip(" \t"))
         if not match:
             return {"email": value.strip()}
-        name = match["name"].strip()
+        name = match["name"].strip(" \t")
         if len(name) >= 2 and name[0] == name[-1] == '"':
             name = re.sub(r"\\(.)", r"\1", name[1:-1])
         return {"email": match["email"].strip(), "name": name or None}
@@ -189,8 +192,9 @@ class Address(_Model):
         if value is None:
             return None
         # Why: in a display name a run of whitespace means one space (RFC 5322 3.2.2), and
-        # parsers do collapse it, so store what every reader will see.
-        value = " ".join(_header_safe(value).split())
+        # parsers do collapse it, so store what every reader will see. Whitespace is SP and
+        # HTAB only: U+00A0 or U+3000 stay as they are (the renderer encodes them).
+        value = _WSP_RUN.sub(" ", _header_safe(value)).strip(" ")
         if len(value) > MAX_DISPLAY_NAME:
             raise _invalid(f"must be at most {MAX_DISPLAY_NAME} characters")
         return value or None
