@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emailq.errors import InvalidEmail
-from emailq.message import Email, parse_email
+from emailq.message import Address, Attachment, Email, parse_email
 from emailq.mime import envelope, render
 
 DATE = datetime(2026, 6, 13, 15, 4, 5, tzinfo=timezone(timedelta(hours=2)))
@@ -488,3 +489,88 @@ def test_issue11_6_non_ascii_spaces_in_display_names_round_trip() -> None:
     assert _raw_header(data, b"To").startswith("=?utf-8?b?")
     assert parse(data)["To"].addresses[0].display_name == name
     assert decoded(compat32(data)["To"].rsplit(" <", 1)[0]) == name
+
+
+def _attached(**fields: Any) -> Email:
+    """An email with one attachment built as is: what a payload read back as trusted holds."""
+    values = {"filename": "a.txt", "content": b"x", "content_type": "text/plain"} | fields
+    return make().model_copy(update={"attachments": [Attachment.model_construct(**values)]})
+
+
+def _trusted(**fields: Any) -> Email:
+    return make().model_copy(update=fields)
+
+
+@pytest.mark.parametrize(
+    ("email_", "header"),
+    [
+        (lambda: _attached(content_type='text/plain; x="a\0b"'), "Content-Type"),
+        (lambda: _attached(content_type='text/plain; x="é"'), "Content-Type"),
+        (lambda: _attached(content_type="text/plain;\r\n x=1"), "Content-Type"),
+        (lambda: _attached(content_id="a\r\nBcc: v@example.com"), "Content-ID"),
+        (lambda: _attached(filename="a\r\nb.txt"), "Content-Disposition"),
+        (lambda: _attached(filename="\ud800.txt"), "Content-Disposition"),
+        (lambda: _trusted(subject="Hi\r\nBcc: v@example.com"), "Subject"),
+        (lambda: _trusted(subject="é\0"), "Subject"),
+        (lambda: _trusted(subject="\ud800"), "Subject"),
+        (lambda: _trusted(headers={"X-A": "é\nb"}), "X-A"),
+        (lambda: _trusted(headers={"X-A\r\nBcc": "v@example.com"}), "header's name"),
+        (lambda: _trusted(headers={"X A": "b"}), "header's name"),
+        (lambda: _trusted(to=[Address.model_construct(name="Ève\r\nBcc: v@example.com",
+                                                      email="a@example.org")]),
+         "To"),
+    ],
+)  # fmt: skip
+def test_issue11_1_the_renderer_refuses_unsafe_headers_whatever_path(
+    email_: Any, header: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(header)) as caught:
+        render(email_(), message_id="01jx", domain="example.org")
+    assert "v@example.com" not in str(caught.value)  # a value is never repeated
+
+
+@pytest.mark.parametrize(
+    ("lines", "header"),
+    [
+        (["Subject: a\r\nBcc: v@example.com"], "Subject"),
+        (["From: a@example.org", "X-A: a\0b"], "X-A"),
+        (["X-A: é"], "X-A"),
+        (["X-A: a\rb"], "X-A"),
+        (["X-A: a\nb"], "X-A"),
+        (["X-A: a\x1bb"], "X-A"),
+        (["X-A: a\x7f"], "X-A"),
+    ],
+)
+def test_issue11_1_the_last_check_names_the_header(lines: list[str], header: str) -> None:
+    from emailq.mime import _head
+
+    with pytest.raises(ValueError, match=f"the {header} header") as caught:
+        _head(lines)
+    assert "v@example.com" not in str(caught.value)
+    assert _head(["Subject: a\r\n b", "X-A: \tc"]) == b"Subject: a\r\n b\r\nX-A: \tc\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["x@example.org>\r\nBcc: v@example.com", "x@example.org>", "<x@example.org", "a b@example.org",
+     "x@example.org, v@example.com", '"x"@example.org', "x@[127.0.0.1]", "x@exa mple.org",
+     "x@example.org\0", "jörg@example.org", "", "x"],
+)  # fmt: skip
+def test_issue11_6_trusted_payloads_cannot_smuggle_addresses(address: str) -> None:
+    payload = json.dumps(
+        {"from": "a@example.org", "to": {"email": address}, "subject": "s", "text": "t"}
+    )
+    email_ = Email.from_payload(payload)  # trusted: the model's address checks are skipped
+    with pytest.raises(ValueError, match="the To header") as caught:
+        render(email_, message_id="01jx", domain="example.org")
+    assert "v@example.com" not in str(caught.value)
+    with pytest.raises(ValueError, match="RCPT TO"):
+        envelope(email_)
+
+
+@pytest.mark.parametrize("message_id", ["a..b", ".a", "a.", ".", "a b", "x" * 129, "é"])
+def test_issue11_6_message_id_parts_are_dot_atoms(message_id: str) -> None:
+    with pytest.raises(ValueError, match="message_id"):
+        render(make(), message_id=message_id, domain="example.org")
+    for ok in ("01jx5m0abc", "a.b.c", "a+b_c-d"):
+        assert parse(wire(make(), message_id=ok))["Message-ID"] == f"<{ok}@mail.weddings.example>"

@@ -19,6 +19,11 @@ What the output guarantees:
 - A single-part message ends with a line break only if its text does, so the body is
   exactly the input; SMTP clients add the final CRLF before the ending ".".
 - Bcc never appears; the envelope (:func:`envelope`) carries it.
+- Whatever path a payload took (the worker reads them back as trusted), no header is
+  written with NUL, a control, a non-ASCII character or a line break that is not one of
+  its own folds, and no address that is not a plain addr-spec: :func:`render` and
+  :func:`envelope` raise ValueError naming the header instead. The model refuses all of
+  these at intake; this is the last line of defence.
 
 Known limit of one parser: Python 3.11's structured-header parser (gh-128110) inserts a
 space between adjacent encoded-words in a display name, so a non-ASCII display name of
@@ -49,15 +54,26 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 _RAW_TEXT = re.compile(r"[\x21-\x7e]+(?: +[\x21-\x7e]+)*")  # no edge or control whitespace
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _NOT_7BIT = re.compile(r"[^\t\n\x20-\x7e]")
-_ID_PART = re.compile(r"[A-Za-z0-9._+-]{1,128}")
+_ID_PART = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*")  # a dot-atom (RFC 5322)
 _DOMAIN = re.compile(r"[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# local@domain, in the forms the model accepts: a dot-atom before the @ (no quoted local
+# part, so no "<", ">", ",", space...) and an ASCII domain (punycode on the wire).
+_ADDR_SPEC = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@{_DOMAIN.pattern}")
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 ftext: printable but ":"
+_VERBATIM = re.compile(r"[\x20-\x7e]*")  # what a value written as it is may hold
+_HEADER_TEXT_BYTES = bytes(range(0x20, 0x7F)) + b"\t"
+_BREAKERS = re.compile("[\r\n\0]")
 _PARAM_SAFE = "!#$&+-.^_`|~"  # RFC 2231 attribute-char besides letters and digits
 
 
 def render(email: Email, *, message_id: str, domain: str, date: datetime | None = None) -> bytes:
     """The message as it goes on the wire: headers, a blank line, the MIME body."""
-    if not _ID_PART.fullmatch(message_id) or not _DOMAIN.fullmatch(domain):
-        raise ValueError("message_id and domain must be plain ASCII tokens")
+    # Message-ID: <id-left@id-right>, each a dot-atom (RFC 5322 3.6.4)
+    if len(message_id) > 128 or not _ID_PART.fullmatch(message_id):
+        raise ValueError("message_id must be a dot-atom of letters, digits, '_', '+' or '-'")
+    if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
+        raise ValueError("domain must be a host name (dot-separated letters, digits, '-')")
     if date is None:
         date = datetime.fromtimestamp(now(), UTC)
     elif date.utcoffset() is None:
@@ -72,21 +88,34 @@ def render(email: Email, *, message_id: str, domain: str, date: datetime | None 
         f"Date: {format_datetime(date)}",
         f"Message-ID: <{message_id}@{domain}>",
         "MIME-Version: 1.0",
-        *(_text_header(name, value) for name, value in email.headers.items()),
+        *(_custom_header(name, value) for name, value in email.headers.items()),
         f"X-Emailq-Id: {message_id}",
         *body.headers,
     ]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-    return b"".join([head, *body.chunks])
+    return b"".join([_head(lines), *body.chunks])
 
 
 def envelope(email: Email) -> tuple[str, list[str]]:
     """(MAIL FROM, RCPT TO): the sender, and to + cc + bcc once each, all in ASCII form."""
-    return _ascii_address(email.sender.email), [_ascii_address(r) for r in email.recipients()]
+    return (
+        _ascii_address(email.sender.email, "MAIL FROM"),
+        [_ascii_address(r, "RCPT TO") for r in email.recipients()],
+    )
 
 
-def _ascii_address(address: str) -> str:
-    return address if address.isascii() else _punycode(address)
+def _ascii_address(address: str, where: str) -> str:
+    """The address as it goes on the wire, or ValueError naming ``where`` it was going.
+
+    Why check again: a payload read back as trusted skips the model's address checks, and
+    "x@y>\\r\\nBcc: ..." must not become a header, nor a second SMTP command.
+    """
+    try:
+        wire = address if address.isascii() else _punycode(address)
+    except ValueError:  # email-validator's refusal, or SMTPUTF8
+        wire = ""
+    if len(wire) > 320 or not _ADDR_SPEC.fullmatch(wire):
+        raise ValueError(f"{where}: an address is not a plain local@domain")
+    return wire
 
 
 @lru_cache(maxsize=1024)
@@ -99,6 +128,35 @@ def _punycode(address: str) -> str:
 
 
 # Headers
+
+
+def _head(lines: list[str]) -> bytes:
+    """Header lines as bytes, the blank line after them included; ValueError naming the
+    header if any holds a control, a non-ASCII character, or a line break but a fold.
+
+    Why: the last line of defence against a header of a payload's choosing. Deleting the
+    folds and every printable character must leave exactly the CRLFs that end the lines
+    (two C calls, about 1 µs a message).
+    """
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(_unsafe_header(lines)) from None
+    line_ends = b"\r\n" * (len(lines) + 1)  # and the blank line's
+    if head.replace(b"\r\n ", b"").translate(None, _HEADER_TEXT_BYTES) != line_ends:
+        raise ValueError(_unsafe_header(lines))
+    return head
+
+
+def _unsafe_header(lines: list[str]) -> str:
+    """Which header :func:`_head` refuses, named without its value (it may be personal)."""
+    for line in lines:
+        data = line.encode("ascii", "replace").replace(b"\r\n ", b"")
+        if not line.isascii() or data.translate(None, _HEADER_TEXT_BYTES):
+            name = line.partition(":")[0]
+            label = f"the {name} header" if _FIELD_NAME.fullmatch(name) else "a header"
+            return f"{label} would hold a control, a non-ASCII character or a line break"
+    return "a header would hold a control, a non-ASCII character or a line break"
 
 
 def _fold(name: str, tokens: list[str]) -> str:
@@ -119,6 +177,12 @@ def _fold(name: str, tokens: list[str]) -> str:
     return "\r\n".join(lines)
 
 
+def _custom_header(name: str, value: str) -> str:
+    if not _FIELD_NAME.fullmatch(name):
+        raise ValueError("a custom header's name is not 1-76 printable ASCII characters but ':'")
+    return _text_header(name, value)
+
+
 def _text_header(name: str, value: str) -> str:
     """An unstructured header (Subject, custom headers): as is if safe, else encoded-words."""
     if _RAW_TEXT.fullmatch(value) and "=?" not in value:
@@ -127,15 +191,15 @@ def _text_header(name: str, value: str) -> str:
             return _fold(name, words)
     if not value:
         return name + ":"
-    return _fold(name, _encoded_words(value, MAX_LINE - len(name) - 2))
+    return _fold(name, _encoded_words(value, MAX_LINE - len(name) - 2, name))
 
 
-def _encoded_words(text: str, first_room: int = MAX_LINE - 1) -> list[str]:
+def _encoded_words(text: str, first_room: int, header: str) -> list[str]:
     """RFC 2047 base64 encoded-words of at most 75 characters, whole characters each.
 
     Whitespace between encoded-words is not part of the text, so a split can go anywhere.
     """
-    data = text.encode("utf-8")
+    data = _utf8(text, header)
     size = min(_WORD_BYTES, (first_room - 12) // 4 * 3)
     if size < 6:  # a long header name: let the first line run past 78
         size = _WORD_BYTES
@@ -152,15 +216,16 @@ def _encoded_words(text: str, first_room: int = MAX_LINE - 1) -> list[str]:
 def _address_header(name: str, addresses: list[Address]) -> str:
     tokens: list[str] = []
     for index, address in enumerate(addresses):
-        mailbox = _mailbox(address, MAX_LINE - len(name) - 2 if index == 0 else MAX_LINE - 1)
+        room = MAX_LINE - len(name) - 2 if index == 0 else MAX_LINE - 1
+        mailbox = _mailbox(address, room, name)
         if index < len(addresses) - 1:
             mailbox[-1] += ","
         tokens += mailbox
     return _fold(name, tokens)
 
 
-def _mailbox(address: Address, room: int) -> list[str]:
-    addr = _ascii_address(address.email)
+def _mailbox(address: Address, room: int, header: str) -> list[str]:
+    addr = _ascii_address(address.email, f"the {header} header")
     display = address.name
     if not display:
         return [addr]
@@ -169,8 +234,22 @@ def _mailbox(address: Address, room: int) -> list[str]:
     elif _PRINTABLE.fullmatch(display) and "=?" not in display:
         words = ['"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"']
     else:
-        words = _encoded_words(display, room)
+        words = _encoded_words(display, room, header)
     return [*words, f"<{addr}>"]
+
+
+def _utf8(text: str, header: str) -> bytes:
+    """Text to be encoded for a header (RFC 2047 or 2231), as UTF-8.
+
+    Why refuse CR, LF and NUL although they would go out encoded: parsers decode them
+    back, and whatever writes the decoded value out again would write the line break.
+    """
+    if _BREAKERS.search(text):
+        raise ValueError(f"the {header} header would hold CR, LF or NUL")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate, in a payload read back as trusted
+        raise ValueError(f"the {header} header would hold an unpaired surrogate") from None
 
 
 def _param(key: str, value: str) -> list[str]:
@@ -275,13 +354,21 @@ def _base64_lines(data: bytes) -> bytes:
 
 
 def _attachment_part(attachment: Attachment, disposition: str) -> _Entity:
+    content_type, content_id = attachment.content_type, attachment.content_id or ""
+    # Why: both are written as they are; the final check would let "\r\n " through as a
+    # fold, harmless but still a line break of the payload's choosing.
+    for header, value in (("Content-Type", content_type), ("Content-ID", content_id)):
+        if not _VERBATIM.fullmatch(value):
+            raise ValueError(f"the {header} header would hold a control or non-ASCII character")
+    _utf8(attachment.filename, "Content-Disposition")  # quote() would fail less clearly
     headers = [
-        _with_params("Content-Type", attachment.content_type, _param("name", attachment.filename)),
+        _with_params("Content-Type", content_type, _param("name", attachment.filename)),
         "Content-Transfer-Encoding: base64",
         _with_params("Content-Disposition", disposition, _param("filename", attachment.filename)),
     ]
-    if attachment.content_id:
-        headers.append(f"Content-ID: <{attachment.content_id}>")
+    if content_id:
+        headers.append(f"Content-ID: <{content_id}>")
+    _head(headers)  # the only part headers made of payload data: check them as the top's
     return _Entity(headers, [_base64_lines(attachment.content)])
 
 
