@@ -574,3 +574,39 @@ def test_issue11_6_message_id_parts_are_dot_atoms(message_id: str) -> None:
         render(make(), message_id=message_id, domain="example.org")
     for ok in ("01jx5m0abc", "a.b.c", "a+b_c-d"):
         assert parse(wire(make(), message_id=ok))["Message-ID"] == f"<{ok}@mail.weddings.example>"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x" * 74 + " \né",  # b2a_qp wrote "x"*74 + "=20": 77 characters
+     "é" + "x" * 69 + "\t\né",  # "=C3=A9" + 69 + "=09": 78
+     "é" + "x" * 69 + " ",  # 78, at the very end
+     ("word " * 15 + "x" * 73 + "  \n") * 3 + "é",
+     "==" + "x" * 68 + " \t\né"],  # "=3D=3D" + 68 + " =09": an escape at the cut
+)  # fmt: skip
+def test_issue11_6_quoted_printable_lines_are_at_most_76(text: str) -> None:
+    data = wire(make(text=text))
+    message = parse(data)
+    assert message["Content-Transfer-Encoding"] == "quoted-printable"
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert max(map(len, body.split(b"\r\n"))) <= 76
+    assert content(message) == text
+    assert compat32(data).get_payload(decode=True).decode() == text.replace("\n", "\r\n")
+
+
+_line_ending_in_whitespace = st.builds(
+    lambda start, length, end: start + "x" * length + end,
+    st.sampled_from(["", "é", "=", "é=", " "]),
+    st.integers(60, 80),
+    st.sampled_from(["", " ", "\t", "  ", " \t", "\t "]),
+)
+_mostly_ascii_lines = st.lists(_line_ending_in_whitespace, min_size=1, max_size=4).map("\n".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mostly_ascii_lines.filter(str.strip))
+def test_issue11_6_quoted_printable_lines_fit_for_any_text(text: str) -> None:
+    data = wire(make(text=text))
+    if parse(data)["Content-Transfer-Encoding"] == "quoted-printable":
+        assert max(map(len, data.split(b"\r\n\r\n", 1)[1].split(b"\r\n"))) <= 76
+    assert content(parse(data)) == lines(text)

@@ -329,14 +329,44 @@ def _text_part(text: str, subtype: str) -> _Entity:
         headers.append("Content-Transfer-Encoding: 7bit")
         return _Entity(headers, [text.replace("\n", "\r\n").encode("ascii")])
     data = text.encode("utf-8")
-    # b2a_qp (istext) encodes trailing whitespace, a lone ".", "=", controls, non-ASCII and
-    # breaks lines at 76 with soft breaks; its line breaks are the input's "\n".
-    quoted = binascii.b2a_qp(data, istext=True)
+    quoted = _quoted_printable(data)
     if len(quoted) <= _base64_length(len(data)):
         headers.append("Content-Transfer-Encoding: quoted-printable")
         return _Entity(headers, [quoted.replace(b"\n", b"\r\n")])
     headers.append("Content-Transfer-Encoding: base64")
     return _Entity(headers, [_base64_lines(text.replace("\n", "\r\n").encode("utf-8"))])
+
+
+def _quoted_printable(data: bytes) -> bytes:
+    """Quoted-printable lines of at most 76 characters (RFC 2045 6.7, rule 5).
+
+    b2a_qp (istext) encodes trailing whitespace, a lone ".", "=", controls, non-ASCII and
+    breaks lines at 76 with soft breaks; its line breaks are the input's "\n". But a line
+    whose last character is whitespace, which it encodes as "=20" or "=09", can come out
+    77 or 78 characters long: only such lines are split again.
+    """
+    quoted = binascii.b2a_qp(data, istext=True)
+    if not (b"=20\n" in quoted or b"=09\n" in quoted or quoted.endswith((b"=20", b"=09"))):
+        return quoted
+    return b"\n".join(
+        _split_qp_line(line) if len(line) > 76 else line for line in quoted.split(b"\n")
+    )
+
+
+def _split_qp_line(line: bytes) -> bytes:
+    """``line`` in pieces of at most 76 characters joined by soft breaks ("=" + newline),
+    never cutting an "=XX" escape."""
+    pieces = []
+    while len(line) > 76:
+        cut = 75  # and the soft break's "=" makes 76
+        if line[cut - 1] == ord("="):  # an escape starts at 74: it moves to the next piece
+            cut -= 1
+        elif line[cut - 2] == ord("="):
+            cut -= 2
+        pieces.append(line[:cut] + b"=")
+        line = line[cut:]
+    pieces.append(line)
+    return b"\n".join(pieces)
 
 
 def _lines_fit(text: str) -> bool:
