@@ -8,7 +8,8 @@ message (``benchmarks/render.py``).
 What the output guarantees:
 
 - CRLF line endings, no bare CR or LF, no line over 998 bytes; header lines are folded at
-  78 characters wherever there is a place to fold. Headers are pure ASCII: non-ASCII text
+  78 characters wherever there is a place to fold, and a line that holds an encoded-word
+  is at most 76 (RFC 2047 2). Headers are pure ASCII: non-ASCII text
   goes in RFC 2047 encoded-words, non-ASCII filenames in RFC 2231 parameters, IDN domains
   as punycode. Bodies are 7bit when they can be, else quoted-printable or base64 (whichever
   is smaller), so no 8BITMIME or SMTPUTF8 support is needed anywhere on the way.
@@ -29,6 +30,9 @@ Known limit of one parser: Python 3.11's structured-header parser (gh-128110) in
 space between adjacent encoded-words in a display name, so a non-ASCII display name of
 more than 45 UTF-8 bytes, which RFC 2047 makes us split into several words, reads back
 with extra spaces there in ``email.message_from_bytes``. Mail clients read it correctly.
+Likewise, a custom header whose name is too long for an encoded-word beside it (over 54
+characters) starts its value on a folded line, and that parser keeps the fold's space at
+the start of the value.
 """
 
 import base64
@@ -48,6 +52,7 @@ from emailq.message import Address, Attachment, Email
 
 MAX_LINE = 78  # RFC 5322 2.1.1: lines SHOULD be at most 78 characters...
 HARD_LINE = 998  # ...and MUST be at most 998
+ENCODED_LINE = 76  # RFC 2047 2: a line that holds an encoded-word, at most 76
 _WORD_BYTES = 45  # UTF-8 bytes in one 75-character base64 encoded-word
 
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
@@ -159,16 +164,21 @@ def _unsafe_header(lines: list[str]) -> str:
     return "a header would hold a control, a non-ASCII character or a line break"
 
 
-def _fold(name: str, tokens: list[str]) -> str:
-    """``Name: tokens`` joined by spaces, breaking lines before a token that would pass 78.
+def _fold(name: str, tokens: list[str], limit: int = MAX_LINE) -> str:
+    """``Name: tokens`` joined by spaces, breaking lines before a token that would pass
+    ``limit``.
 
     Unfolding (removing the CRLFs) gives back exactly the tokens joined by single spaces.
+    At the encoded-word limit even the first token goes on a line of its own when the
+    name leaves it no room: that limit is a MUST.
     """
     lines: list[str] = []
     line = name + ":"
+    strict = limit == ENCODED_LINE
     for token in tokens:
         # Why "token and": a folded line must not be whitespace only (RFC 5322 3.2.2).
-        if token and len(line) + 1 + len(token) > MAX_LINE and len(line) > len(name) + 1:
+        too_long = len(line) + 1 + len(token) > limit
+        if token and too_long and (strict or len(line) > len(name) + 1):
             lines.append(line)
             line = " " + token
         else:
@@ -191,7 +201,8 @@ def _text_header(name: str, value: str) -> str:
             return _fold(name, words)
     if not value:
         return name + ":"
-    return _fold(name, _encoded_words(value, MAX_LINE - len(name) - 2, name))
+    words = _encoded_words(value, ENCODED_LINE - len(name) - 2, name)
+    return _fold(name, words, ENCODED_LINE)
 
 
 def _encoded_words(text: str, first_room: int, header: str) -> list[str]:
@@ -201,7 +212,7 @@ def _encoded_words(text: str, first_room: int, header: str) -> list[str]:
     """
     data = _utf8(text, header)
     size = min(_WORD_BYTES, (first_room - 12) // 4 * 3)
-    if size < 6:  # a long header name: let the first line run past 78
+    if size < 6:  # a long header name: _fold puts the first word on the next line
         size = _WORD_BYTES
     words, start = [], 0
     while start < len(data):
@@ -215,13 +226,15 @@ def _encoded_words(text: str, first_room: int, header: str) -> list[str]:
 
 def _address_header(name: str, addresses: list[Address]) -> str:
     tokens: list[str] = []
+    encoded = False
     for index, address in enumerate(addresses):
-        room = MAX_LINE - len(name) - 2 if index == 0 else MAX_LINE - 1
+        room = ENCODED_LINE - len(name) - 2 if index == 0 else ENCODED_LINE - 1
         mailbox = _mailbox(address, room, name)
+        encoded = encoded or mailbox[0].startswith("=?")
         if index < len(addresses) - 1:
             mailbox[-1] += ","
         tokens += mailbox
-    return _fold(name, tokens)
+    return _fold(name, tokens, ENCODED_LINE if encoded else MAX_LINE)
 
 
 def _mailbox(address: Address, room: int, header: str) -> list[str]:
