@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import pickle
 import re
@@ -743,3 +744,38 @@ def test_issue11_6_display_names_keep_non_ascii_spaces(given: Any, name: str) ->
 def test_issue11_6_display_names_refuse_c0_c1_and_del(char: str) -> None:
     assert fields_of(valid(to={"email": "a@example.com", "name": f"A{char}B"})) == ["to.0.name"]
     assert fields_of(valid(cc=f"A{char}B <a@example.com>")) == ["cc.0"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/mixed", "Multipart/Related; x=1", "multipart/voice-message", "message/partial",
+     "message/external-body; access-type=URL"],
+)  # fmt: skip
+def test_issue11_6_multipart_and_fragment_attachments_are_refused(content_type: str) -> None:
+    attachment = {"filename": "a.bin", "content": b"x", "content_type": content_type}
+    assert fields_of(valid(attachments=[attachment])) == ["attachments.0.content_type"]
+
+
+EML = b"From: a@example.org\nTo: b@example.org\nSubject: Forwarded\n\nThe body.\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(EML, "message/rfc822"),
+     (EML.replace(b"\n", b"\r\n"), "message/rfc822"),
+     (EML + "é".encode(), "application/octet-stream"),  # 8-bit: would need 8BITMIME
+     (EML + b"\0", "application/octet-stream"),
+     (EML + b"x" * 999, "application/octet-stream")],  # a line over 998
+)  # fmt: skip
+def test_issue11_6_a_guessed_message_type_holds_only_for_7bit_content(
+    content: bytes, expected: str
+) -> None:
+    for sent in (content, base64.b64encode(content).decode()):
+        email = parse_email(valid(attachments=[{"filename": "fwd.eml", "content": sent}]))
+        assert email.attachments[0].content_type == expected
+
+
+@pytest.mark.parametrize("content", [EML + "é".encode(), EML + b"\0", EML + b"x" * 999])
+def test_issue11_6_an_explicit_message_type_needs_7bit_content(content: bytes) -> None:
+    attachment = {"filename": "fwd.eml", "content": content, "content_type": "message/rfc822"}
+    assert fields_of(valid(attachments=[attachment])) == ["attachments.0.content_type"]

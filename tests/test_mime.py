@@ -612,6 +612,12 @@ def test_issue11_6_quoted_printable_lines_fit_for_any_text(text: str) -> None:
     assert content(parse(data)) == lines(text)
 
 
+def _starts_folded(data: bytes, header: str) -> bool:
+    """Whether the value starts on a folded line: a long name leaves an encoded-word no
+    room beside it, and Python's parser keeps that fold's space (see mime.py)."""
+    return f"{header}:".encode() in header_lines(data)
+
+
 def _encoded_lines_fit(data: bytes) -> None:
     for line in header_lines(data):
         assert b"=?" not in line or len(line) <= 76, line
@@ -627,9 +633,7 @@ def test_issue11_6_encoded_word_lines_are_at_most_76(header: str, value: str) ->
     fields = {"subject": value} if header == "Subject" else {"headers": {header: value}}
     data = wire(make(**fields))
     _encoded_lines_fit(data)
-    # Over 54 characters, a name leaves no room for an encoded-word on its line: the value
-    # starts on the next, and Python's parser keeps that fold's space (see mime.py).
-    moved = " " if len(header) > 54 else ""
+    moved = " " if _starts_folded(data, header) else ""
     assert parse(data)[header] == moved + value
     assert decoded(compat32(data)[header]) == value
 
@@ -657,5 +661,45 @@ def test_issue11_6_encoded_word_lines_fit_for_any_text(
     email_ = make(subject=text, headers={header: text}, to=to)
     data = wire(email_)
     _encoded_lines_fit(data)
-    assert parse(data)[header].removeprefix(" " if len(header) > 54 else "") == text
+    assert parse(data)[header].removeprefix(" " if _starts_folded(data, header) else "") == text
     assert parse(data)["Subject"] == text
+
+
+EML = b"From: a@example.org\nTo: b@example.org\nSubject: Forwarded\n\nThe body.\n.\nFrom here\n"
+
+
+@pytest.mark.parametrize("html", [None, "<p>x</p>"])
+def test_issue11_6_an_eml_attachment_goes_as_message_rfc822_in_7bit(html: str | None) -> None:
+    data = wire(make(html=html, attachments=[{"filename": "fwd.eml", "content": EML}]))
+    part = cast(list[EmailMessage], parse(data).get_payload())[1]
+    assert (part.get_content_type(), filename(part)) == ("message/rfc822", "fwd.eml")
+    assert part["Content-Transfer-Encoding"] == "7bit"  # RFC 2046 5.2.1: never base64
+    inner = cast(EmailMessage, part.get_content())
+    assert (inner["Subject"], content(inner)) == ("Forwarded", "The body.\n.\nFrom here\n")
+    old = cast(email.message.Message, compat32(data).get_payload()[1]).get_payload()[0]
+    assert (old["Subject"], old.get_payload()) == ("Forwarded", "The body.\r\n.\r\nFrom here\r\n")
+
+
+def test_issue11_6_a_forwarded_message_never_holds_the_boundary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    taken = bytes(12)
+    eml = EML + f"--=_{taken.hex()}\n".encode()
+    randoms = iter([taken, b"\x01" * 12])
+    monkeypatch.setattr("emailq.mime.os.urandom", lambda n: next(randoms))
+    data = wire(make(attachments=[{"filename": "fwd.eml", "content": eml}]))
+    assert parse(data).get_boundary() == "=_" + "01" * 12
+    part = cast(list[EmailMessage], parse(data).get_payload())[1]
+    assert content(cast(EmailMessage, part.get_content())).endswith(f"--=_{taken.hex()}\n")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [("multipart/mixed", b"x"), ("message/rfc822", b"\xff"), ("message/rfc822", b"a\0"),
+     ("message/partial", b"x")],
+)  # fmt: skip
+def test_issue11_6_the_renderer_refuses_composite_attachments_it_cannot_send(
+    content_type: str, data: bytes
+) -> None:
+    with pytest.raises(ValueError, match=r"Content-Type|message/"):
+        render(_attached(content_type=content_type, content=data), message_id="x", domain="e.org")

@@ -10,7 +10,6 @@ costly intake checks (address syntax, size estimates).
 
 import base64
 import functools
-import mimetypes
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -34,6 +33,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from emailq import mediatypes
 from emailq.errors import FieldError, InvalidEmail
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # Postfix's default message_size_limit
@@ -65,14 +65,6 @@ _DOT_ATOM = re.compile(_DOT_ATOM_TEXT)
 # RFC 2392 takes a Content-ID's grammar from RFC 5322's msg-id: dot-atoms around an "@".
 # Without "@" is allowed too, as mail clients resolve "cid:logo" all the same.
 _CONTENT_ID = re.compile(rf"{_DOT_ATOM_TEXT}(?:@{_DOT_ATOM_TEXT})?")
-_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # RFC 2045 token: no space, control or tspecial
-# RFC 2231 attribute-char: a token but "*", "'" and "%", so no extended parameter
-# (x*=utf-8''%0D%0A), which parsers decode, to CR and LF as readily as to anything else.
-_ATTRIBUTE = r"[A-Za-z0-9!#$&+.^_`|~-]+"
-_QUOTED = r'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'  # printable ASCII; no quoted-pair needed
-_CONTENT_TYPE = re.compile(
-    rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_ATTRIBUTE}=(?:{_TOKEN}|{_QUOTED}))*"
-)
 _WSP_RUN = re.compile(r"[ \t]{2,}|\t")  # RFC 5322 WSP that is not already a single space
 _NAME_ADDR = re.compile(r"(?P<name>.*)<(?P<email>[^<>]*)>", re.DOTALL)
 
@@ -260,6 +252,15 @@ Content = Annotated[
 ]
 
 
+def _seven_bit(content: Any) -> bool:
+    """Whether ``content`` (bytes, or base64 text) is a message/* body that can go as 7bit."""
+    try:
+        raw = _decode_content(content)
+    except PydanticCustomError:
+        return False  # the content's own check reports it
+    return isinstance(raw, bytes) and mediatypes.seven_bit_lines(raw) is not None
+
+
 # Why: RFC 2047 forbids encoded-words here, yet mail parsers decode them, into any bytes,
 # CR and LF included.
 _NO_ENCODED_WORDS = "must not hold an encoded-word (=?...?=)"
@@ -270,14 +271,6 @@ def _filename(value: str) -> str:
     if not value or len(value) > 255:
         raise _invalid("must be 1-255 characters, not blank")
     return value
-
-
-def _guess_type(filename: str) -> str | None:
-    # Only the extension: guess_type would read "data:x/y,..." as a data: URL.
-    if "." not in filename:
-        return None
-    guessed, encoding = mimetypes.guess_type("file." + filename.rpartition(".")[2])
-    return None if encoding else guessed
 
 
 class Attachment(_Model):
@@ -291,15 +284,17 @@ class Attachment(_Model):
     def _guess_content_type(cls, value: Any) -> Any:
         if isinstance(value, dict) and not value.get("content_type"):
             filename = value.get("filename")
-            guessed = _guess_type(filename) if isinstance(filename, str) else None
-            return {**value, "content_type": guessed or "application/octet-stream"}
+            guessed = mediatypes.guess(filename) if isinstance(filename, str) else ""
+            if mediatypes.is_message(guessed) and not _seven_bit(value.get("content")):
+                guessed = ""  # a .eml that cannot go as 7bit still goes, as a file
+            return {**value, "content_type": guessed or mediatypes.OCTET_STREAM}
         return value
 
     @field_validator("content_type")
     @classmethod
     def _valid_content_type(cls, value: str) -> str:
         value = value.strip()
-        if len(value) > 255 or not _CONTENT_TYPE.fullmatch(value):
+        if len(value) > 255 or not mediatypes.CONTENT_TYPE.fullmatch(value):
             raise _invalid(
                 'must be a MIME type such as "application/pdf"; parameter values are tokens'
                 " or quoted printable ASCII (RFC 2045)"
@@ -308,7 +303,21 @@ class Attachment(_Model):
             raise _invalid(_NO_ENCODED_WORDS)
         if re.search(r";\s*(name|boundary)\s*=", value, re.IGNORECASE):
             raise _invalid("must not set name or boundary (they come from the attachment)")
+        if problem := mediatypes.composite_problem(value):
+            raise _invalid(problem)
         return value
+
+    @model_validator(mode="after")
+    def _message_is_seven_bit(self) -> Self:
+        # Why: a message/* part may not be base64 (RFC 2046 5.2.1); see mediatypes.
+        if mediatypes.is_message(self.content_type) and not _seven_bit(self.content):
+            message = (
+                "message/* content must be ASCII without NUL, in lines of at most 998"
+                " characters, to be sent as 7bit (send other files as"
+                " application/octet-stream)"
+            )
+            raise _invalid(message, "content_type")
+        return self
 
     @field_validator("content_id")
     @classmethod

@@ -30,9 +30,9 @@ Known limit of one parser: Python 3.11's structured-header parser (gh-128110) in
 space between adjacent encoded-words in a display name, so a non-ASCII display name of
 more than 45 UTF-8 bytes, which RFC 2047 makes us split into several words, reads back
 with extra spaces there in ``email.message_from_bytes``. Mail clients read it correctly.
-Likewise, a custom header whose name is too long for an encoded-word beside it (over 54
-characters) starts its value on a folded line, and that parser keeps the fold's space at
-the start of the value.
+Likewise, a custom header whose name leaves an encoded-word too little room beside it
+(from 55 characters) may start its value on a folded line, and that parser keeps the
+fold's space at the start of the value.
 """
 
 import base64
@@ -47,6 +47,7 @@ from urllib.parse import quote
 
 from email_validator import validate_email
 
+from emailq import mediatypes
 from emailq.clock import now
 from emailq.message import Address, Attachment, Email
 
@@ -315,6 +316,11 @@ def _body(email: Email) -> _Entity:
     # writes "=" as "=3D", base64 has no "_"), so only raw text can hold one by chance.
     sources = [email.text or "", html or ""]
     sources += [a.filename + a.content_type + (a.content_id or "") for a in email.attachments]
+    sources += [  # message/* parts go as 7bit text, as they are
+        a.content.decode("ascii", "replace")
+        for a in email.attachments
+        if mediatypes.is_message(a.content_type)
+    ]
     alternatives = []
     if email.text is not None:
         alternatives.append(_text_part(email.text, "plain"))
@@ -404,15 +410,29 @@ def _attachment_part(attachment: Attachment, disposition: str) -> _Entity:
         if not _VERBATIM.fullmatch(value):
             raise ValueError(f"the {header} header would hold a control or non-ASCII character")
     _utf8(attachment.filename, "Content-Disposition")  # quote() would fail less clearly
+    encoding, body = _attachment_body(attachment)
     headers = [
         _with_params("Content-Type", content_type, _param("name", attachment.filename)),
-        "Content-Transfer-Encoding: base64",
+        f"Content-Transfer-Encoding: {encoding}",
         _with_params("Content-Disposition", disposition, _param("filename", attachment.filename)),
     ]
     if content_id:
         headers.append(f"Content-ID: <{content_id}>")
     _head(headers)  # the only part headers made of payload data: check them as the top's
-    return _Entity(headers, [_base64_lines(attachment.content)])
+    return _Entity(headers, [body])
+
+
+def _attachment_body(attachment: Attachment) -> tuple[str, bytes]:
+    """(Content-Transfer-Encoding, body): base64, but 7bit for message/* (RFC 2046 5.2.1
+    forbids base64 there; see emailq.mediatypes for the rules the model enforces)."""
+    if problem := mediatypes.composite_problem(attachment.content_type):
+        raise ValueError(f"an attachment's Content-Type {problem}")
+    if not mediatypes.is_message(attachment.content_type):
+        return "base64", _base64_lines(attachment.content)
+    lines = mediatypes.seven_bit_lines(attachment.content)
+    if lines is None:
+        raise ValueError("a message/* attachment is not 7-bit text (RFC 2046 5.2.1)")
+    return "7bit", lines
 
 
 def _multipart(
