@@ -399,3 +399,31 @@ async def test_issue11_2_ceremony_at_past_the_range_is_a_422_naming_it(api: Api,
     response = await api.post("/v1/emails", EMAIL | {"wedding": wedding, "send_at": at})
     assert response.status_code == 422, response.text
     assert sorted(fields_of(response)) == ["send_at", "wedding.ceremony_at"]
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [31, 1000, 20_000])  # 31 + the body and "tags": 33 levels
+async def test_issue11_3_deeply_nested_json_is_a_422_naming_the_body(api: Api, depth: int) -> None:
+    body = json.dumps(EMAIL)[:-1] + f', "tags": {{"a": {nested(depth)}}}}}'
+    response = await api.client.post("/v1/emails", content=body, headers=api.auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {"field": "", "message": "the body nests JSON deeper than 32 levels"}
+    ]
+
+
+@pytest.mark.parametrize(("depth", "status"), [(28, 202), (29, 422), (1000, 422), (20_000, 422)])
+async def test_issue11_3_guest_lists_nest_at_most_32_levels(
+    api: Api, depth: int, status: int
+) -> None:
+    # body > recipients > recipient > variables: 4 levels above the nested lists
+    body = json.dumps(guest_list(2)).replace(
+        '"variables": {', f'"variables": {{"x": {nested(depth)}, ', 1
+    )
+    response = await api.client.post("/v1/emails/batch", content=body, headers=api.auth)
+    assert response.status_code == status, response.text
+    if status == 422:
+        assert [e["field"] for e in response.json()["errors"]] == [""]

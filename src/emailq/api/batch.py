@@ -16,6 +16,7 @@ from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from emailq.api.nesting import MAX_DEPTH, nested_deeper, too_deep_error
 from emailq.errors import FieldError, InvalidEmail
 from emailq.message import Email, parse_shared, personalised
 
@@ -57,6 +58,7 @@ def parse_batch(
             FieldError(".".join(str(p) for p in e["loc"]), e["msg"])
             for e in error.errors(include_input=False)
         ]) from None  # fmt: skip
+    _check_nesting(batch)
     template = dict(batch.template)
     scope(template)
     if "to" in template:
@@ -85,6 +87,15 @@ def parse_batch(
     if errors:
         raise InvalidEmail(errors)
     return emails
+
+
+def _check_nesting(batch: BatchRequest) -> None:
+    """The free-form parts (template, to, variables) within the body's nesting cap."""
+    # The template and the recipients' list are both one level into the body; the list
+    # of [to, variables] pairs below stands for that list of recipient objects.
+    recipients = [[recipient.to, recipient.variables] for recipient in batch.recipients]
+    if nested_deeper(batch.template, MAX_DEPTH - 1) or nested_deeper(recipients, MAX_DEPTH - 1):
+        raise InvalidEmail([too_deep_error()])
 
 
 def _compile(template: dict[str, Any]) -> Template | tuple[FieldError, ...]:
