@@ -1,6 +1,7 @@
 """Guest-list sends: one template, up to 1,000 recipients with their own variables.
 
 Templates are Jinja2 in its sandbox (no access to Python internals from a template), with
+limits on the size, steps and time rendering may take (:mod:`emailq.api.sandbox`), and
 HTML autoescaped so a guest's name cannot inject markup. Every recipient is rendered and
 validated before anything is queued; any error rejects the whole batch, listing each
 problem as ``recipients.<index>.<field>``.
@@ -13,17 +14,17 @@ from collections.abc import Callable
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emailq.api.nesting import MAX_DEPTH, nested_deeper, too_deep_error
+from emailq.api.sandbox import MAX_FIELD_CHARS, Budget, LimitedSandbox, render_field
 from emailq.errors import FieldError, InvalidEmail
 from emailq.message import Email, parse_shared, personalised
 
 MAX_RECIPIENTS = 1000
 TEMPLATED = ("subject", "text", "html")
 
-_ENV = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+_ENV = LimitedSandbox(autoescape=False, undefined=StrictUndefined)
 
 
 class Recipient(BaseModel):
@@ -75,15 +76,25 @@ def parse_batch(
     if errors:
         raise InvalidEmail(errors)
     assert not isinstance(compiled, tuple)
+    return _personalise_all(batch.recipients, shared, compiled, idempotency_key)
+
+
+def _personalise_all(
+    recipients: list[Recipient], shared: Email, compiled: Template, idempotency_key: str | None
+) -> list[Email]:
     emails: list[Email] = []
-    for index, recipient in enumerate(batch.recipients):
+    errors: list[FieldError] = []
+    budget = Budget()  # the whole list's time and size (see emailq.api.sandbox)
+    for index, recipient in enumerate(recipients):
         key = recipient.idempotency_key
         if key is None and idempotency_key:
             key = f"{idempotency_key}/{index}"
         try:
-            emails.append(_personalise(shared, compiled, recipient, key))
+            emails.append(_personalise(shared, compiled, recipient, key, budget))
         except InvalidEmail as error:
             errors += [FieldError(f"recipients.{index}.{e.field}", e.message) for e in error.errors]
+            if budget.out_of_time:
+                break  # every later guest would be refused alike: one error says it
     if errors:
         raise InvalidEmail(errors)
     return emails
@@ -109,6 +120,9 @@ def _compile(template: dict[str, Any]) -> Template | tuple[FieldError, ...]:
     for field, source in zip(TEMPLATED, sources, strict=True):
         if source is not None and not isinstance(source, str):
             errors.append(FieldError(f"template.{field}", "must be a string"))
+        elif source is not None and len(source) > MAX_FIELD_CHARS:  # sandbox.render_field
+            message = f"must be at most {MAX_FIELD_CHARS} characters"
+            errors.append(FieldError(f"template.{field}", message))
     if errors:
         return tuple(errors)
     if sum(len(source or "") for source in sources) <= MAX_CACHED_SOURCE:
@@ -168,14 +182,19 @@ def _combined_source(sources: tuple[str | None, ...]) -> str:
 
 
 def _personalise(
-    shared: Email, combined: Template, guest: Recipient, idempotency_key: str | None
+    shared: Email,
+    combined: Template,
+    guest: Recipient,
+    idempotency_key: str | None,
+    budget: Budget,
 ) -> Email:
     fields: dict[str, Any] = {"to": guest.to, "idempotency_key": idempotency_key}
     errors: list[FieldError] = []
     context = combined.new_context(guest.variables)
+    budget.next_guest()
     for name, block in combined.blocks.items():  # the templated fields, and no other
         try:
-            fields[name] = "".join(block(context))
+            fields[name] = render_field(block, context, budget)
         except Exception as error:
             # e.g. a variable this guest does not have, or {{ a + b }} with text and a number
             errors.append(FieldError(name, f"template error: {type(error).__name__}: {error}"))
