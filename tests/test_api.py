@@ -532,3 +532,13 @@ async def test_issue11_5_templates_within_the_limits_render_as_before() -> None:
         "1.     Wine     12.50\n2.     Cake     30.00\nTotal: 42.50 Ana, Ben ababab 1024 3 x--"
         " Hi Ana! a_b"
     )
+
+
+async def test_issue11_7_fields_ending_in_a_tag_opener_are_not_a_500(api: Api) -> None:
+    # Found by the issue-11 fuzz test: joined as text, "Hi {" and the next field's "{% ..."
+    # made "{{%", a TemplateSyntaxError from a template whose fields each compiled.
+    body = guest_list(2)
+    body["template"] |= {"subject": "Hi {", "text": "Hi {{ name }} {#", "html": "<p>{{ name }}{"}
+    assert (await api.post("/v1/emails/batch", body)).status_code == 202
+    [first, _] = parse_batch(json.dumps(body).encode(), lambda template: None)
+    assert (first.subject, first.text, first.html) == ("Hi {", "Hi Guest 0 ", "<p>Guest 0{")
