@@ -561,7 +561,7 @@ def test_issue11_6_trusted_payloads_cannot_smuggle_addresses(address: str) -> No
         {"from": "a@example.org", "to": {"email": address}, "subject": "s", "text": "t"}
     )
     email_ = Email.from_payload(payload)  # trusted: the model's address checks are skipped
-    with pytest.raises(ValueError, match="the To header") as caught:
+    with pytest.raises(ValueError, match=r"^To: ") as caught:
         render(email_, message_id="01jx", domain="example.org")
     assert "v@example.com" not in str(caught.value)
     with pytest.raises(ValueError, match="RCPT TO"):

@@ -133,14 +133,15 @@ EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2201, 1, 1, tzinfo=UTC)  # exclusive: the last instant of 2200 is the last
 
 
-def _in_range(value: datetime) -> datetime:
-    # Comparing aware datetimes converts neither, so this cannot overflow itself.
-    if not EARLIEST <= value < LATEST:
+def _instant(value: datetime) -> datetime:
+    # Most years are far from both ends whatever the offset; comparing aware datetimes,
+    # for the others, converts neither, so cannot overflow itself.
+    if not EARLIEST.year < value.year < LATEST.year - 1 and not EARLIEST <= value < LATEST:
         raise _invalid("must be between 1900-01-01 and 2200-12-31 (UTC)")
-    return value
+    return _fixed_offset(value)
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_in_range), AfterValidator(_fixed_offset)]
+Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
 
 
 class Address(_Model):

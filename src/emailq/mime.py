@@ -239,7 +239,7 @@ def _address_header(name: str, addresses: list[Address]) -> str:
 
 
 def _mailbox(address: Address, room: int, header: str) -> list[str]:
-    addr = _ascii_address(address.email, f"the {header} header")
+    addr = _ascii_address(address.email, header)
     display = address.name
     if not display:
         return [addr]
@@ -315,12 +315,10 @@ def _body(email: Email) -> _Entity:
     # Why: a boundary must not occur in any part. Encoded parts cannot contain "=_" (QP
     # writes "=" as "=3D", base64 has no "_"), so only raw text can hold one by chance.
     sources = [email.text or "", html or ""]
-    sources += [a.filename + a.content_type + (a.content_id or "") for a in email.attachments]
-    sources += [  # message/* parts go as 7bit text, as they are
-        a.content.decode("ascii", "replace")
-        for a in email.attachments
-        if mediatypes.is_message(a.content_type)
-    ]
+    for a in email.attachments:
+        sources.append(a.filename + a.content_type + (a.content_id or ""))
+        if mediatypes.is_message(a.content_type):  # sent as 7bit text, as it is
+            sources.append(a.content.decode("ascii", "replace"))
     alternatives = []
     if email.text is not None:
         alternatives.append(_text_part(email.text, "plain"))
