@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,9 +15,11 @@ import httpx
 import pytest
 
 from deployments import deployment_for
-from emailq.api import create_app
+from emailq.api import create_app, sandbox
+from emailq.api.batch import parse_batch
 from emailq.broker import Broker, State
 from emailq.deployment import Deployment
+from emailq.errors import InvalidEmail
 from emailq.keys import KeyStore
 from emailq.sink import free_port
 
@@ -402,3 +405,182 @@ async def test_a_full_redis_is_503_with_retry_after_and_readiness_says_full(
     deployment.close()
     assert ready.status_code == 503
     assert "maxmemory" in ready.json()["broker_problem"]
+
+
+# -- issue 11: the security/fuzz review of the intake -----------------------------------------
+async def post_raw(api: Api, path: str, body: Any) -> httpx.Response:
+    """``body`` as JSON text with every non-ASCII character escaped, lone surrogates too."""
+    headers = api.auth | {"Content-Type": "application/json"}
+    return await api.client.post(path, content=json.dumps(body).encode(), headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"tags": {"\ud800": "x"}}, "tags.\\ud800"),
+        ({"headers": {"X-\udfff": "x"}}, "headers.X-\\udfff"),
+        ({"tags": {"campaign": "\ud800"}}, "tags.campaign"),
+        ({"headers": {"X-Note": "\ud800"}}, "headers.X-Note"),
+        ({"attachments": [{"filename": "a\ud800.pdf", "content": ""}]}, "attachments.0.filename"),
+        ({"wedding": {"wedding_id": "\ud800", "ceremony_at": "2030-01-01T00:00:00Z"}},
+         "wedding.wedding_id"),
+        ({"subject": "\ud800"}, "subject"),
+        ({"text": "\ud800"}, "text"),
+    ],
+)  # fmt: skip
+async def test_issue11_2_lone_surrogates_are_a_422_naming_the_field(
+    api: Api, change: dict[str, Any], field: str
+) -> None:
+    response = await post_raw(api, "/v1/emails", EMAIL | change)
+    assert response.status_code == 422, response.text
+    assert field in fields_of(response)
+    assert api.broker.stats().backlog == 0
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+async def test_issue11_2_ceremony_at_past_the_range_is_a_422_naming_it(api: Api, at: str) -> None:
+    wedding = {"wedding_id": "w1", "ceremony_at": at, "kind": "ceremony_change"}
+    response = await api.post("/v1/emails", EMAIL | {"wedding": wedding, "send_at": at})
+    assert response.status_code == 422, response.text
+    assert sorted(fields_of(response)) == ["send_at", "wedding.ceremony_at"]
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [31, 1000, 20_000])  # 31 + the body and "tags": 33 levels
+async def test_issue11_3_deeply_nested_json_is_a_422_naming_the_body(api: Api, depth: int) -> None:
+    body = json.dumps(EMAIL)[:-1] + f', "tags": {{"a": {nested(depth)}}}}}'
+    response = await api.client.post("/v1/emails", content=body, headers=api.auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {"field": "", "message": "the body nests JSON deeper than 32 levels"}
+    ]
+
+
+@pytest.mark.parametrize(("depth", "status"), [(28, 202), (29, 422), (1000, 422), (20_000, 422)])
+async def test_issue11_3_guest_lists_nest_at_most_32_levels(
+    api: Api, depth: int, status: int
+) -> None:
+    # body > recipients > recipient > variables: 4 levels above the nested lists
+    body = json.dumps(guest_list(2)).replace(
+        '"variables": {', f'"variables": {{"x": {nested(depth)}, ', 1
+    )
+    response = await api.client.post("/v1/emails/batch", content=body, headers=api.auth)
+    assert response.status_code == status, response.text
+    if status == 422:
+        assert [e["field"] for e in response.json()["errors"]] == [""]
+
+
+def render_batch(text: str, guests: int = 2, **variables: Any) -> list[Any]:
+    """The guest list's emails for a template text, in process (no queue)."""
+    body = guest_list(guests)
+    body["template"]["text"] = text
+    for recipient in body["recipients"]:
+        recipient["variables"] |= variables
+    return parse_batch(json.dumps(body).encode(), lambda template: None)
+
+
+# Each just over a limit, so that the code before the limits accepts them quickly.
+TEMPLATE_BOMBS = {
+    "string product": "{{ 'x' * 1000001 }}",
+    "list product": "{% set a = 'x' * 1000 %}{{ ([a] * 1001)|join }}",
+    "center": "{{ 'x'|center(1000001) }}",
+    "ljust": "{{ 'x'.ljust(1000001) }}",
+    "% format": "{{ '%1000001s' % 'x' }}",
+    "% format with *": "{{ '%*s' % (1000001, 'x') }}",
+    "str.format": "{{ '{:1000001}'.format('x') }}",
+    "format filter": "{{ '%1000001s'|format('x') }}",
+    "~ doubling": "{% set a = 'x' * 600000 %}{{ (a ~ a)|length }}",
+    "+ doubling": "{% set a = 'x' * 600000 %}{{ (a + a)|length }}",
+    "power": "{{ 9 ** 99999 }}",
+    "replace": "{{ ('x' * 1001)|replace('x', 'y' * 1000) }}",
+    "str.replace": "{{ ('x' * 1001).replace('x', 'y' * 1000) }}",
+    "join separator": "{{ range(1001)|join('x' * 1000) }}",
+    "str.join": "{{ ('x' * 1000).join(range(1001)|map('string')) }}",
+    "wordwrap": "{{ ('x' * 1001)|wordwrap(1, wrapstring='y' * 1000) }}",
+    "indent": "{{ ('\\n' * 1001)|indent(1000) }}",
+    "expandtabs": "{{ ('\\t' * 1001).expandtabs(1000) }}",
+    "range": "{{ range(10001)|length }}",
+    "loop iterations": "{% for i in range(2) %}{% for j in range(5001) %}{% endfor %}{% endfor %}",
+    "macro calls": "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
+                   "{{ f(14) }}",
+    "field output": "{% for i in range(1001) %}{{ 'x' * 1000 }}{% endfor %}",
+    "buffered output": "{% set b %}{% for i in range(1001) %}{{ 'x' * 1000 }}{% endfor %}"
+                       "{% endset %}{{ b|length }}",
+    "references": "{% set a = 'x' * 1000 %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+                  "{% set c = [b, b, b, b, b, b, b, b, b, b] %}"
+                  "{{ [c, c, c, c, c, c, c, c, c, c, c] }}",
+    "list sum": "{{ [[0] * 1000] * 2|sum(start=[]) }}",
+    "lipsum": "{{ lipsum(1) }}",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("text", TEMPLATE_BOMBS.values(), ids=TEMPLATE_BOMBS.keys())
+async def test_issue11_5_templates_over_the_limits_are_refused_naming_the_field(text: str) -> None:
+    with pytest.raises(InvalidEmail) as caught:
+        render_batch(text)
+    assert {e.field for e in caught.value.errors} == {"recipients.0.text", "recipients.1.text"}
+    assert all("template error" in e.message for e in caught.value.errors)
+
+
+async def test_issue11_5_a_template_bomb_through_the_api_is_a_422(api: Api) -> None:
+    body = guest_list(3)
+    body["template"]["text"] = "{{ 'x' * 500000000 }}"  # 23 s and 2.5 GB before the limits
+    response = await api.post("/v1/emails/batch", body)
+    assert response.status_code == 422
+    assert fields_of(response) == [f"recipients.{i}.text" for i in range(3)]
+    assert "over 1000000 characters" in response.json()["errors"][0]["message"]
+    source = guest_list(1)
+    source["template"]["html"] = "x" * 1_000_001  # a field's template is within the limit too
+    with pytest.raises(InvalidEmail) as caught:
+        parse_batch(json.dumps(source).encode(), lambda template: None)
+    assert [e.field for e in caught.value.errors] == ["template.html"]
+
+
+async def test_issue11_5_a_guest_list_has_a_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "RENDER_SECONDS", 0.05)
+    slow = (
+        "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(12) }}"
+    )
+    with pytest.raises(InvalidEmail) as caught:
+        render_batch(slow, guests=1000)
+    [error] = caught.value.errors  # rendering stops at the guest who ran out of time
+    assert "took over 0.05 s" in error.message and error.field.endswith(".text")
+
+
+async def test_issue11_5_a_guest_list_has_a_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "MAX_LIST_CHARS", 25_000)
+    [first, *_] = render_batch("{{ 'x' * 10000 }}", guests=2)
+    assert first.text == "x" * 10000
+    with pytest.raises(InvalidEmail) as caught:
+        render_batch("{{ 'x' * 10000 }}", guests=3)
+    assert [e.field for e in caught.value.errors] == ["recipients.2.text"]
+
+
+async def test_issue11_5_templates_within_the_limits_render_as_before() -> None:
+    text = (
+        "{% set ns = namespace(total=0) %}{% for item in items %}{% set ns.total = ns.total"
+        " + item.price %}{{ loop.index }}. {{ item.name|title|center(12) }} {{ '%5.2f'|format("
+        "item.price) }}\n{% endfor %}Total: {{ '{:.2f}'.format(ns.total) }} {{ names|join(', ') }}"
+        " {{ 'ab' * 3 }} {{ 2 ** 10 }} {{ range(3)|sum }} {{ 'x'.ljust(3, '-') }}"
+        "{% macro hi(n) %}Hi {{ n }}{% endmacro %} {{ hi('Ana') ~ '!' }}"
+        " {{ 'a b'|replace(' ', '_') }}"
+    )  # fmt: skip
+    items = [{"name": "wine", "price": 12.5}, {"name": "cake", "price": 30}]
+    [email, _] = render_batch(text, items=items, names=["Ana", "Ben"])
+    assert email.text == (
+        "1.     Wine     12.50\n2.     Cake     30.00\nTotal: 42.50 Ana, Ben ababab 1024 3 x--"
+        " Hi Ana! a_b"
+    )
+
+
+async def test_issue11_7_fields_ending_in_a_tag_opener_are_not_a_500(api: Api) -> None:
+    # Found by the issue-11 fuzz test: joined as text, "Hi {" and the next field's "{% ..."
+    # made "{{%", a TemplateSyntaxError from a template whose fields each compiled.
+    body = guest_list(2)
+    body["template"] |= {"subject": "Hi {", "text": "Hi {{ name }} {#", "html": "<p>{{ name }}{"}
+    assert (await api.post("/v1/emails/batch", body)).status_code == 202
+    [first, _] = parse_batch(json.dumps(body).encode(), lambda template: None)
+    assert (first.subject, first.text, first.html) == ("Hi {", "Hi Guest 0 ", "<p>Guest 0{")

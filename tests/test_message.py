@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import pickle
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError as PydanticValidationError
 
 from emailq import message as message_module
 from emailq.errors import EmailqError, FieldError, InvalidEmail, ValidationError
@@ -415,21 +418,24 @@ def test_no_json_input_escapes_as_anything_but_invalid_email(value: Any) -> None
         assert error.errors and all(isinstance(e.field, str) for e in error.errors)
 
 
-_safe_text = st.text(max_size=40).filter(lambda s: not set(s) & {"\r", "\n", "\0"})
+# What a header-bound field takes: anything but C0 controls (HTAB aside), DEL and C1 controls
+_HEADER_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_safe_text = st.text(max_size=40).filter(lambda s: not _HEADER_UNSAFE.search(s))
 _addresses = st.builds(
     Address,
     email=st.sampled_from(["a@example.com", "b.c+d@sub.example.org", "x@bücher.example"]),
     name=st.none() | _safe_text,
 )
-_aware = st.datetimes(
-    min_value=datetime(1800, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.timezones()
+_aware = st.datetimes(  # local times a day inside the model's range, whatever the offset
+    min_value=datetime(1900, 1, 2), max_value=datetime(2200, 12, 30), timezones=st.timezones()
 )
 _attachments = st.builds(
     Attachment,
     filename=_safe_text.filter(str.strip),
     content=st.binary(max_size=300),
     content_type=st.sampled_from(["", "application/pdf", 'text/calendar; method="REQUEST"']),
-    content_id=st.none() | st.from_regex(r"[a-z0-9.@]{1,20}", fullmatch=True),
+    content_id=st.none()
+    | st.from_regex(r"[a-z0-9]{1,8}(\.[a-z0-9]{1,8})?(@[a-z]{1,8})?", fullmatch=True),
 )
 _emails = st.builds(
     Email,
@@ -479,7 +485,7 @@ def test_payload_is_compact_json_with_the_from_alias() -> None:
 
 def test_datetimes_keep_their_instant_and_offset_through_the_payload() -> None:
     eastern = datetime(2026, 6, 13, 9, 30, tzinfo=ZoneInfo("America/New_York"))
-    old = datetime(1890, 1, 1, tzinfo=ZoneInfo("Europe/Amsterdam"))  # +00:19:32 LMT
+    old = datetime(1920, 1, 1, tzinfo=ZoneInfo("Europe/Amsterdam"))  # +00:19:32 LMT
     email = parse_email(valid(send_at=eastern, wedding={"wedding_id": "w", "ceremony_at": old}))
     back = Email.from_payload(email.to_payload())
     assert back.send_at == eastern and back.send_at.utcoffset() == timedelta(hours=-4)
@@ -581,3 +587,195 @@ def test_the_fast_address_path_gives_email_validators_answer(local: str, domain:
         expected = ("", False)
     normalized, problem = _checked_address(address)
     assert (normalized, not problem) == expected
+
+
+# -- issue 11: the security/fuzz review of the intake, one test (at least) per finding ---------
+def _in(field: str, value: str) -> dict[str, Any]:
+    """An email whose header-bound ``field`` holds ``value``."""
+    attachment: dict[str, Any] = {"filename": "a.pdf", "content": ""}
+    return {
+        "subject": valid(subject=value),
+        "to.0.name": valid(to={"email": "a@example.com", "name": value}),
+        "from": valid(**{"from": f"{value} <a@example.com>"}),
+        "headers.X-Note": valid(headers={"X-Note": value}),
+        "headers": valid(headers={f"X-{value}": "x"}),
+        "tags.campaign": valid(tags={"campaign": value}),
+        "tags": valid(tags={value: "x"}),
+        "attachments.0.filename": valid(attachments=[attachment | {"filename": value}]),
+        "attachments.0.content_type": valid(
+            attachments=[attachment | {"content_type": f'text/plain; x="{value}"'}]
+        ),
+        "attachments.0.content_id": valid(attachments=[attachment | {"content_id": value}]),
+        "wedding.wedding_id": valid(wedding={"wedding_id": value, "ceremony_at": CEREMONY}),
+    }[field]
+
+
+_HEADER_FIELDS = ["subject", "to.0.name", "from", "headers.X-Note", "headers", "tags.campaign",
+                  "tags", "attachments.0.filename", "attachments.0.content_type",
+                  "attachments.0.content_id", "wedding.wedding_id"]  # fmt: skip
+
+
+@pytest.mark.parametrize("char", ["\0", "\r", "\n", "\x01", "\x1b", "\x7f", "\x85", "\x9f"])
+@pytest.mark.parametrize("field", _HEADER_FIELDS)
+def test_issue11_1_nul_and_control_bytes_never_reach_a_header(field: str, char: str) -> None:
+    fields = fields_of(_in(field, f"a{char}b"))
+    assert [name for name in fields if name.startswith(field)], fields
+
+
+@pytest.mark.parametrize(
+    ("content_type", "why"),
+    [
+        ('text/plain; x="a\0b"', "NUL in a quoted parameter"),
+        ('text/plain; x="é"', "non-ASCII: accepted, then unsendable"),
+        ('text/plain; x="=?utf-8?b?DQo=?="', "an encoded-word parsers decode to CR LF"),
+        ("text/plain; x*=utf-8''%0D%0A", "an RFC 2231 parameter parsers decode to CR LF"),
+        ('text/plain; x="a\\"b"', "a quoted-pair"),
+        ("text/plain; x=a b", "a space in a token"),
+        ("text/plain;", "a ';' with no parameter"),
+        ("text/plain; x=\x0b", "a control"),
+        ("tëxt/plain", "non-ASCII in the type"),
+    ],
+)
+def test_issue11_1_content_type_follows_rfc_2045(content_type: str, why: str) -> None:
+    attachment = {"filename": "a.txt", "content": "", "content_type": content_type}
+    assert fields_of(valid(attachments=[attachment])) == ["attachments.0.content_type"], why
+
+
+@pytest.mark.parametrize(
+    "content_id", ["=?utf-8?b?DQo=?=", "a@=?utf-8?q?=0D?=", "two@@ats", "a..b", ".a", "a b", "é"]
+)
+def test_issue11_1_content_id_is_a_msg_id(content_id: str) -> None:
+    attachment = {"filename": "a.png", "content": "", "content_id": content_id}
+    assert fields_of(valid(attachments=[attachment])) == ["attachments.0.content_id"]
+
+
+def test_issue11_1_header_bound_values_in_their_grammar_are_accepted() -> None:
+    email = parse_email(
+        valid(
+            subject="Tab\there, U+2028\u2028and non-ASCII: é 结婚",
+            headers={"X-Note": "=?utf-8?q?encoded_by_the_renderer?="},
+            attachments=[
+                {"filename": "Plan — été.pdf", "content": "",
+                 "content_type": 'application/pdf; x-a=b; x-q="a b;c=d"'},
+                {"filename": "logo.png", "content": "", "content_id": "<logo.v2@weddings.example>"},
+                {"filename": "map.png", "content": "", "content_id": "map"},
+            ],
+        )
+    )  # fmt: skip
+    assert [a.content_id for a in email.attachments] == [None, "logo.v2@weddings.example", "map"]
+
+
+@pytest.mark.parametrize("field", [*_HEADER_FIELDS, "text", "html", "to.0.email"])
+def test_issue11_2_lone_surrogates_are_refused_naming_the_field(field: str) -> None:
+    bodies = {"text": valid(text="a\ud800b"), "html": valid(html="<p>\udfff</p>"),
+              "to.0.email": valid(to="a\ud800b@example.com")}  # fmt: skip
+    data = bodies.get(field) or _in(field, "a\ud800b")
+    with pytest.raises(InvalidEmail) as caught:
+        parse_email(data)
+    errors = caught.value.errors
+    assert [e for e in errors if e.field.startswith(field.removesuffix(".email"))], errors
+    for error in errors:  # the problem document that reports them is UTF-8
+        (error.field + error.message).encode("utf-8")
+
+
+def test_issue11_2_an_unknown_key_with_a_lone_surrogate_is_an_invalid_email() -> None:
+    with pytest.raises(InvalidEmail) as caught:
+        parse_email(valid(**{"x\ud800": 1}))
+    for error in caught.value.errors:
+        (error.field + error.message).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "at",
+    ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "1899-12-31T23:59:59Z",
+     "2201-01-01T00:00:00Z", "2200-12-31T23:00:00-14:00"],
+)  # fmt: skip
+def test_issue11_2_datetimes_out_of_range_are_refused_naming_the_field(at: str) -> None:
+    assert fields_of(valid(wedding={"wedding_id": "w", "ceremony_at": at})) == [
+        "wedding.ceremony_at"
+    ]
+    assert fields_of(valid(send_at=at)) == ["send_at"]
+    kiritimati = datetime(9999, 12, 31, 23, 59, tzinfo=ZoneInfo("Pacific/Kiritimati"))  # +14
+    assert fields_of(valid(send_at=kiritimati)) == ["send_at"]
+
+
+def test_issue11_2_the_range_ends_are_accepted_and_round_trip() -> None:
+    for at in ("1900-01-01T00:00:00Z", "2200-12-31T23:59:59Z", "1900-01-01T00:19:32+00:19"):
+        email = parse_email(valid(send_at=at, wedding={"wedding_id": "w", "ceremony_at": at}))
+        assert Email.from_payload(email.to_payload()) == email
+
+
+def test_issue11_4_validation_errors_never_carry_input_values() -> None:
+    secret = "secret.guest@example"  # no dot in the domain: refused
+    with pytest.raises(PydanticValidationError) as caught:
+        Email.model_validate(valid(to=[secret, "Jo Secret <jo@@example.com>"]))
+    for text in (str(caught.value), repr(caught.value)):
+        assert "secret" not in text.lower() and "input_value" not in text
+    with pytest.raises(PydanticValidationError) as caught:
+        Address(email="x@example.com", name="Secret\r\nName")
+    assert "secret" not in str(caught.value).lower()
+    # The worker reads payloads as trusted and buries an unreadable one with the error's
+    # text as the reason, which is stored and logged.
+    payload = json.dumps(valid(to={"email": "secret.guest@example.org"}, subject=["x"]))
+    with pytest.raises(ValueError) as unreadable:
+        Email.from_payload(payload)
+    assert "secret" not in str(unreadable.value)
+    from emailq.api.batch import BatchRequest
+
+    with pytest.raises(PydanticValidationError) as caught:
+        BatchRequest.model_validate({"template": [], "recipients": [{"to": "x", "cc": "secret"}]})
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "name"),
+    [
+        ({"email": "a@example.com", "name": "A\u00a0B\u3000C\u2028D"}, "A\u00a0B\u3000C\u2028D"),
+        ("\u00a0Ana\u00a0 <a@example.com>", "\u00a0Ana\u00a0"),
+        ({"email": "a@example.com", "name": "\u3000"}, "\u3000"),
+        ({"email": "a@example.com", "name": " Ana \t  Ben\t"}, "Ana Ben"),  # SP and HTAB only
+    ],
+)
+def test_issue11_6_display_names_keep_non_ascii_spaces(given: Any, name: str) -> None:
+    assert parse_email(valid(to=given)).to[0].name == name
+
+
+@pytest.mark.parametrize("char", ["\x1b", "\x7f", "\x85", "\x9b", "\x00", "\x0b", "\x1f"])
+def test_issue11_6_display_names_refuse_c0_c1_and_del(char: str) -> None:
+    assert fields_of(valid(to={"email": "a@example.com", "name": f"A{char}B"})) == ["to.0.name"]
+    assert fields_of(valid(cc=f"A{char}B <a@example.com>")) == ["cc.0"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/mixed", "Multipart/Related; x=1", "multipart/voice-message", "message/partial",
+     "message/external-body; access-type=URL"],
+)  # fmt: skip
+def test_issue11_6_multipart_and_fragment_attachments_are_refused(content_type: str) -> None:
+    attachment = {"filename": "a.bin", "content": b"x", "content_type": content_type}
+    assert fields_of(valid(attachments=[attachment])) == ["attachments.0.content_type"]
+
+
+EML = b"From: a@example.org\nTo: b@example.org\nSubject: Forwarded\n\nThe body.\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(EML, "message/rfc822"),
+     (EML.replace(b"\n", b"\r\n"), "message/rfc822"),
+     (EML + "é".encode(), "application/octet-stream"),  # 8-bit: would need 8BITMIME
+     (EML + b"\0", "application/octet-stream"),
+     (EML + b"x" * 999, "application/octet-stream")],  # a line over 998
+)  # fmt: skip
+def test_issue11_6_a_guessed_message_type_holds_only_for_7bit_content(
+    content: bytes, expected: str
+) -> None:
+    for sent in (content, base64.b64encode(content).decode()):
+        email = parse_email(valid(attachments=[{"filename": "fwd.eml", "content": sent}]))
+        assert email.attachments[0].content_type == expected
+
+
+@pytest.mark.parametrize("content", [EML + "é".encode(), EML + b"\0", EML + b"x" * 999])
+def test_issue11_6_an_explicit_message_type_needs_7bit_content(content: bytes) -> None:
+    attachment = {"filename": "fwd.eml", "content": content, "content_type": "message/rfc822"}
+    assert fields_of(valid(attachments=[attachment])) == ["attachments.0.content_type"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emailq.errors import InvalidEmail
-from emailq.message import Email, parse_email
+from emailq.message import Address, Attachment, Email, parse_email
 from emailq.mime import envelope, render
 
 DATE = datetime(2026, 6, 13, 15, 4, 5, tzinfo=timezone(timedelta(hours=2)))
@@ -238,7 +239,7 @@ def test_long_ascii_subject_folds_at_spaces() -> None:
 
 @pytest.mark.parametrize(
     "subject",
-    ["", " leading", "trailing ", "tab\there", "=?utf-8?q?looks_encoded?=", "x" * 990, "a\x0bb"],
+    ["", " leading", "trailing ", "tab\there", "=?utf-8?q?looks_encoded?=", "x" * 990, "a\u2028b"],
 )
 def test_awkward_subjects_round_trip(subject: str) -> None:
     assert parse(wire(make(subject=subject)))["Subject"] == subject
@@ -384,7 +385,9 @@ def test_header_injection_is_refused_before_rendering(field: str, value: Any) ->
 
 # Property: whatever text comes in, the parser reads the same text back
 
-_no_breaks = st.text().filter(lambda s: not set(s) & {"\r", "\n", "\0"})
+# What a header-bound field takes: anything but C0 controls (HTAB aside), DEL and C1 controls
+_HEADER_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_no_breaks = st.text().filter(lambda s: not _HEADER_UNSAFE.search(s))
 _body = st.text(min_size=1).filter(lambda s: s.strip() and "\0" not in s)
 
 
@@ -393,7 +396,7 @@ _body = st.text(min_size=1).filter(lambda s: s.strip() and "\0" not in s)
     subject=_no_breaks.filter(lambda s: len(s) <= 998),
     text=_body,
     html=st.none() | _body,
-    name=st.text(max_size=11).filter(lambda s: not set(s) & {"\r", "\n", "\0"}),
+    name=st.text(max_size=11).filter(lambda s: not _HEADER_UNSAFE.search(s)),
     header=_no_breaks,
 )
 def test_arbitrary_text_round_trips(
@@ -414,13 +417,17 @@ def test_arbitrary_text_round_trips(
     assert [content(p) for p in parts] == [lines(b) for b in (text, html) if b is not None]
 
 
+_ATEXT = "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_content_ids = st.from_regex(
+    rf"{_ATEXT}{{1,12}}(\.{_ATEXT}{{1,8}})?(@{_ATEXT}{{1,8}}(\.{_ATEXT}{{1,8}})?)?", fullmatch=True
+).filter(lambda s: "=?" not in s)
 _attachment = st.fixed_dictionaries(
     {
         "filename": st.text(min_size=1, max_size=255).filter(
-            lambda s: s.strip() and not set(s) & {"\r", "\n", "\0"}
+            lambda s: s.strip() and not _HEADER_UNSAFE.search(s)
         ),
         "content": st.binary(max_size=500),
-        "content_id": st.none() | st.from_regex(r"[!-;=?-~]{1,30}", fullmatch=True),
+        "content_id": st.none() | _content_ids,
     }
 )
 
@@ -448,7 +455,7 @@ def test_arbitrary_attachments_round_trip(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(min_size=1, max_size=256).filter(lambda s: not set(s) & {"\r", "\n", "\0"}))
+@given(st.text(min_size=1, max_size=256).filter(lambda s: not _HEADER_UNSAFE.search(s)))
 def test_long_display_names_decode_per_rfc_2047(name: str) -> None:
     email_ = make(to={"email": "guest@example.org", "name": name})
     expected = email_.to[0].name
@@ -463,3 +470,236 @@ def test_long_display_names_decode_per_rfc_2047(name: str) -> None:
     else:
         decoded = parse(data)["To"].addresses[0].display_name
     assert decoded == expected
+
+
+# Issue 11: the security/fuzz review of the intake, one test (at least) per finding
+
+
+def compat32(data: bytes) -> email.message.Message:
+    return email.message_from_bytes(data, policy=email.policy.compat32)
+
+
+def decoded(header_value: str) -> str:
+    return str(email.header.make_header(email.header.decode_header(header_value)))
+
+
+def test_issue11_6_non_ascii_spaces_in_display_names_round_trip() -> None:
+    name = "Ana\u00a0&\u3000Ben\u2028Müller"
+    data = wire(make(to={"email": "a@example.org", "name": name}))
+    assert _raw_header(data, b"To").startswith("=?utf-8?b?")
+    assert parse(data)["To"].addresses[0].display_name == name
+    assert decoded(compat32(data)["To"].rsplit(" <", 1)[0]) == name
+
+
+def _attached(**fields: Any) -> Email:
+    """An email with one attachment built as is: what a payload read back as trusted holds."""
+    values = {"filename": "a.txt", "content": b"x", "content_type": "text/plain"} | fields
+    return make().model_copy(update={"attachments": [Attachment.model_construct(**values)]})
+
+
+def _trusted(**fields: Any) -> Email:
+    return make().model_copy(update=fields)
+
+
+@pytest.mark.parametrize(
+    ("email_", "header"),
+    [
+        (lambda: _attached(content_type='text/plain; x="a\0b"'), "Content-Type"),
+        (lambda: _attached(content_type='text/plain; x="é"'), "Content-Type"),
+        (lambda: _attached(content_type="text/plain;\r\n x=1"), "Content-Type"),
+        (lambda: _attached(content_id="a\r\nBcc: v@example.com"), "Content-ID"),
+        (lambda: _attached(filename="a\r\nb.txt"), "Content-Disposition"),
+        (lambda: _attached(filename="\ud800.txt"), "Content-Disposition"),
+        (lambda: _trusted(subject="Hi\r\nBcc: v@example.com"), "Subject"),
+        (lambda: _trusted(subject="é\0"), "Subject"),
+        (lambda: _trusted(subject="\ud800"), "Subject"),
+        (lambda: _trusted(headers={"X-A": "é\nb"}), "X-A"),
+        (lambda: _trusted(headers={"X-A\r\nBcc": "v@example.com"}), "header's name"),
+        (lambda: _trusted(headers={"X A": "b"}), "header's name"),
+        (lambda: _trusted(to=[Address.model_construct(name="Ève\r\nBcc: v@example.com",
+                                                      email="a@example.org")]),
+         "To"),
+    ],
+)  # fmt: skip
+def test_issue11_1_the_renderer_refuses_unsafe_headers_whatever_path(
+    email_: Any, header: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(header)) as caught:
+        render(email_(), message_id="01jx", domain="example.org")
+    assert "v@example.com" not in str(caught.value)  # a value is never repeated
+
+
+@pytest.mark.parametrize(
+    ("lines", "header"),
+    [
+        (["Subject: a\r\nBcc: v@example.com"], "Subject"),
+        (["From: a@example.org", "X-A: a\0b"], "X-A"),
+        (["X-A: é"], "X-A"),
+        (["X-A: a\rb"], "X-A"),
+        (["X-A: a\nb"], "X-A"),
+        (["X-A: a\x1bb"], "X-A"),
+        (["X-A: a\x7f"], "X-A"),
+    ],
+)
+def test_issue11_1_the_last_check_names_the_header(lines: list[str], header: str) -> None:
+    from emailq.mime import _head
+
+    with pytest.raises(ValueError, match=f"the {header} header") as caught:
+        _head(lines)
+    assert "v@example.com" not in str(caught.value)
+    assert _head(["Subject: a\r\n b", "X-A: \tc"]) == b"Subject: a\r\n b\r\nX-A: \tc\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["x@example.org>\r\nBcc: v@example.com", "x@example.org>", "<x@example.org", "a b@example.org",
+     "x@example.org, v@example.com", '"x"@example.org', "x@[127.0.0.1]", "x@exa mple.org",
+     "x@example.org\0", "jörg@example.org", "", "x"],
+)  # fmt: skip
+def test_issue11_6_trusted_payloads_cannot_smuggle_addresses(address: str) -> None:
+    payload = json.dumps(
+        {"from": "a@example.org", "to": {"email": address}, "subject": "s", "text": "t"}
+    )
+    email_ = Email.from_payload(payload)  # trusted: the model's address checks are skipped
+    with pytest.raises(ValueError, match=r"^To: ") as caught:
+        render(email_, message_id="01jx", domain="example.org")
+    assert "v@example.com" not in str(caught.value)
+    with pytest.raises(ValueError, match="RCPT TO"):
+        envelope(email_)
+
+
+@pytest.mark.parametrize("message_id", ["a..b", ".a", "a.", ".", "a b", "x" * 129, "é"])
+def test_issue11_6_message_id_parts_are_dot_atoms(message_id: str) -> None:
+    with pytest.raises(ValueError, match="message_id"):
+        render(make(), message_id=message_id, domain="example.org")
+    for ok in ("01jx5m0abc", "a.b.c", "a+b_c-d"):
+        assert parse(wire(make(), message_id=ok))["Message-ID"] == f"<{ok}@mail.weddings.example>"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x" * 74 + " \né",  # b2a_qp wrote "x"*74 + "=20": 77 characters
+     "é" + "x" * 69 + "\t\né",  # "=C3=A9" + 69 + "=09": 78
+     "é" + "x" * 69 + " ",  # 78, at the very end
+     ("word " * 15 + "x" * 73 + "  \n") * 3 + "é",
+     "==" + "x" * 68 + " \t\né"],  # "=3D=3D" + 68 + " =09": an escape at the cut
+)  # fmt: skip
+def test_issue11_6_quoted_printable_lines_are_at_most_76(text: str) -> None:
+    data = wire(make(text=text))
+    message = parse(data)
+    assert message["Content-Transfer-Encoding"] == "quoted-printable"
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert max(map(len, body.split(b"\r\n"))) <= 76
+    assert content(message) == text
+    assert compat32(data).get_payload(decode=True).decode() == text.replace("\n", "\r\n")
+
+
+_line_ending_in_whitespace = st.builds(
+    lambda start, length, end: start + "x" * length + end,
+    st.sampled_from(["", "é", "=", "é=", " "]),
+    st.integers(60, 80),
+    st.sampled_from(["", " ", "\t", "  ", " \t", "\t "]),
+)
+_mostly_ascii_lines = st.lists(_line_ending_in_whitespace, min_size=1, max_size=4).map("\n".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mostly_ascii_lines.filter(str.strip))
+def test_issue11_6_quoted_printable_lines_fit_for_any_text(text: str) -> None:
+    data = wire(make(text=text))
+    if parse(data)["Content-Transfer-Encoding"] == "quoted-printable":
+        assert max(map(len, data.split(b"\r\n\r\n", 1)[1].split(b"\r\n"))) <= 76
+    assert content(parse(data)) == lines(text)
+
+
+def _starts_folded(data: bytes, header: str) -> bool:
+    """Whether the value starts on a folded line: a long name leaves an encoded-word no
+    room beside it, and Python's parser keeps that fold's space (see mime.py)."""
+    return f"{header}:".encode() in header_lines(data)
+
+
+def _encoded_lines_fit(data: bytes) -> None:
+    for line in header_lines(data):
+        assert b"=?" not in line or len(line) <= 76, line
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("Subject", "Changement de cérémonie : la salle des fêtes est fermée, rendez-vous"),
+     ("X-" + "h" * 70, "Zoë"),  # no room on the name's line: the word goes on the next
+     ("X-" + "h" * 60, "Zoë & Jürgen Müller, Ωμέγα, 李小龍")],
+)  # fmt: skip
+def test_issue11_6_encoded_word_lines_are_at_most_76(header: str, value: str) -> None:
+    fields = {"subject": value} if header == "Subject" else {"headers": {header: value}}
+    data = wire(make(**fields))
+    _encoded_lines_fit(data)
+    moved = " " if _starts_folded(data, header) else ""
+    assert parse(data)[header] == moved + value
+    assert decoded(compat32(data)[header]) == value
+
+
+def test_issue11_6_encoded_word_lines_in_address_headers_are_at_most_76() -> None:
+    to = ["Zoë Ünal <zoe.uenal.with.a.long.address@example.org>", "Ωμέγα <o@example.org>",
+          "李小龍 <lee@example.org>", "Plain Name <p@example.org>"]  # fmt: skip
+    data = wire(make(to=to, **{"from": "Zoë & Jürgen Müller-Lüdenscheidt <hello@example.org>"}))
+    _encoded_lines_fit(data)
+    names = [a.display_name for a in parse(data)["To"].addresses]
+    assert names == ["Zoë Ünal", "Ωμέγα", "李小龍", "Plain Name"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(alphabet="aé b結", min_size=1, max_size=120),
+    name_length=st.integers(1, 74),
+    names=st.lists(st.text(alphabet="aé b", max_size=60), min_size=1, max_size=3),
+)
+def test_issue11_6_encoded_word_lines_fit_for_any_text(
+    text: str, name_length: int, names: list[str]
+) -> None:
+    header = "X-" + "h" * name_length
+    to = [{"email": f"g{i}@example.org", "name": n} for i, n in enumerate(names)]
+    email_ = make(subject=text, headers={header: text}, to=to)
+    data = wire(email_)
+    _encoded_lines_fit(data)
+    assert parse(data)[header].removeprefix(" " if _starts_folded(data, header) else "") == text
+    assert parse(data)["Subject"] == text
+
+
+EML = b"From: a@example.org\nTo: b@example.org\nSubject: Forwarded\n\nThe body.\n.\nFrom here\n"
+
+
+@pytest.mark.parametrize("html", [None, "<p>x</p>"])
+def test_issue11_6_an_eml_attachment_goes_as_message_rfc822_in_7bit(html: str | None) -> None:
+    data = wire(make(html=html, attachments=[{"filename": "fwd.eml", "content": EML}]))
+    part = cast(list[EmailMessage], parse(data).get_payload())[1]
+    assert (part.get_content_type(), filename(part)) == ("message/rfc822", "fwd.eml")
+    assert part["Content-Transfer-Encoding"] == "7bit"  # RFC 2046 5.2.1: never base64
+    inner = cast(EmailMessage, part.get_content())
+    assert (inner["Subject"], content(inner)) == ("Forwarded", "The body.\n.\nFrom here\n")
+    old = cast(email.message.Message, compat32(data).get_payload()[1]).get_payload()[0]
+    assert (old["Subject"], old.get_payload()) == ("Forwarded", "The body.\r\n.\r\nFrom here\r\n")
+
+
+def test_issue11_6_a_forwarded_message_never_holds_the_boundary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    taken = bytes(12)
+    eml = EML + f"--=_{taken.hex()}\n".encode()
+    randoms = iter([taken, b"\x01" * 12])
+    monkeypatch.setattr("emailq.mime.os.urandom", lambda n: next(randoms))
+    data = wire(make(attachments=[{"filename": "fwd.eml", "content": eml}]))
+    assert parse(data).get_boundary() == "=_" + "01" * 12
+    part = cast(list[EmailMessage], parse(data).get_payload())[1]
+    assert content(cast(EmailMessage, part.get_content())).endswith(f"--=_{taken.hex()}\n")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [("multipart/mixed", b"x"), ("message/rfc822", b"\xff"), ("message/rfc822", b"a\0"),
+     ("message/partial", b"x")],
+)  # fmt: skip
+def test_issue11_6_the_renderer_refuses_composite_attachments_it_cannot_send(
+    content_type: str, data: bytes
+) -> None:
+    with pytest.raises(ValueError, match=r"Content-Type|message/"):
+        render(_attached(content_type=content_type, content=data), message_id="x", domain="e.org")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -115,3 +115,16 @@ def test_a_policy_file_cannot_make_closer_mean_lower(tmp_path: Path) -> None:
     path.write_text('[ladders]\nroutine = [[6, "pre_wedding"], [48, "wedding_day"]]\n')
     with pytest.raises(ValueError, match="highest lane down"):
         Policy.from_toml(path)
+
+
+@pytest.mark.parametrize(
+    "ceremony_at",
+    [datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14))),
+     datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))],
+)  # fmt: skip
+def test_issue11_2_ceremonies_at_the_limits_of_datetime_do_not_overflow(
+    ceremony_at: datetime,
+) -> None:
+    # The model refuses these; the policy stays total anyway: outside every window.
+    assert place("ceremony_change", ceremony_at, NOW).lane is Lane.STANDARD
+    assert place("invitation", ceremony_at, NOW).lane is Lane.BULK

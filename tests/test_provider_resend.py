@@ -196,6 +196,23 @@ def test_json_from_the_house_renderer() -> None:
     assert "content_id" not in by_name["plan é.pdf"]
 
 
+def test_a_forwarded_email_stays_an_attachment() -> None:
+    # Since issue 11 a .eml goes as message/rfc822 in 7bit (RFC 2046 5.2.1), which parsers
+    # read as a message inside the message: its body must not become the email's text.
+    eml = b"From: x@example.org\nSubject: Fwd\n\ninner body\n"
+    email = parse_email({"from": SENDER, "to": "g@example.com", "subject": "s",
+                         "html": "<p>outer</p>",
+                         "attachments": [{"filename": "fwd.eml", "content": eml}]})  # fmt: skip
+    mail_from, recipients = envelope(email)
+    data = render(email, message_id="01fwd", domain="emailq.local")
+    body = to_resend_json(Rendered("01fwd", mail_from, tuple(recipients), data))
+    assert body["html"] == "<p>outer</p>" and "text" not in body
+    [attachment] = body["attachments"]
+    assert (attachment["filename"], attachment["content_type"]) == ("fwd.eml", "message/rfc822")
+    content = base64.b64decode(attachment["content"])
+    assert b"Subject: Fwd" in content and content.rstrip().endswith(b"inner body")
+
+
 # Any printable text, without the line breaks and controls the model refuses in headers.
 header_text = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1)
 

@@ -1,15 +1,15 @@
 """The email model: one validated shape for every intake, and the queue payload.
 
 Every intake goes through :func:`parse_email`: an :class:`Email`, or an ``InvalidEmail``
-naming each problem's field ("to.2.email", "attachments.0.filename"). CR, LF or NUL in
-anything bound for a header is refused here, so the renderer never meets one. The worker
+naming each problem's field ("to.2.email", "attachments.0.filename"). Control characters
+(CR, LF and NUL above all) and unpaired surrogates in anything bound for a header are
+refused here, so the renderer never meets one (it refuses them too, as a last line). The worker
 reads payloads back with :meth:`Email.from_payload`, which trusts them and skips the
 costly intake checks (address syntax, size estimates).
 """
 
 import base64
 import functools
-import mimetypes
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from emailq import mediatypes
 from emailq.errors import FieldError, InvalidEmail
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # Postfix's default message_size_limit
@@ -50,39 +51,51 @@ RESERVED_HEADERS = frozenset(
 )
 
 _TRUSTED = {"trusted": True}
-_HEADER_BREAKERS = re.compile("[\r\n\0]")
+# Header-bound text: no C0 control but HTAB, no DEL, no C1 control (RFC 5322 unstructured
+# text is VCHAR and WSP), and no unpaired surrogate, which JSON's "\ud800" can carry but
+# no UTF-8 encoder can write.
+_UNSAFE_HEADER_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 ftext: printable but ":"
 _TENANT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _TAG_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?")
-_CONTENT_ID = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]{1,250}")  # printable but "<" and ">"
-_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
-_CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?: *; *{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\r\n]*\"))*")
-_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_DOT_ATOM_TEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_DOT_ATOM = re.compile(_DOT_ATOM_TEXT)
+# RFC 2392 takes a Content-ID's grammar from RFC 5322's msg-id: dot-atoms around an "@".
+# Without "@" is allowed too, as mail clients resolve "cid:logo" all the same.
+_CONTENT_ID = re.compile(rf"{_DOT_ATOM_TEXT}(?:@{_DOT_ATOM_TEXT})?")
+_WSP_RUN = re.compile(r"[ \t]{2,}|\t")  # RFC 5322 WSP that is not already a single space
 _NAME_ADDR = re.compile(r"(?P<name>.*)<(?P<email>[^<>]*)>", re.DOTALL)
 
 
 def _invalid(message: str, path: str = "") -> PydanticCustomError:
     """A validation error; ``path`` extends the field's location (e.g. a header's name)."""
-    return PydanticCustomError("emailq", message, {"path": path} if path else None)
+    return PydanticCustomError("emailq", message, {"path": _encodable(path)} if path else None)
 
 
 def _trusted(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("trusted"))
 
 
-def _no_line_breaks(value: str, path: str = "") -> str:
-    # Why: a CR or LF here would let a caller start a header of their own choosing.
-    if _HEADER_BREAKERS.search(value):
-        raise _invalid("must not contain CR, LF or NUL", path)
+def _header_safe(value: str, path: str = "") -> str:
+    # Why: a CR or LF here would let a caller start a header of their own choosing, and a
+    # surrogate would fail only when the worker encodes it, as mail that can never be sent.
+    if _UNSAFE_HEADER_TEXT.search(value):
+        message = "must not contain control characters (CR, LF, NUL...) or unpaired surrogates"
+        raise _invalid(message, path)
     return value
 
 
-HeaderText = Annotated[str, AfterValidator(lambda value: _no_line_breaks(value))]
+HeaderText = Annotated[str, AfterValidator(lambda value: _header_safe(value))]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)
+    # hide_input_in_errors: a ValidationError's text (in a traceback, a log line, the
+    # worker's bury reason) would otherwise repeat the input, addresses included.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, hide_input_in_errors=True
+    )
 
 
 class MessageKind(StrEnum):
@@ -114,7 +127,21 @@ def _fixed_offset(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC if not offset else timezone(offset))
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_fixed_offset)]
+# Far enough apart for any wedding or schedule, and far from datetime's own limits (years 1
+# and 9999), where a change of offset (astimezone, the policy's arithmetic) overflows.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2201, 1, 1, tzinfo=UTC)  # exclusive: the last instant of 2200 is the last
+
+
+def _instant(value: datetime) -> datetime:
+    # Most years are far from both ends whatever the offset; comparing aware datetimes,
+    # for the others, converts neither, so cannot overflow itself.
+    if not EARLIEST.year < value.year < LATEST.year - 1 and not EARLIEST <= value < LATEST:
+        raise _invalid("must be between 1900-01-01 and 2200-12-31 (UTC)")
+    return _fixed_offset(value)
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
 
 
 class Address(_Model):
@@ -128,11 +155,13 @@ class Address(_Model):
     def _from_string(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        _no_line_breaks(value)  # before any stripping could hide one
-        match = _NAME_ADDR.fullmatch(value.strip())
+        _header_safe(value)  # before any stripping could hide one
+        # Only SP and HTAB are whitespace in a header (RFC 5322 WSP): a name's other
+        # spaces (U+00A0, U+3000...) are its own characters.
+        match = _NAME_ADDR.fullmatch(value.strip(" \t"))
         if not match:
             return {"email": value.strip()}
-        name = match["name"].strip()
+        name = match["name"].strip(" \t")
         if len(name) >= 2 and name[0] == name[-1] == '"':
             name = re.sub(r"\\(.)", r"\1", name[1:-1])
         return {"email": match["email"].strip(), "name": name or None}
@@ -142,7 +171,7 @@ class Address(_Model):
     def _valid_address(cls, value: str, info: ValidationInfo) -> str:
         if _trusted(info):
             return value
-        _no_line_breaks(value)
+        _header_safe(value)
         if len(value) > 320:
             raise _invalid("is too long to be an email address")
         normalized, problem = _checked_address(value)
@@ -156,8 +185,9 @@ class Address(_Model):
         if value is None:
             return None
         # Why: in a display name a run of whitespace means one space (RFC 5322 3.2.2), and
-        # parsers do collapse it, so store what every reader will see.
-        value = " ".join(_no_line_breaks(value).split())
+        # parsers do collapse it, so store what every reader will see. Whitespace is SP and
+        # HTAB only: U+00A0 or U+3000 stay as they are (the renderer encodes them).
+        value = _WSP_RUN.sub(" ", _header_safe(value)).strip(" ")
         if len(value) > MAX_DISPLAY_NAME:
             raise _invalid(f"must be at most {MAX_DISPLAY_NAME} characters")
         return value or None
@@ -223,19 +253,25 @@ Content = Annotated[
 ]
 
 
+def _seven_bit(content: Any) -> bool:
+    """Whether ``content`` (bytes, or base64 text) is a message/* body that can go as 7bit."""
+    try:
+        raw = _decode_content(content)
+    except PydanticCustomError:
+        return False  # the content's own check reports it
+    return isinstance(raw, bytes) and mediatypes.seven_bit_lines(raw) is not None
+
+
+# Why: RFC 2047 forbids encoded-words here, yet mail parsers decode them, into any bytes,
+# CR and LF included.
+_NO_ENCODED_WORDS = "must not hold an encoded-word (=?...?=)"
+
+
 def _filename(value: str) -> str:
-    value = _no_line_breaks(value).strip()  # mail clients strip it anyway
+    value = _header_safe(value).strip()  # mail clients strip it anyway
     if not value or len(value) > 255:
         raise _invalid("must be 1-255 characters, not blank")
     return value
-
-
-def _guess_type(filename: str) -> str | None:
-    # Only the extension: guess_type would read "data:x/y,..." as a data: URL.
-    if "." not in filename:
-        return None
-    guessed, encoding = mimetypes.guess_type("file." + filename.rpartition(".")[2])
-    return None if encoding else guessed
 
 
 class Attachment(_Model):
@@ -249,19 +285,40 @@ class Attachment(_Model):
     def _guess_content_type(cls, value: Any) -> Any:
         if isinstance(value, dict) and not value.get("content_type"):
             filename = value.get("filename")
-            guessed = _guess_type(filename) if isinstance(filename, str) else None
-            return {**value, "content_type": guessed or "application/octet-stream"}
+            guessed = mediatypes.guess(filename) if isinstance(filename, str) else ""
+            if mediatypes.is_message(guessed) and not _seven_bit(value.get("content")):
+                guessed = ""  # a .eml that cannot go as 7bit still goes, as a file
+            return {**value, "content_type": guessed or mediatypes.OCTET_STREAM}
         return value
 
     @field_validator("content_type")
     @classmethod
     def _valid_content_type(cls, value: str) -> str:
         value = value.strip()
-        if len(value) > 255 or not _CONTENT_TYPE.fullmatch(value):
-            raise _invalid('must be a MIME type such as "application/pdf"')
+        if len(value) > 255 or not mediatypes.CONTENT_TYPE.fullmatch(value):
+            raise _invalid(
+                'must be a MIME type such as "application/pdf"; parameter values are tokens'
+                " or quoted printable ASCII (RFC 2045)"
+            )
+        if "=?" in value:
+            raise _invalid(_NO_ENCODED_WORDS)
         if re.search(r";\s*(name|boundary)\s*=", value, re.IGNORECASE):
             raise _invalid("must not set name or boundary (they come from the attachment)")
+        if problem := mediatypes.composite_problem(value):
+            raise _invalid(problem)
         return value
+
+    @model_validator(mode="after")
+    def _message_is_seven_bit(self) -> Self:
+        # Why: a message/* part may not be base64 (RFC 2046 5.2.1); see mediatypes.
+        if mediatypes.is_message(self.content_type) and not _seven_bit(self.content):
+            message = (
+                "message/* content must be ASCII without NUL, in lines of at most 998"
+                " characters, to be sent as 7bit (send other files as"
+                " application/octet-stream)"
+            )
+            raise _invalid(message, "content_type")
+        return self
 
     @field_validator("content_id")
     @classmethod
@@ -269,8 +326,13 @@ class Attachment(_Model):
         if value is None:
             return None
         value = value.removeprefix("<").removesuffix(">")
-        if not _CONTENT_ID.fullmatch(value):
-            raise _invalid("must be 1-250 printable ASCII characters, without spaces or <>")
+        if len(value) > 250 or not _CONTENT_ID.fullmatch(value):
+            raise _invalid(
+                "must be an id such as logo@example.org: at most 250 characters, dot-atoms"
+                " (RFC 5322) around an optional @"
+            )
+        if "=?" in value:
+            raise _invalid(_NO_ENCODED_WORDS)
         return value
 
 
@@ -314,8 +376,8 @@ class WeddingContext(_Model):
 def _body(value: str | None) -> str | None:
     if value is None:
         return None
-    if "\0" in value:
-        raise _invalid("must not contain NUL")
+    if "\0" in value or (not value.isascii() and _UNPAIRED_SURROGATE.search(value)):
+        raise _invalid("must not contain NUL or unpaired surrogates")
     return value if value.strip() else None  # a blank body is no body
 
 
@@ -386,7 +448,7 @@ class Email(_Model):
             if lowered in seen:
                 raise _invalid("header given twice (names are case-insensitive)", name)
             seen.add(lowered)
-            _no_line_breaks(text, name)
+            _header_safe(text, name)
         return value
 
     @field_validator("tags")
@@ -399,7 +461,7 @@ class Email(_Model):
                 raise _invalid("tag names are 1-64 letters, digits, '_', '.' or '-'", name)
             if len(text) > 256:
                 raise _invalid("tag values are at most 256 characters", name)
-            _no_line_breaks(text, name)
+            _header_safe(text, name)
         return value
 
     @field_validator("attachments")
@@ -554,7 +616,7 @@ def _size_limit(max_message_bytes: int | None) -> int:
 def _invalid_email(error: PydanticValidationError) -> InvalidEmail:
     # Raised "from None" by callers: the pydantic error repeats the input (addresses) into
     # tracebacks and logs.
-    return InvalidEmail([_field_error(e) for e in error.errors()])
+    return InvalidEmail([_field_error(e) for e in error.errors(include_input=False)])
 
 
 _FRIENDLY = {"extra_forbidden": "unknown field", "missing": "required"}
@@ -567,4 +629,13 @@ def _field_error(error: ErrorDetails) -> FieldError:
     ctx = error.get("ctx") or {}
     if ctx.get("path"):
         loc.append(str(ctx["path"]))
-    return FieldError(".".join(loc), _FRIENDLY.get(error["type"], error["msg"]))
+    message = _FRIENDLY.get(error["type"], error["msg"])
+    return FieldError(_encodable(".".join(loc)), _encodable(message))
+
+
+def _encodable(text: str) -> str:
+    """``text`` with unpaired surrogates written as ``\\udxxx``: a field name given as a
+    key ("tags.\\ud800") must not make the error report itself unencodable."""
+    if text.isascii() or not _UNPAIRED_SURROGATE.search(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -144,7 +144,12 @@ def lane_for(
         return default
     # Subtracting two datetimes that share a ZoneInfo gives wall-clock time, wrong across
     # a DST change; in UTC the difference is the real one.
-    ahead = ceremony_at.astimezone(UTC) - now.astimezone(UTC)
+    try:
+        ahead = ceremony_at.astimezone(UTC) - now.astimezone(UTC)
+    except OverflowError:
+        # Within a day of datetime's limits (year 1 or 9999): the ceremony is past or far
+        # ahead, outside every window, either way.
+        return default
     if ahead < -policy.after_ceremony:
         return default
     for window, lane in policy.ladders.get(kind_class, ()):

@@ -1,6 +1,7 @@
 """Guest-list sends: one template, up to 1,000 recipients with their own variables.
 
 Templates are Jinja2 in its sandbox (no access to Python internals from a template), with
+limits on the size, steps and time rendering may take (:mod:`emailq.api.sandbox`), and
 HTML autoescaped so a guest's name cannot inject markup. Every recipient is rendered and
 validated before anything is queued; any error rejects the whole batch, listing each
 problem as ``recipients.<index>.<field>``.
@@ -12,21 +13,22 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from emailq.api.nesting import MAX_DEPTH, nested_deeper, too_deep_error
+from emailq.api.sandbox import MAX_FIELD_CHARS, Budget, LimitedSandbox, render_field
 from emailq.errors import FieldError, InvalidEmail
 from emailq.message import Email, parse_shared, personalised
 
 MAX_RECIPIENTS = 1000
 TEMPLATED = ("subject", "text", "html")
 
-_ENV = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+_ENV = LimitedSandbox(autoescape=False, undefined=StrictUndefined)
 
 
 class Recipient(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # no addresses in logs
     to: str | dict[str, Any] | list[Any]
     variables: dict[str, Any] = {}
     idempotency_key: str | None = None
@@ -36,7 +38,7 @@ class BatchRequest(BaseModel):
     """``template`` holds every email field but ``to``; subject, text and html may use
     ``{{ variables }}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     template: dict[str, Any]
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
 
@@ -54,8 +56,10 @@ def parse_batch(
         batch = BatchRequest.model_validate_json(data)
     except ValidationError as error:
         raise InvalidEmail([
-            FieldError(".".join(str(p) for p in e["loc"]), e["msg"]) for e in error.errors()
+            FieldError(".".join(str(p) for p in e["loc"]), e["msg"])
+            for e in error.errors(include_input=False)
         ]) from None  # fmt: skip
+    _check_nesting(batch)
     template = dict(batch.template)
     scope(template)
     if "to" in template:
@@ -72,18 +76,37 @@ def parse_batch(
     if errors:
         raise InvalidEmail(errors)
     assert not isinstance(compiled, tuple)
+    return _personalise_all(batch.recipients, shared, compiled, idempotency_key)
+
+
+def _personalise_all(
+    recipients: list[Recipient], shared: Email, compiled: Template, idempotency_key: str | None
+) -> list[Email]:
     emails: list[Email] = []
-    for index, recipient in enumerate(batch.recipients):
+    errors: list[FieldError] = []
+    budget = Budget()  # the whole list's time and size (see emailq.api.sandbox)
+    for index, recipient in enumerate(recipients):
         key = recipient.idempotency_key
         if key is None and idempotency_key:
             key = f"{idempotency_key}/{index}"
         try:
-            emails.append(_personalise(shared, compiled, recipient, key))
+            emails.append(_personalise(shared, compiled, recipient, key, budget))
         except InvalidEmail as error:
             errors += [FieldError(f"recipients.{index}.{e.field}", e.message) for e in error.errors]
+            if budget.out_of_time:
+                break  # every later guest would be refused alike: one error says it
     if errors:
         raise InvalidEmail(errors)
     return emails
+
+
+def _check_nesting(batch: BatchRequest) -> None:
+    """The free-form parts (template, to, variables) within the body's nesting cap."""
+    # The template and the recipients' list are both one level into the body; the list
+    # of [to, variables] pairs below stands for that list of recipient objects.
+    recipients = [[recipient.to, recipient.variables] for recipient in batch.recipients]
+    if nested_deeper(batch.template, MAX_DEPTH - 1) or nested_deeper(recipients, MAX_DEPTH - 1):
+        raise InvalidEmail([too_deep_error()])
 
 
 def _compile(template: dict[str, Any]) -> Template | tuple[FieldError, ...]:
@@ -97,6 +120,9 @@ def _compile(template: dict[str, Any]) -> Template | tuple[FieldError, ...]:
     for field, source in zip(TEMPLATED, sources, strict=True):
         if source is not None and not isinstance(source, str):
             errors.append(FieldError(f"template.{field}", "must be a string"))
+        elif source is not None and len(source) > MAX_FIELD_CHARS:  # sandbox.render_field
+            message = f"must be at most {MAX_FIELD_CHARS} characters"
+            errors.append(FieldError(f"template.{field}", message))
     if errors:
         return tuple(errors)
     if sum(len(source or "") for source in sources) <= MAX_CACHED_SOURCE:
@@ -106,8 +132,8 @@ def _compile(template: dict[str, Any]) -> Template | tuple[FieldError, ...]:
 
 def _compiled(sources: tuple[str | None, ...]) -> Template | tuple[FieldError, ...]:
     """Each field is compiled alone first: an error then names its field, and a field
-    that ends or opens a block (which would reach into another field, or past the
-    html field's autoescape) is refused."""
+    that defines a block (which would set another field, or escape the html field's
+    autoescape) is refused."""
     errors: list[FieldError] = []
     for field, source in zip(TEMPLATED, sources, strict=True):
         if source is None:
@@ -121,15 +147,7 @@ def _compiled(sources: tuple[str | None, ...]) -> Template | tuple[FieldError, .
             errors.append(FieldError(f"template.{field}", "must not use {% block %}"))
     if errors:
         return tuple(errors)
-    combined = _ENV.from_string(_combined_source(sources))
-    present = {
-        field for field, source in zip(TEMPLATED, sources, strict=True) if source is not None
-    }
-    if set(combined.blocks) != present:
-        # each field compiles alone, block-free, yet together they do not make one block
-        # each (an {% endautoescape %} in html, say): refuse rather than guess
-        return (FieldError("template", "the fields reach into each other's blocks"),)
-    return combined
+    return _ENV.from_string(_combined(sources))
 
 
 # Why a cache: compiling costs milliseconds (about 10 µs a guest on a 500-guest list), and
@@ -140,30 +158,40 @@ MAX_CACHED_SOURCE = 64 * 1024
 _compiled_cached = functools.lru_cache(maxsize=64)(_compiled)
 
 
-def _combined_source(sources: tuple[str | None, ...]) -> str:
+def _combined(sources: tuple[str | None, ...]) -> nodes.Template:
     """One template whose blocks are the fields: each guest then costs one Jinja context
-    instead of three. HTML is autoescaped inside its own block."""
-    parts = []
+    instead of three. HTML is autoescaped inside its own block.
+
+    Why from the fields' syntax trees and not their text: joined as text, a field could
+    reach into the next (one that ends in "{#" opens a comment over it, one that ends in
+    "{" makes the next tag's "{%" a "{{%": a 500 until the issue-11 fuzz test found it).
+    """
+    blocks: list[nodes.Node] = []
     for field, source in zip(TEMPLATED, sources, strict=True):
-        if source is not None:
-            body = (
-                f"{{% autoescape true %}}{source}{{% endautoescape %}}"
-                if field == "html"
-                else source
-            )
-            parts.append(f"{{% block {field} %}}{body}{{% endblock %}}")
-    return "".join(parts)
+        if source is None:
+            continue
+        body = _ENV.parse(source).body  # parsed again: compiling changes the tree
+        if field == "html":
+            autoescape = [nodes.Keyword("autoescape", nodes.Const(True))]
+            body = [nodes.Scope([nodes.ScopedEvalContextModifier(autoescape, body)])]
+        blocks.append(nodes.Block(field, body, False, False))
+    return nodes.Template(blocks)
 
 
 def _personalise(
-    shared: Email, combined: Template, guest: Recipient, idempotency_key: str | None
+    shared: Email,
+    combined: Template,
+    guest: Recipient,
+    idempotency_key: str | None,
+    budget: Budget,
 ) -> Email:
     fields: dict[str, Any] = {"to": guest.to, "idempotency_key": idempotency_key}
     errors: list[FieldError] = []
     context = combined.new_context(guest.variables)
+    budget.next_guest()
     for name, block in combined.blocks.items():  # the templated fields, and no other
         try:
-            fields[name] = "".join(block(context))
+            fields[name] = render_field(block, context, budget)
         except Exception as error:
             # e.g. a variable this guest does not have, or {{ a + b }} with text and a number
             errors.append(FieldError(name, f"template error: {type(error).__name__}: {error}"))

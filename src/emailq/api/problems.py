@@ -52,11 +52,19 @@ def problem_response(
         "type": f"https://emailq.dev/problems/{title.lower().replace(' ', '-')}",
         "title": title,
         "status": status,
-        "detail": detail,
+        "detail": _encodable(detail),
     }
     if errors:
-        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+        body["errors"] = [
+            {"field": _encodable(e.field), "message": _encodable(e.message)} for e in errors
+        ]
     return JSONResponse(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)
+
+
+def _encodable(text: str) -> str:
+    # Why: a field named by a JSON key may hold an unpaired surrogate (JSON "\ud800"), which
+    # the UTF-8 response body cannot; the error would otherwise become a 500.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def install(app: FastAPI) -> None:

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from emailq.api import auth
 from emailq.api.batch import BatchRequest, parse_batch
+from emailq.api.nesting import body_nested_deeper, too_deep_error
 from emailq.api.problems import Problem
 from emailq.broker import MessageInfo, NewMessage, State
 from emailq.errors import FieldError, InvalidEmail
@@ -34,10 +35,14 @@ ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"description": "Queued"}}
 def _json_object(body: bytes, where: str = "") -> dict[str, Any]:
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise InvalidEmail([too_deep_error(where)]) from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidEmail([FieldError(where, "the body is not valid JSON")]) from None
     if not isinstance(data, dict):
         raise InvalidEmail([FieldError(where, "expected a JSON object")])
+    if body_nested_deeper(body, data):
+        raise InvalidEmail([too_deep_error(where)])
     return data
 
 

@@ -437,9 +437,7 @@ def _custom_headers(parsed: Message) -> dict[str, str]:
 def _add_contents(result: ResendEmail, parsed: Message) -> None:
     """The first text/plain and text/html bodies; every other leaf part is an attachment."""
     attachments: list[ResendAttachment] = []
-    for part in parsed.walk():
-        if part.is_multipart():
-            continue
+    for part in _leaves(parsed):
         kind = part.get_content_type()
         if kind == "text/plain" and "text" not in result and _is_body(part):
             result["text"] = _text(part)
@@ -449,6 +447,17 @@ def _add_contents(result: ResendEmail, parsed: Message) -> None:
             attachments.append(_attachment(part))
     if attachments:
         result["attachments"] = attachments
+
+
+def _leaves(message: Message, top: bool = True) -> Iterator[Message]:
+    """The parts that are not made of parts. A message/* part is one: a forwarded email is
+    an attachment (message.walk() would go into it, and take its text for the body)."""
+    if message.is_multipart() and (top or message.get_content_maintype() != "message"):
+        for part in message.get_payload():
+            if isinstance(part, Message):
+                yield from _leaves(part, top=False)
+    else:
+        yield message
 
 
 def _is_body(part: Message) -> bool:
@@ -470,7 +479,12 @@ def _text(part: Message) -> str:
 
 def _payload(part: Message) -> bytes:
     payload = part.get_payload(decode=True)
-    return payload if isinstance(payload, bytes) else b""
+    if isinstance(payload, bytes):
+        return payload
+    held = part.get_payload()  # a message/* part: the message(s) it holds
+    if not isinstance(held, list):
+        return b""
+    return b"".join(message.as_bytes() for message in held if isinstance(message, Message))
 
 
 def _attachment(part: Message) -> ResendAttachment:
