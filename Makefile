@@ -21,11 +21,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks loadtest/src
+	$(BIN)/ruff format --check src tests benchmarks loadtest/src
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks loadtest/src
+	$(BIN)/ruff format --check src tests benchmarks loadtest/src
 	$(BIN)/mypy
 
 # The peers' packages (Celery) come with the bench extra; e2e.py builds arq's own venv.

@@ -567,7 +567,7 @@ async def test_issue11_5_templates_within_the_limits_render_as_before() -> None:
         " {{ 'ab' * 3 }} {{ 2 ** 10 }} {{ range(3)|sum }} {{ 'x'.ljust(3, '-') }}"
         "{% macro hi(n) %}Hi {{ n }}{% endmacro %} {{ hi('Ana') ~ '!' }}"
         " {{ 'a b'|replace(' ', '_') }}"
-    )  # fmt: skip
+    )
     items = [{"name": "wine", "price": 12.5}, {"name": "cake", "price": 30}]
     [email, _] = render_batch(text, items=items, names=["Ana", "Ben"])
     assert email.text == (

@@ -386,9 +386,7 @@ def test_requeue_dead_gives_fresh_attempts_and_a_fresh_expiry(
     assert broker.stats().count(State.DEAD) == 0
 
 
-def test_requeue_dead_picks_by_id_since_lane_and_tenant(
-    broker: Broker, clock: ManualClock
-) -> None:
+def test_requeue_dead_picks_by_id_since_lane_and_tenant(broker: Broker, clock: ManualClock) -> None:
     [early] = enqueue(broker, Lane.STANDARD, tenant="acme", max_attempts=1)
     [bulk] = enqueue(broker, Lane.BULK, tenant="acme", max_attempts=1)
     [other] = enqueue(broker, Lane.STANDARD, tenant="globex", max_attempts=1)

@@ -74,9 +74,10 @@ def test_health_reports_an_unreachable_provider(broker_url: str) -> None:
     with deployment_for(broker_url, provider={"url": closed}) as deployment:
         health = deployment.health()
     assert health.broker and not health.provider and not health.ready
-    with SmtpSink() as sink, deployment_for(
-        broker_url, provider={"url": f"smtp://127.0.0.1:{sink.port}"}
-    ) as deployment:
+    with (
+        SmtpSink() as sink,
+        deployment_for(broker_url, provider={"url": f"smtp://127.0.0.1:{sink.port}"}) as deployment,
+    ):
         assert deployment.health().ready
 
 

@@ -342,7 +342,7 @@ def test_a_throttled_sink_fails_the_verdict(tmp_path: Path) -> None:
         "0.05",
         "--drain-timeout",
         "1s",
-    )  # fmt: skip
+    )
     assert code == 1, output
     failed = {v["name"] for v in figures["slo"]["verdicts"] if not v["ok"]}
     assert {"sustained throughput at 6,000/min", "no loss", "success rate"} <= failed

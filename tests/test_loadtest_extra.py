@@ -14,7 +14,7 @@ import emailq
 
 # Wraps every finder on sys.meta_path (the path finder, any editable-install hook) so that
 # none of them finds emailq_loadtest; every other lookup goes to the finder as before.
-HIDE_LOADTEST = '''
+HIDE_LOADTEST = """
 import importlib.util
 import sys
 
@@ -37,21 +37,22 @@ class Hiding:
 
 sys.meta_path[:] = [Hiding(finder) for finder in sys.meta_path]
 assert importlib.util.find_spec("emailq_loadtest") is None
-'''
+"""
 
 
 def run_hidden(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", HIDE_LOADTEST + code],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
 def test_loadtest_without_the_extra_says_how_to_install_it() -> None:
     result = run_hidden(
-        "from emailq.cli import main\n"
-        "sys.argv = ['emailq', 'loadtest', '--no-live']\n"
-        "main()\n"
+        "from emailq.cli import main\nsys.argv = ['emailq', 'loadtest', '--no-live']\nmain()\n"
     )
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip() == (
@@ -79,8 +80,10 @@ def test_only_the_cli_imports_the_load_test_tool() -> None:
     for source in package.rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
             names = (
-                [alias.name for alias in node.names] if isinstance(node, ast.Import)
-                else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
                 else []
             )
             if any(name.partition(".")[0] == "emailq_loadtest" for name in names):

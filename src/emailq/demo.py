@@ -85,9 +85,7 @@ def submit(
     return len(queued)
 
 
-async def run_demo(
-    plan: DemoPlan, deployment: Deployment, console: Console
-) -> tuple[Table, str]:
+async def run_demo(plan: DemoPlan, deployment: Deployment, console: Console) -> tuple[Table, str]:
     ledger = Ledger()
     with SmtpSink() as sink:
         provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=4))

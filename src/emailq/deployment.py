@@ -243,6 +243,8 @@ def _parse(email: Email | Mapping[str, Any], index: int, key: str | None) -> Ema
         return parse_email(data)
     except InvalidEmail as error:
         raise InvalidEmail(
-            [FieldError(f"{index}.{e.field}" if e.field else str(index), e.message)
-             for e in error.errors]
+            [
+                FieldError(f"{index}.{e.field}" if e.field else str(index), e.message)
+                for e in error.errors
+            ]
         ) from None

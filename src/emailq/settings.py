@@ -325,8 +325,10 @@ def _leaves(layer: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
         section = Settings.model_fields.get(key) if not prefix else None
-        is_section = section is not None and isinstance(section.annotation, type) and issubclass(
-            section.annotation, _Section
+        is_section = (
+            section is not None
+            and isinstance(section.annotation, type)
+            and issubclass(section.annotation, _Section)
         )
         if is_section and isinstance(value, Mapping):
             yield from _leaves(value, f"{dotted}.")

@@ -183,8 +183,11 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         the provider answers; 503 naming what is wrong otherwise."""
         broker, provider = await asyncio.gather(ctx.broker_ready(), ctx.provider_ready())
         ok = broker is None and provider is None
-        body: dict[str, Any] = {"status": "ready" if ok else "not ready",
-                                "broker": broker is None, "provider": provider is None}
+        body: dict[str, Any] = {
+            "status": "ready" if ok else "not ready",
+            "broker": broker is None,
+            "provider": provider is None,
+        }
         if broker is not None:
             body["broker_problem"] = broker
         if provider is not None:

@@ -217,8 +217,14 @@ class SQLiteBroker(Broker):
         jobs.sort(key=lambda row: (rank[row[2]], row[8], row[0]))
         return [
             Job(
-                id=row[0], token=row[1], lane=Lane(row[2]), payload=row[3], attempts=row[4],
-                max_attempts=row[5] or None, enqueued_at=float(row[6]), tenant=row[7],
+                id=row[0],
+                token=row[1],
+                lane=Lane(row[2]),
+                payload=row[3],
+                attempts=row[4],
+                max_attempts=row[5] or None,
+                enqueued_at=float(row[6]),
+                tenant=row[7],
                 expires_at=math.inf if row[9] is None else float(row[9]),
             )
             for row in jobs
@@ -460,9 +466,16 @@ class SQLiteBroker(Broker):
         (message_id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,
          available_at, last_error, idempotency_key, expires_at) = rows[0]  # fmt: skip
         return MessageInfo(
-            id=message_id, state=State(state), lane=Lane(lane), tenant=tenant,
-            attempts=attempts, max_attempts=max_attempts or None, enqueued_at=enqueued_at,
-            updated_at=updated_at, available_at=available_at, last_error=last_error,
+            id=message_id,
+            state=State(state),
+            lane=Lane(lane),
+            tenant=tenant,
+            attempts=attempts,
+            max_attempts=max_attempts or None,
+            enqueued_at=enqueued_at,
+            updated_at=updated_at,
+            available_at=available_at,
+            last_error=last_error,
             idempotency_key=idempotency_key,
             expires_at=math.inf if expires_at is None else expires_at,
         )
