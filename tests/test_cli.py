@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -86,3 +87,20 @@ def test_demo_delivers_everything_critical_first() -> None:
     assert rows["critical"] == (10, 10)
     assert rows["wedding_day"] == (10, 10)
     assert "overtook" in result.output
+
+
+def test_send_takes_a_schedule_an_expiry_and_an_attempt_limit(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/q.db"
+    result = CliRunner().invoke(cli, [
+        "send", "--broker-url", url, "--from", "a@weddings.example", "--to", "b@example.org",
+        "--subject", "Rehearsal", "--text", "Friday 6 pm",
+        "--send-at", "2030-01-01T10:00:00+00:00", "--expires-at", "2030-01-02T10:00:00+00:00",
+        "--max-attempts", "3",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    message_id = result.output.split()[0]
+    with open_broker(url) as broker:
+        info = broker.get(message_id)
+    assert info is not None and info.state is State.SCHEDULED
+    assert info.max_attempts == 3
+    assert info.expires_at == datetime(2030, 1, 2, 10, tzinfo=UTC).timestamp()

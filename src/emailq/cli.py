@@ -247,6 +247,9 @@ def run(ctx: click.Context, /, **flags: Any) -> None:
 @click.option("--wedding-id")
 @click.option("--ceremony-at", help="ISO 8601 time with offset")
 @click.option("--idempotency-key")
+@click.option("--send-at", help="ISO 8601 time with offset: send no earlier")
+@click.option("--expires-at", help="ISO 8601 time with offset: give up after (not sent late)")
+@click.option("--max-attempts", type=int, help="give up after this many attempts")
 @click.pass_context
 def send(ctx: click.Context, /, path: str | None, **fields: Any) -> None:
     """Queue one email, from flags or a file; prints its id and lane."""

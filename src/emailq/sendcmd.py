@@ -16,7 +16,8 @@ def email_fields(path: str | None, flags: dict[str, Any]) -> dict[str, Any]:
     """The email as the API's JSON shape: the file's fields, overridden by any flags."""
     data: dict[str, Any] = from_file(Path(path)) if path else {}
     simple = {"sender": "from", "subject": "subject", "text": "text", "html": "html",
-              "idempotency_key": "idempotency_key"}  # fmt: skip
+              "idempotency_key": "idempotency_key", "send_at": "send_at",
+              "expires_at": "expires_at", "max_attempts": "max_attempts"}  # fmt: skip
     for flag, field in simple.items():
         if flags.get(flag):
             data[field] = flags[flag]
