@@ -584,3 +584,27 @@ async def test_issue11_7_fields_ending_in_a_tag_opener_are_not_a_500(api: Api) -
     assert (await api.post("/v1/emails/batch", body)).status_code == 202
     [first, _] = parse_batch(json.dumps(body).encode(), lambda template: None)
     assert (first.subject, first.text, first.html) == ("Hi {", "Hi Guest 0 ", "<p>Guest 0{")
+
+
+async def test_a_tenant_flooding_at_ten_times_its_rate_gets_429_within_a_few_seconds(
+    broker_url: str,
+) -> None:
+    # No burst configured: a tenant may submit about two seconds of its rate at once, not
+    # thousands, so a flood at 10x its rate is refused within about two seconds.
+    deployment = deployment_for(broker_url, api={"tenant_rate": 50})
+    _, secret = deployment.keys.create("acme")
+    headers = {"Authorization": f"Bearer {secret}"}
+    transport = httpx.ASGITransport(app=create_app(deployment))
+    started = time.monotonic()
+    refused_after: float | None = None
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        while refused_after is None and time.monotonic() - started < 10:
+            wave = await asyncio.gather(
+                *(client.post("/v1/emails", json=EMAIL, headers=headers) for _ in range(50))
+            )  # 50 every 0.1 s: 500/s, ten times the rate
+            if any(r.status_code == 429 for r in wave):
+                refused_after = time.monotonic() - started
+                assert all(r.headers["retry-after"] for r in wave if r.status_code == 429)
+            await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - started) % 0.1))
+    deployment.close()
+    assert refused_after is not None and refused_after < 3.0, refused_after

@@ -121,7 +121,17 @@ class ApiSection(_Section):
     tenant_rate: float | None = Field(
         None, gt=0, description="emails/s each tenant may submit (429 beyond); none: no limit"
     )
-    tenant_burst: float = Field(5000.0, gt=0, description="emails a tenant may submit at once")
+    tenant_burst: float | None = Field(
+        None, gt=0, description="emails a tenant may submit at once (default: 2 s of its rate)"
+    )
+
+    @property
+    def intake_burst(self) -> float:
+        """A flood is answered 429 within about 2 s, yet a guest list of a few seconds'
+        worth still passes whole."""
+        if self.tenant_burst is not None:
+            return self.tenant_burst
+        return max(1.0, 2.0 * (self.tenant_rate or 0.0))
     ready_timeout_s: float = Field(2.0, gt=0, description="/health/ready answers within this")
     check_provider: bool = Field(
         False, description="/health/ready also checks that the provider answers"

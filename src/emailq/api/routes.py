@@ -78,7 +78,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
 
     async def enqueue(key: ApiKey, emails: list[Email]) -> list[tuple[str, NewMessage]]:
         await auth.spend_tenant_budget(
-            ctx.limiter, key.tenant, ctx.settings.tenant_rate, ctx.settings.tenant_burst,
+            ctx.limiter, key.tenant, ctx.settings.tenant_rate, ctx.settings.intake_burst,
             len(emails),
         )  # fmt: skip
         now = datetime.now(UTC)
