@@ -132,6 +132,7 @@ class ApiSection(_Section):
         if self.tenant_burst is not None:
             return self.tenant_burst
         return max(1.0, 2.0 * (self.tenant_rate or 0.0))
+
     ready_timeout_s: float = Field(2.0, gt=0, description="/health/ready answers within this")
     check_provider: bool = Field(
         False, description="/health/ready also checks that the provider answers"
