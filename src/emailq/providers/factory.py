@@ -21,7 +21,7 @@ def open_provider(url: str, resend_api_key: str | None = None) -> Provider:
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     if parts.scheme in ("smtp", "smtps"):
-        from emailq.providers.smtp import SmtpProvider, SmtpSettings
+        from emailq.providers.smtp import DEFAULT_POOL, SmtpProvider, SmtpSettings
 
         implicit = parts.scheme == "smtps"
         starttls = query.get("starttls", "auto")
@@ -31,7 +31,7 @@ def open_provider(url: str, resend_api_key: str | None = None) -> Provider:
             SmtpSettings(
                 host=parts.hostname or "127.0.0.1",
                 port=parts.port or (465 if implicit else 25),
-                pool_size=int(query.get("pool", "8")),
+                pool_size=_positive_int(query.get("pool", str(DEFAULT_POOL)), "pool"),
                 timeout=float(query.get("timeout", "30")),
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
@@ -63,3 +63,9 @@ def open_provider(url: str, resend_api_key: str | None = None) -> Provider:
     raise ConfigurationError(
         f"unknown provider URL scheme {parts.scheme!r}: use smtp://, smtps://, file:// or resend://"
     )
+
+
+def _positive_int(text: str, name: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigurationError(f"?{name}= must be a whole number of at least 1: {text!r}")
+    return int(text)

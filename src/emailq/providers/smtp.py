@@ -26,13 +26,14 @@ from emailq.providers.base import (
 )
 
 log = logging.getLogger(__name__)
+DEFAULT_POOL = 8  # SMTP connections per provider (each worker process opens two providers)
 
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
     host: str = "127.0.0.1"
     port: int = 25
-    pool_size: int = 4
+    pool_size: int = DEFAULT_POOL  # connections; a URL's ?pool= sets it
     timeout: float = 30.0
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never in a repr or a log
