@@ -195,18 +195,6 @@ class SQLiteBroker(Broker):
         return message_id
 
     # -- workers ------------------------------------------------------------------------
-    def _anything_to_lease(self, at: float, lanes: frozenset[Lane]) -> bool:
-        """A read, without the write lock: idle workers polling for mail neither queue up
-        on the lock nor hold it (a worker stopped mid-write would block every other)."""
-        marks = ", ".join("?" * len(lanes))
-        [(found,)] = self._read(
-            "SELECT EXISTS (SELECT 1 FROM messages WHERE state = 'queued'"
-            f" AND lane IN ({marks})) OR EXISTS (SELECT 1 FROM messages"
-            " WHERE state IN ('scheduled', 'retrying') AND available_at <= ?)",
-            [*(lane.value for lane in lanes), at],
-        )
-        return bool(found)
-
     def _lease(
         self,
         worker: str,
@@ -217,8 +205,6 @@ class SQLiteBroker(Broker):
         request_id: str | None,  # a local file loses no replies: nothing to repeat
     ) -> list[Job]:
         at = _local(when)
-        if not self._anything_to_lease(at, lanes):
-            return []
         jobs: list[tuple[Any, ...]] = []
         with self._write(replayable=True) as db:
             self._promote(db, at, 1000)
