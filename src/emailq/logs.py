@@ -8,11 +8,19 @@ aiosmtplib's, a traceback that quotes a URL), so a secret cannot reach a log by 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 from emailq.settings import REDACTED, Settings
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# The local part of an address in free text (an SMTP reply, a provider's error message).
+_ADDRESS = re.compile(r"[^\s'\"<>()\[\],;:@]+@(?=[^\s'\"<>()\[\],;:@])")
+
+
+def mask_addresses(text: str) -> str:
+    """``guest@example.org`` → ``***@example.org``: enough to diagnose, not a person."""
+    return _ADDRESS.sub("***@", text)
 
 
 class RedactSecrets(logging.Filter):

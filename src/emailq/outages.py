@@ -18,15 +18,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from emailq.logs import mask_addresses
+
 log = logging.getLogger(__name__)
 
-_ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@([A-Za-z0-9.-]+)")
 _NUMBERS = re.compile(r"\d{4,}")  # counts, ids, ports; not SMTP codes such as 451 4.7.1
-
-
-def mask_addresses(text: str) -> str:
-    """``guest@example.org`` → ``***@example.org``: enough to diagnose, not a person."""
-    return _ADDRESS.sub(r"***@\1", text)
 
 
 class ProviderPause:

@@ -40,10 +40,11 @@ from dataclasses import dataclass
 from emailq.broker import Action, Broker, Job, Outcome
 from emailq.fence import LeaseFence
 from emailq.lanes import Lane
+from emailq.logs import mask_addresses
 from emailq.message import Email
 from emailq.metrics import DeliveryMetrics
 from emailq.mime import envelope, render
-from emailq.outages import ProviderPause, TransientTally, mask_addresses
+from emailq.outages import ProviderPause, TransientTally
 from emailq.providers import (
     Accepted,
     Permanent,

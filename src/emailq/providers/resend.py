@@ -39,6 +39,7 @@ from typing import Any, NotRequired, TypedDict
 import httpx
 
 from emailq.clock import Clock, now
+from emailq.logs import mask_addresses
 from emailq.providers.base import (
     Accepted,
     Permanent,
@@ -57,7 +58,6 @@ MAX_KEY_LENGTH = 256  # Resend's limit on an Idempotency-Key
 _OWN_HEADERS = frozenset(
     {"from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "mime-version"}
 )
-_ADDRESS = re.compile(r"[^\s'\"<>()\[\],;:@]+@(?=[^\s'\"<>()\[\],;:@])")
 _MAX_REASON = 300
 # Resend's 429s for a spent daily or monthly email quota; a retry waits at least this long.
 _QUOTAS = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})
@@ -384,7 +384,7 @@ class ResendProvider(Provider):
         """A reason fit for logs: no API key, no full address, bounded length."""
         if self.settings.api_key:
             text = text.replace(self.settings.api_key, "[api key]")
-        text = _ADDRESS.sub("***@", text)
+        text = mask_addresses(text)
         return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
 
 
