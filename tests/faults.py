@@ -4,8 +4,11 @@ helpers to fill a queue and count what arrived."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -48,6 +51,27 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def pause_between_writes(pid: int, broker_url: str) -> None:
+    """SIGSTOP ``pid``. On SQLite, at a moment it holds no write transaction: a process
+    stopped inside one stalls every process of the file until it resumes (SQLite has one
+    writer at a time; see the README), which would hide what a test means to show."""
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        if not broker_url.startswith("sqlite:"):
+            return
+        probe = sqlite3.connect(broker_url.removeprefix("sqlite:///"), timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # locked: let it finish and try again
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            probe.close()
+    raise AssertionError("the process held the SQLite write lock at every try")
 
 
 class Greylisting(SinkHandler):

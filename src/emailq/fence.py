@@ -44,6 +44,10 @@ class LeaseFence:
         for message_id in ids:
             self._deadline.pop(message_id, None)
 
+    def holds(self, message_id: str) -> bool:
+        """Whether the lease is ours to renew: granted, and neither lost nor settled."""
+        return self._deadline.get(message_id, NEVER) != NEVER
+
     def may_send(self, message_id: str) -> bool:
         if self.closed:
             return False

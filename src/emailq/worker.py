@@ -319,21 +319,29 @@ class Worker:
         return None
 
     async def _heartbeat(self, jobs: Sequence[Job]) -> None:
-        while True:
+        """Renew the batch's leases until it is done; a lease found lost is fenced off
+        (never sent) and renewed no more."""
+        held = list(jobs)
+        while held:
             await asyncio.sleep(self.settings.heartbeat_s)
+            held = [job for job in held if self.fence.holds(job.id)]  # not settled or lost
+            if not held:
+                return
             asked_at = time.monotonic()
             try:
                 kept = set(
-                    await asyncio.to_thread(self.broker.heartbeat, jobs, self.settings.lease_s)
+                    await asyncio.to_thread(self.broker.heartbeat, held, self.settings.lease_s)
                 )
             except Exception:
                 log.exception("heartbeat failed; the lease may run out")
                 continue
-            self.fence.hold(kept, asked_at)
-            lost = [job.id for job in jobs if job.id not in kept]
+            # Settled while the call was under way: nothing left to hold.
+            self.fence.hold([i for i in kept if self.fence.holds(i)], asked_at)
+            lost = [job.id for job in held if job.id not in kept and self.fence.holds(job.id)]
             if lost:
                 self.fence.lose(lost)
                 log.warning("lost the lease of %d messages; they will not be sent", len(lost))
+                held = [job for job in held if job.id in kept]
 
     async def _pass_limits(
         self, ready: list[tuple[Job, Rendered]]
@@ -404,6 +412,7 @@ class Worker:
         return Outcome(job, Action.RETRY, delay=delay, error=reason)
 
     def _make_room(self, outcomes: Sequence[Outcome]) -> None:
+        self.fence.forget(outcome.job.id for outcome in outcomes)  # no lease left to renew
         for outcome in outcomes:
             route = self.unsettled.pop(outcome.job.id, None)
             if route is not None:

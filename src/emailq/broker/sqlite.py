@@ -190,6 +190,8 @@ class SQLiteBroker(Broker):
         request_id: str | None,  # a local file loses no replies: nothing to repeat
     ) -> list[Job]:
         at = _local(when)
+        if not self._work_waits(at, lanes):
+            return []  # no write lock for an empty poll: an idle worker holds it never
         jobs: list[tuple[Any, ...]] = []
         with self._write() as db:
             self._promote(db, at, 1000)
@@ -230,6 +232,20 @@ class SQLiteBroker(Broker):
             for row in jobs
             if row[10] == State.LEASED
         ]
+
+    def _work_waits(self, at: float, lanes: frozenset[Lane]) -> bool:
+        """Whether a lease could find anything: mail queued in these lanes, or any due to be
+        promoted. Read without the write lock (a snapshot; a race only costs one poll)."""
+        wanted = [lane.value for lane in lanes]
+        return bool(
+            self._read(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE state = 'queued'"
+                f" AND lane IN ({', '.join('?' * len(wanted))}))"
+                " OR EXISTS (SELECT 1 FROM messages WHERE state IN ('scheduled', 'retrying')"
+                " AND available_at <= ?)",
+                (*wanted, at),
+            )[0][0]
+        )
 
     @staticmethod
     def _take(
