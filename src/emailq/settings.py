@@ -143,6 +143,38 @@ class ApiSection(_Section):
     key: SecretStr | None = Field(None, description="the API key used with api.url")
 
 
+class MonitorSection(_Section):
+    enabled: bool = Field(
+        True,
+        description="`emailq run` and `emailq serve` also run the monitor (one writer per queue)",
+    )
+    interval_s: float = Field(
+        15.0, ge=0.1, description="seconds between history snapshots and alert evaluations"
+    )
+    publish_s: float = Field(
+        5.0, ge=0, description="seconds between a worker's samples to the broker; 0: none"
+    )
+    retention_s: float = Field(
+        86400.0, gt=0, description="seconds of monitor history kept in the broker"
+    )
+    rules_file: Path | None = Field(
+        None, description="TOML alert rules, merged over the defaults by name"
+    )
+    operator_tenant: str = Field(
+        "operator", min_length=1, description="API keys of this tenant see every tenant's numbers"
+    )
+    slack_url: SecretStr | None = Field(None, description="Slack incoming webhook for alerts")
+    webhook_url: str | None = Field(None, description="JSON webhook for alerts (HMAC-signed)")
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key signing the webhook's body and timestamp"
+    )
+    email_to: str | None = Field(None, description="operator address alert emails go to")
+    email_from: str = Field("emailq-monitor@localhost", description="sender of alert emails")
+    email_smtp_url: str | None = Field(
+        None, description="SMTP server for alert emails, smtp://host:port (never the queue)"
+    )
+
+
 class Settings(BaseSettings):
     """The effective settings. Build with :meth:`load` (all sources) or directly (defaults
     and the arguments given: nothing is read from the environment)."""
@@ -167,6 +199,7 @@ class Settings(BaseSettings):
     worker: WorkerSection = WorkerSection()
     limits: LimitSettings = LimitSettings()
     api: ApiSection = ApiSection()
+    monitor: MonitorSection = MonitorSection()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -230,7 +263,10 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret these settings hold (for scrubbing logs)."""
         found = [url_password(self.provider.url), url_password(self.broker.url)]
-        for secret in (self.provider.resend_api_key, self.api.key):
+        found.append(url_password(self.monitor.email_smtp_url or ""))
+        secrets = (self.provider.resend_api_key, self.api.key, self.monitor.slack_url,
+                   self.monitor.webhook_secret)  # fmt: skip
+        for secret in secrets:
             if secret is not None:
                 found.append(secret.get_secret_value())
         return [s for s in found if s]

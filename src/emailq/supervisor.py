@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 from emailq.deployment import Deployment
 from emailq.logs import configure_logging
 from emailq.metrics import DeliveryMetrics
+from emailq.monitor.publishing import start_publishing, stop_publishing, worker_recorder
 from emailq.settings import Settings, redact_url
 from emailq.worker import Worker
 
@@ -36,6 +37,7 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
         express = deployment.open_provider()
         rules = deployment.rate_rules()
         metrics = DeliveryMetrics()
+        recorder = worker_recorder(settings, provider.name)  # the monitor's samples
         port = settings.worker.metrics_port
         if port:
             start_http_server(port, "127.0.0.1", registry=metrics.registry)
@@ -49,12 +51,15 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
             rules=rules,
             express_provider=express,
             metrics=metrics,
+            on_settled=recorder.record if recorder else None,
         )
+        publisher = start_publishing(deployment, recorder, worker.name, stop)
         try:
             await worker.run(stop)
         finally:
             await provider.close()
             await express.close()
+            await stop_publishing(publisher)
 
 
 def worker_main(settings: Settings) -> None:

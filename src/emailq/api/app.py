@@ -10,11 +10,12 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from emailq.api import problems, routes
+from emailq.api import monitoring, problems, routes
 from emailq.api.grouping import EnqueueGroup
 from emailq.api.readiness import BoundedCheck
 from emailq.deployment import Deployment
 from emailq.metrics import IntakeMetrics
+from emailq.monitor.runner import MonitorThread
 from emailq.probes import provider_reachable
 from emailq.settings import ApiSection, Settings
 
@@ -63,7 +64,15 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
         if owned and context.deployment is None:  # started again after a shutdown
             context.deployment = Deployment.from_settings(opened.settings)
             context.group = EnqueueGroup(context.deployment.broker)
+        # `emailq serve` runs the monitor too (its own deployment; the broker's lease
+        # makes one writer of all the processes that run it).
+        monitor = None
+        if owned and opened.settings.monitor.enabled:
+            monitor = MonitorThread(Deployment.from_settings(opened.settings)).start()
         yield
+        if monitor is not None:
+            monitor.stop()
+        monitor_reader.close()
         if owned and context.deployment is not None:
             context.deployment.close()
             context.deployment = None  # type: ignore[assignment]
@@ -77,6 +86,7 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
     app.state.context = context
     problems.install(app)
     routes.install(app, context)
+    monitor_reader = monitoring.install(app, context)
     app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)
     return app
 
