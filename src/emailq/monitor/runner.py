@@ -152,12 +152,13 @@ class Monitor:
             wait = slot_of(self.clock(), self.interval_s) + self.interval_s - self.clock()
             stop.wait(max(0.01, wait + 0.01))
 
-    def close(self) -> None:
+    def close(self, notify_timeout_s: float = 5.0) -> None:
+        """Give up the lease; notices still being delivered get ``notify_timeout_s``."""
         try:
             self.store.release_lease(self.owner)
         except Exception:
             log.warning("could not release the monitor lease; it lapses by itself")
-        self.dispatcher.close()
+        self.dispatcher.close(notify_timeout_s)
         self.store.close()
 
 
