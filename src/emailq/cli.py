@@ -134,9 +134,16 @@ def demo(weddings: int, guests: int, vendors: int, broker_url: str | None) -> No
 @cli.command()
 @BROKER_URL
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--watch", is_flag=True, help="the monitor's live view: rates, percentiles, alerts")
 @click.pass_context
-def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+def status(ctx: click.Context, /, as_json: bool, watch: bool, **flags: Any) -> None:
     """Depth per lane and state, and how long the oldest ready message has waited."""
+    if watch:
+        from emailq.monitor.watch import watch as watch_live
+
+        with open_deployment(ctx, flags) as deployment:
+            watch_live(deployment, redact_url(deployment.settings.broker.url))
+        return
     with open_deployment(ctx, flags) as deployment:
         stats = deployment.status()
         where = redact_url(deployment.settings.broker.url)
@@ -203,15 +210,26 @@ def worker_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-def start_workers(ctx: click.Context, default_processes: int, flags: dict[str, Any]) -> None:
+def start_workers(
+    ctx: click.Context, default_processes: int, flags: dict[str, Any], monitor: bool = False
+) -> None:
+    from emailq.monitor.runner import MonitorThread
     from emailq.supervisor import Supervisor, worker_main
 
     settings = load_settings(ctx, flags)
     processes = settings.worker.processes or default_processes
-    if processes == 1:
-        worker_main(settings)
-    else:
-        sys.exit(Supervisor(settings, processes).run())
+    # `emailq run` watches its own queue (the broker's lease keeps it to one writer).
+    watching = None
+    if monitor and settings.monitor.enabled:
+        watching = MonitorThread(Deployment.from_settings(settings)).start()
+    try:
+        if processes == 1:
+            worker_main(settings)
+        else:
+            sys.exit(Supervisor(settings, processes).run())
+    finally:
+        if watching is not None:
+            watching.stop()
 
 
 @cli.command()
@@ -224,8 +242,140 @@ def worker(ctx: click.Context, /, **flags: Any) -> None:
 @cli.command()
 @worker_options
 def run(ctx: click.Context, /, **flags: Any) -> None:
-    """The all-in-one process for one machine: a supervised pool of workers."""
-    start_workers(ctx, 2, flags)
+    """The all-in-one process for one machine: a supervised pool of workers, and the
+    monitor (unless monitor.enabled is false)."""
+    start_workers(ctx, 2, flags, monitor=True)
+
+
+@cli.command()
+@BROKER_URL
+@setting("--provider-url", help="health-checked by the monitor")
+@click.pass_context
+def monitor(ctx: click.Context, /, **flags: Any) -> None:
+    """Keep the queue's history and evaluate alert rules until SIGTERM or Ctrl-C (any
+    number may run: one writes at a time)."""
+    import signal
+    import threading
+
+    from emailq.logs import configure_logging
+    from emailq.monitor.runner import Monitor
+
+    settings = load_settings(ctx, flags)
+    configure_logging(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with Deployment.from_settings(settings) as deployment:
+        running = Monitor(deployment)
+        every = settings.monitor.interval_s
+        where = redact_url(settings.broker.url)
+        click.echo(f"monitoring {where} every {every:g} s ({len(running.rules)} alert rules)")
+        try:
+            running.run(stop)
+        finally:
+            running.close()
+
+
+@cli.group()
+def alerts() -> None:
+    """The monitor's alerts: list them, silence a rule."""
+
+
+@alerts.command("list")
+@BROKER_URL
+@click.pass_context
+def alerts_list(ctx: click.Context, /, **flags: Any) -> None:
+    """Pending and firing alerts, and the silences in force."""
+    from emailq.monitor.silences import silences
+    from emailq.monitor.snapshot import Snapshot
+    from emailq.monitor.store import open_store
+
+    with open_deployment(ctx, flags) as deployment:
+        store = open_store(deployment.broker)
+        at = deployment.clock()
+        recent = store.history(at - 3600, at)
+        active = Snapshot.from_json(recent[-1][1]).alerts if recent else []
+        silenced = silences(store, at)
+        store.close()
+    for alert in active:
+        click.echo(f"{alert['state']:<8} {alert['severity']:<8} {alert['rule']}: "
+                   f"{alert['summary']} (value {alert['value']})")  # fmt: skip
+    for rule, until in silenced.items():
+        click.echo(f"silenced {rule} until {datetime.fromtimestamp(until).isoformat()}")
+    if not active and not silenced:
+        click.echo("no alerts")
+
+
+@alerts.command("silence")
+@BROKER_URL
+@click.argument("rule")
+@click.option("--for", "duration", default="1h", show_default=True, help="e.g. 30m, 2h")
+@click.pass_context
+def alerts_silence(ctx: click.Context, /, rule: str, duration: str, **flags: Any) -> None:
+    """Hold back a rule's notices for a while (it is still evaluated and shown)."""
+    from emailq.monitor.rules import load_rules, parse_duration
+    from emailq.monitor.silences import silence
+    from emailq.monitor.store import open_store
+
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--for") from None
+    settings = load_settings(ctx, flags)
+    if rule not in {r.name for r in load_rules(settings.monitor.rules_file)}:
+        raise click.ClickException(f"no alert rule {rule}")
+    with Deployment.from_settings(settings) as deployment:
+        store = open_store(deployment.broker)
+        at = deployment.clock()
+        silence(store, rule, at + seconds, at)
+        store.close()
+    click.echo(f"silenced {rule} for {duration}")
+
+
+@alerts.command("unsilence")
+@BROKER_URL
+@click.argument("rule")
+@click.pass_context
+def alerts_unsilence(ctx: click.Context, /, rule: str, **flags: Any) -> None:
+    """End a rule's silence."""
+    from emailq.monitor.silences import unsilence
+    from emailq.monitor.store import open_store
+
+    with open_deployment(ctx, flags) as deployment:
+        store = open_store(deployment.broker)
+        found = unsilence(store, rule, deployment.clock())
+        store.close()
+    if not found:
+        raise click.ClickException(f"{rule} is not silenced")
+    click.echo(f"{rule} is no longer silenced")
+
+
+@cli.command()
+@BROKER_URL
+@click.option("--date", "day", required=True, help="the day (UTC), YYYY-MM-DD")
+@click.option("--wedding", help="only this wedding's mail in the per-wedding part")
+@click.option("--out", default=None, help="folder for report.html and report.json")
+@click.pass_context
+def report(ctx: click.Context, /, day: str, wedding: str | None, out: str | None,
+           **flags: Any) -> None:  # fmt: skip
+    """One day's volumes, latencies, failures and alerts per lane and per wedding."""
+    from datetime import date
+    from pathlib import Path
+
+    from emailq.monitor.report import build_report, write_report
+    from emailq.monitor.store import open_store
+
+    try:
+        parsed = date.fromisoformat(day)
+    except ValueError:
+        raise click.BadParameter("give YYYY-MM-DD", param_hint="--date") from None
+    with open_deployment(ctx, flags) as deployment:
+        store = open_store(deployment.broker)
+        body = build_report(store, parsed, wedding)
+        store.close()
+    folder = Path(out or f"emailq-report-{parsed.isoformat()}")
+    json_path, html_path = write_report(body, folder)
+    click.echo(f"{html_path} and {json_path} ({body['snapshots']} snapshots)")
 
 
 @cli.command()
