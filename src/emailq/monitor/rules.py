@@ -62,6 +62,8 @@ def parse_duration(value: object) -> float:
             raise ValueError("a duration cannot be negative")
         return float(value)
     text = str(value).strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):  # plain seconds, as a query string gives them
+        return float(text)
     match = _DURATION.fullmatch(text)
     if not text or match is None or not any(match.groups()):
         raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h")
