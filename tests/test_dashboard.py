@@ -115,8 +115,8 @@ def test_the_dashboard_shows_the_lanes_live_without_console_errors(
             wait.until(
                 lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#lanes tbody tr")) == 5
             )
-            lanes = [r.get_attribute("data-lane")
-                     for r in browser.find_elements(By.CSS_SELECTOR, "#lanes tbody tr")]  # fmt: skip
+            rows = browser.find_elements(By.CSS_SELECTOR, "#lanes tbody tr")
+            lanes = [row.get_attribute("data-lane") for row in rows]
             assert lanes == ["critical", "wedding_day", "pre_wedding", "standard", "bulk"]
             wait.until(lambda _: sent_per_minute() not in ("–", "0"))
             first = (sent_per_minute(), browser.find_element(By.ID, "updated").text)
