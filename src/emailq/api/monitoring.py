@@ -20,7 +20,7 @@ from emailq.api.problems import Problem
 from emailq.keys import ApiKey
 from emailq.monitor.fleet import FleetCollector
 from emailq.monitor.rules import load_rules, parse_duration
-from emailq.monitor.series import MAX_POINTS, HistoryCache, current, series
+from emailq.monitor.series import MAX_POINTS, HistoryCache, PointCache, current, series
 from emailq.monitor.silences import silence, silences, unsilence
 from emailq.monitor.store import MonitorStore, open_store
 
@@ -69,6 +69,7 @@ class MonitorReader:
         self.ctx = ctx
         self._store: MonitorStore | None = None
         self._cache: HistoryCache | None = None
+        self.points = PointCache()
 
     @property
     def store(self) -> MonitorStore:
@@ -110,7 +111,7 @@ class MonitorReader:
         body: dict[str, Any] = {
             "since": since, "until": until, "step": step, "tenant": tenant,
             "interval_s": settings.interval_s,
-            "points": series(snapshots, since, step, tenant),
+            "points": series(snapshots, step, tenant, self.points),
         }  # fmt: skip
         if tenant is None:
             body["current"] = current(snapshots, 3 * settings.publish_s)

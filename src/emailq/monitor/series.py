@@ -80,14 +80,39 @@ def _counts(tally: Tally) -> dict[str, int]:
             "deferred": tally.deferred}  # fmt: skip
 
 
+class PointCache:
+    """Points already computed: a step's group of snapshots only changes while it is the
+    latest, so a request recomputes at most that one."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._points: dict[tuple[str | None, float, int], tuple[float, int, dict[str, Any]]] = {}
+
+    def point(self, key: tuple[str | None, float, int], group: Sequence[Snapshot],
+              tenant: str | None) -> dict[str, Any]:  # fmt: skip
+        hit = self._points.get(key)
+        if hit is not None and hit[0] == group[-1].at and hit[1] == len(group):
+            return hit[2]
+        computed = _point(group, tenant)
+        if len(self._points) >= self.max_entries:
+            self._points.clear()
+        self._points[key] = (group[-1].at, len(group), computed)
+        return computed
+
+
 def series(
-    snapshots: Sequence[Snapshot], since: float, step: float, tenant: str | None = None
+    snapshots: Sequence[Snapshot],
+    step: float,
+    tenant: str | None = None,
+    cache: PointCache | None = None,
 ) -> list[dict[str, Any]]:
-    """One point per ``step`` from ``since`` that has snapshots."""
+    """One point per ``step`` (aligned on multiples of it) that has snapshots."""
     groups: dict[int, list[Snapshot]] = {}
     for snapshot in snapshots:
-        groups.setdefault(int((snapshot.at - since - 1e-9) // step), []).append(snapshot)
-    return [_point(groups[key], tenant) for key in sorted(groups)]
+        groups.setdefault(int((snapshot.at - 1e-9) // step), []).append(snapshot)
+    if cache is None:
+        return [_point(groups[key], tenant) for key in sorted(groups)]
+    return [cache.point((tenant, step, key), groups[key], tenant) for key in sorted(groups)]
 
 
 def current(snapshots: Sequence[Snapshot], stale_s: float) -> dict[str, Any]:

@@ -10,7 +10,7 @@ package: sixty lines, no protobuf dependency, and a compact JSON form for the br
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 RELATIVE_ACCURACY = 0.01
@@ -56,15 +56,23 @@ class LatencySketch:
 
     def quantile(self, q: float) -> float | None:
         """Nearest-rank quantile (``q`` in 0..1); None when empty."""
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: Sequence[float]) -> list[float | None]:
+        """Several nearest-rank quantiles (ascending ``qs``) in one pass over the buckets."""
         if not self.count:
-            return None
-        rank = max(1, math.ceil(q * self.count))
+            return [None] * len(qs)
+        ranks = [max(1, math.ceil(q * self.count)) for q in qs]
+        answers: list[float | None] = []
         seen = 0
         for index in sorted(self.buckets):
             seen += self.buckets[index]
-            if seen >= rank:
-                return bucket_value(index)
-        return bucket_value(max(self.buckets))  # not reached: counts add up to count
+            while len(answers) < len(ranks) and seen >= ranks[len(answers)]:
+                answers.append(bucket_value(index))
+            if len(answers) == len(ranks):
+                break
+        top = bucket_value(max(self.buckets))  # counts that do not add up: the largest
+        return answers + [top] * (len(ranks) - len(answers))
 
     def cumulative(self, bounds: Iterable[float]) -> list[int]:
         """How many values are at most each bound (Prometheus' ``le`` buckets); a bucket

@@ -26,8 +26,8 @@ def figures(tally: Tally, elapsed_s: float) -> dict[str, float | None]:
         "throughput_per_min": round(tally.sent * 60 / elapsed_s, 3) if elapsed_s > 0 else 0.0,
         "success_rate": round(tally.sent / tally.attempts, 5) if tally.attempts else None,
     }
-    for name, q in QUANTILES.items():
-        value = tally.latency.quantile(q)
+    values = tally.latency.quantiles(tuple(QUANTILES.values()))
+    for name, value in zip(QUANTILES, values, strict=True):
         out[name] = None if value is None else round(value, 6)
     return out
 

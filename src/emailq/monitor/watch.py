@@ -60,7 +60,7 @@ def snapshot_body(
     cache: HistoryCache, at: float, interval_s: float, stale_s: float
 ) -> dict[str, Any]:
     snapshots = cache.range(at - 120, at)
-    return {"points": series(snapshots, at - 60, 60), "current": current(snapshots, stale_s)}
+    return {"points": series(snapshots, 60), "current": current(snapshots, stale_s)}
 
 
 def watch(deployment: Deployment, where: str, refresh_s: float = 2.0) -> None:
