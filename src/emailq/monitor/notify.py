@@ -29,6 +29,9 @@ import httpx
 from emailq.monitor.alerts import Notice
 
 log = logging.getLogger(__name__)
+# httpx logs every request at INFO with its URL; a Slack webhook URL is a secret, and one
+# line per notice says nothing our own log lines do not.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 SIGNATURE_HEADER = "X-Emailq-Signature"
 TIMESTAMP_HEADER = "X-Emailq-Timestamp"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -218,11 +218,3 @@ def load_rules(path: Path | None) -> tuple[Rule, ...]:
             rule = rule_from_table(table, rules.get(str(table.get("name"))))
             rules[rule.name] = rule
     return tuple(rule for rule in rules.values() if rule.enabled)
-
-
-@dataclass
-class RuleSet:
-    rules: tuple[Rule, ...] = field(default_factory=lambda: DEFAULT_RULES)
-
-    def named(self, name: str) -> Rule | None:
-        return next((rule for rule in self.rules if rule.name == name), None)
