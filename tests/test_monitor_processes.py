@@ -21,6 +21,7 @@ from emailq.message import parse_email
 from emailq.monitor.runner import Monitor
 from emailq.monitor.sketch import bucket_bounds, bucket_of
 from emailq.monitor.snapshot import Snapshot
+from emailq.monitor.store import open_store
 from emailq.percentiles import percentile
 from emailq.sink import SmtpSink
 from monitoring import Receiver, monitored
@@ -202,3 +203,26 @@ def test_a_steady_run_near_the_threshold_notices_at_most_once(
         finally:
             stop_all(processes)
     assert len(notices(slack, "low_throughput")) <= 1, slack.bodies
+
+
+def test_emailq_run_monitors_its_own_queue(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/queue.db"
+    with open_broker(url) as broker, SmtpSink() as sink:
+        ids = fill(broker, 300)
+        environ = env(interval_s=0.5, publish_s=0.25)
+        run = start("run", "-n", "2", "--broker-url", url, "--provider-url",
+                    f"smtp://127.0.0.1:{sink.port}", environ=environ)  # fmt: skip
+        try:
+            with monitored(url) as deployment:
+                store = open_store(deployment.broker)
+
+                def delivered() -> int:
+                    snapshots = [Snapshot.from_json(b) for _, b in store.history(0, now() + 60)]
+                    workers = set().union(*(s.workers for s in snapshots)) if snapshots else set()
+                    sent = sum(s.lane_tally().sent for s in snapshots)
+                    return sent if len(workers) == 2 else 0
+
+                wait_until(lambda: delivered() == len(ids), 60, "the history to hold every email")
+                store.close()
+        finally:
+            stop_all([run])
