@@ -4,6 +4,7 @@ under load, and local receivers for the Slack and webhook notices."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -226,3 +227,27 @@ def test_emailq_run_monitors_its_own_queue(tmp_path: Path) -> None:
                 store.close()
         finally:
             stop_all([run])
+
+
+def test_two_monitor_processes_write_one_series(redis_url: str) -> None:
+    interval = 0.5
+    environ = env(interval_s=interval, publish_s=0.25)
+    monitors = [start("monitor", "--broker-url", redis_url, environ=environ) for _ in range(2)]
+    try:
+        with monitored(redis_url) as deployment:
+            store = open_store(deployment.broker)
+            wait_until(lambda: len(store.history(0, now() + 60)) >= 12, 30, "a few snapshots")
+            monitors[0].send_signal(signal.SIGKILL)  # whichever writes, the series goes on
+            count = len(store.history(0, now() + 60))
+            wait_until(lambda: len(store.history(0, now() + 60)) >= count + 12, 30, "more")
+            slots = [at for at, _ in store.history(0, now() + 60)]
+            store.close()
+    finally:
+        stop_all(monitors[1:])
+        monitors[0].wait(timeout=10)
+    assert len(slots) == len(set(slots))  # never two snapshots for one interval
+    steps = [round((b - a) / interval) for a, b in itertools.pairwise(slots)]
+    assert all(step >= 1 for step in steps)
+    # one series: every interval written but for the lease's lapse after the kill
+    assert sum(1 for step in steps if step > 1) <= 1
+    assert max(steps) <= 3 + 2  # the lease lasts three intervals, then a tick or two
