@@ -14,7 +14,6 @@ from typing import Any
 from emailq.broker import Stats
 from emailq.lanes import LANE_ORDER
 from emailq.monitor.recorder import Tally
-from emailq.monitor.sketch import LatencySketch
 
 QUANTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 LANE_NAMES = tuple(lane.value for lane in LANE_ORDER)
@@ -174,7 +173,3 @@ def _take_in(snapshot: Snapshot, sample: Mapping[str, Any]) -> None:
                 _add(snapshot.providers, provider, Tally.from_json(raw))
     for wedding, raw in sample.get("weddings", {}).items():
         _add(snapshot.weddings, wedding, Tally.from_json(raw))
-
-
-def merged_latency(tallies: Iterable[Tally]) -> LatencySketch:
-    return LatencySketch.merged(t.latency for t in tallies)
