@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from e2e import CRITICAL_N, REDIS_URL, Result, run_emailq
+from e2e import REDIS_URL, Result, run_emailq
 from emailq.broker import NewMessage, open_broker
 from emailq.clock import ManualClock
 from emailq.deployment import Deployment
@@ -68,7 +68,7 @@ def e2e(args: argparse.Namespace) -> None:
                 result: Result = run_emailq(args.backend, args, port, Path(tmp), env, extra)
             if result.error or result.drain is None:
                 sys.exit(f"{mode}: {result.error}")
-            rate = (args.n + CRITICAL_N) / result.drain.seconds * 60
+            rate = result.drain.per_minute
             drains[mode].append(rate)
             cpu[mode].append(result.cpu_per_1k)
             print(f"monitor {mode:<3}: {rate:>9,.0f} emails/min, {result.cpu_per_1k:.2f} CPU s/1k",

@@ -173,6 +173,7 @@ def test_sink_down_under_load_fires_once_and_resolves_once(redis_url: str, tmp_p
                 sink.stop()
     # Deliveries stop being counted within a publish interval and the next evaluation;
     # then `for`, then at most one evaluation interval.
+    print(f"low_throughput fired {fired_after:.1f} s after the sink stopped (for: {for_s:g} s)")
     assert fired_after <= publish_s + 2 * interval_s + for_s + interval_s + 1.0, fired_after
     assert notices(slack, "low_throughput") == ["firing", "resolved"]
     assert notices(hook, "low_throughput") == ["firing", "resolved"]
