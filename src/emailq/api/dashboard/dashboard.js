@@ -8,6 +8,7 @@
   const KEY = "emailq-api-key";
   const charts = {};
   let timer = null;
+  let laneChosen = false; // until someone picks a lane, latency shows the busiest one
 
   const $ = (id) => document.getElementById(id);
   const fmt = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
@@ -43,7 +44,7 @@
     charts.latency = chart("chart-latency", "latency", ["p50", "p95", "p99"], ["#2ca02c", "#ff7f0e", "#d62728"]);
     const select = $("latency-lane");
     LANES.forEach((lane) => select.add(new Option(lane, lane)));
-    select.addEventListener("change", () => refresh());
+    select.addEventListener("change", () => { laneChosen = true; refresh(); });
   }
 
   function column(points, lane, field) {
@@ -116,6 +117,11 @@
       $("board").hidden = false;
       setupCharts();
       $("scope").textContent = stats.tenant ? "tenant " + stats.tenant : "all tenants (operator)";
+      const latest = recent.points[recent.points.length - 1];
+      if (!laneChosen && latest) {
+        $("latency-lane").value = LANES.reduce((a, b) => ((latest.lanes[b] || {}).sent || 0) >
+          ((latest.lanes[a] || {}).sent || 0) ? b : a);
+      }
       drawCharts(recent.points.length > stats.points.length ? recent.points : stats.points);
       drawLanes(recent.points[recent.points.length - 1]);
       const alerts = stats.tenant ? null : await get("/v1/alerts");
