@@ -124,26 +124,18 @@ class _Route:
 class _Window:
     """Mail sent or on the wire but not yet settled, at most ``limit`` messages (the
     provider's connections): a killed worker then re-sends at most that many. A send
-    waits for room; settling makes room."""
+    waits for room (first come, first served); settling makes room for one each."""
 
     def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.used = 0
-        self._changed = asyncio.Event()
+        self._room = asyncio.Semaphore(limit) if limit else None
 
-    async def enter(self, give_up: Callable[[], bool]) -> bool:
-        while self.limit and self.used >= self.limit:
-            if give_up():
-                return False
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), 0.05)
-        self.used += 1
-        return True
+    async def enter(self) -> None:
+        if self._room is not None:
+            await self._room.acquire()
 
     def leave(self) -> None:
-        self.used -= 1
-        self._changed.set()
+        if self._room is not None:
+            self._room.release()
 
 
 class _BatchGate:
@@ -156,8 +148,7 @@ class _BatchGate:
 
     async def may_send(self, message_id: str) -> bool:
         route, worker = self.route, self.worker
-        if not await route.window.enter(give_up=lambda: worker.fence.closed):
-            return False
+        await route.window.enter()
         # Checked after any wait for room: the lease must still hold when the send starts.
         if route.pause.remaining == 0 and worker.fence.may_send(message_id):
             worker.unsettled[message_id] = route  # room given back once it is settled

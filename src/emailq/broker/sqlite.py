@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -39,6 +40,7 @@ from emailq.lanes import LANE_ORDER, Lane
 from emailq.scheduling import allot
 
 _SYNC_MODES = ("off", "normal", "full", "extra")
+BUSY_TIMEOUT_S = 60.0  # how long a write waits for another process's to finish
 MIN_FREE_BYTES = 1024 * 1024  # less free space than this where the file lives: "disk full"
 _CHUNK = 400  # rows per multi-row statement; stays far below SQLite's variable limit
 _JOB_COLUMNS = (
@@ -69,17 +71,17 @@ class SQLiteBroker(Broker):
         if synchronous not in _SYNC_MODES:
             raise ConfigurationError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
         self.path = str(path)
-        self._synchronous = synchronous
+        self._synchronous = self._synchronous_now = synchronous
         self._lock = threading.Lock()  # one connection, shared by the threads of a process
         self._refused: str | None = None  # why the last write failed for want of room
         with self._backend_errors():
             self._db = sqlite3.connect(
-                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a 202 means the message survives power loss; NORMAL trades that for speed.
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.execute("PRAGMA busy_timeout=60000")
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000:.0f}")
             schema = resources.files("emailq.broker").joinpath("sqlite_schema.sql").read_text()
             with self._lock:  # executescript manages its own transaction
                 self._migrate_columns()
@@ -123,16 +125,38 @@ class SQLiteBroker(Broker):
         settling as mail goes out commits often. Intake keeps the configured durability."""
         with self._lock:
             relaxed = replayable and self._synchronous in ("full", "extra")
-            if relaxed:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                yield from self._transaction()
-            finally:
-                if relaxed:
-                    self._db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            self._use_synchronous("normal" if relaxed else self._synchronous)
+            yield from self._transaction()
+
+    def _use_synchronous(self, mode: str) -> None:
+        if mode != self._synchronous_now:  # a worker's writes are all replayable: set once
+            self._db.execute(f"PRAGMA synchronous={mode.upper()}")
+            self._synchronous_now = mode
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, waiting for the write lock in short naps. SQLite's own busy
+        handler sleeps a whole millisecond at first, then longer: with worker processes
+        committing thousands of settles a second between them, those sleeps, not the
+        writes, would set the pace."""
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            nap, give_up_at = 50e-6, time.monotonic() + BUSY_TIMEOUT_S
+            while True:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as error:
+                    if error.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                        raise
+                    if time.monotonic() > give_up_at:
+                        raise
+                time.sleep(nap)
+                nap = min(nap * 2, 1e-3)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000:.0f}")
 
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield self._db
             self._db.execute("COMMIT")
