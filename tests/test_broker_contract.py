@@ -216,6 +216,34 @@ def test_settle_applies_a_mixed_batch(broker: Broker, clock: ManualClock) -> Non
     assert broker.settle([Outcome(sent, Action.COMPLETE)]) == []  # settling twice is harmless
 
 
+def test_a_partial_delivery_retries_only_the_recipients_left(
+    broker: Broker, clock: ManualClock
+) -> None:
+    (message_id,) = enqueue(broker, n=1)
+    (job,) = broker.lease("w", 1, 30)
+    assert job.recipients is None  # every recipient, the first time
+    left = ("later@b.example", "busy@c.example")
+    retried = Outcome(job, Action.RETRY, delay=60, error="451 for now", recipients=left)
+    assert broker.settle([retried]) == [message_id]
+    clock.advance(61)
+    (again,) = broker.lease("w", 1, 30)
+    assert again.recipients == left
+    # A retry that says nothing of recipients keeps those left.
+    broker.settle([Outcome(again, Action.RETRY, delay=60, error="451 again")])
+    clock.advance(61)
+    (third,) = broker.lease("w", 1, 30)
+    assert third.recipients == left
+
+
+def test_a_completion_keeps_its_note_of_recipients_refused_for_good(broker: Broker) -> None:
+    enqueue(broker, n=2)
+    first, second = broker.lease("w", 2, 30)
+    note = "refused by 1 recipients: g***@b.example: 550 no such user"
+    broker.settle([Outcome(first, Action.COMPLETE), Outcome(second, Action.COMPLETE, error=note)])
+    infos = [broker.get(job.id) for job in (first, second)]
+    assert [(i.state, i.last_error) for i in infos if i] == [(State.SENT, None), (State.SENT, note)]
+
+
 def test_release_returns_mail_unsent_without_spending_an_attempt(broker: Broker) -> None:
     first, second = enqueue(broker, n=2)
     jobs = broker.lease("stopping-worker", 2, 30)

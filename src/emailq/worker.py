@@ -103,6 +103,8 @@ def retry_delay(attempt: int, settings: WorkerSettings, hint: float | None = Non
 def render_job(job: Job, domain: str) -> Rendered:
     email = Email.from_payload(job.payload)
     mail_from, recipients = envelope(email)
+    if job.recipients is not None:  # the rest took it on an earlier attempt
+        recipients = [r for r in recipients if r in job.recipients]
     data = render(email, message_id=job.id, domain=domain)
     tags = tuple(email.tags.items())
     return Rendered(job.id, mail_from, tuple(recipients), data, email.idempotency_key, tags)
@@ -386,7 +388,7 @@ class Worker:
     def outcome(self, job: Job, result: SendResult, route: _Route | None = None) -> Outcome:
         route = route or self.route
         if isinstance(result, Accepted):
-            return Outcome(job, Action.COMPLETE)
+            return Outcome(job, Action.COMPLETE, error=mask_addresses(result.refused) or None)
         if isinstance(result, Permanent):
             return Outcome(job, Action.BURY, error=mask_addresses(result.reason))
         if isinstance(result, Withheld):
@@ -400,7 +402,7 @@ class Worker:
             return Outcome(job, Action.BURY, error=f"gave up after {job.attempts} attempts"
                            f" that failed in emailq itself: {reason}")  # fmt: skip
         delay = retry_delay(job.attempts, self.settings, result.retry_after)
-        return Outcome(job, Action.RETRY, delay=delay, error=reason)
+        return Outcome(job, Action.RETRY, delay=delay, error=reason, recipients=result.recipients)
 
     def _make_room(self, outcomes: Sequence[Outcome]) -> None:
         self.fence.forget(outcome.job.id for outcome in outcomes)  # no lease left to renew

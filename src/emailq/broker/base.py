@@ -81,6 +81,8 @@ class Job:
     enqueued_at: float
     tenant: str
     expires_at: float = math.inf  # inf: stored before messages expired (emailq < 0.3)
+    # After a partial delivery, the envelope recipients still to be tried; None: all.
+    recipients: tuple[str, ...] | None = None
 
     @property
     def last_attempt(self) -> bool:
@@ -125,7 +127,9 @@ class Outcome:
     job: Job
     action: Action
     delay: float = 0.0
-    error: str | None = None
+    error: str | None = None  # for COMPLETE: a note kept with it (recipients refused for good)
+    # RETRY after a partial delivery: the only recipients its next attempt goes to.
+    recipients: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

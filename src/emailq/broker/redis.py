@@ -102,7 +102,7 @@ _INFO_FIELDS = (
     "state", "lane", "tenant", "attempts", "max_attempts", "enqueued_at", "updated_at",
     "available_at", "last_error", "idem", "expires_at",
 )  # fmt: skip
-_JOB_FIELDS = 9  # per leased message in lease.lua's reply
+_JOB_FIELDS = 10  # per leased message in lease.lua's reply
 
 
 class RedisBroker(Broker):
@@ -196,9 +196,9 @@ class RedisBroker(Broker):
         args: list[Any] = [_time(at), self._retention_ms(), *_LANE_NAMES]
         args += [len(by_action[action]) for action in _SETTLE_ORDER]
         for o in by_action[Action.COMPLETE]:
-            args += (o.job.id, o.job.token)
+            args += (o.job.id, o.job.token, o.error or "")
         for o in by_action[Action.RETRY]:
-            args += (o.job.id, o.job.token, o.delay, o.error or "")
+            args += (o.job.id, o.job.token, o.delay, o.error or "", " ".join(o.recipients or ()))
         for o in by_action[Action.BURY]:
             args += (o.job.id, o.job.token, o.error or "")
         for o in by_action[Action.RELEASE]:
@@ -360,7 +360,9 @@ class RedisBroker(Broker):
 
 
 def _job(fields: Sequence[Any]) -> Job:
-    message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, expires = fields
+    message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, expires, rcpt = (
+        fields
+    )
     return Job(
         id=message_id.decode(),
         token=token,
@@ -371,6 +373,7 @@ def _job(fields: Sequence[Any]) -> Job:
         enqueued_at=float(enqueued_at),
         tenant=tenant.decode(),
         expires_at=math.inf if expires is None else float(expires),
+        recipients=tuple(rcpt.decode().split()) if rcpt else None,
     )
 
 

@@ -45,13 +45,21 @@ MIN_FREE_BYTES = 1024 * 1024  # less free space than this where the file lives: 
 _CHUNK = 400  # rows per multi-row statement; stays far below SQLite's variable limit
 _JOB_COLUMNS = (
     "id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, available_at,"
-    " expires_at, state"
+    " expires_at, state, recipients"
 )
 _INFO_COLUMNS = (
     "id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,"
     " available_at, last_error, idempotency_key, expires_at"
 )
-_VALUE_NAMES = ("id", "token", "due", "error", "state", "attempts")  # _update_leased's v.*
+_VALUE_NAMES = (
+    "id",
+    "token",
+    "due",
+    "error",
+    "state",
+    "attempts",
+    "recipients",
+)  # _update_leased's v.*
 # A message past its expires_at (NULL: never) when a lease finds it.
 _EXPIRED = "expires_at <= :at"
 _EXPIRED_ERROR = (
@@ -98,6 +106,8 @@ class SQLiteBroker(Broker):
             if columns and "expires_at" not in columns:  # before 0.3 mail did not expire:
                 # its messages keep their max_attempts and never expire by age.
                 self._db.execute("ALTER TABLE messages ADD COLUMN expires_at REAL")
+            if columns and "recipients" not in columns:  # before 0.3: always every recipient
+                self._db.execute("ALTER TABLE messages ADD COLUMN recipients TEXT")
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
@@ -267,6 +277,7 @@ class SQLiteBroker(Broker):
                 enqueued_at=float(row[6]),
                 tenant=row[7],
                 expires_at=math.inf if row[9] is None else float(row[9]),
+                recipients=tuple(row[11].split()) if row[11] else None,
             )
             for row in jobs
             if row[10] == State.LEASED
@@ -327,8 +338,16 @@ class SQLiteBroker(Broker):
                 db,
                 "state = 'sent', owner = NULL, lease_expires = NULL, updated_at = ?",
                 (at,),
-                [(o.job.id, o.job.token) for o in by_action[Action.COMPLETE]],
+                [(o.job.id, o.job.token) for o in by_action[Action.COMPLETE] if not o.error],
             )
+            settled += self._update_leased(  # with a note: recipients refused for good
+                db,
+                "state = 'sent', last_error = v.error, owner = NULL, lease_expires = NULL,"
+                " updated_at = ?",
+                (at,),
+                [(o.job.id, o.job.token, at, o.error) for o in by_action[Action.COMPLETE]
+                 if o.error],
+            )  # fmt: skip
             settled += self._reschedule(db, by_action[Action.RETRY], at)
             settled += self._reschedule(db, by_action[Action.DEFER], at)
             settled += self._update_leased(
@@ -370,10 +389,12 @@ class SQLiteBroker(Broker):
             else:
                 then = after_retry(tried, due, at, o.error)
             state = State.DEAD if then.dead else State.RETRYING
-            rows.append((o.job.id, o.job.token, due, then.error, state.value, then.attempts))
+            left = " ".join(o.recipients) if o.recipients else None
+            rows.append((o.job.id, o.job.token, due, then.error, state.value, then.attempts, left))
         return self._update_leased(
             db,
             "state = v.state, attempts = v.attempts, available_at = v.due, last_error = v.error,"
+            " recipients = coalesce(v.recipients, messages.recipients),"
             " owner = NULL, lease_expires = NULL, updated_at = ?",
             (at,),
             rows,
@@ -405,7 +426,7 @@ class SQLiteBroker(Broker):
     ) -> list[str]:
         """Update the rows whose (id, token) still hold the lease; returns their ids.
 
-        ``rows`` are (id, token[, due, error[, state, attempts]]) and are visible to
+        ``rows`` are (id, token[, due, error[, state, attempts[, recipients]]]) and are visible to
         ``assignments`` as ``v.*``.
         """
         done: list[str] = []

@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS messages (
     available_at    REAL NOT NULL,                -- ready since (queued) or due at (scheduled, retrying)
     last_error      TEXT,
     idempotency_key TEXT,
-    expires_at      REAL                          -- given up on from then; NULL: never (< 0.3)
+    expires_at      REAL,                         -- given up on from then; NULL: never (< 0.3)
+    recipients      TEXT                          -- left after a partial delivery; NULL: all
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id)

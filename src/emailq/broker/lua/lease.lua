@@ -26,26 +26,27 @@
 -- ARGV[15]     the lanes this lease may take from, "1" or "0" per lane in lease order
 --              ("10000": an express loop that only takes critical mail)
 -- ARGV[16]     retention in ms (the Redis TTL of a message buried here)
--- Returns      9 per leased message, lane by lane, oldest first: id, token, lane, payload,
---              attempts, max_attempts (0: none), enqueued_at, tenant, expires_at (false: none)
+-- Returns      10 per leased message, lane by lane, oldest first: id, token, lane, payload,
+--              attempts, max_attempts (0: none), enqueued_at, tenant, expires_at (false: none),
+--              rcpt (the envelope recipients left after a partial delivery; false: all)
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 -- A repeated call: the jobs the first one handed out, as they are now, and nothing more.
 local function replay(handed)
   local jobs, payloads = {}, {}
   for id, token in string.gmatch(handed, '([^,:]+):(%d+)') do
     local f = redis.call('HMGET', KEYS[1] .. id, 'state', 'token', 'lane', 'attempts',
-      'max_attempts', 'enqueued_at', 'tenant', 'expires_at')
+      'max_attempts', 'enqueued_at', 'tenant', 'expires_at', 'rcpt')
     if f[1] == 'leased' and f[2] == token then
       local k = #jobs
       jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, tonumber(token), f[3], false
       jobs[k + 5], jobs[k + 6] = tonumber(f[4]), tonumber(f[5])
-      jobs[k + 7], jobs[k + 8], jobs[k + 9] = f[6], f[7], f[8] or false
+      jobs[k + 7], jobs[k + 8], jobs[k + 9], jobs[k + 10] = f[6], f[7], f[8] or false, f[9] or false
       payloads[#payloads + 1] = KEYS[2] .. id
     end
   end
   for j = 1, #payloads, 1000 do
     local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
-    for m = 1, #got do jobs[(j + m - 2) * 9 + 4] = got[m] end
+    for m = 1, #got do jobs[(j + m - 2) * 10 + 4] = got[m] end
   end
   return jobs
 end
@@ -137,7 +138,7 @@ for i = 1, 5 do
     local id = popped[j]
     local msg = KEYS[1] .. id
     local f = redis.call('HMGET', msg, 'state', 'attempts', 'max_attempts', 'token', 'enqueued_at',
-      'tenant', 'expires_at', 'last_error')
+      'tenant', 'expires_at', 'last_error', 'rcpt')
     if f[1] == 'queued' and f[7] and tonumber(f[7]) <= now_n then
       bury_expired(msg, id, lanes[i], f[8])
     elseif f[1] == 'queued' then
@@ -152,7 +153,7 @@ for i = 1, 5 do
       local k = #jobs
       jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, token, lanes[i], false
       jobs[k + 5], jobs[k + 6], jobs[k + 7], jobs[k + 8] = attempts, tonumber(f[3]), f[5], f[6]
-      jobs[k + 9] = f[7] or false
+      jobs[k + 9], jobs[k + 10] = f[7] or false, f[9] or false
     end
   end
   if leased > 0 then
@@ -165,14 +166,14 @@ for j = 1, #expiries, 1000 do  -- in chunks: unpack() has a limit
 end
 for j = 1, #payloads, 1000 do
   local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
-  for m = 1, #got do jobs[(j + m - 2) * 9 + 4] = got[m] end
+  for m = 1, #got do jobs[(j + m - 2) * 10 + 4] = got[m] end
 end
 for field, d in pairs(delta) do
   if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end
 end
 if #jobs > 0 then
   local record = {}
-  for j = 1, #jobs, 9 do record[#record + 1] = jobs[j] .. ':' .. jobs[j + 1] end
+  for j = 1, #jobs, 10 do record[#record + 1] = jobs[j] .. ':' .. jobs[j + 1] end
   redis.call('SET', KEYS[14], table.concat(record, ','), 'PX',
     math.ceil(tonumber(ARGV[2]) * 1000))
 end

@@ -15,9 +15,11 @@
 -- ARGV[2]      retention in ms (the Redis TTL of a finished message)
 -- ARGV[3..7]   lane names
 -- ARGV[8..12]  how many complete, retry, bury, release and defer outcomes follow, in order:
---              complete: id, token · retry: id, token, delay, error · bury: id, token, error
---              release: id, token · defer: id, token, delay, error
---              (a retry's or burial's error of "" leaves none; a deferral's keeps the last)
+--              complete: id, token, note · retry: id, token, delay, error, rcpt
+--              bury: id, token, error · release: id, token · defer: id, token, delay, error
+--              (a retry's or burial's error of "" leaves none; a deferral's keeps the last;
+--              a completion's note, if any, is kept as its last_error: recipients refused
+--              for good; a retry's rcpt, if any, are the only recipients of its next attempt)
 -- Returns      the ids settled.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local now = clock(ARGV[1])
@@ -69,7 +71,7 @@ end
 -- Retried at its due time, unless that is at or past its expires_at (false: none) or its
 -- explicit max_attempts (0: none) are spent: then it is buried, saying so.
 local function retry(i)
-  local id, due, err = ARGV[i], now_n + tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local id, due, err, rcpt = ARGV[i], now_n + tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   local msg, lane = held(id, ARGV[i + 1])
   if not msg then return end
   local f = redis.call('HMGET', msg, 'attempts', 'max_attempts', 'enqueued_at', 'expires_at')
@@ -78,6 +80,7 @@ local function retry(i)
     return bury(msg, id, lane, gave_up(attempts, now_n - tonumber(f[3]), err))
   end
   set_error(msg, err)
+  if rcpt ~= '' then redis.call('HSET', msg, 'rcpt', rcpt) end
   redis.call('HSET', msg, 'state', 'retrying', 'available_at', fmt(due), 'updated_at', now)
   redis.call('ZADD', KEYS[4], ms(due), id)
   move(lane, 'retrying')
@@ -125,16 +128,19 @@ end
 local i, sent = 13, {}
 for _ = 1, tonumber(ARGV[8]) do
   local msg, lane = held(ARGV[i], ARGV[i + 1])
-  if msg then sent[#sent + 1] = {msg, ARGV[i], lane} end
-  i = i + 2
+  if msg then sent[#sent + 1] = {msg, ARGV[i], lane, ARGV[i + 2]} end
+  i = i + 3
 end
 for j = 1, #sent, 1000 do  -- in chunks: unpack() has a limit
   local payloads = {}
   for m = j, math.min(j + 999, #sent) do payloads[#payloads + 1] = KEYS[2] .. sent[m][2] end
   redis.call('UNLINK', unpack(payloads))
 end
-for _, s in ipairs(sent) do finish(s[1], s[2], s[3], 'sent') end
-for section, step in ipairs({{retry, 4}, {bury_one, 3}, {release, 2}, {defer, 4}}) do
+for _, s in ipairs(sent) do
+  if s[4] ~= '' then redis.call('HSET', s[1], 'last_error', s[4]) end
+  finish(s[1], s[2], s[3], 'sent')
+end
+for section, step in ipairs({{retry, 5}, {bury_one, 3}, {release, 2}, {defer, 4}}) do
   for _ = 1, tonumber(ARGV[8 + section]) do
     step[1](i)
     i = i + step[2]
