@@ -115,8 +115,10 @@ class ApiSection(_Section):
     host: str = Field("127.0.0.1", description="address `emailq serve` listens on")
     port: int = Field(8025, ge=0, le=65535, description="port `emailq serve` listens on")
     workers: int = Field(1, ge=1, le=64, description="API server processes")
+    # 10 MB as Postfix counts it: a body over it is 413 before any of it is parsed, so the
+    # model's own 10 MiB message limit (422) is never the first to see an oversized body.
     max_body_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413"
+        10_000_000, ge=1024, description="request bodies larger than this get 413"
     )
     tenant_rate: float | None = Field(
         None, gt=0, description="emails/s each tenant may submit (429 beyond); none: no limit"
