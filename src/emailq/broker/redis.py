@@ -63,7 +63,13 @@ from emailq.broker.base import (
     Outcome,
     State,
 )
-from emailq.broker.redis_client import DEFAULT_PREFIX, Keys, connect, warn_unless_noeviction
+from emailq.broker.redis_client import (
+    DEFAULT_PREFIX,
+    Keys,
+    connect,
+    warn_if_evicting,
+    warn_unless_noeviction,
+)
 from emailq.clock import Clock
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable
 from emailq.ids import new_id
@@ -120,7 +126,10 @@ class RedisBroker(Broker):
         self._scripts: dict[str, Script] = {
             name: client.register_script(text) for name, text in _SCRIPTS.items()
         }
-        warn_unless_noeviction(client)
+        # Asked once, without the client's minute of retries: an API started while Redis is
+        # down opens its port at once and answers readiness (503, naming Redis). Unanswered
+        # now, the policy is read from the first readiness check that reaches Redis.
+        self._eviction_policy = warn_unless_noeviction(_AskOnce(self))
 
     @classmethod
     def from_url(
@@ -318,6 +327,9 @@ class RedisBroker(Broker):
             info = _info_fields(self._ask_once("INFO", "memory", "replication"))
         except redis.RedisError as error:
             return f"unreachable: {error}"
+        if self._eviction_policy is None and "maxmemory_policy" in info:
+            self._eviction_policy = info["maxmemory_policy"]
+            warn_if_evicting(self._eviction_policy)
         if info.get("role") == "slave":
             return "read-only: connected to a replica, not the master"
         limit = int(info.get("maxmemory", 0))
@@ -357,6 +369,19 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         self.client.close()
+
+
+class _AskOnce:
+    """``config_get`` by :meth:`RedisBroker._ask_once`: one try, no retry budget."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+
+    def config_get(self, name: str) -> dict[bytes, bytes]:
+        reply = self.broker._ask_once("CONFIG", "GET", name)
+        if isinstance(reply, dict):  # hiredis answers a map; the Python parser, pairs
+            return reply
+        return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
 def _job(fields: Sequence[Any]) -> Job:

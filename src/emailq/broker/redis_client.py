@@ -10,7 +10,7 @@ import logging
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import redis
@@ -92,7 +92,13 @@ class Keys:
         )
 
 
-def warn_unless_noeviction(client: redis.Redis) -> str | None:
+class ConfigReader(Protocol):
+    """What reads a Redis setting: a client, or a one-shot connection."""
+
+    def config_get(self, name: str) -> Any: ...
+
+
+def warn_unless_noeviction(client: ConfigReader) -> str | None:
     """Warn unless Redis refuses writes when full (``noeviction``) instead of evicting queued
     mail; returns the policy, or None when it cannot be read (CONFIG may be disabled)."""
     try:
@@ -102,13 +108,17 @@ def warn_unless_noeviction(client: redis.Redis) -> str | None:
         return None
     values = [_text(value) for value in reply.values()]
     policy = values[0] if values else None
+    warn_if_evicting(policy)
+    return policy
+
+
+def warn_if_evicting(policy: str | None) -> None:
     if policy != "noeviction":
         log.warning(
             "Redis maxmemory-policy is %s: a full Redis may evict queued mail; set it to"
             " noeviction",
             policy,
         )
-    return policy
 
 
 def _text(value: object) -> str:
