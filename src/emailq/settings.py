@@ -54,6 +54,11 @@ class BrokerSettings(_Section):
     retention_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="seconds sent, dead and cancelled records are kept"
     )
+    retain_sent_bodies: bool = Field(
+        False,
+        description="keep a sent email's body and recipients until its record is purged"
+        " (default: dropped when it is sent)",
+    )
     idempotency_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="seconds an idempotency key returns its first id"
     )

@@ -168,6 +168,9 @@ class BrokerOptions:
     # Refuse payloads that are not emails at enqueue instead of burying them at delivery.
     # A Deployment's broker checks; the raw contract (backends, tests) takes opaque bytes.
     check_payloads: bool = False
+    # Keep a sent message's payload (body, recipients) until its record is purged; by default
+    # it is dropped when the message is sent.
+    retain_sent_payloads: bool = False
 
     def __post_init__(self) -> None:
         missing = [lane.value for lane in LANE_ORDER if lane not in self.max_age]

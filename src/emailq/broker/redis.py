@@ -9,6 +9,7 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
                                  last_error, idem, owner (the last to lease it)
     {p}:p:<id>                   string: the payload, stored once, apart from the hash so that
                                  the hash stays small (listpack) and a sent one just drops it
+                                 (kept for the retention period with retain_sent_payloads)
     {p}:ready:<lane>             zset: ready since → id (ids are time-ordered: ties are FIFO)
     {p}:delayed                  zset: due → id, for scheduled and retrying messages
     {p}:leased                   zset: lease expiry → id
@@ -204,6 +205,7 @@ class RedisBroker(Broker):
             by_action[outcome.action].append(outcome)
         args: list[Any] = [_time(at), self._retention_ms(), *_LANE_NAMES]
         args += [len(by_action[action]) for action in _SETTLE_ORDER]
+        args.append("1" if self.options.retain_sent_payloads else "")
         for o in by_action[Action.COMPLETE]:
             args += (o.job.id, o.job.token)
         for o in by_action[Action.RETRY]:

@@ -283,10 +283,13 @@ class SQLiteBroker(Broker):
         for outcome in outcomes:
             by_action[outcome.action].append(outcome)
         settled: list[str] = []
+        # A sent email's body and recipients are not kept (unless asked): the record says
+        # what happened to it, and a leaked file then holds no mail that went out.
+        drop = "" if self.options.retain_sent_payloads else ", payload = X''"
         with self._write() as db:
             settled += self._update_leased(
                 db,
-                "state = 'sent', owner = NULL, lease_expires = NULL, updated_at = ?",
+                f"state = 'sent', owner = NULL, lease_expires = NULL, updated_at = ?{drop}",
                 (at,),
                 [(o.job.id, o.job.token) for o in by_action[Action.COMPLETE]],
             )

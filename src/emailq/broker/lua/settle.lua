@@ -18,6 +18,7 @@
 --              complete: id, token · retry: id, token, delay, error · bury: id, token, error
 --              release: id, token · defer: id, token, delay, error
 --              (a retry's or burial's error of "" leaves none; a deferral's keeps the last)
+-- ARGV[13]     "1": keep a sent message's payload for the retention period; "": drop it
 -- Returns      the ids settled.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local now = clock(ARGV[1])
@@ -32,6 +33,7 @@ local function move(lane, to)
   d[to] = (d[to] or 0) + 1
 end
 local settled, finished = {}, {}
+local keep_sent = ARGV[13] == '1'
 
 -- The message's hash and lane when this token still holds its lease, else nil.
 local function held(id, token)
@@ -42,14 +44,15 @@ local function held(id, token)
   return msg, f[3]
 end
 
--- Sent and dead messages are kept for the retention period (a sent one without its payload).
+-- Sent and dead messages are kept for the retention period (a sent one without its payload,
+-- unless ARGV[13] asks to keep it).
 local function finish(msg, id, lane, state)
   redis.call('HSET', msg, 'state', state, 'updated_at', now)
   redis.call('PEXPIRE', msg, ARGV[2])
-  if state ~= 'sent' then  -- a sent one's payload is gone already (see the end)
+  if state ~= 'sent' or keep_sent then  -- a sent one's payload is gone already (see the end)
     redis.call('PEXPIRE', KEYS[2] .. id, ARGV[2])
-    redis.call('ZADD', KEYS[7], now_ms, id)
   end
+  if state ~= 'sent' then redis.call('ZADD', KEYS[7], now_ms, id) end
   finished[#finished + 1] = now_ms
   finished[#finished + 1] = lane .. ':' .. state .. ':' .. id
   move(lane, state)
@@ -122,13 +125,13 @@ end
 -- What frees memory goes first: a Redis at maxmemory (this script may run there, flags
 -- allow-oom) gets room back before anything is written. The completed messages' payloads are
 -- dropped before any other change, and the leased index shrinks before the final one grows.
-local i, sent = 13, {}
+local i, sent = 14, {}
 for _ = 1, tonumber(ARGV[8]) do
   local msg, lane = held(ARGV[i], ARGV[i + 1])
   if msg then sent[#sent + 1] = {msg, ARGV[i], lane} end
   i = i + 2
 end
-for j = 1, #sent, 1000 do  -- in chunks: unpack() has a limit
+for j = 1, keep_sent and 0 or #sent, 1000 do  -- in chunks: unpack() has a limit
   local payloads = {}
   for m = j, math.min(j + 999, #sent) do payloads[#payloads + 1] = KEYS[2] .. sent[m][2] end
   redis.call('UNLINK', unpack(payloads))
