@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -139,6 +139,17 @@ class ApiSection(_Section):
         if self.tenant_burst is not None:
             return self.tenant_burst
         return max(1.0, 2.0 * (self.tenant_rate or 0.0))
+
+    from_domains: dict[str, frozenset[str]] = Field(
+        default={},
+        description="tenant → the only domains its From addresses may use (a TOML table, or"
+        ' JSON in the environment: {"acme": ["weddings.example"]}); tenants not named: any',
+    )
+
+    @field_validator("from_domains")
+    @classmethod
+    def _lowercase_domains(cls, value: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+        return {tenant: frozenset(d.lower() for d in domains) for tenant, domains in value.items()}
 
     ready_timeout_s: float = Field(2.0, gt=0, description="/health/ready answers within this")
     check_provider: bool = Field(

@@ -20,6 +20,7 @@ from emailq.api import auth
 from emailq.api.batch import BatchRequest, parse_batch
 from emailq.api.nesting import body_nested_deeper, too_deep_error
 from emailq.api.problems import Problem
+from emailq.api.senders import check_from_domains
 from emailq.broker import MessageInfo, NewMessage, State
 from emailq.errors import FieldError, InvalidEmail
 from emailq.intake import to_new_message
@@ -76,7 +77,10 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
     async def caller(request: Request) -> ApiKey:
         return await auth.authenticate(request, ctx.deployment.keys)
 
-    async def enqueue(key: ApiKey, emails: list[Email]) -> list[tuple[str, NewMessage]]:
+    async def enqueue(
+        key: ApiKey, emails: list[Email], from_field: str
+    ) -> list[tuple[str, NewMessage]]:
+        check_from_domains(emails, key.tenant, ctx.settings.from_domains, from_field)
         await auth.spend_tenant_budget(
             ctx.limiter, key.tenant, ctx.settings.tenant_rate, ctx.settings.intake_burst,
             len(emails),
@@ -97,7 +101,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         key = await caller(request)
         data = _json_object(await request.body())
         scope_to_key(data, key, request.headers.get("idempotency-key"))
-        [(message_id, message)] = await enqueue(key, [parse_email(data)])
+        [(message_id, message)] = await enqueue(key, [parse_email(data)], "from")
         ctx.metrics.request_seconds.labels("send").observe(time.perf_counter() - started)
         return JSONResponse(
             {"id": message_id, "lane": message.lane.value},
@@ -117,7 +121,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             parse_batch, body, lambda template: scope_to_key(template, key, None),
             request.headers.get("idempotency-key"),
         )  # fmt: skip
-        queued = await enqueue(key, emails)
+        queued = await enqueue(key, emails, "template.from")
         ctx.metrics.request_seconds.labels("batch").observe(time.perf_counter() - started)
         return JSONResponse(
             {"ids": [message_id for message_id, _ in queued], "count": len(queued)},
