@@ -340,9 +340,12 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._get(message_id)
 
-    def stats(self) -> Stats:
+    def stats(self, tenant: str | None = None) -> Stats:
+        """Counts per lane and state: every tenant's, or ``tenant``'s alone (read from
+        counters, not by counting its messages). The oldest age is the lane's, whoever's
+        message it is: how long that lane's mail waits."""
         with self._backend_errors():
-            counts, oldest, taken_at = self._stats(self._at())
+            counts, oldest, taken_at = self._stats(self._at(), tenant)
         lanes = {
             lane: LaneStats(
                 counts={s: counts.get((lane, s), 0) for s in State},
@@ -437,7 +440,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _stats(
-        self, at: float | None
+        self, at: float | None, tenant: str | None
     ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
         """Counts per (lane, state), per lane the time its oldest ready message became
         ready, and the time they were taken at."""

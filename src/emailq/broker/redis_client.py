@@ -68,6 +68,7 @@ class Keys:
     dead: str
     final: str
     counts: str
+    tenant_counts: str  # "tenant\x1flane:state" → n: a tenant's counts without a scan
     credit: str
     ready: tuple[str, ...]  # one per lane, in LANE_ORDER
 
@@ -87,6 +88,7 @@ class Keys:
             dead=f"{tag}:dead",
             final=f"{tag}:final",
             counts=f"{tag}:counts",
+            tenant_counts=f"{tag}:tcounts",
             credit=f"{tag}:credit",
             ready=tuple(f"{tag}:ready:{lane.value}" for lane in LANE_ORDER),
         )

@@ -500,15 +500,15 @@ class SQLiteBroker(Broker):
         )
 
     def _stats(
-        self, when: float | None
+        self, when: float | None, tenant: str | None
     ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
         at = _local(when)
-        counts = {
-            (Lane(lane), State(state)): n
-            for lane, state, n in self._read(
-                "SELECT lane, state, COUNT(*) FROM messages GROUP BY state, lane"
-            )
-        }
+        sql = "SELECT lane, state, COUNT(*) FROM messages GROUP BY state, lane"
+        params: tuple[str, ...] = ()
+        if tenant is not None:  # counted on the messages_tenant index: the tenant's rows only
+            sql = "SELECT lane, state, COUNT(*) FROM messages WHERE tenant = ? GROUP BY state, lane"
+            params = (tenant,)
+        counts = {(Lane(lane), State(state)): n for lane, state, n in self._read(sql, params)}
         oldest: dict[Lane, float] = {}
         for lane in LANE_ORDER:
             row = self._read(
