@@ -56,3 +56,42 @@ async def test_a_tenant_with_from_domains_may_send_from_those_only(
     # a tenant not named may send from any domain
     assert (await client.post("/v1/emails", json=spoofed, headers=other)).status_code == 202
     assert deployment.broker.stats().backlog == 2
+
+
+async def test_queues_show_the_callers_tenant_and_an_operator_sees_all(
+    deployment: Deployment, client: httpx.AsyncClient
+) -> None:
+    acme, other = bearer(deployment, "acme"), bearer(deployment, "other")
+    operator = bearer(deployment, "ops", operator=True)
+    for _ in range(3):
+        assert (await client.post("/v1/emails", json=EMAIL, headers=acme)).status_code == 202
+    assert (await client.post("/v1/emails", json=EMAIL, headers=other)).status_code == 202
+
+    async def queued(headers: dict[str, str]) -> int:
+        response = await client.get("/v1/queues", headers=headers)
+        assert response.status_code == 200
+        return sum(lane["depth"]["queued"] for lane in response.json().values())
+
+    assert (await queued(acme), await queued(other), await queued(operator)) == (3, 1, 4)
+
+
+@pytest.mark.parametrize(
+    ("host", "access", "open_to_all"),
+    [("127.0.0.1", "auto", True), ("::1", "auto", True), ("0.0.0.0", "auto", False),
+     ("10.0.0.5", "auto", False), ("0.0.0.0", "open", True), ("127.0.0.1", "operator", False)],
+)  # fmt: skip
+async def test_metrics_need_an_operator_key_when_the_api_listens_beyond_loopback(
+    broker_url: str, host: str, access: str, open_to_all: bool
+) -> None:
+    with deployment_for(broker_url, api={"host": host, "metrics_access": access}) as opened:
+        tenant, operator = bearer(opened, "acme"), bearer(opened, "ops", operator=True)
+        transport = httpx.ASGITransport(app=create_app(opened))
+        async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
+            anonymous = await client.get("/metrics")
+            as_tenant = await client.get("/metrics", headers=tenant)
+            as_operator = await client.get("/metrics", headers=operator)
+    assert as_operator.status_code == 200 and b"emailq_" in as_operator.content
+    if open_to_all:
+        assert (anonymous.status_code, as_tenant.status_code) == (200, 200)
+    else:
+        assert (anonymous.status_code, as_tenant.status_code) == (401, 403)

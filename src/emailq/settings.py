@@ -15,10 +15,11 @@ pydantic-settings reads the environment and the file; the layering is ours, so t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
@@ -151,6 +152,18 @@ class ApiSection(_Section):
     def _lowercase_domains(cls, value: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
         return {tenant: frozenset(d.lower() for d in domains) for tenant, domains in value.items()}
 
+    metrics_access: Literal["auto", "open", "operator"] = Field(
+        "auto",
+        description="who may read /metrics: open, operator (an operator API key), or auto:"
+        " open when the API listens on loopback only, operator otherwise",
+    )
+
+    @property
+    def metrics_need_key(self) -> bool:
+        if self.metrics_access == "auto":
+            return not _loopback(self.host)
+        return self.metrics_access == "operator"
+
     ready_timeout_s: float = Field(2.0, gt=0, description="/health/ready answers within this")
     check_provider: bool = Field(
         False, description="/health/ready also checks that the provider answers"
@@ -159,6 +172,15 @@ class ApiSection(_Section):
         None, description="a running API, for `emailq send` and `emailq loadtest --target`"
     )
     key: SecretStr | None = Field(None, description="the API key used with api.url")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 class Settings(BaseSettings):

@@ -165,9 +165,11 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
 
     @app.get("/v1/queues")
     async def queues(request: Request) -> JSONResponse:
-        """Depth per lane and state, and the oldest ready message's age."""
-        await caller(request)
-        stats = await run_in_threadpool(ctx.deployment.broker.stats)
+        """The caller's tenant's depth per lane and state (an operator key's: every tenant's),
+        and the age of each lane's oldest ready message."""
+        key = await caller(request)
+        tenant = None if key.operator else key.tenant
+        stats = await run_in_threadpool(ctx.deployment.broker.stats, tenant)
         return JSONResponse({
             lane.value: {
                 "depth": {state.value: n for state, n in lane_stats.counts.items()},
@@ -200,8 +202,13 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> Response:
-        """Prometheus text format."""
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format; off loopback (or with api.metrics_access = "operator"),
+        for operator keys only."""
+        if ctx.settings.metrics_need_key:
+            key = await caller(request)
+            if not key.operator:
+                raise Problem(403, "/metrics needs an operator API key")
         data = await run_in_threadpool(generate_latest, ctx.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
