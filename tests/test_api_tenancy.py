@@ -95,3 +95,22 @@ async def test_metrics_need_an_operator_key_when_the_api_listens_beyond_loopback
         assert (anonymous.status_code, as_tenant.status_code) == (200, 200)
     else:
         assert (anonymous.status_code, as_tenant.status_code) == (401, 403)
+
+
+async def test_a_flooding_tenant_is_refused_before_its_body_is_read_and_others_are_not(
+    broker_url: str,
+) -> None:
+    api = {"tenant_rates": {"flood": 1}, "tenant_burst": 2}
+    with deployment_for(broker_url, api=api) as opened:
+        flood, steady = bearer(opened, "flood"), bearer(opened, "steady")
+        transport = httpx.ASGITransport(app=create_app(opened))
+        async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
+            codes = [(await client.post("/v1/emails", json=EMAIL, headers=flood)).status_code
+                     for _ in range(3)]  # fmt: skip
+            # refused from memory: not even read, so a body that is not JSON is 429, not 422
+            garbage = await client.post("/v1/emails", content=b"{nope", headers=flood)
+            others = [(await client.post("/v1/emails", json=EMAIL, headers=steady)).status_code
+                      for _ in range(10)]  # fmt: skip
+    assert codes == [202, 202, 429]
+    assert garbage.status_code == 429 and int(garbage.headers["retry-after"]) >= 1
+    assert others == [202] * 10  # a tenant without a rate of its own has none

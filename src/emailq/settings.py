@@ -19,7 +19,7 @@ import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
@@ -133,13 +133,22 @@ class ApiSection(_Section):
         None, gt=0, description="emails a tenant may submit at once (default: 2 s of its rate)"
     )
 
-    @property
-    def intake_burst(self) -> float:
+    tenant_rates: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default={},
+        description="tenant → its own intake emails/s, instead of api.tenant_rate (a TOML"
+        ' table, or JSON in the environment: {"acme": 50})',
+    )
+
+    def burst_for(self, rate: float) -> float:
         """A flood is answered 429 within about 2 s, yet a guest list of a few seconds'
         worth still passes whole."""
         if self.tenant_burst is not None:
             return self.tenant_burst
-        return max(1.0, 2.0 * (self.tenant_rate or 0.0))
+        return max(1.0, 2.0 * rate)
+
+    @property
+    def intake_burst(self) -> float:
+        return self.burst_for(self.tenant_rate or 0.0)
 
     from_domains: dict[str, frozenset[str]] = Field(
         default={},

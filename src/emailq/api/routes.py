@@ -81,10 +81,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         key: ApiKey, emails: list[Email], from_field: str
     ) -> list[tuple[str, NewMessage]]:
         check_from_domains(emails, key.tenant, ctx.settings.from_domains, from_field)
-        await auth.spend_tenant_budget(
-            ctx.limiter, key.tenant, ctx.settings.tenant_rate, ctx.settings.intake_burst,
-            len(emails),
-        )  # fmt: skip
+        await ctx.budget.spend(key.tenant, len(emails))
         now = datetime.now(UTC)
         messages = [to_new_message(email, now, ctx.deployment.policy) for email in emails]
         ids = await ctx.group.enqueue(messages)
@@ -99,6 +96,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         return the first email's id."""
         started = time.perf_counter()
         key = await caller(request)
+        ctx.budget.refuse_if_flooding(key.tenant)  # before the body is read or parsed
         data = _json_object(await request.body())
         scope_to_key(data, key, request.headers.get("idempotency-key"))
         [(message_id, message)] = await enqueue(key, [parse_email(data)], "from")
@@ -116,6 +114,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         accepted whole or rejected whole with every error's index and field."""
         started = time.perf_counter()
         key = await caller(request)
+        ctx.budget.refuse_if_flooding(key.tenant)
         body = await request.body()
         emails = await run_in_threadpool(
             parse_batch, body, lambda template: scope_to_key(template, key, None),
