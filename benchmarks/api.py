@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/api.py [--broker-url URL] [--rates 250,500,1000,1500,2000]
                                        [--seconds 10] [--batches 40]
+    .venv/bin/python benchmarks/api.py --scenario flood [--flood-limit 50] [--seconds 10]
 
 1. Single-email POSTs at fixed arrival rates. Open loop: each request has a scheduled
    send time and its latency is measured from that time, so a stalled server shows up as
    latency instead of quietly lowering the offered rate (coordinated omission).
 2. 500-guest batch POSTs back to back on 4 connections: emails accepted per second, with
    one template for every batch and with a new template per batch.
+3. ``--scenario flood`` (benchmarks/flood.py): one tenant at ten times its intake rate,
+   another at a steady 200/s; the steady tenant's p99 with and without the flood.
 
 The load generator is plain asyncio over raw keep-alive sockets with pre-built requests,
 so it costs far less CPU than the server it measures; both share this machine's 2 cores.
@@ -212,7 +215,13 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--workers", type=int, default=1, help="emailq server processes")
     parser.add_argument("--peer", choices=["celery", "none"], default="celery")
+    parser.add_argument("--scenario", choices=["throughput", "flood"], default="throughput")
+    parser.add_argument("--flood-limit", type=float, default=50, help="the flooder's emails/s")
     args = parser.parse_args()
+    if args.scenario == "flood":
+        from flood import run_flood
+
+        return run_flood(args)
     figures = {"emailq": run_emailq(args)}
     if args.peer == "celery":
         if importlib.util.find_spec("celery") is None:

@@ -63,6 +63,7 @@ class Deployment:
             retention=settings.broker.retention_s,
             max_age={lane: getattr(settings.broker, f"max_age_{lane.value}_s") for lane in Lane},
             check_payloads=True,
+            retain_sent_payloads=settings.broker.retain_sent_bodies,
         )
         self.broker: Broker = open_broker(settings.broker.url, options, clock)
 

@@ -15,13 +15,14 @@ pydantic-settings reads the environment and the file; the layering is ours, so t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -53,6 +54,11 @@ class BrokerSettings(_Section):
     )
     retention_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="seconds sent, dead and cancelled records are kept"
+    )
+    retain_sent_bodies: bool = Field(
+        False,
+        description="keep a sent email's body and recipients until its record is purged"
+        " (default: dropped when it is sent)",
     )
     idempotency_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="seconds an idempotency key returns its first id"
@@ -115,8 +121,10 @@ class ApiSection(_Section):
     host: str = Field("127.0.0.1", description="address `emailq serve` listens on")
     port: int = Field(8025, ge=0, le=65535, description="port `emailq serve` listens on")
     workers: int = Field(1, ge=1, le=64, description="API server processes")
+    # 10 MB as Postfix counts it: a body over it is 413 before any of it is parsed, so the
+    # model's own 10 MiB message limit (422) is never the first to see an oversized body.
     max_body_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413"
+        10_000_000, ge=1024, description="request bodies larger than this get 413"
     )
     tenant_rate: float | None = Field(
         None, gt=0, description="emails/s each tenant may submit (429 beyond); none: no limit"
@@ -125,13 +133,45 @@ class ApiSection(_Section):
         None, gt=0, description="emails a tenant may submit at once (default: 2 s of its rate)"
     )
 
-    @property
-    def intake_burst(self) -> float:
+    tenant_rates: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default={},
+        description="tenant → its own intake emails/s, instead of api.tenant_rate (a TOML"
+        ' table, or JSON in the environment: {"acme": 50})',
+    )
+
+    def burst_for(self, rate: float) -> float:
         """A flood is answered 429 within about 2 s, yet a guest list of a few seconds'
         worth still passes whole."""
         if self.tenant_burst is not None:
             return self.tenant_burst
-        return max(1.0, 2.0 * (self.tenant_rate or 0.0))
+        return max(1.0, 2.0 * rate)
+
+    @property
+    def intake_burst(self) -> float:
+        return self.burst_for(self.tenant_rate or 0.0)
+
+    from_domains: dict[str, frozenset[str]] = Field(
+        default={},
+        description="tenant → the only domains its From addresses may use (a TOML table, or"
+        ' JSON in the environment: {"acme": ["weddings.example"]}); tenants not named: any',
+    )
+
+    @field_validator("from_domains")
+    @classmethod
+    def _lowercase_domains(cls, value: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+        return {tenant: frozenset(d.lower() for d in domains) for tenant, domains in value.items()}
+
+    metrics_access: Literal["auto", "open", "operator"] = Field(
+        "auto",
+        description="who may read /metrics: open, operator (an operator API key), or auto:"
+        " open when the API listens on loopback only, operator otherwise",
+    )
+
+    @property
+    def metrics_need_key(self) -> bool:
+        if self.metrics_access == "auto":
+            return not _loopback(self.host)
+        return self.metrics_access == "operator"
 
     ready_timeout_s: float = Field(2.0, gt=0, description="/health/ready answers within this")
     check_provider: bool = Field(
@@ -141,6 +181,15 @@ class ApiSection(_Section):
         None, description="a running API, for `emailq send` and `emailq loadtest --target`"
     )
     key: SecretStr | None = Field(None, description="the API key used with api.url")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 class Settings(BaseSettings):

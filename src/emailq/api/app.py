@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emailq.api import problems, routes
+from emailq.api.auth import TenantBudget
 from emailq.api.grouping import EnqueueGroup
 from emailq.api.readiness import BoundedCheck
 from emailq.deployment import Deployment
@@ -29,11 +29,7 @@ class ApiContext:
     broker_ready: BoundedCheck
     provider_ready: BoundedCheck
     group: EnqueueGroup
-
-    @property
-    def limiter(self) -> Any:
-        """The shared limiter when tenants have an intake rate; None otherwise."""
-        return self.deployment.limiter if self.settings.tenant_rate else None
+    budget: TenantBudget
 
 
 def create_app(deployment: Deployment | Settings) -> FastAPI:
@@ -56,6 +52,7 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
             api.ready_timeout_s,
         ),
         group=EnqueueGroup(opened.broker),
+        budget=TenantBudget(lambda: context.deployment.limiter, api),
     )
 
     @asynccontextmanager

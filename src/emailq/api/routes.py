@@ -19,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from emailq.api import auth
 from emailq.api.batch import BatchRequest, parse_batch
 from emailq.api.nesting import body_nested_deeper, too_deep_error
-from emailq.api.problems import Problem
+from emailq.api.problems import MEDIA_TYPE, TITLES, Problem
+from emailq.api.senders import check_from_domains
 from emailq.broker import MessageInfo, NewMessage, State
 from emailq.errors import FieldError, InvalidEmail
 from emailq.intake import to_new_message
@@ -29,7 +30,25 @@ from emailq.message import Email, parse_email
 if TYPE_CHECKING:
     from emailq.api.app import ApiContext
 
-ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"description": "Queued"}}
+
+def problems_of(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Each status a route may answer besides its success, as a problem document (documented,
+    so that a client or schemathesis finds no status the spec does not name)."""
+    schema = {"type": "object", "properties": {"title": {"type": "string"},
+              "status": {"type": "integer"}, "detail": {"type": "string"}}}  # fmt: skip
+    return {
+        status: {"description": TITLES[status], "content": {MEDIA_TYPE: {"schema": schema}}}
+        for status in statuses
+    }
+
+
+# Every route can answer 413 (the body cap) and 503 (the queue down or full); /v1 ones 401.
+_ANY = (413, 503)
+_V1 = (401, *_ANY)
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Queued"},
+    **problems_of(*_V1, 403, 422, 429),
+}
 
 
 def _json_object(body: bytes, where: str = "") -> dict[str, Any]:
@@ -76,11 +95,11 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
     async def caller(request: Request) -> ApiKey:
         return await auth.authenticate(request, ctx.deployment.keys)
 
-    async def enqueue(key: ApiKey, emails: list[Email]) -> list[tuple[str, NewMessage]]:
-        await auth.spend_tenant_budget(
-            ctx.limiter, key.tenant, ctx.settings.tenant_rate, ctx.settings.intake_burst,
-            len(emails),
-        )  # fmt: skip
+    async def enqueue(
+        key: ApiKey, emails: list[Email], from_field: str
+    ) -> list[tuple[str, NewMessage]]:
+        check_from_domains(emails, key.tenant, ctx.settings.from_domains, from_field)
+        await ctx.budget.spend(key.tenant, len(emails))
         now = datetime.now(UTC)
         messages = [to_new_message(email, now, ctx.deployment.policy) for email in emails]
         ids = await ctx.group.enqueue(messages)
@@ -95,9 +114,10 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         return the first email's id."""
         started = time.perf_counter()
         key = await caller(request)
+        ctx.budget.refuse_if_flooding(key.tenant)  # before the body is read or parsed
         data = _json_object(await request.body())
         scope_to_key(data, key, request.headers.get("idempotency-key"))
-        [(message_id, message)] = await enqueue(key, [parse_email(data)])
+        [(message_id, message)] = await enqueue(key, [parse_email(data)], "from")
         ctx.metrics.request_seconds.labels("send").observe(time.perf_counter() - started)
         return JSONResponse(
             {"id": message_id, "lane": message.lane.value},
@@ -112,12 +132,13 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         accepted whole or rejected whole with every error's index and field."""
         started = time.perf_counter()
         key = await caller(request)
+        ctx.budget.refuse_if_flooding(key.tenant)
         body = await request.body()
         emails = await run_in_threadpool(
             parse_batch, body, lambda template: scope_to_key(template, key, None),
             request.headers.get("idempotency-key"),
         )  # fmt: skip
-        queued = await enqueue(key, emails)
+        queued = await enqueue(key, emails, "template.from")
         ctx.metrics.request_seconds.labels("batch").observe(time.perf_counter() - started)
         return JSONResponse(
             {"ids": [message_id for message_id, _ in queued], "count": len(queued)},
@@ -131,12 +152,12 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(404, f"no email {message_id!r} for this tenant")
         return info
 
-    @app.get("/v1/emails/{message_id}")
+    @app.get("/v1/emails/{message_id}", responses=problems_of(*_V1, 404))
     async def get_email(request: Request, message_id: str) -> JSONResponse:
         """An email's state, lane, attempts, last error and timestamps."""
         return JSONResponse(info_body(await owned_info(request, message_id)))
 
-    @app.delete("/v1/emails/{message_id}")
+    @app.delete("/v1/emails/{message_id}", responses=problems_of(*_V1, 404, 409))
     async def cancel_email(request: Request, message_id: str) -> JSONResponse:
         """Cancel an email no worker has taken yet; 409 when it is being sent or done."""
         info = await owned_info(request, message_id)
@@ -146,7 +167,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(409, f"the email is {state} and can no longer be cancelled")
         return JSONResponse({"id": message_id, "state": "cancelled"})
 
-    @app.post("/v1/emails/{message_id}/requeue")
+    @app.post("/v1/emails/{message_id}/requeue", responses=problems_of(*_V1, 404, 409))
     async def requeue_email(request: Request, message_id: str) -> JSONResponse:
         """Queue a dead email again, with fresh attempts and a fresh expiry; 409 unless dead."""
         info = await owned_info(request, message_id)
@@ -159,11 +180,13 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(409, f"the email is {state}; only dead emails can be requeued")
         return JSONResponse({"id": message_id, "state": "queued"})
 
-    @app.get("/v1/queues")
+    @app.get("/v1/queues", responses=problems_of(*_V1))
     async def queues(request: Request) -> JSONResponse:
-        """Depth per lane and state, and the oldest ready message's age."""
-        await caller(request)
-        stats = await run_in_threadpool(ctx.deployment.broker.stats)
+        """The caller's tenant's depth per lane and state (an operator key's: every tenant's),
+        and the age of each lane's oldest ready message."""
+        key = await caller(request)
+        tenant = None if key.operator else key.tenant
+        stats = await run_in_threadpool(ctx.deployment.broker.stats, tenant)
         return JSONResponse({
             lane.value: {
                 "depth": {state.value: n for state, n in lane_stats.counts.items()},
@@ -172,12 +195,12 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             for lane, lane_stats in stats.lanes.items()
         })  # fmt: skip
 
-    @app.get("/health")
+    @app.get("/health", responses=problems_of(*_ANY))
     async def health() -> JSONResponse:
         """Liveness: the process answers."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/health/ready")
+    @app.get("/health/ready", responses=problems_of(*_ANY))
     async def ready() -> JSONResponse:
         """Readiness: the broker can take mail (reachable, not full) and, when configured,
         the provider answers; 503 naming what is wrong otherwise."""
@@ -195,9 +218,15 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         headers = None if ok else {"Retry-After": "5"}
         return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> Response:
-        """Prometheus text format."""
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses=problems_of(*_V1, 403))  # fmt: skip
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format; off loopback (or with api.metrics_access = "operator"),
+        for operator keys only."""
+        if ctx.settings.metrics_need_key:
+            key = await caller(request)
+            if not key.operator:
+                raise Problem(403, "/metrics needs an operator API key")
         data = await run_in_threadpool(generate_latest, ctx.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 

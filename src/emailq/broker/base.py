@@ -172,6 +172,9 @@ class BrokerOptions:
     # Refuse payloads that are not emails at enqueue instead of burying them at delivery.
     # A Deployment's broker checks; the raw contract (backends, tests) takes opaque bytes.
     check_payloads: bool = False
+    # Keep a sent message's payload (body, recipients) until its record is purged; by default
+    # it is dropped when the message is sent.
+    retain_sent_payloads: bool = False
 
     def __post_init__(self) -> None:
         missing = [lane.value for lane in LANE_ORDER if lane not in self.max_age]
@@ -341,9 +344,12 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._get(message_id)
 
-    def stats(self) -> Stats:
+    def stats(self, tenant: str | None = None) -> Stats:
+        """Counts per lane and state: every tenant's, or ``tenant``'s alone (read from
+        counters, not by counting its messages). The oldest age is the lane's, whoever's
+        message it is: how long that lane's mail waits."""
         with self._backend_errors():
-            counts, oldest, taken_at = self._stats(self._at())
+            counts, oldest, taken_at = self._stats(self._at(), tenant)
         lanes = {
             lane: LaneStats(
                 counts={s: counts.get((lane, s), 0) for s in State},
@@ -438,7 +444,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _stats(
-        self, at: float | None
+        self, at: float | None, tenant: str | None
     ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
         """Counts per (lane, state), per lane the time its oldest ready message became
         ready, and the time they were taken at."""

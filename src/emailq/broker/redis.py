@@ -9,12 +9,16 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
                                  last_error, idem, owner (the last to lease it)
     {p}:p:<id>                   string: the payload, stored once, apart from the hash so that
                                  the hash stays small (listpack) and a sent one just drops it
+                                 (kept for the retention period with retain_sent_payloads)
     {p}:ready:<lane>             zset: ready since → id (ids are time-ordered: ties are FIFO)
     {p}:delayed                  zset: due → id, for scheduled and retrying messages
     {p}:leased                   zset: lease expiry → id
     {p}:dead                     zset: died at → id
-    {p}:final                    zset: finished at → "lane:state:id" (sent, dead, cancelled)
+    {p}:final                    zset: finished at → "lane:state:id:tenant" (sent, dead,
+                                 cancelled; "lane:state:id" when written before 0.2)
     {p}:counts                   hash: "lane:state" → messages in that state
+    {p}:tcounts                  hash: "tenant\\x1flane:state" → that tenant's messages in it
+                                 (every script that moves messages gets it as its last key)
     {p}:credit                   hash: lane → smooth weighted round robin credit
     {p}:idem:<tenant>\\x1f<key>   string: "id|expires_at", with a Redis TTL of the window
     {p}:lreq:<request id>        string: "id:token,…" a lease handed out, kept as long as the
@@ -63,7 +67,13 @@ from emailq.broker.base import (
     Outcome,
     State,
 )
-from emailq.broker.redis_client import DEFAULT_PREFIX, Keys, connect, warn_unless_noeviction
+from emailq.broker.redis_client import (
+    DEFAULT_PREFIX,
+    Keys,
+    connect,
+    warn_if_evicting,
+    warn_unless_noeviction,
+)
 from emailq.clock import Clock
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable
 from emailq.ids import new_id
@@ -103,6 +113,7 @@ _INFO_FIELDS = (
     "available_at", "last_error", "idem", "expires_at",
 )  # fmt: skip
 _JOB_FIELDS = 10  # per leased message in lease.lua's reply
+_COUNTS = tuple(f"{lane.value}:{state.value}" for lane in LANE_ORDER for state in State)
 
 
 class RedisBroker(Broker):
@@ -120,7 +131,10 @@ class RedisBroker(Broker):
         self._scripts: dict[str, Script] = {
             name: client.register_script(text) for name, text in _SCRIPTS.items()
         }
-        warn_unless_noeviction(client)
+        # Asked once, without the client's minute of retries: an API started while Redis is
+        # down opens its port at once and answers readiness (503, naming Redis). Unanswered
+        # now, the policy is read from the first readiness check that reaches Redis.
+        self._eviction_policy = warn_unless_noeviction(_AskOnce(self))
 
     @classmethod
     def from_url(
@@ -153,7 +167,8 @@ class RedisBroker(Broker):
                      _or_blank(m.send_at), m.max_attempts or 0,
                      _or_blank(m.expires_at))  # fmt: skip
         k = self.keys
-        keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready]
+        keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready,
+                k.tenant_counts]  # fmt: skip
         # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
         # EVALSHA: a NOSCRIPT inside EXEC would leave the MSET applied; the text is small.
         pipe = self.client.pipeline(transaction=True)
@@ -180,7 +195,7 @@ class RedisBroker(Broker):
         request = k.lease_request + (request_id or uuid.uuid4().hex)
         args = [_time(at), lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask,
                 self._retention_ms()]  # fmt: skip
-        reply = self._run("lease", [*keys, *k.ready, request], args)
+        reply = self._run("lease", [*keys, *k.ready, request, k.tenant_counts], args)
         return [_job(reply[i : i + _JOB_FIELDS]) for i in range(0, len(reply), _JOB_FIELDS)]
 
     def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]:
@@ -195,6 +210,7 @@ class RedisBroker(Broker):
             by_action[outcome.action].append(outcome)
         args: list[Any] = [_time(at), self._retention_ms(), *_LANE_NAMES]
         args += [len(by_action[action]) for action in _SETTLE_ORDER]
+        args.append("1" if self.options.retain_sent_payloads else "")
         for o in by_action[Action.COMPLETE]:
             args += (o.job.id, o.job.token, o.error or "")
         for o in by_action[Action.RETRY]:
@@ -206,26 +222,28 @@ class RedisBroker(Broker):
         for o in by_action[Action.DEFER]:
             args += (o.job.id, o.job.token, o.delay, o.error or "")
         k = self.keys
-        keys = [k.message, k.payload, k.leased, k.delayed, k.counts, k.final, k.dead, *k.ready]
+        keys = [k.message, k.payload, k.leased, k.delayed, k.counts, k.final, k.dead, *k.ready,
+                k.tenant_counts]  # fmt: skip
         return _texts(self._run("settle", keys, args))
 
     # -- housekeeping -------------------------------------------------------------------
     def _reap_expired(self, at: float | None, limit: int) -> int:
         k = self.keys
-        keys = [k.message, k.payload, k.leased, k.counts, k.final, k.dead, *k.ready]
+        keys = [k.message, k.payload, k.leased, k.counts, k.final, k.dead, *k.ready,
+                k.tenant_counts]  # fmt: skip
         args = [_time(at), limit, self._retention_ms(), *_LANE_NAMES]
         return int(self._run("reap", keys, args))
 
     def _promote_due(self, at: float | None, limit: int) -> int:
         k = self.keys
-        keys = [k.message, k.delayed, k.counts, *k.ready]
+        keys = [k.message, k.delayed, k.counts, *k.ready, k.tenant_counts]
         return int(self._run("promote", keys, [_time(at), limit, *_LANE_NAMES]))
 
     def _requeue_dead(
         self, ids: Sequence[str] | None, only: DeadFilter, limit: int, at: float | None
     ) -> int:
         k = self.keys
-        keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready]
+        keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready, k.tenant_counts]
         mode = "all" if ids is None else "ids"
         args = [_time(at), limit, mode, *_LANE_NAMES, *self._max_ages(), _or_blank(only.since),
                 only.lane.value if only.lane else "", only.tenant or "", *(ids or ())]  # fmt: skip
@@ -233,13 +251,13 @@ class RedisBroker(Broker):
 
     def _cancel(self, message_id: str, at: float | None) -> bool:
         k = self.keys
-        keys = [k.message, k.payload, k.delayed, k.counts, k.final, *k.ready]
+        keys = [k.message, k.payload, k.delayed, k.counts, k.final, *k.ready, k.tenant_counts]
         args = [_time(at), message_id, self._retention_ms(), *_LANE_NAMES]
         return bool(self._run("cancel", keys, args))
 
     def _purge_expired(self, at: float | None, limit: int) -> int:
         k = self.keys
-        keys = [k.message, k.payload, k.final, k.dead, k.counts]
+        keys = [k.message, k.payload, k.final, k.dead, k.counts, k.tenant_counts]
         args = [_time(at), limit, self.options.retention]
         return int(self._run("purge_expired", keys, args))
 
@@ -266,10 +284,13 @@ class RedisBroker(Broker):
         )
 
     def _stats(
-        self, at: float | None
+        self, at: float | None, tenant: str | None
     ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
         pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(self.keys.counts)
+        if tenant is None:
+            pipe.hgetall(self.keys.counts)
+        else:  # the tenant's lanes × states, one HMGET: no scan of its messages
+            pipe.hmget(self.keys.tenant_counts, [f"{tenant}\x1f{field}" for field in _COUNTS])
         for key in self.keys.ready:
             pipe.zrange(key, 0, 0, withscores=True)
         if at is None:
@@ -279,6 +300,8 @@ class RedisBroker(Broker):
             seconds, micros = replies.pop()
             at = seconds + micros / 1_000_000
         raw_counts, *heads = replies
+        if tenant is not None:
+            raw_counts = {f.encode(): v for f, v in zip(_COUNTS, raw_counts, strict=True) if v}
         counts: dict[tuple[Lane, State], int] = {}
         for field, value in raw_counts.items():
             lane, state = field.decode().split(":")
@@ -318,6 +341,9 @@ class RedisBroker(Broker):
             info = _info_fields(self._ask_once("INFO", "memory", "replication"))
         except redis.RedisError as error:
             return f"unreachable: {error}"
+        if self._eviction_policy is None and "maxmemory_policy" in info:
+            self._eviction_policy = info["maxmemory_policy"]
+            warn_if_evicting(self._eviction_policy)
         if info.get("role") == "slave":
             return "read-only: connected to a replica, not the master"
         limit = int(info.get("maxmemory", 0))
@@ -357,6 +383,19 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         self.client.close()
+
+
+class _AskOnce:
+    """``config_get`` by :meth:`RedisBroker._ask_once`: one try, no retry budget."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+
+    def config_get(self, name: str) -> dict[bytes, bytes]:
+        reply = self.broker._ask_once("CONFIG", "GET", name)
+        if isinstance(reply, dict):  # hiredis answers a map; the Python parser, pairs
+            return reply
+        return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
 def _job(fields: Sequence[Any]) -> Job:

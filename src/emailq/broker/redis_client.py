@@ -10,7 +10,7 @@ import logging
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import redis
@@ -68,6 +68,7 @@ class Keys:
     dead: str
     final: str
     counts: str
+    tenant_counts: str  # "tenant\x1flane:state" → n: a tenant's counts without a scan
     credit: str
     ready: tuple[str, ...]  # one per lane, in LANE_ORDER
 
@@ -87,12 +88,19 @@ class Keys:
             dead=f"{tag}:dead",
             final=f"{tag}:final",
             counts=f"{tag}:counts",
+            tenant_counts=f"{tag}:tcounts",
             credit=f"{tag}:credit",
             ready=tuple(f"{tag}:ready:{lane.value}" for lane in LANE_ORDER),
         )
 
 
-def warn_unless_noeviction(client: redis.Redis) -> str | None:
+class ConfigReader(Protocol):
+    """What reads a Redis setting: a client, or a one-shot connection."""
+
+    def config_get(self, name: str) -> Any: ...
+
+
+def warn_unless_noeviction(client: ConfigReader) -> str | None:
     """Warn unless Redis refuses writes when full (``noeviction``) instead of evicting queued
     mail; returns the policy, or None when it cannot be read (CONFIG may be disabled)."""
     try:
@@ -102,13 +110,17 @@ def warn_unless_noeviction(client: redis.Redis) -> str | None:
         return None
     values = [_text(value) for value in reply.values()]
     policy = values[0] if values else None
+    warn_if_evicting(policy)
+    return policy
+
+
+def warn_if_evicting(policy: str | None) -> None:
     if policy != "noeviction":
         log.warning(
             "Redis maxmemory-policy is %s: a full Redis may evict queued mail; set it to"
             " noeviction",
             policy,
         )
-    return policy
 
 
 def _text(value: object) -> str:

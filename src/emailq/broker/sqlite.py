@@ -333,17 +333,21 @@ class SQLiteBroker(Broker):
         for outcome in outcomes:
             by_action[outcome.action].append(outcome)
         settled: list[str] = []
+        # A sent email's body and recipients are not kept (unless asked): the record says
+        # what happened to it, and a leaked file then holds no mail that went out.
+        drop = "" if self.options.retain_sent_payloads else ", payload = X''"
         with self._write(replayable=True) as db:
             settled += self._update_leased(
                 db,
-                "state = 'sent', owner = NULL, lease_expires = NULL, updated_at = ?",
+                "state = 'sent', recipients = NULL, owner = NULL, lease_expires = NULL,"
+                f" updated_at = ?{drop}",
                 (at,),
                 [(o.job.id, o.job.token) for o in by_action[Action.COMPLETE] if not o.error],
             )
             settled += self._update_leased(  # with a note: recipients refused for good
                 db,
-                "state = 'sent', last_error = v.error, owner = NULL, lease_expires = NULL,"
-                " updated_at = ?",
+                "state = 'sent', last_error = v.error, recipients = NULL, owner = NULL,"
+                f" lease_expires = NULL, updated_at = ?{drop}",
                 (at,),
                 [(o.job.id, o.job.token, at, o.error) for o in by_action[Action.COMPLETE]
                  if o.error],
@@ -557,15 +561,15 @@ class SQLiteBroker(Broker):
         )
 
     def _stats(
-        self, when: float | None
+        self, when: float | None, tenant: str | None
     ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
         at = _local(when)
-        counts = {
-            (Lane(lane), State(state)): n
-            for lane, state, n in self._read(
-                "SELECT lane, state, COUNT(*) FROM messages GROUP BY state, lane"
-            )
-        }
+        sql = "SELECT lane, state, COUNT(*) FROM messages GROUP BY state, lane"
+        params: tuple[str, ...] = ()
+        if tenant is not None:  # counted on the messages_tenant index: the tenant's rows only
+            sql = "SELECT lane, state, COUNT(*) FROM messages WHERE tenant = ? GROUP BY state, lane"
+            params = (tenant,)
+        counts = {(Lane(lane), State(state)): n for lane, state, n in self._read(sql, params)}
         oldest: dict[Lane, float] = {}
         for lane in LANE_ORDER:
             row = self._read(

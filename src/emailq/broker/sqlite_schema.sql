@@ -26,6 +26,7 @@ CREATE INDEX IF NOT EXISTS messages_delayed ON messages (available_at)
 CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_expires)
     WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS messages_state ON messages (state, lane, updated_at);
+CREATE INDEX IF NOT EXISTS messages_tenant ON messages (tenant, state, lane);
 
 CREATE TABLE IF NOT EXISTS idempotency (
     scope      TEXT PRIMARY KEY,                  -- tenant, US (0x1f), key

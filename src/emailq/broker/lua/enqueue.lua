@@ -7,6 +7,7 @@
 -- KEYS[4]     delayed zset (due time → id)
 -- KEYS[5]     counts hash ("lane:state" → n)
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
+-- KEYS[11]    tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     idempotency window in ms (the Redis TTL of a key)
 -- ARGV[3]     the same window in seconds (a key claimed now stops counting then)
@@ -71,6 +72,7 @@ local function store(i, msg)
     line_up(KEYS[4], score_of(due), id)
   end
   count(lane .. ':' .. state)
+  tenant_count(ARGV[i + 2], lane, state, 1)
 end
 
 -- A re-run finds its messages stored: check one by one only when any is.
@@ -99,4 +101,5 @@ for key, list in pairs(lined_up) do
   for j = 1, #list, 1000 do redis.call('ZADD', key, unpack(list, j, math.min(j + 999, #list))) end
 end
 for field, n in pairs(delta) do redis.call('HINCRBY', KEYS[5], field, n) end
+apply_tenant_counts()
 return ids

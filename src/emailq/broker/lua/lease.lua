@@ -13,9 +13,10 @@
 -- KEYS[5]      counts hash ("lane:state" → n)
 -- KEYS[6]      credit hash (lane → smooth weighted round robin credit)
 -- KEYS[7]      dead zset (died at → id)
--- KEYS[8]      final zset (finished at → "lane:state:id")
+-- KEYS[8]      final zset (finished at → "lane:state:id:tenant")
 -- KEYS[9..13]  ready zsets in lease order: critical first, then the lanes that share
 -- KEYS[14]     this call's request key "{p}:lreq:<request id>"
+-- KEYS[15]     tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]      now, or "" for the server's clock
 -- ARGV[2]      lease seconds, from now
 -- ARGV[3]      worker name
@@ -70,12 +71,14 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ms(now), 'WITHSCORES', 
 for j = 1, #due, 2 do
   local id = due[j]
   local msg = KEYS[1] .. id
-  local f = redis.call('HMGET', msg, 'state', 'lane')
+  local f = redis.call('HMGET', msg, 'state', 'lane', 'tenant')
   if f[1] == 'scheduled' or f[1] == 'retrying' then
     redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
     redis.call('ZADD', ready_key[f[2]], due[j + 1], id)
     count(f[2] .. ':' .. f[1], -1)
     count(f[2] .. ':queued', 1)
+    tenant_count(f[3], f[2], f[1], -1)
+    tenant_count(f[3], f[2], 'queued', 1)
   end
   redis.call('ZREM', KEYS[3], id)
 end
@@ -117,16 +120,18 @@ end
 
 -- Take: pop each lane's oldest and hand them to the worker, or bury those past expires_at.
 local now_n, now_ms = tonumber(now), ms(now)
-local function bury_expired(msg, id, lane, last_error)
+local function bury_expired(msg, id, lane, tenant, last_error)
   local err = 'expired before it could be sent'  -- as emailq.broker.expiry.expired()
   if last_error then err = err .. '; last error: ' .. last_error end
   redis.call('HSET', msg, 'state', 'dead', 'last_error', err, 'updated_at', now)
   redis.call('PEXPIRE', msg, ARGV[16])
   redis.call('PEXPIRE', KEYS[2] .. id, ARGV[16])
   redis.call('ZADD', KEYS[7], now_ms, id)
-  redis.call('ZADD', KEYS[8], now_ms, lane .. ':dead:' .. id)
+  redis.call('ZADD', KEYS[8], now_ms, final_member(lane, 'dead', id, tenant))
   count(lane .. ':queued', -1)
   count(lane .. ':dead', 1)
+  tenant_count(tenant, lane, 'queued', -1)
+  tenant_count(tenant, lane, 'dead', 1)
 end
 local expiry = tostring(ms(now_n + tonumber(ARGV[2])))  -- format once
 local jobs, expiries, payloads = {}, {}, {}
@@ -140,13 +145,15 @@ for i = 1, 5 do
     local f = redis.call('HMGET', msg, 'state', 'attempts', 'max_attempts', 'token', 'enqueued_at',
       'tenant', 'expires_at', 'last_error', 'rcpt')
     if f[1] == 'queued' and f[7] and tonumber(f[7]) <= now_n then
-      bury_expired(msg, id, lanes[i], f[8])
+      bury_expired(msg, id, lanes[i], f[6], f[8])
     elseif f[1] == 'queued' then
       -- (a message stored before the field was named token has none yet: it starts at 1)
       local attempts, token = tonumber(f[2]) + 1, (tonumber(f[4]) or 0) + 1
       redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'token', token,
         'owner', ARGV[3], 'updated_at', now)
       leased = leased + 1
+      tenant_count(f[6], lanes[i], 'queued', -1)
+      tenant_count(f[6], lanes[i], 'leased', 1)
       expiries[#expiries + 1] = expiry
       expiries[#expiries + 1] = id
       payloads[#payloads + 1] = KEYS[2] .. id
@@ -171,6 +178,7 @@ end
 for field, d in pairs(delta) do
   if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end
 end
+apply_tenant_counts()
 if #jobs > 0 then
   local record = {}
   for j = 1, #jobs, 10 do record[#record + 1] = jobs[j] .. ':' .. jobs[j + 1] end
