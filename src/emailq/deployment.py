@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from emailq.broker import Broker, BrokerOptions, Stats, open_broker
+from emailq.broker.base import DEFAULT_PATIENCE_S
 from emailq.clock import Clock, now
 from emailq.errors import ConfigurationError, FieldError, InvalidEmail
 from emailq.intake import Queued, to_new_message
@@ -55,7 +56,11 @@ class Deployment:
     """Open with :meth:`from_url` or :meth:`from_settings`; close with :meth:`close` (or
     use it as a context manager, sync or async)."""
 
-    def __init__(self, settings: Settings, *, clock: Clock = now) -> None:
+    def __init__(
+        self, settings: Settings, *, clock: Clock = now, patience_s: float | None = None
+    ) -> None:
+        """``patience_s``: how long a broker call rides out an unreachable Redis (default a
+        minute, a failover's length; the API waits :attr:`ApiSection.broker_patience_s`)."""
         self.settings = settings
         self.clock = clock
         options = BrokerOptions(
@@ -64,6 +69,7 @@ class Deployment:
             max_age={lane: getattr(settings.broker, f"max_age_{lane.value}_s") for lane in Lane},
             check_payloads=True,
             retain_sent_payloads=settings.broker.retain_sent_bodies,
+            patience_s=patience_s or DEFAULT_PATIENCE_S,
         )
         self.broker: Broker = open_broker(settings.broker.url, options, clock)
 
@@ -79,8 +85,10 @@ class Deployment:
         return cls(Settings.load(flags=flags), clock=clock)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, clock: Clock = now) -> Deployment:
-        return cls(settings, clock=clock)
+    def from_settings(
+        cls, settings: Settings, *, clock: Clock = now, patience_s: float | None = None
+    ) -> Deployment:
+        return cls(settings, clock=clock, patience_s=patience_s)
 
     # -- what lives beside the queue ------------------------------------------------------
     @cached_property

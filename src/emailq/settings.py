@@ -121,6 +121,10 @@ class ApiSection(_Section):
     host: str = Field("127.0.0.1", description="address `emailq serve` listens on")
     port: int = Field(8025, ge=0, le=65535, description="port `emailq serve` listens on")
     workers: int = Field(1, ge=1, le=64, description="API server processes")
+    broker_patience_s: float = Field(
+        3.0, gt=0, le=300,
+        description="how long a request waits for an unreachable Redis before answering 503",
+    )  # fmt: skip
     # 10 MB as Postfix counts it: a body over it is 413 before any of it is parsed, so the
     # model's own 10 MiB message limit (422) is never the first to see an oversized body.
     max_body_bytes: int = Field(

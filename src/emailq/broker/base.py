@@ -50,6 +50,9 @@ LIVE_STATES: tuple[State, ...] = (
 FINAL_STATES: tuple[State, ...] = (State.SENT, State.DEAD, State.CANCELLED)
 
 
+DEFAULT_PATIENCE_S = 60.0  # a Redis failover's length
+
+
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """One message to enqueue: the payload, then everything else by name."""
@@ -175,6 +178,9 @@ class BrokerOptions:
     # Keep a sent message's payload (body, recipients) until its record is purged; by default
     # it is dropped when the message is sent.
     retain_sent_payloads: bool = False
+    # How long a call rides out an unreachable backend before it fails as BrokerUnavailable:
+    # a worker waits a Redis failover out; the API answers 503 after a few seconds.
+    patience_s: float = DEFAULT_PATIENCE_S
 
     def __post_init__(self) -> None:
         missing = [lane.value for lane in LANE_ORDER if lane not in self.max_age]

@@ -142,7 +142,7 @@ class RedisBroker(Broker):
     ) -> RedisBroker:
         """``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://h:p[,h:p]/service``;
         ``?prefix=name`` picks the queue (default ``emailq``)."""
-        client, prefix = connect(url)
+        client, prefix = connect(url, (options or BrokerOptions()).patience_s)
         return cls(client, prefix, options=options, clock=clock)
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
