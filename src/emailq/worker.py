@@ -199,6 +199,10 @@ class Worker:
         self.fence = LeaseFence(s.lease_s, s.fence_margin_s)
         self.unsettled: dict[str, _Route] = {}  # sent (or on the wire), not yet settled
         self.critical = CriticalFirst(s.max_yield_s)
+        # With an express loop, critical mail is its alone: in a batch loop's batch it would
+        # wait for connections whose bulk sends are yielding to it.
+        express = set(s.express_lanes)
+        self._batch_lanes = tuple(lane for lane in Lane if lane not in express) if express else None
         self._settler: Settler | None = None
 
     @property
@@ -241,7 +245,7 @@ class Worker:
                 await self.critical.wait()  # no new batch while critical mail is in hand
                 try:
                     asked_at = time.monotonic()
-                    jobs = await self._lease(route, s.batch_size, None)
+                    jobs = await self._lease(route, s.batch_size, self._batch_lanes)
                     if jobs:
                         pause = await self.process(jobs, route, asked_at)
                 except Exception:
@@ -284,7 +288,8 @@ class Worker:
             self.broker.lease, self.name, size, self.settings.lease_s, lanes,
             request_id=uuid.uuid4().hex,
         )  # fmt: skip
-        self.critical.hold(job.id for job in jobs if job.lane is Lane.CRITICAL)
+        if route is self.express_route is not self.route:  # its own connections: others yield
+            self.critical.hold(job.id for job in jobs if job.lane is Lane.CRITICAL)
         return jobs
 
     @staticmethod
