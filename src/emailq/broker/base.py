@@ -24,9 +24,12 @@ from emailq.broker.expiry import DEFAULT_MAX_AGE
 from emailq.clock import Clock, now
 from emailq.errors import BrokerError, EmailqError
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
+from emailq.privacy.audit import DEFAULT_AUDIT_RETENTION, AuditEvent
+from emailq.privacy.erasure import ErasureCounts
 
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
-DEFAULT_RETENTION = 7 * 24 * 3600.0
+DEFAULT_RETENTION = 30 * 24 * 3600.0  # a finished message's record (metadata, no body)
+PURGE_CHUNK = 2_000  # records per purge transaction / script call: short, so mail moves between
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # the 10 MB message limit plus JSON/base64 overhead
 
 
@@ -64,6 +67,11 @@ class NewMessage:
     # (BrokerOptions.max_age) after it is first due (now, or its send_at).
     expires_at: float | None = None
     max_attempts: int | None = None  # None: no limit by count, only by age
+    # Keyed hashes of every address it names (emailq.privacy.erasure): the erasure index and
+    # the audit trail's "rcpt"; the raw contract may leave them out.
+    recipient_hashes: tuple[str, ...] = ()
+    # What the audit trail's "accepted" event says of its origin: API key id, policy reason.
+    origin: Mapping[str, str] | None = field(default=None, compare=False)
     # Built from a validated Email (emailq.intake.to_new_message): the door need not look.
     validated: bool = field(default=False, repr=False, compare=False)
 
@@ -130,6 +138,9 @@ class Outcome:
     error: str | None = None  # for COMPLETE: a note kept with it (recipients refused for good)
     # RETRY after a partial delivery: the only recipients its next attempt goes to.
     recipients: tuple[str, ...] | None = None
+    # For the audit trail's attempt event: who tried (a provider's name) and its message id.
+    provider: str | None = None
+    provider_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +186,13 @@ class BrokerOptions:
     # Keep a sent message's payload (body, recipients) until its record is purged; by default
     # it is dropped when the message is sent.
     retain_sent_payloads: bool = False
+    # Keep a dead message's payload for this many seconds (requeue_dead needs it); 0: drop
+    # it when the message dies; None: as long as its record.
+    dead_payload_retention: float | None = None
+    # Write the audit trail (emailq.privacy.audit) in the calls that change state, and keep
+    # it this long after the message was accepted.
+    audit: bool = True
+    audit_retention: float = DEFAULT_AUDIT_RETENTION
 
     def __post_init__(self) -> None:
         missing = [lane.value for lane in LANE_ORDER if lane not in self.max_age]
@@ -334,10 +352,53 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._cancel(message_id, self._at())
 
-    def purge_expired(self, limit: int = 10_000) -> int:
-        """Delete final records (sent, dead, cancelled) older than the retention period."""
+    def purge_expired(self, limit: int = 1_000_000) -> int:
+        """Delete final records (sent, dead, cancelled) older than the retention period, and
+        audit events older than theirs; returns how many records went.
+
+        In chunks of :data:`PURGE_CHUNK`, each a short transaction (script call) of its own,
+        until none is left or ``limit`` went: one call a minute keeps up with far more than
+        200,000 emails a minute, and never holds the queue for long."""
+        removed = 0
         with self._backend_errors():
-            return self._purge_expired(self._at(), limit)
+            while removed < limit:
+                chunk = min(PURGE_CHUNK, limit - removed)
+                done = self._purge_expired(self._at(), chunk)
+                done += self._purge_audit(self._at(), chunk) if self.options.audit else 0
+                removed += done
+                if done < chunk:
+                    break
+        return removed
+
+    def purge_preview(self) -> dict[str, int]:
+        """What :meth:`purge_expired` would delete now, by kind (``emailq purge --dry-run``)."""
+        with self._backend_errors():
+            return self._purge_preview(self._at())
+
+    # -- the audit trail and erasure (emailq.privacy) -----------------------------------
+    def events(self, message_id: str) -> list[AuditEvent]:
+        """One message's audit trail, oldest first."""
+        with self._backend_errors():
+            return self._events(message_id)
+
+    def tenant_events(
+        self, tenant: str, since: float, until: float, limit: int = 100_000
+    ) -> list[AuditEvent]:
+        """A tenant's audit events from ``since`` until before ``until`` (epoch seconds)."""
+        with self._backend_errors():
+            return self._tenant_events(tenant, since, until, limit)
+
+    def find_recipient(self, recipient_hash: str, tenant: str | None = None) -> list[MessageInfo]:
+        """The messages (still on record) that named an address, by its keyed hash."""
+        with self._backend_errors():
+            return self._find_recipient(recipient_hash, tenant)
+
+    def erase_recipient(self, recipient_hash: str, tenant: str | None = None) -> ErasureCounts:
+        """Cancel queued mail that names the address and remove its body, recipients and
+        idempotency key from every record that does (live or finished); each gets an
+        ``erased`` event holding only the hash. Idempotent: a second call erases nothing."""
+        with self._backend_errors():
+            return self._erase_recipient(recipient_hash, tenant, self._at())
 
     # -- reads --------------------------------------------------------------------------
     def get(self, message_id: str) -> MessageInfo | None:
@@ -437,7 +498,31 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _purge_expired(self, at: float | None, limit: int) -> int:
-        """Delete final records older than ``options.retention`` before ``at``."""
+        """Delete up to ``limit`` final records older than ``options.retention`` before
+        ``at``, and drop dead payloads past ``options.dead_payload_retention``."""
+
+    @abc.abstractmethod
+    def _purge_audit(self, at: float | None, limit: int) -> int:
+        """Delete up to ``limit`` messages' audit events older than ``audit_retention``."""
+
+    @abc.abstractmethod
+    def _purge_preview(self, at: float | None) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    def _events(self, message_id: str) -> list[AuditEvent]: ...
+
+    @abc.abstractmethod
+    def _tenant_events(
+        self, tenant: str, since: float, until: float, limit: int
+    ) -> list[AuditEvent]: ...
+
+    @abc.abstractmethod
+    def _find_recipient(self, recipient_hash: str, tenant: str | None) -> list[MessageInfo]: ...
+
+    @abc.abstractmethod
+    def _erase_recipient(
+        self, recipient_hash: str, tenant: str | None, at: float | None
+    ) -> ErasureCounts: ...
 
     @abc.abstractmethod
     def _get(self, message_id: str) -> MessageInfo | None: ...
