@@ -45,6 +45,7 @@ from emailq.message import Email
 from emailq.metrics import DeliveryMetrics
 from emailq.mime import envelope, render
 from emailq.outages import ProviderPause, TransientTally
+from emailq.privacy.audit import with_attempt
 from emailq.providers import (
     Accepted,
     Permanent,
@@ -387,6 +388,10 @@ class Worker:
 
     def outcome(self, job: Job, result: SendResult, route: _Route | None = None) -> Outcome:
         route = route or self.route
+        # Privacy hook: the audit trail's attempt event names the provider and its message id.
+        return with_attempt(self._outcome(job, result, route), route.provider.name, result)
+
+    def _outcome(self, job: Job, result: SendResult, route: _Route) -> Outcome:
         if isinstance(result, Accepted):
             return Outcome(job, Action.COMPLETE, error=mask_addresses(result.refused) or None)
         if isinstance(result, Permanent):

@@ -14,10 +14,11 @@ backends are handed its time as ``at``; otherwise ``at`` is None and the backend
 from __future__ import annotations
 
 import abc
+import logging
 import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from enum import StrEnum
 
 from emailq.broker.expiry import DEFAULT_MAX_AGE
@@ -26,9 +27,13 @@ from emailq.errors import BrokerError, EmailqError
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
 from emailq.privacy.audit import DEFAULT_AUDIT_RETENTION, AuditEvent
 from emailq.privacy.erasure import ErasureCounts
+from emailq.privacy.sealing import Sealer, SealError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 DEFAULT_RETENTION = 30 * 24 * 3600.0  # a finished message's record (metadata, no body)
+SEALED_RETRY_S = 60.0  # a payload whose key is missing is tried again this often
 PURGE_CHUNK = 2_000  # records per purge transaction / script call: short, so mail moves between
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # the 10 MB message limit plus JSON/base64 overhead
 
@@ -193,6 +198,8 @@ class BrokerOptions:
     # it this long after the message was accepted.
     audit: bool = True
     audit_retention: float = DEFAULT_AUDIT_RETENTION
+    # Seal payloads at rest (emailq.privacy.sealing): at enqueue, and opened at lease.
+    sealer: Sealer | None = None
 
     def __post_init__(self) -> None:
         missing = [lane.value for lane in LANE_ORDER if lane not in self.max_age]
@@ -238,6 +245,9 @@ class Broker(abc.ABC):
                 _check_payload(index, message.payload)
         if not messages:
             return []
+        sealer = self.options.sealer
+        if sealer is not None:
+            messages = [replace(m, payload=sealer.seal(m.payload)) for m in messages]
         with self._backend_errors():
             return self._enqueue_many(messages, self._at())
 
@@ -275,7 +285,24 @@ class Broker(abc.ABC):
         if not chosen:
             raise ValueError("lanes must name at least one lane")
         with self._backend_errors():
-            return self._lease(worker, max_n, lease_s, self._at(), chosen, request_id)
+            jobs = self._lease(worker, max_n, lease_s, self._at(), chosen, request_id)
+        return jobs if self.options.sealer is None else self._opened(jobs, self.options.sealer)
+
+    def _opened(self, jobs: list[Job], sealer: Sealer) -> list[Job]:
+        """The jobs with their payloads opened. One that does not open (its key is missing)
+        is not lost: it goes back as retrying, its attempt given back, and is tried again
+        every minute until its key is back (or it expires)."""
+        opened, shut = [], []
+        for job in jobs:
+            try:
+                opened.append(replace(job, payload=sealer.open(job.payload)))
+            except SealError as error:
+                shut.append(Outcome(job, Action.DEFER, SEALED_RETRY_S, f"sealed: {error}"))
+        if shut:
+            log.error("%d payloads cannot be opened and wait: %s", len(shut), shut[0].error)
+            with self._backend_errors():
+                self._settle(shut, self._at())
+        return opened
 
     def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
         """Extend the leases still held; returns the ids whose lease was extended."""
@@ -374,6 +401,24 @@ class Broker(abc.ABC):
         """What :meth:`purge_expired` would delete now, by kind (``emailq purge --dry-run``)."""
         with self._backend_errors():
             return self._purge_preview(self._at())
+
+    def reseal(self, batch: int = 500) -> int:
+        """Seal every stored payload with the current key (``emailq rotate-keys``): those
+        sealed with an older key, and those stored before sealing was on; returns how many.
+        A payload that changed meanwhile (sent, erased) is left as it now is."""
+        sealer = self.options.sealer
+        if sealer is None:
+            raise ValueError("rotate-keys needs EMAILQ_ENCRYPTION_KEYS")
+        done, cursor = 0, ""
+        while True:
+            with self._backend_errors():
+                cursor, stored = self._stored_payloads(cursor, batch)
+                for message_id, payload in stored:
+                    if sealer.needs_resealing(payload):
+                        fresh = sealer.seal(sealer.open(payload))
+                        done += self._swap_payload(message_id, payload, fresh)
+            if not cursor:
+                return done
 
     # -- the audit trail and erasure (emailq.privacy) -----------------------------------
     def events(self, message_id: str) -> list[AuditEvent]:
@@ -507,6 +552,15 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _purge_preview(self, at: float | None) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    def _stored_payloads(self, cursor: str, count: int) -> tuple[str, list[tuple[str, bytes]]]:
+        """About ``count`` stored payloads after ``cursor`` ("" first), and the next cursor
+        ("" when done)."""
+
+    @abc.abstractmethod
+    def _swap_payload(self, message_id: str, old: bytes, new: bytes) -> bool:
+        """Replace a payload if it is still ``old``."""
 
     @abc.abstractmethod
     def _events(self, message_id: str) -> list[AuditEvent]: ...

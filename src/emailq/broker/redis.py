@@ -108,7 +108,7 @@ _SCRIPTS = {
     name: _script(name)
     for name in (
         "enqueue", "lease", "heartbeat", "settle", "reap", "promote", "cancel",
-        "requeue_dead", "purge_expired", "purge_audit", "erase",
+        "requeue_dead", "purge_expired", "purge_audit", "erase", "swap_payload",
     )
 }  # fmt: skip
 # settle.lua's sections, in its order
@@ -303,6 +303,18 @@ class RedisBroker(Broker):
         )
         # Dead payloads carry a Redis TTL of their own: Redis drops them, nothing to count.
         return {"records": records, "audit_trails": trails}
+
+    def _stored_payloads(self, cursor: str, count: int) -> tuple[str, list[tuple[str, bytes]]]:
+        reply: Any = self.client.scan(int(cursor or 0), match=f"{self.keys.payload}*", count=count)
+        position, names = reply
+        values: list[Any] = self.client.mget(names) if names else []
+        start = len(self.keys.payload)
+        stored = [(n.decode()[start:], v) for n, v in zip(names, values, strict=True) if v]
+        return ("" if position == 0 else str(position)), stored
+
+    def _swap_payload(self, message_id: str, old: bytes, new: bytes) -> bool:
+        key = self.keys.payload + message_id
+        return bool(self._run("swap_payload", [key], [old, new]))
 
     # -- the audit trail and erasure ------------------------------------------------------
     def _audit_index(self, tenant: str) -> str:

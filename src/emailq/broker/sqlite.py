@@ -645,6 +645,24 @@ class SQLiteBroker(Broker):
             )
         return {"records": records, "audit_events": events, "dead_bodies": bodies}
 
+    def _stored_payloads(self, cursor: str, count: int) -> tuple[str, list[tuple[str, bytes]]]:
+        rows = self._read(
+            "SELECT id, payload FROM messages WHERE id > ? AND length(payload) > 0"
+            " ORDER BY id LIMIT ?",
+            (cursor, count),
+        )
+        return (rows[-1][0] if len(rows) == count else ""), [(i, p) for i, p in rows]
+
+    def _swap_payload(self, message_id: str, old: bytes, new: bytes) -> bool:
+        with self._write() as db:
+            return (
+                db.execute(
+                    "UPDATE messages SET payload = ? WHERE id = ? AND payload = ?",
+                    (new, message_id, old),
+                ).rowcount
+                == 1
+            )
+
     # -- the audit trail and erasure ------------------------------------------------------
     def _events(self, message_id: str) -> list[AuditEvent]:
         return privacy.events_of(self._read(

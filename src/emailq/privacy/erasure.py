@@ -13,8 +13,12 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from emailq.errors import ValidationError
+
+if TYPE_CHECKING:
+    from emailq.message import Email
 
 HASH_CHARS = 32  # 128 bits of HMAC-SHA256, hex
 # Used when no secret is set (a warning says so): hashes then only hide an address from
@@ -68,3 +72,8 @@ class ErasureCounts:
 
 def _fields(counts: ErasureCounts) -> tuple[int, ...]:
     return tuple(getattr(counts, name) for name in counts.__dataclass_fields__)
+
+
+def addresses_of(email: Email) -> list[str]:
+    """Every address an email names: its sender, recipients and reply-to addresses."""
+    return [email.sender.email, *email.recipients(), *(a.email for a in email.reply_to)]
