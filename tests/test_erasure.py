@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from deployments import deployment_for
 from emailq.api.app import create_app
 from emailq.broker import Broker, State
 from emailq.deployment import Deployment
@@ -18,7 +19,6 @@ from emailq.privacy.audit import Kind
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.sink import SmtpSink
 from emailq.worker import Worker, WorkerSettings
-from deployments import deployment_for
 from stores import dump, sqlite_files
 
 GUEST = "Rosalind.Guest@Example.org"
@@ -69,7 +69,12 @@ def test_erasure_leaves_no_address_or_body_but_the_trail_by_hash(
 
     counts = deployment.erase(GUEST)
     # The sent one held nothing left to erase: its body and recipients went when it was sent.
-    assert (counts.messages, counts.cancelled, counts.erased, counts.idempotency_keys) == (3, 2, 2, 1)
+    assert (counts.messages, counts.cancelled, counts.erased, counts.idempotency_keys) == (
+        3,
+        2,
+        2,
+        1,
+    )
     again = deployment.erase(GUEST)
     assert (again.cancelled, again.erased, again.idempotency_keys, again.in_flight) == (0, 0, 0, 0)
 

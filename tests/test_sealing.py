@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from deployments import deployment_for
 from emailq.broker import Broker, State
 from emailq.clock import ManualClock
 from emailq.deployment import Deployment
@@ -76,7 +75,9 @@ def test_rotate_keys_reseals_every_payload_with_the_new_key(
         assert both.broker.reseal() == 3
         assert both.broker.reseal() == 0  # nothing left to re-seal
         _, stored = both.broker._stored_payloads("", 100)
-        assert {sealed_with(p) for _, p in stored} == {"k2"} and all(is_sealed(p) for _, p in stored)
+        assert {sealed_with(p) for _, p in stored} == {"k2"} and all(
+            is_sealed(p) for _, p in stored
+        )
     with opened(broker_url, K2) as new:  # the old key is gone: everything still opens
         deliver(new.broker, sink.port)
         assert all(new.broker.get(i).state is State.SENT for i in ids)  # type: ignore[union-attr]
