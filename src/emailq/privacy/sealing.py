@@ -14,7 +14,7 @@ import binascii
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -57,10 +57,13 @@ class Sealer:
     """Seals with the first key; opens with any key it holds."""
 
     keys: Mapping[str, bytes]
+    _ciphers: Mapping[str, AESGCM] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.keys:
             raise ValueError("a sealer needs at least one key")
+        # One cipher object per key, made once: building one costs more than sealing 1.5 KB.
+        object.__setattr__(self, "_ciphers", {k: AESGCM(v) for k, v in self.keys.items()})
 
     @classmethod
     def from_text(cls, text: str) -> Sealer:
@@ -73,7 +76,7 @@ class Sealer:
     def seal(self, payload: bytes) -> bytes:
         key_id = self.current
         nonce = os.urandom(NONCE_BYTES)
-        sealed = AESGCM(self.keys[key_id]).encrypt(nonce, payload, None)
+        sealed = self._ciphers[key_id].encrypt(nonce, payload, None)
         return MAGIC + bytes([len(key_id)]) + key_id.encode() + nonce + sealed
 
     def open(self, payload: bytes) -> bytes:
@@ -81,8 +84,8 @@ class Sealer:
         if not is_sealed(payload):
             return payload
         key_id = sealed_with(payload)
-        key = self.keys.get(key_id)
-        if key is None:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
             raise SealError(
                 f"the payload is sealed with key {key_id!r}, which is not among"
                 " EMAILQ_ENCRYPTION_KEYS; it waits until that key is back"
@@ -90,7 +93,7 @@ class Sealer:
         start = len(MAGIC) + 1 + len(key_id)
         nonce, sealed = payload[start : start + NONCE_BYTES], payload[start + NONCE_BYTES :]
         try:
-            return AESGCM(key).decrypt(nonce, sealed, None)
+            return cipher.decrypt(nonce, sealed, None)
         except InvalidTag:
             raise SealError(f"the payload does not open with key {key_id!r}") from None
 
