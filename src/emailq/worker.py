@@ -46,6 +46,7 @@ from emailq.metrics import DeliveryMetrics
 from emailq.mime import envelope, render
 from emailq.outages import ProviderPause, TransientTally
 from emailq.precedence import CriticalFirst
+from emailq.privacy.audit import with_attempt
 from emailq.providers import (
     Accepted,
     Permanent,
@@ -431,6 +432,10 @@ class Worker:
 
     def outcome(self, job: Job, result: SendResult, route: _Route | None = None) -> Outcome:
         route = route or self.route
+        # Privacy hook: the audit trail's attempt event names the provider and its message id.
+        return with_attempt(self._outcome(job, result, route), route.provider.name, result)
+
+    def _outcome(self, job: Job, result: SendResult, route: _Route) -> Outcome:
         if isinstance(result, Accepted):
             return Outcome(job, Action.COMPLETE, error=mask_addresses(result.refused) or None)
         if isinstance(result, Permanent):
