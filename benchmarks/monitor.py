@@ -153,7 +153,7 @@ def stats(args: argparse.Namespace) -> None:
             print(f"wrote an hour of history ({3600 / args.interval:.0f} snapshots) in "
                   f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
             with Deployment(Settings(broker={"url": url})) as deployment:
-                _, key = deployment.keys.create("operator")
+                _, key = deployment.keys.create("ops", operator=True)
                 print(f"depth now: {deployment.status().backlog:,} messages")
             port = free_port()
             env = base_env() | {"EMAILQ_BROKER_URL": url,

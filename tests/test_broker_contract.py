@@ -216,6 +216,34 @@ def test_settle_applies_a_mixed_batch(broker: Broker, clock: ManualClock) -> Non
     assert broker.settle([Outcome(sent, Action.COMPLETE)]) == []  # settling twice is harmless
 
 
+def test_a_partial_delivery_retries_only_the_recipients_left(
+    broker: Broker, clock: ManualClock
+) -> None:
+    (message_id,) = enqueue(broker, n=1)
+    (job,) = broker.lease("w", 1, 30)
+    assert job.recipients is None  # every recipient, the first time
+    left = ("later@b.example", "busy@c.example")
+    retried = Outcome(job, Action.RETRY, delay=60, error="451 for now", recipients=left)
+    assert broker.settle([retried]) == [message_id]
+    clock.advance(61)
+    (again,) = broker.lease("w", 1, 30)
+    assert again.recipients == left
+    # A retry that says nothing of recipients keeps those left.
+    broker.settle([Outcome(again, Action.RETRY, delay=60, error="451 again")])
+    clock.advance(61)
+    (third,) = broker.lease("w", 1, 30)
+    assert third.recipients == left
+
+
+def test_a_completion_keeps_its_note_of_recipients_refused_for_good(broker: Broker) -> None:
+    enqueue(broker, n=2)
+    first, second = broker.lease("w", 2, 30)
+    note = "refused by 1 recipients: g***@b.example: 550 no such user"
+    broker.settle([Outcome(first, Action.COMPLETE), Outcome(second, Action.COMPLETE, error=note)])
+    infos = [broker.get(job.id) for job in (first, second)]
+    assert [(i.state, i.last_error) for i in infos if i] == [(State.SENT, None), (State.SENT, note)]
+
+
 def test_release_returns_mail_unsent_without_spending_an_attempt(broker: Broker) -> None:
     first, second = enqueue(broker, n=2)
     jobs = broker.lease("stopping-worker", 2, 30)
@@ -500,3 +528,42 @@ def test_a_lease_can_be_limited_to_some_lanes(broker: Broker) -> None:
     assert len(broker.lease("w", 10, 30, lanes=[Lane.BULK, Lane.STANDARD])) == 5
     with pytest.raises(ValueError, match="at least one lane"):
         broker.lease("w", 1, 30, lanes=[])
+
+
+def test_stats_of_one_tenant_count_its_messages_only_through_every_change(
+    broker: Broker, clock: ManualClock
+) -> None:
+    def tenant_mail(tenant: str, **kw: object) -> list[str]:
+        new = [NewMessage(PAYLOAD, lane=lane, tenant=tenant, **kw) for lane in LANE_ORDER]  # type: ignore[arg-type]
+        return broker.enqueue_many(new)
+
+    ids = {t: tenant_mail(t, max_attempts=2) + tenant_mail(t, send_at=clock() + 30)
+           for t in ("acme", "zeta")}  # fmt: skip
+    ids["acme"] += tenant_mail("acme", expires_at=clock() + 5)  # buried by a lease, unsent
+    broker.cancel(ids["acme"][4])
+    jobs = broker.lease("w", 8, 10)
+    actions = [Action.COMPLETE, Action.BURY, Action.RETRY, Action.RELEASE, Action.DEFER]
+    broker.settle([Outcome(job, actions[i % 5], delay=1, error="x") for i, job in enumerate(jobs)])
+    clock.advance(6)
+    broker.lease("w", 20, 10)  # buries the expired, leases the rest
+    clock.advance(30)
+    broker.reap_expired()
+    broker.promote_due()
+    broker.requeue_dead(tenant="zeta")
+    expected_totals = broker.stats()
+
+    def assert_tenants_agree() -> None:
+        per_tenant = {t: broker.stats(t) for t in ids}
+        for tenant, stats in per_tenant.items():
+            states = [info.state for info in map(broker.get, ids[tenant]) if info is not None]
+            for state in State:
+                assert stats.count(state) == states.count(state), (tenant, state)
+        for state in State:
+            assert sum(s.count(state) for s in per_tenant.values()) == broker.stats().count(state)
+        assert broker.stats("nobody").backlog == 0
+
+    assert_tenants_agree()
+    assert expected_totals.backlog > 0
+    clock.advance(broker.options.retention + 60)
+    assert broker.purge_expired() > 0
+    assert_tenants_agree()

@@ -71,7 +71,7 @@ def test_the_dashboard_shows_the_lanes_live_without_console_errors(
     url = f"sqlite:///{tmp_path}/queue.db"
     port = free_port()
     with monitored(url) as deployment, SmtpSink() as sink:
-        _, operator_key = deployment.keys.create("operator", "dashboard test")
+        _, operator_key = deployment.keys.create("ops", "dashboard test", operator=True)
         environ = {k: v for k, v in os.environ.items() if not k.startswith("EMAILQ_")} | {
             "EMAILQ_BROKER_URL": url, "EMAILQ_MONITOR_INTERVAL_S": "1",
             "EMAILQ_MONITOR_PUBLISH_S": "0.25",

@@ -10,16 +10,18 @@ from collections.abc import Awaitable, Iterator, Sequence
 
 import aiosmtplib
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from emailq.broker import Broker, NewMessage, Outcome, State
 from emailq.clock import ManualClock
 from emailq.errors import BrokerUnavailable
 from emailq.lanes import Lane
+from emailq.message import parse_email
 from emailq.providers import Provider, Rendered, SendResult
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.ratelimit import MemoryLimiter
 from emailq.ratelimit.rules import RateRules
-from emailq.sink import SmtpSink, free_port
+from emailq.sink import SinkHandler, SmtpSink, free_port
 from emailq.worker import Worker, WorkerSettings
 from faults import Greylisting, copies, fill, invitations
 
@@ -235,3 +237,46 @@ def test_an_unexpected_provider_crash_is_charged_per_message_not_refunded(
     # Charged an attempt each time, so the batch dies after poison_attempts instead of
     # being released (attempt refunded) and leased again forever.
     assert broker.stats().count(State.DEAD) == 10
+
+
+class RefusingSome(SinkHandler):
+    """Refuses RCPT TO for some recipients: ``later`` ones with 451 the first time each,
+    ``gone`` ones with 550 always; the rest are accepted."""
+
+    def __init__(self, later: set[str], gone: set[str]) -> None:
+        super().__init__()
+        self.later, self.gone = set(later), gone
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address in self.gone:
+            return "550 5.1.1 No such user"
+        if address in self.later:
+            self.later.discard(address)
+            return "451 4.2.1 Mailbox busy, try again"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_per_recipient_results_retry_only_the_refused_for_now_and_report_the_refused_for_good(
+    broker: Broker, clock: ManualClock
+) -> None:
+    email = {"from": "planner@weddings.example", "subject": "Seating plan", "text": "Table 4",
+             "to": ["bride@a.example", "caterer@b.example"], "cc": ["florist@c.example"],
+             "bcc": ["gone@d.example"]}  # fmt: skip
+    (message_id,) = broker.enqueue_many(
+        [NewMessage(parse_email(email).to_payload(), validated=True)]
+    )
+    handler = RefusingSome(later={"caterer@b.example"}, gone={"gone@d.example"})
+    with SmtpSink(handler=handler) as sink:
+        provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=2))
+        worker = Worker(broker, provider, FAST)
+        run(drain(broker, clock, worker, step_s=3600, rounds=5), provider=provider)
+        deliveries = [d.recipients for d in sink.deliveries]
+    # The first attempt went to all it could; the second only to the one refused for now.
+    assert deliveries == [("bride@a.example", "florist@c.example"), ("caterer@b.example",)]
+    info = broker.get(message_id)
+    assert info is not None and info.state is State.SENT and info.attempts == 2
+    assert info.last_error is not None and "550" in info.last_error
+    assert "gone@d.example" not in info.last_error  # reported, but not as a full address

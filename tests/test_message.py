@@ -779,3 +779,19 @@ def test_issue11_6_a_guessed_message_type_holds_only_for_7bit_content(
 def test_issue11_6_an_explicit_message_type_needs_7bit_content(content: bytes) -> None:
     attachment = {"filename": "fwd.eml", "content": content, "content_type": "message/rfc822"}
     assert fields_of(valid(attachments=[attachment])) == ["attachments.0.content_type"]
+
+
+# Custom headers: an allow list plus X-* (issue 11: a deny list let Received through)
+
+
+@pytest.mark.parametrize(
+    "name", ["Received", "Authentication-Results", "DKIM-Signature", "Sender", "Resent-From"]
+)
+def test_headers_outside_the_allow_list_are_refused(name: str) -> None:
+    assert fields_of(valid(headers={name: "from mx.example by evil"})) == [f"headers.{name}"]
+
+
+def test_x_headers_and_list_headers_are_accepted() -> None:
+    headers = {"X-Wedding": "w-42", "list-unsubscribe": "<https://weddings.example/u/1>",
+               "In-Reply-To": "<a@b.example>", "Auto-Submitted": "auto-generated"}  # fmt: skip
+    assert parse_email(valid(headers=headers)).headers == headers

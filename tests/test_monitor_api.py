@@ -45,7 +45,7 @@ def deployment(tmp_path: Path, clock: ManualClock) -> Iterator[Deployment]:
 
 
 def client_and_keys(deployment: Deployment) -> tuple[AppClient, str, str]:
-    _, operator = deployment.keys.create("operator")
+    _, operator = deployment.keys.create("ops", operator=True)
     _, acme = deployment.keys.create("acme")
     return AppClient(create_app(deployment)), operator, acme
 

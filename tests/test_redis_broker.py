@@ -70,7 +70,7 @@ def recount(broker: RedisBroker) -> dict[tuple[Lane, State], int]:
 
 
 def counted(broker: RedisBroker) -> dict[tuple[Lane, State], int]:
-    counts, _, _ = broker._stats(broker.clock())
+    counts, _, _ = broker._stats(broker.clock(), None)
     return {pair: n for pair, n in counts.items() if n}
 
 

@@ -560,11 +560,14 @@ def keys() -> None:
 @click.option("--tenant", required=True)
 @click.option("--name", default="", help="what the key is for")
 @click.option("--trusted", is_flag=True, help="may set an explicit priority")
+@click.option("--operator", is_flag=True, help="sees every tenant's queue counts and /metrics")
 @click.pass_context
-def keys_create(ctx: click.Context, /, tenant: str, name: str, trusted: bool, **flags: Any) -> None:
+def keys_create(
+    ctx: click.Context, /, tenant: str, name: str, trusted: bool, operator: bool, **flags: Any
+) -> None:
     """Create a key; it is shown once and only its hash is stored."""
     with open_deployment(ctx, flags) as deployment:
-        key, secret = deployment.keys.create(tenant, name, trusted)
+        key, secret = deployment.keys.create(tenant, name, trusted, operator)
     click.echo(f"created key {key.key_id} for tenant {tenant}:")
     click.echo(secret)
 
@@ -578,7 +581,7 @@ def keys_list(ctx: click.Context, /, **flags: Any) -> None:
         listed = deployment.keys.list()
     for key in listed:
         state = "active" if key.active else "revoked"
-        trusted = " trusted" if key.trusted else ""
+        trusted = (" trusted" if key.trusted else "") + (" operator" if key.operator else "")
         click.echo(f"{key.key_id}  {key.tenant:<20} {state}{trusted}  {key.name}")
 
 
@@ -619,6 +622,10 @@ def stats_table(stats: Stats, where: str = "") -> Table:
         counts = [str(lane_stats.counts.get(state, 0)) for state in State]
         table.add_row(lane.value, *counts, f"{lane_stats.oldest_age:.1f} s")
     return table
+
+
+# The data-protection commands register themselves on the group (kept in their own module).
+import emailq.cli_privacy  # noqa: E402, F401
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from emailq.clock import Clock, now
+from emailq.errors import BrokerUnavailable
 
 PREFIX = "eq_"
 
@@ -32,6 +33,7 @@ class ApiKey:
     trusted: bool  # may set an explicit priority
     created_at: float
     revoked_at: float | None = None
+    operator: bool = False  # sees every tenant's queue counts and /metrics; sends as its tenant
 
     @property
     def active(self) -> bool:
@@ -54,9 +56,11 @@ class KeyStore(abc.ABC):
         self.cache_s = cache_s  # a revoked key stops working within this many seconds
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
 
-    def create(self, tenant: str, name: str = "", trusted: bool = False) -> tuple[ApiKey, str]:
+    def create(
+        self, tenant: str, name: str = "", trusted: bool = False, operator: bool = False
+    ) -> tuple[ApiKey, str]:
         key_id, secret = new_secret()
-        key = ApiKey(key_id, tenant, name, trusted, self.clock())
+        key = ApiKey(key_id, tenant, name, trusted, self.clock(), operator=operator)
         self._store(key, digest(secret))
         return key, secret
 
@@ -76,7 +80,12 @@ class KeyStore(abc.ABC):
             return key
         hashed = digest(secret)
         at = time.monotonic()
-        key = self._load(hashed)
+        try:
+            key = self._load(hashed)
+        except (redis.RedisError, sqlite3.Error) as error:
+            # The store lives with the queue: when it cannot answer, neither can the queue
+            # (503 + Retry-After), and the request was fine.
+            raise BrokerUnavailable(f"the API key store cannot answer: {error}") from None
         found = key if key and key.active else None
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -102,7 +111,7 @@ class KeyStore(abc.ABC):
 _SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
     name TEXT NOT NULL, trusted INTEGER NOT NULL, created_at REAL NOT NULL, revoked_at REAL)"""
-_COLUMNS = "key_id, tenant, name, trusted, created_at, revoked_at"
+_COLUMNS = "key_id, tenant, name, trusted, created_at, revoked_at, operator"
 
 
 class SQLiteKeyStore(KeyStore):
@@ -112,12 +121,16 @@ class SQLiteKeyStore(KeyStore):
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout=60000")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}
+        if "operator" not in columns:  # a store from before operator keys
+            self._db.execute("ALTER TABLE api_keys ADD COLUMN operator INTEGER NOT NULL DEFAULT 0")
 
     def _store(self, key: ApiKey, hashed: str) -> None:
         with self._lock:
+            row = (hashed, key.key_id, key.tenant, key.name, key.trusted, key.created_at)
             self._db.execute(
-                f"INSERT INTO api_keys (hash, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (hashed, key.key_id, key.tenant, key.name, key.trusted, key.created_at, None),
+                f"INSERT INTO api_keys (hash, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, None, key.operator),
             )
 
     def _load(self, hashed: str) -> ApiKey | None:
@@ -146,10 +159,11 @@ class SQLiteKeyStore(KeyStore):
 
 
 def _row_to_key(row: tuple[object, ...]) -> ApiKey:
-    key_id, tenant, name, trusted, created_at, revoked_at = row
+    key_id, tenant, name, trusted, created_at, revoked_at, operator = row
     return ApiKey(
         str(key_id), str(tenant), str(name), bool(trusted), float(created_at),  # type: ignore[arg-type]
         None if revoked_at is None else float(revoked_at),  # type: ignore[arg-type]
+        operator=bool(operator),
     )  # fmt: skip
 
 
@@ -166,6 +180,7 @@ class RedisKeyStore(KeyStore):
         pipe.hset(f"{self.base}:key:{hashed}", mapping={
             "key_id": key.key_id, "tenant": key.tenant, "name": key.name,
             "trusted": int(key.trusted), "created_at": key.created_at,
+            "operator": int(key.operator),
         })  # fmt: skip
         pipe.hset(f"{self.base}:keys", key.key_id, hashed)
         pipe.execute()
@@ -179,6 +194,7 @@ class RedisKeyStore(KeyStore):
         return ApiKey(
             text["key_id"], text["tenant"], text["name"], text["trusted"] == "1",
             float(text["created_at"]), float(revoked) if revoked else None,
+            operator=text.get("operator") == "1",
         )  # fmt: skip
 
     def list(self) -> list[ApiKey]:

@@ -50,6 +50,16 @@ RESERVED_HEADERS = frozenset(
     | {"return-path", "x-emailq-id"}
 )
 
+# Headers a caller may set besides X-*: list and thread headers, and the hints mail clients
+# read. An allow list, not a deny list: a trace or authentication header (Received,
+# Authentication-Results, DKIM-Signature, Sender…) would vouch for what no one checked.
+ALLOWED_HEADERS = frozenset(
+    {"list-id", "list-unsubscribe", "list-unsubscribe-post", "list-help", "list-subscribe",
+     "list-post", "list-owner", "list-archive", "in-reply-to", "references", "precedence",
+     "auto-submitted", "importance", "priority", "sensitivity", "keywords", "comments",
+     "feedback-id", "organization", "thread-topic", "thread-index"}
+)  # fmt: skip
+
 _TRUSTED = {"trusted": True}
 # Header-bound text: no C0 control but HTAB, no DEL, no C1 control (RFC 5322 unstructured
 # text is VCHAR and WSP), and no unpaired surrogate, which JSON's "\ud800" can carry but
@@ -445,6 +455,8 @@ class Email(_Model):
                 raise _invalid("names are 1-76 printable ASCII characters without ':'", name)
             if lowered in RESERVED_HEADERS or lowered.startswith("content-"):
                 raise _invalid("is set from the email's own fields, not by hand", name)
+            if lowered not in ALLOWED_HEADERS and not lowered.startswith("x-"):
+                raise _invalid("only X-* and list, thread and client-hint headers may be set", name)
             if lowered in seen:
                 raise _invalid("header given twice (names are case-insensitive)", name)
             seen.add(lowered)

@@ -15,13 +15,14 @@ pydantic-settings reads the environment and the file; the layering is ours, so t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -52,7 +53,14 @@ class BrokerSettings(_Section):
         " rediss://…, redis+sentinel://h:p[,h:p]/service (?prefix=name per queue)",
     )
     retention_s: float = Field(
-        7 * 24 * 3600.0, gt=0, description="seconds sent, dead and cancelled records are kept"
+        30 * 24 * 3600.0,
+        gt=0,
+        description="seconds the records of sent, dead and cancelled mail are kept (no bodies)",
+    )
+    retain_sent_bodies: bool = Field(
+        False,
+        description="keep a sent email's body and recipients until its record is purged"
+        " (default: dropped when it is sent)",
     )
     idempotency_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="seconds an idempotency key returns its first id"
@@ -72,6 +80,25 @@ class BrokerSettings(_Section):
     )
     max_age_bulk_s: float = Field(
         5 * 86400.0, gt=0, description="seconds bulk mail is retried before it is buried"
+    )
+
+
+class PrivacySection(_Section):
+    audit: bool = Field(True, description="write the audit trail (events per message)")
+    audit_retention_s: float = Field(
+        90 * 24 * 3600.0, gt=0, description="seconds audit events are kept after acceptance"
+    )
+    # A week: long enough to requeue what an outage or a bad credential killed, then gone.
+    dead_body_retention_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="seconds a dead email keeps its body (for `emailq requeue --dead`); 0:"
+        " dropped when it dies",
+    )
+    hash_secret: SecretStr | None = Field(
+        None,
+        description="the HMAC secret that stands an address's hash in for it (erasure index,"
+        " audit trail); set it, and keep it: a new one loses the index",
     )
 
 
@@ -115,8 +142,14 @@ class ApiSection(_Section):
     host: str = Field("127.0.0.1", description="address `emailq serve` listens on")
     port: int = Field(8025, ge=0, le=65535, description="port `emailq serve` listens on")
     workers: int = Field(1, ge=1, le=64, description="API server processes")
+    broker_patience_s: float = Field(
+        3.0, gt=0, le=300,
+        description="how long a request waits for an unreachable Redis before answering 503",
+    )  # fmt: skip
+    # 10 MB as Postfix counts it: a body over it is 413 before any of it is parsed, so the
+    # model's own 10 MiB message limit (422) is never the first to see an oversized body.
     max_body_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413"
+        10_000_000, ge=1024, description="request bodies larger than this get 413"
     )
     tenant_rate: float | None = Field(
         None, gt=0, description="emails/s each tenant may submit (429 beyond); none: no limit"
@@ -125,13 +158,45 @@ class ApiSection(_Section):
         None, gt=0, description="emails a tenant may submit at once (default: 2 s of its rate)"
     )
 
-    @property
-    def intake_burst(self) -> float:
+    tenant_rates: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default={},
+        description="tenant → its own intake emails/s, instead of api.tenant_rate (a TOML"
+        ' table, or JSON in the environment: {"acme": 50})',
+    )
+
+    def burst_for(self, rate: float) -> float:
         """A flood is answered 429 within about 2 s, yet a guest list of a few seconds'
         worth still passes whole."""
         if self.tenant_burst is not None:
             return self.tenant_burst
-        return max(1.0, 2.0 * (self.tenant_rate or 0.0))
+        return max(1.0, 2.0 * rate)
+
+    @property
+    def intake_burst(self) -> float:
+        return self.burst_for(self.tenant_rate or 0.0)
+
+    from_domains: dict[str, frozenset[str]] = Field(
+        default={},
+        description="tenant → the only domains its From addresses may use (a TOML table, or"
+        ' JSON in the environment: {"acme": ["weddings.example"]}); tenants not named: any',
+    )
+
+    @field_validator("from_domains")
+    @classmethod
+    def _lowercase_domains(cls, value: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+        return {tenant: frozenset(d.lower() for d in domains) for tenant, domains in value.items()}
+
+    metrics_access: Literal["auto", "open", "operator"] = Field(
+        "auto",
+        description="who may read /metrics: open, operator (an operator API key), or auto:"
+        " open when the API listens on loopback only, operator otherwise",
+    )
+
+    @property
+    def metrics_need_key(self) -> bool:
+        if self.metrics_access == "auto":
+            return not _loopback(self.host)
+        return self.metrics_access == "operator"
 
     ready_timeout_s: float = Field(2.0, gt=0, description="/health/ready answers within this")
     check_provider: bool = Field(
@@ -141,6 +206,15 @@ class ApiSection(_Section):
         None, description="a running API, for `emailq send` and `emailq loadtest --target`"
     )
     key: SecretStr | None = Field(None, description="the API key used with api.url")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 class MonitorSection(_Section):
@@ -159,9 +233,6 @@ class MonitorSection(_Section):
     )
     rules_file: Path | None = Field(
         None, description="TOML alert rules, merged over the defaults by name"
-    )
-    operator_tenant: str = Field(
-        "operator", min_length=1, description="API keys of this tenant see every tenant's numbers"
     )
     slack_url: SecretStr | None = Field(None, description="Slack incoming webhook for alerts")
     webhook_url: str | None = Field(None, description="JSON webhook for alerts (HMAC-signed)")
@@ -194,11 +265,30 @@ class Settings(BaseSettings):
         description="right-hand side of the Message-IDs workers generate",
     )
     policy_file: Path | None = Field(None, description="TOML that overrides the lane policy")
+    encryption_keys: SecretStr | None = Field(
+        None,
+        description="seal payloads at rest (AES-256-GCM): id:base64key[,id:base64key], the"
+        " first seals, the rest still open (rotation: `emailq rotate-keys`)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text, or as JSON objects (one per line)"
+    )
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from emailq.privacy.sealing import parse_keys
+
+            parse_keys(value.get_secret_value())
+        return value
+
     broker: BrokerSettings = BrokerSettings()
     provider: ProviderSettings = ProviderSettings()
     worker: WorkerSection = WorkerSection()
     limits: LimitSettings = LimitSettings()
     api: ApiSection = ApiSection()
+    privacy: PrivacySection = PrivacySection()
     monitor: MonitorSection = MonitorSection()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -264,11 +354,14 @@ class Settings(BaseSettings):
         """Every secret these settings hold (for scrubbing logs)."""
         found = [url_password(self.provider.url), url_password(self.broker.url)]
         found.append(url_password(self.monitor.email_smtp_url or ""))
-        secrets = (self.provider.resend_api_key, self.api.key, self.monitor.slack_url,
-                   self.monitor.webhook_secret)  # fmt: skip
+        secrets = (self.provider.resend_api_key, self.api.key, self.privacy.hash_secret,
+                   self.monitor.slack_url, self.monitor.webhook_secret)  # fmt: skip
         for secret in secrets:
             if secret is not None:
                 found.append(secret.get_secret_value())
+        if self.encryption_keys is not None:
+            keys = self.encryption_keys.get_secret_value()
+            found += [keys, *(part.partition(":")[2] for part in keys.split(","))]
         return [s for s in found if s]
 
 

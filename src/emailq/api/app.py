@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emailq.api import monitoring, problems, routes
+from emailq.api.auth import TenantBudget
 from emailq.api.grouping import EnqueueGroup
 from emailq.api.readiness import BoundedCheck
 from emailq.deployment import Deployment
@@ -30,11 +30,7 @@ class ApiContext:
     broker_ready: BoundedCheck
     provider_ready: BoundedCheck
     group: EnqueueGroup
-
-    @property
-    def limiter(self) -> Any:
-        """The shared limiter when tenants have an intake rate; None otherwise."""
-        return self.deployment.limiter if self.settings.tenant_rate else None
+    budget: TenantBudget
 
 
 def create_app(deployment: Deployment | Settings) -> FastAPI:
@@ -42,7 +38,11 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
     when it starts and closes it when it stops (what ``emailq serve`` does); given a
     :class:`Deployment`, the caller keeps it and closes it."""
     owned = isinstance(deployment, Settings)
-    opened = deployment if isinstance(deployment, Deployment) else Deployment(deployment)
+    opened = (
+        deployment
+        if isinstance(deployment, Deployment)
+        else Deployment(deployment, patience_s=deployment.api.broker_patience_s)
+    )
     api = opened.settings.api
     provider_url = opened.settings.provider.url
     context = ApiContext(
@@ -57,12 +57,15 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
             api.ready_timeout_s,
         ),
         group=EnqueueGroup(opened.broker),
+        budget=TenantBudget(lambda: context.deployment.limiter, api),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned and context.deployment is None:  # started again after a shutdown
-            context.deployment = Deployment.from_settings(opened.settings)
+            context.deployment = Deployment.from_settings(
+                opened.settings, patience_s=api.broker_patience_s
+            )
             context.group = EnqueueGroup(context.deployment.broker)
         # `emailq serve` runs the monitor too (its own deployment; the broker's lease
         # makes one writer of all the processes that run it).

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -10,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from emailq.api.problems import Problem
 from emailq.keys import ApiKey, KeyStore
 from emailq.ratelimit import Limit, Limiter, LimitRequest
+from emailq.settings import ApiSection
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="emailq"'}
 
@@ -27,18 +30,52 @@ async def authenticate(request: Request, keys: KeyStore) -> ApiKey:
     return key
 
 
-async def spend_tenant_budget(
-    limiter: Limiter | None, tenant: str, rate: float | None, burst: float, emails: int
-) -> None:
-    """Charge ``emails`` to the tenant's intake rate; 429 with Retry-After when over it."""
-    if limiter is None or rate is None:
-        return
-    cost = min(float(emails), burst)  # a batch larger than the burst waits for a full bucket
-    request = LimitRequest((Limit(f"intake:{tenant}", rate, burst),), cost=cost)
-    grant = await run_in_threadpool(limiter.try_acquire, [request])
-    if not grant.granted[0]:
-        retry_after = str(max(1, math.ceil(grant.wait)))
-        raise Problem(
-            429, f"tenant {tenant!r} is over its intake rate of {rate:g} emails/s",
-            headers={"Retry-After": retry_after},
+class TenantBudget:
+    """Each tenant's intake rate (``api.tenant_rate``, or its own in ``api.tenant_rates``):
+    429 with Retry-After beyond it.
+
+    A tenant refused one email is refused again from memory until then: a flood costs no
+    body read, no parsing and no limiter call, so the other tenants' requests do not queue
+    behind it (issue 11).
+    """
+
+    def __init__(self, limiter: Callable[[], Limiter], api: ApiSection) -> None:
+        self._limiter = limiter
+        self.api = api
+        self._refused_until: dict[str, float] = {}  # tenant → monotonic time
+
+    def rate_of(self, tenant: str) -> float | None:
+        return self.api.tenant_rates.get(tenant, self.api.tenant_rate)
+
+    def refuse_if_flooding(self, tenant: str) -> None:
+        until = self._refused_until.get(tenant)
+        if until is None:
+            return
+        wait = until - time.monotonic()
+        if wait <= 0:
+            del self._refused_until[tenant]
+            return
+        raise self._problem(tenant, wait)
+
+    async def spend(self, tenant: str, emails: int) -> None:
+        """Charge ``emails`` to the tenant's rate; 429 with Retry-After when over it."""
+        rate = self.rate_of(tenant)
+        if rate is None:
+            return
+        burst = self.api.burst_for(rate)
+        cost = min(float(emails), burst)  # a batch larger than the burst waits for a full bucket
+        request = LimitRequest((Limit(f"intake:{tenant}", rate, burst),), cost=cost)
+        grant = await run_in_threadpool(self._limiter().try_acquire, [request])
+        if grant.granted[0]:
+            return
+        if cost <= 1:  # a batch's wait is longer than one email's: remember only these
+            if len(self._refused_until) > 10_000:
+                self._refused_until.clear()
+            self._refused_until[tenant] = time.monotonic() + grant.wait
+        raise self._problem(tenant, grant.wait)
+
+    def _problem(self, tenant: str, wait: float) -> Problem:
+        return Problem(
+            429, f"tenant {tenant!r} is over its intake rate of {self.rate_of(tenant):g} emails/s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )  # fmt: skip

@@ -1,7 +1,7 @@
 """The monitor's read side over HTTP: ``GET /v1/stats``, ``GET /v1/alerts``, silences,
 ``GET /dashboard`` (one page, its assets served from the package: no CDN), and the fleet
-totals on ``/metrics``. An API key of the operator tenant (``monitor.operator_tenant``)
-sees everything; any other key sees its own tenant's deliveries only.
+totals on ``/metrics``. An operator API key (``emailq keys create --operator``) sees
+everything; any other key sees its own tenant's deliveries only.
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ class MonitorReader:
             self._store.close()
         self._store, self._cache = None, None
 
-    def is_operator(self, key: ApiKey) -> bool:
-        return key.tenant == self.ctx.deployment.settings.monitor.operator_tenant
+    @staticmethod
+    def is_operator(key: ApiKey) -> bool:
+        return key.operator
 
     def stats(self, key: ApiKey, since_text: str | None, until_text: str | None,
               step_text: str | None) -> bytes:  # fmt: skip

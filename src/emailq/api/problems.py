@@ -16,7 +16,7 @@ from emailq.errors import BrokerUnavailable, FieldError, InvalidEmail
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_S = 5  # when the broker is down or full: long enough to fail over or free room
-_TITLES = {
+TITLES = {
     400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
     405: "Method not allowed", 409: "Conflict", 413: "Request body too large",
     415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests",
@@ -47,7 +47,7 @@ def problem_response(
     errors: Sequence[FieldError] = (),
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    title = _TITLES.get(status, "Error")
+    title = TITLES.get(status, "Error")
     body: dict[str, Any] = {
         "type": f"https://emailq.dev/problems/{title.lower().replace(' ', '-')}",
         "title": title,

@@ -19,17 +19,35 @@ from starlette.concurrency import run_in_threadpool
 from emailq.api import auth
 from emailq.api.batch import BatchRequest, parse_batch
 from emailq.api.nesting import body_nested_deeper, too_deep_error
-from emailq.api.problems import Problem
+from emailq.api.problems import MEDIA_TYPE, TITLES, Problem
+from emailq.api.senders import check_from_domains
 from emailq.broker import MessageInfo, NewMessage, State
-from emailq.errors import FieldError, InvalidEmail
-from emailq.intake import to_new_message
+from emailq.errors import FieldError, InvalidEmail, ValidationError
 from emailq.keys import ApiKey
 from emailq.message import Email, parse_email
 
 if TYPE_CHECKING:
     from emailq.api.app import ApiContext
 
-ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"description": "Queued"}}
+
+def problems_of(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Each status a route may answer besides its success, as a problem document (documented,
+    so that a client or schemathesis finds no status the spec does not name)."""
+    schema = {"type": "object", "properties": {"title": {"type": "string"},
+              "status": {"type": "integer"}, "detail": {"type": "string"}}}  # fmt: skip
+    return {
+        status: {"description": TITLES[status], "content": {MEDIA_TYPE: {"schema": schema}}}
+        for status in statuses
+    }
+
+
+# Every route can answer 413 (the body cap) and 503 (the queue down or full); /v1 ones 401.
+_ANY = (413, 503)
+_V1 = (401, *_ANY)
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Queued"},
+    **problems_of(*_V1, 403, 422, 429),
+}
 
 
 def _json_object(body: bytes, where: str = "") -> dict[str, Any]:
@@ -76,13 +94,13 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
     async def caller(request: Request) -> ApiKey:
         return await auth.authenticate(request, ctx.deployment.keys)
 
-    async def enqueue(key: ApiKey, emails: list[Email]) -> list[tuple[str, NewMessage]]:
-        await auth.spend_tenant_budget(
-            ctx.limiter, key.tenant, ctx.settings.tenant_rate, ctx.settings.intake_burst,
-            len(emails),
-        )  # fmt: skip
+    async def enqueue(
+        key: ApiKey, emails: list[Email], from_field: str
+    ) -> list[tuple[str, NewMessage]]:
+        check_from_domains(emails, key.tenant, ctx.settings.from_domains, from_field)
+        await ctx.budget.spend(key.tenant, len(emails))
         now = datetime.now(UTC)
-        messages = [to_new_message(email, now, ctx.deployment.policy) for email in emails]
+        messages = [ctx.deployment.to_message(email, now, key.key_id) for email in emails]
         ids = await ctx.group.enqueue(messages)
         for lane, count in Counter(message.lane.value for message in messages).items():
             ctx.metrics.accepted.labels(lane).inc(count)
@@ -95,9 +113,10 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         return the first email's id."""
         started = time.perf_counter()
         key = await caller(request)
+        ctx.budget.refuse_if_flooding(key.tenant)  # before the body is read or parsed
         data = _json_object(await request.body())
         scope_to_key(data, key, request.headers.get("idempotency-key"))
-        [(message_id, message)] = await enqueue(key, [parse_email(data)])
+        [(message_id, message)] = await enqueue(key, [parse_email(data)], "from")
         ctx.metrics.request_seconds.labels("send").observe(time.perf_counter() - started)
         return JSONResponse(
             {"id": message_id, "lane": message.lane.value},
@@ -112,12 +131,13 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         accepted whole or rejected whole with every error's index and field."""
         started = time.perf_counter()
         key = await caller(request)
+        ctx.budget.refuse_if_flooding(key.tenant)
         body = await request.body()
         emails = await run_in_threadpool(
             parse_batch, body, lambda template: scope_to_key(template, key, None),
             request.headers.get("idempotency-key"),
         )  # fmt: skip
-        queued = await enqueue(key, emails)
+        queued = await enqueue(key, emails, "template.from")
         ctx.metrics.request_seconds.labels("batch").observe(time.perf_counter() - started)
         return JSONResponse(
             {"ids": [message_id for message_id, _ in queued], "count": len(queued)},
@@ -131,12 +151,12 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(404, f"no email {message_id!r} for this tenant")
         return info
 
-    @app.get("/v1/emails/{message_id}")
+    @app.get("/v1/emails/{message_id}", responses=problems_of(*_V1, 404))
     async def get_email(request: Request, message_id: str) -> JSONResponse:
         """An email's state, lane, attempts, last error and timestamps."""
         return JSONResponse(info_body(await owned_info(request, message_id)))
 
-    @app.delete("/v1/emails/{message_id}")
+    @app.delete("/v1/emails/{message_id}", responses=problems_of(*_V1, 404, 409))
     async def cancel_email(request: Request, message_id: str) -> JSONResponse:
         """Cancel an email no worker has taken yet; 409 when it is being sent or done."""
         info = await owned_info(request, message_id)
@@ -146,7 +166,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(409, f"the email is {state} and can no longer be cancelled")
         return JSONResponse({"id": message_id, "state": "cancelled"})
 
-    @app.post("/v1/emails/{message_id}/requeue")
+    @app.post("/v1/emails/{message_id}/requeue", responses=problems_of(*_V1, 404, 409))
     async def requeue_email(request: Request, message_id: str) -> JSONResponse:
         """Queue a dead email again, with fresh attempts and a fresh expiry; 409 unless dead."""
         info = await owned_info(request, message_id)
@@ -159,11 +179,55 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(409, f"the email is {state}; only dead emails can be requeued")
         return JSONResponse({"id": message_id, "state": "queued"})
 
-    @app.get("/v1/queues")
+    @app.get("/v1/emails/{message_id}/events", responses=problems_of(*_V1, 404))
+    async def email_events(request: Request, message_id: str) -> JSONResponse:
+        """The email's audit trail, oldest first: accepted, leased, each attempt, sent…
+        Recipients appear only as keyed hashes."""
+        info = await owned_info(request, message_id)
+        events = await run_in_threadpool(ctx.deployment.broker.events, info.id)
+        return JSONResponse({"id": info.id, "events": [json.loads(e.to_json()) for e in events]})
+
+    @app.get("/v1/events", response_class=PlainTextResponse, responses=problems_of(*_V1, 422))
+    async def tenant_events(request: Request, since: float, until: float) -> Response:
+        """The caller's tenant's audit events from ``since`` to before ``until`` (epoch
+        seconds), as JSON lines."""
+        key = await caller(request)
+        events = await run_in_threadpool(
+            ctx.deployment.broker.tenant_events, key.tenant, since, until
+        )
+        lines = "".join(e.to_json() + "\n" for e in events)
+        return Response(lines, media_type="application/x-ndjson")
+
+    @app.post("/v1/erasure", responses=problems_of(*_V1, 403, 422),
+              openapi_extra=_body_schema("ErasureRequest"))  # fmt: skip
+    async def erasure(request: Request) -> JSONResponse:
+        """Erase an address (GDPR art. 17) from the caller's tenant's mail: queued mail to
+        it is cancelled; bodies, recipients and idempotency keys naming it are removed; the
+        audit trail keeps a keyed hash. An operator key may name any tenant, or none (all).
+        Running it again changes nothing; the counts say what was done."""
+        key = await caller(request)
+        data = _json_object(await request.body())
+        address = data.get("recipient")
+        if not isinstance(address, str):
+            raise InvalidEmail([FieldError("recipient", "an email address is required")])
+        tenant = data.get("tenant", None if key.operator else key.tenant)
+        if tenant is not None and not isinstance(tenant, str):
+            raise InvalidEmail([FieldError("tenant", "must be a string")])
+        if tenant != key.tenant and not key.operator:
+            raise Problem(403, "only an operator key may erase across tenants")
+        try:
+            counts = await run_in_threadpool(ctx.deployment.erase, address, tenant)
+        except ValidationError as error:
+            raise InvalidEmail([FieldError(error.field, error.message)]) from None
+        return JSONResponse({"tenant": tenant, **counts.as_dict()})
+
+    @app.get("/v1/queues", responses=problems_of(*_V1))
     async def queues(request: Request) -> JSONResponse:
-        """Depth per lane and state, and the oldest ready message's age."""
-        await caller(request)
-        stats = await run_in_threadpool(ctx.deployment.broker.stats)
+        """The caller's tenant's depth per lane and state (an operator key's: every tenant's),
+        and the age of each lane's oldest ready message."""
+        key = await caller(request)
+        tenant = None if key.operator else key.tenant
+        stats = await run_in_threadpool(ctx.deployment.broker.stats, tenant)
         return JSONResponse({
             lane.value: {
                 "depth": {state.value: n for state, n in lane_stats.counts.items()},
@@ -172,12 +236,12 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             for lane, lane_stats in stats.lanes.items()
         })  # fmt: skip
 
-    @app.get("/health")
+    @app.get("/health", responses=problems_of(*_ANY))
     async def health() -> JSONResponse:
         """Liveness: the process answers."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/health/ready")
+    @app.get("/health/ready", responses=problems_of(*_ANY))
     async def ready() -> JSONResponse:
         """Readiness: the broker can take mail (reachable, not full) and, when configured,
         the provider answers; 503 naming what is wrong otherwise."""
@@ -195,9 +259,15 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         headers = None if ok else {"Retry-After": "5"}
         return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> Response:
-        """Prometheus text format."""
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses=problems_of(*_V1, 403))  # fmt: skip
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format; off loopback (or with api.metrics_access = "operator"),
+        for operator keys only."""
+        if ctx.settings.metrics_need_key:
+            key = await caller(request)
+            if not key.operator:
+                raise Problem(403, "/metrics needs an operator API key")
         data = await run_in_threadpool(generate_latest, ctx.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
@@ -216,6 +286,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     template = "#/components/schemas/{model}"
+    schemas["ErasureRequest"] = {
+        "type": "object",
+        "required": ["recipient"],
+        "properties": {"recipient": {"type": "string", "format": "email"},
+                       "tenant": {"type": "string"}},
+    }  # fmt: skip
     for model in (Email, BatchRequest):
         schema = model.model_json_schema(by_alias=True, ref_template=template)
         schemas.update(schema.pop("$defs", {}))

@@ -9,16 +9,25 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
                                  last_error, idem, owner (the last to lease it)
     {p}:p:<id>                   string: the payload, stored once, apart from the hash so that
                                  the hash stays small (listpack) and a sent one just drops it
+                                 (kept for the retention period with retain_sent_payloads)
     {p}:ready:<lane>             zset: ready since → id (ids are time-ordered: ties are FIFO)
     {p}:delayed                  zset: due → id, for scheduled and retrying messages
     {p}:leased                   zset: lease expiry → id
     {p}:dead                     zset: died at → id
-    {p}:final                    zset: finished at → "lane:state:id" (sent, dead, cancelled)
+    {p}:final                    zset: finished at → "lane:state:id:tenant" (sent, dead,
+                                 cancelled; "lane:state:id" when written before 0.2)
     {p}:counts                   hash: "lane:state" → messages in that state
+    {p}:tcounts                  hash: "tenant\\x1flane:state" → that tenant's messages in it
+                                 (every script that moves messages gets it as its last key)
     {p}:credit                   hash: lane → smooth weighted round robin credit
     {p}:idem:<tenant>\\x1f<key>   string: "id|expires_at", with a Redis TTL of the window
     {p}:lreq:<request id>        string: "id:token,…" a lease handed out, kept as long as the
                                  lease (a repeated lease call returns these)
+    {p}:a:<id>                   list: the message's audit trail, one JSON event each
+    {p}:a:idx:<tenant>           zset: accepted at → id, the tenant's trails (export, purge)
+    {p}:a:tenants                set: tenants with trails
+    {p}:r:<recipient hash>       set: ids of the messages naming that address (its keyed
+                                 hash, emailq.privacy.erasure), for erasure and access
 
 Times are Redis's own clock (``TIME``, read inside each script), so every worker on every
 machine shares one clock, whatever its own says; a broker given a clock (tests) passes its
@@ -63,11 +72,19 @@ from emailq.broker.base import (
     Outcome,
     State,
 )
-from emailq.broker.redis_client import DEFAULT_PREFIX, Keys, connect, warn_unless_noeviction
+from emailq.broker.redis_client import (
+    DEFAULT_PREFIX,
+    Keys,
+    connect,
+    warn_if_evicting,
+    warn_unless_noeviction,
+)
 from emailq.clock import Clock
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable
 from emailq.ids import new_id
 from emailq.lanes import LANE_ORDER, SHARED_LANES, Lane
+from emailq.privacy.audit import AuditEvent, attempt_detail, detail_text, event_from_json
+from emailq.privacy.erasure import ErasureCounts
 
 PROMOTE_LIMIT = 1000  # due messages promoted by one lease
 PING_TIMEOUT = 2.0  # seconds, to connect and to answer
@@ -91,7 +108,7 @@ _SCRIPTS = {
     name: _script(name)
     for name in (
         "enqueue", "lease", "heartbeat", "settle", "reap", "promote", "cancel",
-        "requeue_dead", "purge_expired",
+        "requeue_dead", "purge_expired", "purge_audit", "erase", "swap_payload",
     )
 }  # fmt: skip
 # settle.lua's sections, in its order
@@ -102,7 +119,8 @@ _INFO_FIELDS = (
     "state", "lane", "tenant", "attempts", "max_attempts", "enqueued_at", "updated_at",
     "available_at", "last_error", "idem", "expires_at",
 )  # fmt: skip
-_JOB_FIELDS = 9  # per leased message in lease.lua's reply
+_JOB_FIELDS = 10  # per leased message in lease.lua's reply
+_COUNTS = tuple(f"{lane.value}:{state.value}" for lane in LANE_ORDER for state in State)
 
 
 class RedisBroker(Broker):
@@ -120,7 +138,10 @@ class RedisBroker(Broker):
         self._scripts: dict[str, Script] = {
             name: client.register_script(text) for name, text in _SCRIPTS.items()
         }
-        warn_unless_noeviction(client)
+        # Asked once, without the client's minute of retries: an API started while Redis is
+        # down opens its port at once and answers readiness (503, naming Redis). Unanswered
+        # now, the policy is read from the first readiness check that reaches Redis.
+        self._eviction_policy = warn_unless_noeviction(_AskOnce(self))
 
     @classmethod
     def from_url(
@@ -128,7 +149,7 @@ class RedisBroker(Broker):
     ) -> RedisBroker:
         """``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://h:p[,h:p]/service``;
         ``?prefix=name`` picks the queue (default ``emailq``)."""
-        client, prefix = connect(url)
+        client, prefix = connect(url, (options or BrokerOptions()).patience_s)
         return cls(client, prefix, options=options, clock=clock)
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -140,20 +161,38 @@ class RedisBroker(Broker):
     def _max_ages(self) -> list[float]:
         return [self.options.max_age[lane] for lane in LANE_ORDER]
 
+    def _tail(self) -> list[str]:
+        """The last two keys of every script that changes state: the audit prefix (or its
+        "off" stand-in, prelude.lua), then the tenant counts."""
+        k = self.keys
+        return [k.audit if self.options.audit else k.audit_off, k.tenant_counts]
+
+    def _dead_payload_ms(self) -> int:
+        """How long a dead message keeps its payload, in ms; 0: dropped when it dies."""
+        keep = self.options.dead_payload_retention
+        return self._retention_ms() if keep is None else max(0, round(keep * 1000))
+
+    def _index_ms(self) -> int:
+        """A recipient index set outlives its last message's record."""
+        longest = max(self.options.max_age.values())
+        return max(1, round((longest + self.options.retention) * 1000))
+
     # -- intake -------------------------------------------------------------------------
     def _enqueue_many(self, messages: Sequence[NewMessage], at: float | None) -> list[str]:
         ttl = self.options.idempotency_ttl
         args: list[Any] = [_time(at), max(1, round(ttl * 1000)), ttl, *_LANE_NAMES]
-        args += self._max_ages()
+        args += [*self._max_ages(), self._index_ms()]
         payloads: dict[str, bytes] = {}
         for m in messages:
             message_id = new_id()
             payloads[self.keys.payload + message_id] = m.payload
             args += (message_id, m.lane.value, m.tenant, m.idempotency_key or "",
                      _or_blank(m.send_at), m.max_attempts or 0,
-                     _or_blank(m.expires_at))  # fmt: skip
+                     _or_blank(m.expires_at), " ".join(m.recipient_hashes),
+                     _accepted_members(m) if self.options.audit else "")  # fmt: skip
         k = self.keys
-        keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready]
+        keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready,
+                k.recipients, *self._tail()]  # fmt: skip
         # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
         # EVALSHA: a NOSCRIPT inside EXEC would leave the MSET applied; the text is small.
         pipe = self.client.pipeline(transaction=True)
@@ -179,8 +218,8 @@ class RedisBroker(Broker):
         # ConnectionError) returns the jobs of the first instead of leasing more.
         request = k.lease_request + (request_id or uuid.uuid4().hex)
         args = [_time(at), lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask,
-                self._retention_ms()]  # fmt: skip
-        reply = self._run("lease", [*keys, *k.ready, request], args)
+                self._retention_ms(), self._dead_payload_ms()]  # fmt: skip
+        reply = self._run("lease", [*keys, *k.ready, request, *self._tail()], args)
         return [_job(reply[i : i + _JOB_FIELDS]) for i in range(0, len(reply), _JOB_FIELDS)]
 
     def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]:
@@ -195,37 +234,43 @@ class RedisBroker(Broker):
             by_action[outcome.action].append(outcome)
         args: list[Any] = [_time(at), self._retention_ms(), *_LANE_NAMES]
         args += [len(by_action[action]) for action in _SETTLE_ORDER]
+        args.append("1" if self.options.retain_sent_payloads else "")
+        args.append(self._dead_payload_ms())
+        attempt = _attempt_members if self.options.audit else _no_members
         for o in by_action[Action.COMPLETE]:
-            args += (o.job.id, o.job.token)
+            args += (o.job.id, o.job.token, o.error or "", attempt(o))
         for o in by_action[Action.RETRY]:
-            args += (o.job.id, o.job.token, o.delay, o.error or "")
+            args += (o.job.id, o.job.token, o.delay, o.error or "", " ".join(o.recipients or ()),
+                     attempt(o))  # fmt: skip
         for o in by_action[Action.BURY]:
-            args += (o.job.id, o.job.token, o.error or "")
+            args += (o.job.id, o.job.token, o.error or "", attempt(o))
         for o in by_action[Action.RELEASE]:
             args += (o.job.id, o.job.token)
         for o in by_action[Action.DEFER]:
             args += (o.job.id, o.job.token, o.delay, o.error or "")
         k = self.keys
-        keys = [k.message, k.payload, k.leased, k.delayed, k.counts, k.final, k.dead, *k.ready]
+        keys = [k.message, k.payload, k.leased, k.delayed, k.counts, k.final, k.dead, *k.ready,
+                *self._tail()]  # fmt: skip
         return _texts(self._run("settle", keys, args))
 
     # -- housekeeping -------------------------------------------------------------------
     def _reap_expired(self, at: float | None, limit: int) -> int:
         k = self.keys
-        keys = [k.message, k.payload, k.leased, k.counts, k.final, k.dead, *k.ready]
-        args = [_time(at), limit, self._retention_ms(), *_LANE_NAMES]
+        keys = [k.message, k.payload, k.leased, k.counts, k.final, k.dead, *k.ready,
+                *self._tail()]  # fmt: skip
+        args = [_time(at), limit, self._retention_ms(), *_LANE_NAMES, self._dead_payload_ms()]
         return int(self._run("reap", keys, args))
 
     def _promote_due(self, at: float | None, limit: int) -> int:
         k = self.keys
-        keys = [k.message, k.delayed, k.counts, *k.ready]
+        keys = [k.message, k.delayed, k.counts, *k.ready, k.tenant_counts]
         return int(self._run("promote", keys, [_time(at), limit, *_LANE_NAMES]))
 
     def _requeue_dead(
         self, ids: Sequence[str] | None, only: DeadFilter, limit: int, at: float | None
     ) -> int:
         k = self.keys
-        keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready]
+        keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready, *self._tail()]
         mode = "all" if ids is None else "ids"
         args = [_time(at), limit, mode, *_LANE_NAMES, *self._max_ages(), _or_blank(only.since),
                 only.lane.value if only.lane else "", only.tenant or "", *(ids or ())]  # fmt: skip
@@ -233,15 +278,87 @@ class RedisBroker(Broker):
 
     def _cancel(self, message_id: str, at: float | None) -> bool:
         k = self.keys
-        keys = [k.message, k.payload, k.delayed, k.counts, k.final, *k.ready]
+        keys = [k.message, k.payload, k.delayed, k.counts, k.final, *k.ready, *self._tail()]
         args = [_time(at), message_id, self._retention_ms(), *_LANE_NAMES]
         return bool(self._run("cancel", keys, args))
 
     def _purge_expired(self, at: float | None, limit: int) -> int:
         k = self.keys
-        keys = [k.message, k.payload, k.final, k.dead, k.counts]
+        keys = [k.message, k.payload, k.final, k.dead, k.counts, k.tenant_counts]
         args = [_time(at), limit, self.options.retention]
         return int(self._run("purge_expired", keys, args))
+
+    def _purge_audit(self, at: float | None, limit: int) -> int:
+        args = [_time(at), limit, self.options.audit_retention]
+        return int(self._run("purge_audit", [self.keys.audit], args))
+
+    def _purge_preview(self, at: float | None) -> dict[str, int]:
+        now = self._now() if at is None else at
+        cutoff = f"({round((now - self.options.retention) * 1000)}"
+        records = int(self.client.zcount(self.keys.final, "-inf", cutoff))
+        audit_cutoff = f"({round((now - self.options.audit_retention) * 1000)}"
+        trails = sum(
+            int(self.client.zcount(self._audit_index(tenant.decode()), "-inf", audit_cutoff))
+            for tenant in self._audit_tenants()
+        )
+        # Dead payloads carry a Redis TTL of their own: Redis drops them, nothing to count.
+        return {"records": records, "audit_trails": trails}
+
+    def _stored_payloads(self, cursor: str, count: int) -> tuple[str, list[tuple[str, bytes]]]:
+        reply: Any = self.client.scan(int(cursor or 0), match=f"{self.keys.payload}*", count=count)
+        position, names = reply
+        values: list[Any] = self.client.mget(names) if names else []
+        start = len(self.keys.payload)
+        stored = [(n.decode()[start:], v) for n, v in zip(names, values, strict=True) if v]
+        return ("" if position == 0 else str(position)), stored
+
+    def _swap_payload(self, message_id: str, old: bytes, new: bytes) -> bool:
+        key = self.keys.payload + message_id
+        return bool(self._run("swap_payload", [key], [old, new]))
+
+    # -- the audit trail and erasure ------------------------------------------------------
+    def _audit_index(self, tenant: str) -> str:
+        return f"{self.keys.audit}idx:{tenant}"
+
+    def _audit_tenants(self) -> list[bytes]:
+        return list(self.client.smembers(f"{self.keys.audit}tenants"))  # type: ignore[arg-type]
+
+    def _events(self, message_id: str) -> list[AuditEvent]:
+        lines: list[bytes] = self.client.lrange(self.keys.audit + message_id, 0, -1)  # type: ignore[assignment]
+        return [event_from_json(message_id, line) for line in lines]
+
+    def _tenant_events(
+        self, tenant: str, since: float, until: float, limit: int
+    ) -> list[AuditEvent]:
+        """Trails are indexed by acceptance: those of messages accepted up to the longest
+        lane age before ``since`` may hold events in range (mail requeued later than that
+        is missed; the index keeps its acceptance)."""
+        lookback = max(self.options.max_age.values())
+        low, high = round((since - lookback) * 1000), f"({round(until * 1000)}"
+        ids: list[bytes] = self.client.zrangebyscore(self._audit_index(tenant), low, high)  # type: ignore[assignment]
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in ids:
+            pipe.lrange(self.keys.audit + message_id.decode(), 0, -1)
+        found: list[AuditEvent] = []
+        for message_id, lines in zip(ids, pipe.execute(), strict=True):
+            events = [event_from_json(message_id.decode(), line) for line in lines]
+            found += [e for e in events if since <= e.at < until]
+        found.sort(key=lambda e: e.at)
+        return found[:limit]
+
+    def _find_recipient(self, recipient_hash: str, tenant: str | None) -> list[MessageInfo]:
+        ids: set[bytes] = self.client.smembers(self.keys.recipients + recipient_hash)  # type: ignore[assignment]
+        found = [info for i in sorted(ids) if (info := self._get(i.decode())) is not None]
+        return [info for info in found if tenant is None or info.tenant == tenant]
+
+    def _erase_recipient(
+        self, recipient_hash: str, tenant: str | None, at: float | None
+    ) -> ErasureCounts:
+        k = self.keys
+        keys = [k.message, k.payload, k.idempotency, k.delayed, k.counts, k.final, *k.ready,
+                k.recipients + recipient_hash, *self._tail()]  # fmt: skip
+        args = [_time(at), recipient_hash, tenant or "", self._retention_ms(), *_LANE_NAMES]
+        return ErasureCounts(*(int(n) for n in self._run("erase", keys, args)))
 
     # -- reads --------------------------------------------------------------------------
     def _get(self, message_id: str) -> MessageInfo | None:
@@ -266,10 +383,13 @@ class RedisBroker(Broker):
         )
 
     def _stats(
-        self, at: float | None
+        self, at: float | None, tenant: str | None
     ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
         pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(self.keys.counts)
+        if tenant is None:
+            pipe.hgetall(self.keys.counts)
+        else:  # the tenant's lanes × states, one HMGET: no scan of its messages
+            pipe.hmget(self.keys.tenant_counts, [f"{tenant}\x1f{field}" for field in _COUNTS])
         for key in self.keys.ready:
             pipe.zrange(key, 0, 0, withscores=True)
         if at is None:
@@ -279,6 +399,8 @@ class RedisBroker(Broker):
             seconds, micros = replies.pop()
             at = seconds + micros / 1_000_000
         raw_counts, *heads = replies
+        if tenant is not None:
+            raw_counts = {f.encode(): v for f, v in zip(_COUNTS, raw_counts, strict=True) if v}
         counts: dict[tuple[Lane, State], int] = {}
         for field, value in raw_counts.items():
             lane, state = field.decode().split(":")
@@ -318,6 +440,9 @@ class RedisBroker(Broker):
             info = _info_fields(self._ask_once("INFO", "memory", "replication"))
         except redis.RedisError as error:
             return f"unreachable: {error}"
+        if self._eviction_policy is None and "maxmemory_policy" in info:
+            self._eviction_policy = info["maxmemory_policy"]
+            warn_if_evicting(self._eviction_policy)
         if info.get("role") == "slave":
             return "read-only: connected to a replica, not the master"
         limit = int(info.get("maxmemory", 0))
@@ -359,8 +484,23 @@ class RedisBroker(Broker):
         self.client.close()
 
 
+class _AskOnce:
+    """``config_get`` by :meth:`RedisBroker._ask_once`: one try, no retry budget."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+
+    def config_get(self, name: str) -> dict[bytes, bytes]:
+        reply = self.broker._ask_once("CONFIG", "GET", name)
+        if isinstance(reply, dict):  # hiredis answers a map; the Python parser, pairs
+            return reply
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
 def _job(fields: Sequence[Any]) -> Job:
-    message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, expires = fields
+    message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, expires, rcpt = (
+        fields
+    )
     return Job(
         id=message_id.decode(),
         token=token,
@@ -371,7 +511,29 @@ def _job(fields: Sequence[Any]) -> Job:
         enqueued_at=float(enqueued_at),
         tenant=tenant.decode(),
         expires_at=math.inf if expires is None else float(expires),
+        recipients=tuple(rcpt.decode().split()) if rcpt else None,
     )
+
+
+def _accepted_members(message: NewMessage) -> str:
+    """The accepted event's members after its time and kind (enqueue.lua adds those)."""
+    detail = detail_text(tenant=message.tenant, lane=message.lane.value,
+                         rcpt=list(message.recipient_hashes) or None,
+                         **dict(message.origin or {}))  # fmt: skip
+    return _members(detail)
+
+
+def _attempt_members(outcome: Outcome) -> str:
+    return _members(attempt_detail(outcome))
+
+
+def _no_members(outcome: Outcome) -> str:
+    return ""
+
+
+def _members(detail: str) -> str:
+    """'{"a":1,"b":2}' → ',"a":1,"b":2': members to splice into an event (prelude.lua)."""
+    return "," + detail[1:-1] if len(detail) > 2 else ""
 
 
 def _mb(size: int) -> str:

@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS messages (
     available_at    REAL NOT NULL,                -- ready since (queued) or due at (scheduled, retrying)
     last_error      TEXT,
     idempotency_key TEXT,
-    expires_at      REAL                          -- given up on from then; NULL: never (< 0.3)
+    expires_at      REAL,                         -- given up on from then; NULL: never (< 0.3)
+    recipients      TEXT                          -- left after a partial delivery; NULL: all
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id)
@@ -25,6 +26,7 @@ CREATE INDEX IF NOT EXISTS messages_delayed ON messages (available_at)
 CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_expires)
     WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS messages_state ON messages (state, lane, updated_at);
+CREATE INDEX IF NOT EXISTS messages_tenant ON messages (tenant, state, lane);
 
 CREATE TABLE IF NOT EXISTS idempotency (
     scope      TEXT PRIMARY KEY,                  -- tenant, US (0x1f), key
@@ -36,3 +38,25 @@ CREATE TABLE IF NOT EXISTS lane_credit (
     lane   TEXT PRIMARY KEY,
     credit INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- The audit trail (emailq.privacy.audit): written in the transaction that changes the state.
+-- Appended in time order, so the oldest rows are the first by seq (what purge deletes).
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq        INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    tenant     TEXT NOT NULL,
+    at         REAL NOT NULL,
+    kind       TEXT NOT NULL,
+    detail     TEXT NOT NULL                      -- JSON object; never an address or a body
+);
+CREATE INDEX IF NOT EXISTS audit_message ON audit_events (message_id);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit_events (tenant, at);
+
+-- Which messages name an address, by its keyed hash (emailq.privacy.erasure): erasure and
+-- access find them without reading a body.
+CREATE TABLE IF NOT EXISTS recipient_index (
+    hash       TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (hash, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recipient_message ON recipient_index (message_id);

@@ -39,6 +39,7 @@ class Rendered:
 @dataclass(frozen=True, slots=True)
 class Accepted:
     provider_id: str = ""
+    refused: str = ""  # recipients the server refused for good while taking the rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,8 @@ class Transient:
     # Our own code failed on this message (a bug, an input no check foresaw): retried a
     # few times, then buried, so one poison message cannot circle forever.
     unexpected: bool = False
+    # The message went to the other recipients: the next attempt goes to these alone.
+    recipients: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -54,19 +55,33 @@ class SmtpProvider(Provider):
         self._created = 0
 
     async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
-        async def one(index: int, message: Rendered) -> SendResult:
+        """One task per pooled connection, each taking the batch's next message when it is
+        free (not one task per message waiting for a connection)."""
+        results: list[SendResult] = [Withheld("not reached")] * len(batch)
+        waiting = deque(enumerate(batch))
+        down: list[Transient] = []  # the server is down: the rest of the batch waits for it
+
+        async def connection() -> None:
+            client = await self._checkout()
             try:
-                result = await self._send_one(message, gate)
-            except Exception as error:  # a bug strikes this message, not its siblings
-                log.exception("sending message %s failed", message.message_id)
-                result = Transient(f"unexpected {_describe(error)}", unexpected=True)
-            gate.done(index, result)  # settled as it completes, not when the batch does
-            return result
+                while waiting:
+                    index, message = waiting.popleft()
+                    result = down[0] if down else await self._send_one(client, message, gate)
+                    if isinstance(result, Transient) and result.provider_down and not down:
+                        down.append(result)
+                    results[index] = result
+                    gate.done(index, result)  # settled as it completes, not when the batch does
+            finally:
+                self._idle.put_nowait(client)
 
-        return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(batch))))
+        await asyncio.gather(
+            *(connection() for _ in range(min(len(batch), self.settings.pool_size)))
+        )
+        return results
 
-    async def _send_one(self, message: Rendered, gate: SendGate) -> SendResult:
-        client = await self._checkout()
+    async def _send_one(
+        self, client: aiosmtplib.SMTP, message: Rendered, gate: SendGate
+    ) -> SendResult:
         try:
             if not client.is_connected:
                 try:
@@ -79,39 +94,56 @@ class SmtpProvider(Provider):
             if not await gate.may_send(message.message_id):
                 return Withheld("the lease may have lapsed before MAIL FROM")
             return await self._transaction(client, message)
-        finally:
-            self._idle.put_nowait(client)
+        except Exception as error:  # a bug strikes this message, not its siblings
+            log.exception("sending message %s failed", message.message_id)
+            client.close()  # whatever state the connection is in, start the next one afresh
+            return Transient(f"unexpected {_describe(error)}", unexpected=True)
 
     async def _transaction(self, client: aiosmtplib.SMTP, message: Rendered) -> SendResult:
+        """MAIL, RCPT for each recipient, DATA; the result says what became of each recipient.
+
+        The addresses were checked to be plain ASCII local@domain when the message was
+        rendered (mime.envelope), so they go on the command line as they are, without
+        aiosmtplib's sendmail() parsing every one again on every send.
+        """
+        on_the_wire = False  # past the end of DATA the server may have taken the message
         try:
-            refused, reply = await client.sendmail(
-                message.mail_from, list(message.recipients), message.data
+            size = [b"SIZE=%d" % len(message.data)] if client.supports_extension("size") else []
+            reply = await client.execute_command(
+                b"MAIL", b"FROM:<" + message.mail_from.encode("ascii") + b">", *size
             )
-        except aiosmtplib.SMTPRecipientsRefused as error:
-            return _classify_refusals([(e.code, e.message) for e in error.recipients])
-        except aiosmtplib.SMTPResponseException as error:
-            if error.code == 421:  # the server is closing the channel: it, not the message
-                client.close()
-                return Transient(f"421 {error.message}", provider_down=True)
-            await _reset(client)
-            return _from_code(error.code, error.message)
-        except aiosmtplib.SMTPTimeoutError as error:
-            # After DATA the server may have taken the message: retried, but as "unsure".
-            client.close()
-            return Transient(f"timeout: {_describe(error)}", unsure=True)
+            if reply.code != 250:
+                return await _refused(client, reply.code, reply.message)
+            refusals: dict[str, tuple[int, str]] = {}
+            for recipient in message.recipients:
+                reply = await client.execute_command(
+                    b"RCPT", b"TO:<" + recipient.encode("ascii") + b">"
+                )
+                if reply.code == 421:
+                    return await _refused(client, reply.code, reply.message)
+                if reply.code not in (250, 251):
+                    refusals[recipient] = (reply.code, reply.message)
+            if len(refusals) == len(message.recipients):
+                await _reset(client)
+                return _classify_refusals(list(refusals.values()))
+            on_the_wire = True
+            reply = await client.data(message.data)
+        except aiosmtplib.SMTPResponseException as error:  # DATA refused
+            return await _refused(client, error.code, error.message)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             client.close()  # reconnect on the next message
-            return Transient(f"connection: {_describe(error)}", unsure=True)
-        except Exception as error:  # an address or message our checks let through
-            client.close()  # the transaction is half done: start the next one afresh
-            return Transient(f"unexpected {_describe(error)}", unexpected=True)
-        if refused:  # some recipients refused, the rest accepted: the message went out
-            refusals = "; ".join(f"{addr}: {code}" for addr, (code, _) in sorted(refused.items()))
-            return Accepted(f"{reply} (refused {len(refused)}: {refusals})")
-        return Accepted(reply)
+            return Transient(f"connection: {_describe(error)}", unsure=on_the_wire)
+        if refusals:
+            return _partly_accepted(reply.message, refusals)
+        return Accepted(reply.message)
 
     async def _open(self, client: aiosmtplib.SMTP) -> None:
         await client.connect()
+        if client.is_ehlo_or_helo_needed:  # connect() greets only to use STARTTLS
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
         if self.settings.username and self.settings.password:
             encrypted = client.get_transport_info("sslobject") is not None
             if not encrypted and not self.settings.allow_plaintext_auth:
@@ -156,6 +188,25 @@ def _describe(error: BaseException) -> str:
 def _from_code(code: int, text: str) -> SendResult:
     reason = f"{code} {text}".strip()
     return Permanent(reason) if 500 <= code < 600 else Transient(reason)
+
+
+async def _refused(client: aiosmtplib.SMTP, code: int, text: str) -> SendResult:
+    if code == 421:  # the server is closing the channel: it, not the message
+        client.close()
+        return Transient(f"421 {text}", provider_down=True)
+    await _reset(client)
+    return _from_code(code, text)
+
+
+def _partly_accepted(reply: str, refusals: dict[str, tuple[int, str]]) -> SendResult:
+    """The server took the message for some recipients. Those refused for now (4xx) are
+    tried again, alone; those refused for good (5xx) are reported, not retried."""
+    detail = "; ".join(f"{rcpt}: {code} {text}" for rcpt, (code, text) in refusals.items())
+    later = tuple(rcpt for rcpt, (code, _) in refusals.items() if code < 500)
+    if later:
+        return Transient(f"refused for now by {len(later)} recipients: {detail}",
+                         recipients=later)  # fmt: skip
+    return Accepted(reply, refused=f"refused by {len(refusals)} recipients: {detail}")
 
 
 def _classify_refusals(refusals: list[tuple[int, str]]) -> SendResult:

@@ -5,8 +5,10 @@
 -- KEYS[2]     payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]     delayed zset (due time → id)
 -- KEYS[4]     counts hash ("lane:state" → n)
--- KEYS[5]     final zset (finished at → "lane:state:id")
+-- KEYS[5]     final zset (finished at → "lane:state:id:tenant")
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
+-- KEYS[11]    audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua)
+-- KEYS[12]    tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the message id
 -- ARGV[3]     retention in ms (the Redis TTL of a cancelled message)
@@ -18,7 +20,7 @@ for i = 1, 5 do ready[ARGV[3 + i]] = KEYS[5 + i] end
 local now = clock(ARGV[1])
 local id = ARGV[2]
 local msg = KEYS[1] .. id
-local f = redis.call('HMGET', msg, 'state', 'lane')
+local f = redis.call('HMGET', msg, 'state', 'lane', 'tenant')
 local state, lane = f[1], f[2]
 if state == 'queued' then
   redis.call('ZREM', ready[lane], id)
@@ -29,8 +31,12 @@ else
 end
 redis.call('HSET', msg, 'state', 'cancelled', 'updated_at', now)
 redis.call('UNLINK', KEYS[2] .. id)
-redis.call('ZADD', KEYS[5], ms(now), lane .. ':cancelled:' .. id)
+redis.call('ZADD', KEYS[5], ms(now), final_member(lane, 'cancelled', id, f[3]))
 redis.call('PEXPIRE', msg, ARGV[3])
 redis.call('HINCRBY', KEYS[4], lane .. ':' .. state, -1)
 redis.call('HINCRBY', KEYS[4], lane .. ':cancelled', 1)
+tenant_count(f[3], lane, state, -1)
+tenant_count(f[3], lane, 'cancelled', 1)
+apply_tenant_counts()
+audit(id, event(now, 'cancelled'))
 return 1

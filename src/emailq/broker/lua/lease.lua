@@ -13,9 +13,11 @@
 -- KEYS[5]      counts hash ("lane:state" → n)
 -- KEYS[6]      credit hash (lane → smooth weighted round robin credit)
 -- KEYS[7]      dead zset (died at → id)
--- KEYS[8]      final zset (finished at → "lane:state:id")
+-- KEYS[8]      final zset (finished at → "lane:state:id:tenant")
 -- KEYS[9..13]  ready zsets in lease order: critical first, then the lanes that share
 -- KEYS[14]     this call's request key "{p}:lreq:<request id>"
+-- KEYS[15]     audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua)
+-- KEYS[16]     tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]      now, or "" for the server's clock
 -- ARGV[2]      lease seconds, from now
 -- ARGV[3]      worker name
@@ -26,26 +28,28 @@
 -- ARGV[15]     the lanes this lease may take from, "1" or "0" per lane in lease order
 --              ("10000": an express loop that only takes critical mail)
 -- ARGV[16]     retention in ms (the Redis TTL of a message buried here)
--- Returns      9 per leased message, lane by lane, oldest first: id, token, lane, payload,
---              attempts, max_attempts (0: none), enqueued_at, tenant, expires_at (false: none)
+-- ARGV[17]     a buried message's payload TTL in ms ("0": dropped at once)
+-- Returns      10 per leased message, lane by lane, oldest first: id, token, lane, payload,
+--              attempts, max_attempts (0: none), enqueued_at, tenant, expires_at (false: none),
+--              rcpt (the envelope recipients left after a partial delivery; false: all)
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 -- A repeated call: the jobs the first one handed out, as they are now, and nothing more.
 local function replay(handed)
   local jobs, payloads = {}, {}
   for id, token in string.gmatch(handed, '([^,:]+):(%d+)') do
     local f = redis.call('HMGET', KEYS[1] .. id, 'state', 'token', 'lane', 'attempts',
-      'max_attempts', 'enqueued_at', 'tenant', 'expires_at')
+      'max_attempts', 'enqueued_at', 'tenant', 'expires_at', 'rcpt')
     if f[1] == 'leased' and f[2] == token then
       local k = #jobs
       jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, tonumber(token), f[3], false
       jobs[k + 5], jobs[k + 6] = tonumber(f[4]), tonumber(f[5])
-      jobs[k + 7], jobs[k + 8], jobs[k + 9] = f[6], f[7], f[8] or false
+      jobs[k + 7], jobs[k + 8], jobs[k + 9], jobs[k + 10] = f[6], f[7], f[8] or false, f[9] or false
       payloads[#payloads + 1] = KEYS[2] .. id
     end
   end
   for j = 1, #payloads, 1000 do
     local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
-    for m = 1, #got do jobs[(j + m - 2) * 9 + 4] = got[m] end
+    for m = 1, #got do jobs[(j + m - 2) * 10 + 4] = got[m] end
   end
   return jobs
 end
@@ -69,12 +73,14 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ms(now), 'WITHSCORES', 
 for j = 1, #due, 2 do
   local id = due[j]
   local msg = KEYS[1] .. id
-  local f = redis.call('HMGET', msg, 'state', 'lane')
+  local f = redis.call('HMGET', msg, 'state', 'lane', 'tenant')
   if f[1] == 'scheduled' or f[1] == 'retrying' then
     redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
     redis.call('ZADD', ready_key[f[2]], due[j + 1], id)
     count(f[2] .. ':' .. f[1], -1)
     count(f[2] .. ':queued', 1)
+    tenant_count(f[3], f[2], f[1], -1)
+    tenant_count(f[3], f[2], 'queued', 1)
   end
   redis.call('ZREM', KEYS[3], id)
 end
@@ -116,18 +122,22 @@ end
 
 -- Take: pop each lane's oldest and hand them to the worker, or bury those past expires_at.
 local now_n, now_ms = tonumber(now), ms(now)
-local function bury_expired(msg, id, lane, last_error)
+local function bury_expired(msg, id, lane, tenant, last_error)
   local err = 'expired before it could be sent'  -- as emailq.broker.expiry.expired()
   if last_error then err = err .. '; last error: ' .. last_error end
   redis.call('HSET', msg, 'state', 'dead', 'last_error', err, 'updated_at', now)
   redis.call('PEXPIRE', msg, ARGV[16])
-  redis.call('PEXPIRE', KEYS[2] .. id, ARGV[16])
+  expire_dead_payload(KEYS[2] .. id, ARGV[17])
+  audit(id, event(now, 'dead', member('error', err)))
   redis.call('ZADD', KEYS[7], now_ms, id)
-  redis.call('ZADD', KEYS[8], now_ms, lane .. ':dead:' .. id)
+  redis.call('ZADD', KEYS[8], now_ms, final_member(lane, 'dead', id, tenant))
   count(lane .. ':queued', -1)
   count(lane .. ':dead', 1)
+  tenant_count(tenant, lane, 'queued', -1)
+  tenant_count(tenant, lane, 'dead', 1)
 end
 local expiry = tostring(ms(now_n + tonumber(ARGV[2])))  -- format once
+local worker_member = member('worker', ARGV[3])
 local jobs, expiries, payloads = {}, {}, {}
 for i = 1, 5 do
   local popped = {}
@@ -137,22 +147,25 @@ for i = 1, 5 do
     local id = popped[j]
     local msg = KEYS[1] .. id
     local f = redis.call('HMGET', msg, 'state', 'attempts', 'max_attempts', 'token', 'enqueued_at',
-      'tenant', 'expires_at', 'last_error')
+      'tenant', 'expires_at', 'last_error', 'rcpt')
     if f[1] == 'queued' and f[7] and tonumber(f[7]) <= now_n then
-      bury_expired(msg, id, lanes[i], f[8])
+      bury_expired(msg, id, lanes[i], f[6], f[8])
     elseif f[1] == 'queued' then
       -- (a message stored before the field was named token has none yet: it starts at 1)
       local attempts, token = tonumber(f[2]) + 1, (tonumber(f[4]) or 0) + 1
       redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'token', token,
         'owner', ARGV[3], 'updated_at', now)
       leased = leased + 1
+      audit(id, event(now, 'leased', worker_member .. ',"attempt":' .. attempts))
+      tenant_count(f[6], lanes[i], 'queued', -1)
+      tenant_count(f[6], lanes[i], 'leased', 1)
       expiries[#expiries + 1] = expiry
       expiries[#expiries + 1] = id
       payloads[#payloads + 1] = KEYS[2] .. id
       local k = #jobs
       jobs[k + 1], jobs[k + 2], jobs[k + 3], jobs[k + 4] = id, token, lanes[i], false
       jobs[k + 5], jobs[k + 6], jobs[k + 7], jobs[k + 8] = attempts, tonumber(f[3]), f[5], f[6]
-      jobs[k + 9] = f[7] or false
+      jobs[k + 9], jobs[k + 10] = f[7] or false, f[9] or false
     end
   end
   if leased > 0 then
@@ -165,14 +178,15 @@ for j = 1, #expiries, 1000 do  -- in chunks: unpack() has a limit
 end
 for j = 1, #payloads, 1000 do
   local got = redis.call('MGET', unpack(payloads, j, math.min(j + 999, #payloads)))
-  for m = 1, #got do jobs[(j + m - 2) * 9 + 4] = got[m] end
+  for m = 1, #got do jobs[(j + m - 2) * 10 + 4] = got[m] end
 end
 for field, d in pairs(delta) do
   if d ~= 0 then redis.call('HINCRBY', KEYS[5], field, d) end
 end
+apply_tenant_counts()
 if #jobs > 0 then
   local record = {}
-  for j = 1, #jobs, 9 do record[#record + 1] = jobs[j] .. ':' .. jobs[j + 1] end
+  for j = 1, #jobs, 10 do record[#record + 1] = jobs[j] .. ':' .. jobs[j + 1] end
   redis.call('SET', KEYS[14], table.concat(record, ','), 'PX',
     math.ceil(tonumber(ARGV[2]) * 1000))
 end

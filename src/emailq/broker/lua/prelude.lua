@@ -1,5 +1,5 @@
 -- Shared by every script: loaded in front of each one's body (broker/redis.py), so the
--- helpers below are defined once. Nothing here touches a key.
+-- helpers below are defined once. Only apply_tenant_counts touches a key: the last one given.
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
 -- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
 -- the one clock every worker on every machine shares.
@@ -23,4 +23,41 @@ local function gave_up(attempts, age, err)
   text = text .. ' over ' .. span(age)
   if err ~= '' then text = text .. ': ' .. err end
   return text
+end
+-- Counts per tenant: "tenant\31lane:state" → n in the hash each script that moves messages
+-- is given as its last key, beside the "lane:state" counts. Gathered per script, applied once.
+local tenant_delta = {}
+local function tenant_count(tenant, lane, state, n)
+  if not tenant or tenant == '' then return end
+  local field = tenant .. '\31' .. lane .. ':' .. state
+  tenant_delta[field] = (tenant_delta[field] or 0) + n
+end
+local function apply_tenant_counts()
+  for field, d in pairs(tenant_delta) do
+    if d ~= 0 then redis.call('HINCRBY', KEYS[#KEYS], field, d) end
+  end
+end
+-- A final zset member: "lane:state:id:tenant" (ids hold no ":"; members written before tenant
+-- counts have no tenant part).
+local function final_member(lane, state, id, tenant)
+  return lane .. ':' .. state .. ':' .. id .. ':' .. (tenant or '')
+end
+-- The audit trail (emailq.privacy.audit): scripts that change a message's state are given
+-- the audit prefix "{p}:a:" as their last key but one (a message's events are the list
+-- prefix .. id, each a JSON object), or "{p}:a-off" when the trail is not written. Events
+-- are pushed by the same call that changes the state: no round trip of their own.
+local AUDIT = KEYS[#KEYS - 1] or ''
+local AUDITING = string.sub(AUDIT, -3) == ':a:'
+local function event(at, kind, extra)  -- extra: '' or ',"name":value…' (JSON members)
+  return '{"at":' .. at .. ',"kind":"' .. kind .. '"' .. (extra or '') .. '}'
+end
+local function audit(id, ...)
+  if AUDITING then redis.call('RPUSH', AUDIT .. id, ...) end
+end
+local function member(name, value)  -- one JSON member, the value quoted as JSON needs
+  return ',"' .. name .. '":' .. cjson.encode(value)
+end
+-- A dead message's payload: dropped now ("0"), or kept for a while (ms).
+local function expire_dead_payload(key, ttl)
+  if ttl == '0' then redis.call('UNLINK', key) else redis.call('PEXPIRE', key, ttl) end
 end

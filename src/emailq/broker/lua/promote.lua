@@ -5,6 +5,7 @@
 -- KEYS[2]     delayed zset (due time → id)
 -- KEYS[3]     counts hash ("lane:state" → n)
 -- KEYS[4..8]  ready zsets, one per lane, in the order of the lane names below
+-- KEYS[9]     tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to promote
 -- ARGV[3..7]  lane names
@@ -24,12 +25,14 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms(now), 'WITHSCORES', 
 for j = 1, #due, 2 do
   local id = due[j]
   local msg = KEYS[1] .. id
-  local f = redis.call('HMGET', msg, 'state', 'lane')
+  local f = redis.call('HMGET', msg, 'state', 'lane', 'tenant')
   if f[1] == 'scheduled' or f[1] == 'retrying' then
     redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
     redis.call('ZADD', ready[f[2]], due[j + 1], id)
     count(f[2] .. ':' .. f[1], -1)
     count(f[2] .. ':queued', 1)
+    tenant_count(f[3], f[2], f[1], -1)
+    tenant_count(f[3], f[2], 'queued', 1)
     promoted = promoted + 1
   end
   redis.call('ZREM', KEYS[2], id)
@@ -37,4 +40,5 @@ end
 for field, d in pairs(delta) do
   if d ~= 0 then redis.call('HINCRBY', KEYS[3], field, d) end
 end
+apply_tenant_counts()
 return promoted

@@ -5,8 +5,10 @@
 -- KEYS[2]     payload key prefix "{p}:p:" (a payload is the string KEYS[2] .. id)
 -- KEYS[3]     dead zset (died at → id)
 -- KEYS[4]     counts hash ("lane:state" → n)
--- KEYS[5]     final zset (finished at → "lane:state:id")
+-- KEYS[5]     final zset (finished at → "lane:state:id:tenant")
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
+-- KEYS[11]    audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua)
+-- KEYS[12]    tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to requeue
 -- ARGV[3]     "ids" to requeue the ids that follow, "all" for the longest dead first
@@ -47,9 +49,12 @@ local function requeue(id)
   redis.call('PERSIST', msg)
   redis.call('PERSIST', KEYS[2] .. id)
   redis.call('ZADD', ready[lane], ms(now), id)
-  redis.call('ZREM', KEYS[5], lane .. ':dead:' .. id)
+  redis.call('ZREM', KEYS[5], final_member(lane, 'dead', id, f[3]), lane .. ':dead:' .. id)
   delta[lane] = (delta[lane] or 0) + 1
+  tenant_count(f[3], lane, 'dead', -1)
+  tenant_count(f[3], lane, 'queued', 1)
   requeued = requeued + 1
+  audit(id, event(now, 'requeued', ',"why":"dead mail requeued"'))
   return 'dead'
 end
 
@@ -75,4 +80,5 @@ for lane, n in pairs(delta) do
   redis.call('HINCRBY', KEYS[4], lane .. ':dead', -n)
   redis.call('HINCRBY', KEYS[4], lane .. ':queued', n)
 end
+apply_tenant_counts()
 return requeued
