@@ -71,6 +71,7 @@ class Keys:
     tenant_counts: str  # "tenant\x1flane:state" → n: a tenant's counts without a scan
     credit: str
     ready: tuple[str, ...]  # one per lane, in LANE_ORDER
+    named_lease: str  # + name: "holder|expires at" (one autoscaler per queue)
 
     @classmethod
     def for_prefix(cls, prefix: str) -> Keys:
@@ -91,6 +92,7 @@ class Keys:
             tenant_counts=f"{tag}:tcounts",
             credit=f"{tag}:credit",
             ready=tuple(f"{tag}:ready:{lane.value}" for lane in LANE_ORDER),
+            named_lease=f"{tag}:nlease:",
         )
 
 

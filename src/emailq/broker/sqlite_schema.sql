@@ -38,3 +38,10 @@ CREATE TABLE IF NOT EXISTS lane_credit (
     lane   TEXT PRIMARY KEY,
     credit INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Named leases: one holder at a time (one autoscaler per queue).
+CREATE TABLE IF NOT EXISTS named_lease (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
