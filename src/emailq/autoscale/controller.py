@@ -61,11 +61,21 @@ class Autoscaler:
         self.observer = Observer(broker, config.lookahead_s)
         self.last_change_at = -math.inf
         self.low_since: float | None = None
+        self._holding: bool | None = None
 
     def step(self, workers: int) -> Decision | None:
         """One decision for a pool of ``workers``; None while another autoscaler holds the
         queue (this one then leaves its pool as it is)."""
-        if not self.broker.hold_lease(LEASE_NAME, self.holder, 3 * self.interval_s):
+        held = self.broker.hold_lease(LEASE_NAME, self.holder, 3 * self.interval_s)
+        if held != self._holding:  # said when it changes, not every interval
+            self._holding = held
+            log.info(
+                "autoscaler: %s queue %s (%d..%d workers, a decision every %g s)",
+                "deciding for" if held else "another autoscaler decides for",
+                self.metrics.queue, self.config.min_workers, self.config.max_workers,
+                self.interval_s,
+            )  # fmt: skip
+        if not held:
             return None
         now = self.broker.now()
         observation = dataclasses.replace(
