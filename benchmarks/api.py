@@ -61,32 +61,26 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def open_loop(port: int, secret: str, rate: float, seconds: float) -> dict[str, float]:
-    """Send at ``rate`` requests/s for ``seconds``; latency from each scheduled time."""
-    total = int(rate * seconds)
-    bodies = [
-        request_bytes("/v1/emails", json.dumps(EMAIL | {"to": f"g{i}@example.org"}).encode(),
-                      secret)
-        for i in range(total)
-    ]  # fmt: skip
+async def send_open_loop(
+    port: int, bodies: list[bytes], rate: float, start: float
+) -> list[tuple[float, float, int]]:
+    """(scheduled offset s, latency s, status) per request: each request is released at its
+    scheduled time from ``start`` (open loop) over 64 keep-alive connections."""
     loop = asyncio.get_running_loop()
-    start = loop.time() + 0.2
     schedule: asyncio.Queue[int] = asyncio.Queue()
-    latencies: list[float] = []
-    failures = 0
+    results: list[tuple[float, float, int]] = []
 
     async def connection() -> None:
-        nonlocal failures
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while (index := await schedule.get()) >= 0:
             writer.write(bodies[index])
             status = await read_response(reader)
-            latencies.append(loop.time() - (start + index / rate))
-            failures += status != 202
+            offset = index / rate
+            results.append((offset, loop.time() - (start + offset), status))
         writer.close()
 
     workers = [asyncio.create_task(connection()) for _ in range(64)]
-    for index in range(total):  # release each request at its scheduled time
+    for index in range(len(bodies)):
         delay = start + index / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -94,10 +88,24 @@ async def open_loop(port: int, secret: str, rate: float, seconds: float) -> dict
     for _ in workers:
         schedule.put_nowait(-1)
     await asyncio.gather(*workers)
+    return results
+
+
+async def open_loop(port: int, secret: str, rate: float, seconds: float) -> dict[str, float]:
+    """Send at ``rate`` requests/s for ``seconds``; latency from each scheduled time."""
+    bodies = [
+        request_bytes("/v1/emails", json.dumps(EMAIL | {"to": f"g{i}@example.org"}).encode(),
+                      secret)
+        for i in range(int(rate * seconds))
+    ]  # fmt: skip
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.2
+    results = await send_open_loop(port, bodies, rate, start)
     elapsed = loop.time() - start
-    latencies.sort()
+    latencies = sorted(latency for _, latency, _ in results)
     return {
-        "offered": rate, "achieved": len(latencies) / elapsed, "failures": failures,
+        "offered": rate, "achieved": len(latencies) / elapsed,
+        "failures": sum(status != 202 for _, _, status in results),
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000,
     }  # fmt: skip

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from api import EMAIL, read_response, request_bytes, start_server
+from api import EMAIL, request_bytes, send_open_loop, start_server
 from emailq.deployment import Deployment
 from emailq.sink import free_port
 
@@ -30,35 +30,6 @@ def requests(secret: str, rate: float, seconds: float, tenant: str) -> list[byte
     ]  # fmt: skip
 
 
-async def open_loop(
-    port: int, bodies: list[bytes], rate: float, start: float
-) -> list[tuple[float, float, int]]:
-    """(scheduled offset s, latency s, status) per request, sent open loop from ``start``."""
-    loop = asyncio.get_running_loop()
-    schedule: asyncio.Queue[int] = asyncio.Queue()
-    results: list[tuple[float, float, int]] = []
-
-    async def connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while (index := await schedule.get()) >= 0:
-            writer.write(bodies[index])
-            status = await read_response(reader)
-            offset = index / rate
-            results.append((offset, loop.time() - (start + offset), status))
-        writer.close()
-
-    workers = [asyncio.create_task(connection()) for _ in range(64)]
-    for index in range(len(bodies)):
-        delay = start + index / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        schedule.put_nowait(index)
-    for _ in workers:
-        schedule.put_nowait(-1)
-    await asyncio.gather(*workers)
-    return results
-
-
 def p99_ms(results: list[tuple[float, float, int]]) -> float:
     latencies = sorted(latency for _, latency, _ in results)
     return latencies[int(0.99 * (len(latencies) - 1))] * 1000
@@ -66,7 +37,7 @@ def p99_ms(results: list[tuple[float, float, int]]) -> float:
 
 async def steady_alone(port: int, steady: list[bytes]) -> list[tuple[float, float, int]]:
     start = asyncio.get_running_loop().time() + 0.5
-    return await open_loop(port, steady, STEADY_RATE, start)
+    return await send_open_loop(port, steady, STEADY_RATE, start)
 
 
 async def steady_under_flood(
@@ -74,8 +45,8 @@ async def steady_under_flood(
 ) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]]:
     start = asyncio.get_running_loop().time() + 0.5  # after both opened their connections
     return await asyncio.gather(
-        open_loop(port, steady, STEADY_RATE, start),
-        open_loop(port, flood, flood_rate, start),
+        send_open_loop(port, steady, STEADY_RATE, start),
+        send_open_loop(port, flood, flood_rate, start),
     )
 
 

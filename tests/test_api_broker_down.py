@@ -1,5 +1,6 @@
-"""An API whose Redis is down when it starts: it opens its port at once and answers
-readiness with 503 naming the broker (issue 11; it used to ride a minute of retries)."""
+"""An API whose Redis is down when it starts: it opens its port at once, answers readiness
+with 503 naming the broker, and requests with 503 + Retry-After after a few seconds
+(issue 11; both used to ride a minute of retries)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def test_the_api_starts_and_answers_readiness_while_redis_is_down(
         body = response.json()
         assert body["broker"] is False and "unreachable" in body["broker_problem"]
         assert answered_in < 10, f"readiness answered only after {answered_in:.1f} s"
+        # A request that needs Redis hears 503 after a few seconds, not after the minute of
+        # reconnecting a worker rides out (a 15 s client timeout would fail the test).
+        email = {"from": "planner@weddings.example", "to": "guest@example.org",
+                 "subject": "Ceremony moved", "text": "Now at 15:30."}  # fmt: skip
+        refused = httpx.post(f"http://127.0.0.1:{api_port}/v1/emails", json=email, timeout=15,
+                             headers={"Authorization": "Bearer eq_some_key"})  # fmt: skip
+        assert refused.status_code == 503 and refused.headers["retry-after"]
     finally:
         server.terminate()
         server.wait(10)

@@ -553,6 +553,10 @@ def stats_table(stats: Stats, where: str = "") -> Table:
     return table
 
 
+# The data-protection commands register themselves on the group (kept in their own module).
+import emailq.cli_privacy  # noqa: E402, F401
+
+
 def main() -> None:
     try:
         cli()

@@ -14,13 +14,16 @@ providers from them. Every command (``worker``, ``run``, ``serve``, ``send``, ``
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
-from emailq.broker import Broker, BrokerOptions, Stats, open_broker
+from emailq.broker import Broker, BrokerOptions, NewMessage, Stats, open_broker
+from emailq.broker.base import DEFAULT_PATIENCE_S
 from emailq.clock import Clock, now
 from emailq.errors import ConfigurationError, FieldError, InvalidEmail
 from emailq.intake import Queued, to_new_message
@@ -28,6 +31,13 @@ from emailq.keys import KeyStore
 from emailq.lanes import Lane
 from emailq.message import Email, parse_email
 from emailq.policy import DEFAULT_POLICY, Policy
+from emailq.privacy.erasure import (
+    DEVELOPMENT_SECRET,
+    ErasureCounts,
+    RecipientHasher,
+    checked_address,
+)
+from emailq.privacy.sealing import Sealer
 from emailq.probes import provider_reachable
 from emailq.providers.base import Provider
 from emailq.providers.factory import open_provider
@@ -35,6 +45,8 @@ from emailq.ratelimit import Limiter
 from emailq.ratelimit.rules import RateRules
 from emailq.settings import Settings
 from emailq.worker import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +67,11 @@ class Deployment:
     """Open with :meth:`from_url` or :meth:`from_settings`; close with :meth:`close` (or
     use it as a context manager, sync or async)."""
 
-    def __init__(self, settings: Settings, *, clock: Clock = now) -> None:
+    def __init__(
+        self, settings: Settings, *, clock: Clock = now, patience_s: float | None = None
+    ) -> None:
+        """``patience_s``: how long a broker call rides out an unreachable Redis (default a
+        minute, a failover's length; the API waits :attr:`ApiSection.broker_patience_s`)."""
         self.settings = settings
         self.clock = clock
         options = BrokerOptions(
@@ -64,8 +80,18 @@ class Deployment:
             max_age={lane: getattr(settings.broker, f"max_age_{lane.value}_s") for lane in Lane},
             check_payloads=True,
             retain_sent_payloads=settings.broker.retain_sent_bodies,
+            patience_s=patience_s or DEFAULT_PATIENCE_S,
+            dead_payload_retention=settings.privacy.dead_body_retention_s,
+            audit=settings.privacy.audit,
+            audit_retention=settings.privacy.audit_retention_s,
+            sealer=_sealer(settings),
         )
         self.broker: Broker = open_broker(settings.broker.url, options, clock)
+        secret = settings.privacy.hash_secret
+        if secret is None:
+            log.warning("privacy.hash_secret is not set: recipient hashes use a built-in"
+                        " secret; set EMAILQ_PRIVACY_HASH_SECRET")  # fmt: skip
+        self.hasher = RecipientHasher(secret.get_secret_value() if secret else DEVELOPMENT_SECRET)
 
     @classmethod
     def from_url(
@@ -79,8 +105,10 @@ class Deployment:
         return cls(Settings.load(flags=flags), clock=clock)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, clock: Clock = now) -> Deployment:
-        return cls(settings, clock=clock)
+    def from_settings(
+        cls, settings: Settings, *, clock: Clock = now, patience_s: float | None = None
+    ) -> Deployment:
+        return cls(settings, clock=clock, patience_s=patience_s)
 
     # -- what lives beside the queue ------------------------------------------------------
     @cached_property
@@ -172,9 +200,31 @@ class Deployment:
         pairs = enumerate(zip(emails, keys, strict=True))
         parsed = [_parse(email, index, key) for index, (email, key) in pairs]
         at = datetime.fromtimestamp(self.clock(), UTC)
-        messages = [to_new_message(email, at, self.policy) for email in parsed]
+        messages = [self.to_message(email, at) for email in parsed]
         ids = self.broker.enqueue_many(messages)
         return [Queued(i, m.lane.value) for i, m in zip(ids, messages, strict=True)]
+
+    def to_message(self, email: Email, at: datetime, key_id: str | None = None) -> NewMessage:
+        """The queue message for a validated email: its lane, its addresses' hashes."""
+        return to_new_message(email, at, self.policy, hasher=self.hasher, key_id=key_id)
+
+    # -- data protection: erasure (art. 17) and access (art. 15) ---------------------------
+    def erase(self, address: str, tenant: str | None = None) -> ErasureCounts:
+        """Erase an address from every record of ``tenant`` (None: every tenant's)."""
+        return self.broker.erase_recipient(self.hasher.hash(checked_address(address)), tenant)
+
+    def export(self, address: str, tenant: str | None = None) -> dict[str, Any]:
+        """What is held about an address: its hash, each message naming it (its record and
+        its audit trail). Bodies are not repeated here; ``body_held`` says if one is."""
+        recipient_hash = self.hasher.hash(checked_address(address))
+        messages = []
+        for info in self.broker.find_recipient(recipient_hash, tenant):
+            record = {k: getattr(info, k) for k in info.__dataclass_fields__}
+            record["state"], record["lane"] = info.state.value, info.lane.value
+            events = [json.loads(e.to_json()) for e in self.broker.events(info.id)]
+            erased = any(e["kind"] == "erased" for e in events)
+            messages.append(record | {"body_held": not erased, "events": events})
+        return {"recipient_hash": recipient_hash, "messages": messages}
 
     async def asend(
         self, email: Email | Mapping[str, Any], *, idempotency_key: str | None = None
@@ -228,6 +278,11 @@ class Deployment:
         from emailq.settings import redact_url
 
         return f"Deployment({redact_url(self.settings.broker.url)!r})"
+
+
+def _sealer(settings: Settings) -> Sealer | None:
+    keys = settings.encryption_keys
+    return None if keys is None else Sealer.from_text(keys.get_secret_value())
 
 
 def _parse(email: Email | Mapping[str, Any], index: int, key: str | None) -> Email:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from emailq.broker import NewMessage
 from emailq.message import Email
 from emailq.policy import DEFAULT_POLICY, Placement, Policy, place
+from emailq.privacy.erasure import RecipientHasher, addresses_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +35,37 @@ def placement_of(email: Email, now: datetime, policy: Policy = DEFAULT_POLICY) -
     )
 
 
+def placement_reason(email: Email, placement: Placement, now: datetime) -> str:
+    """Why the policy chose the lane, in a few words for the audit trail."""
+    if email.priority is not None:
+        return f"explicit priority {email.priority}"
+    wedding = email.wedding
+    if wedding is None:
+        return "no wedding context"
+    hours = (wedding.ceremony_at - now).total_seconds() / 3600
+    return f"kind {wedding.kind.value}, ceremony in {hours:.1f} h"
+
+
 def to_new_message(
-    email: Email, now: datetime | None = None, policy: Policy = DEFAULT_POLICY
+    email: Email,
+    now: datetime | None = None,
+    policy: Policy = DEFAULT_POLICY,
+    *,
+    hasher: RecipientHasher | None = None,
+    key_id: str | None = None,
 ) -> NewMessage:
+    """``hasher``: index the message by its addresses' keyed hashes (erasure, the audit
+    trail); ``key_id``: the API key it came with, for the trail."""
     at = now or datetime.now(UTC)
+    placement = placement_of(email, at, policy)
+    origin = {"reason": placement_reason(email, placement, at)}
+    if key_id is not None:
+        origin["key"] = key_id
     return NewMessage(
         email.to_payload(),
-        lane=placement_of(email, at, policy).lane,
+        recipient_hashes=hasher.hashes(addresses_of(email)) if hasher else (),
+        origin=origin,
+        lane=placement.lane,
         tenant=email.tenant,
         idempotency_key=email.idempotency_key,
         send_at=email.send_at.timestamp() if email.send_at else None,

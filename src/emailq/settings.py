@@ -70,7 +70,9 @@ class BrokerSettings(_Section):
         " rediss://…, redis+sentinel://h:p[,h:p]/service (?prefix=name per queue)",
     )
     retention_s: float = Field(
-        7 * 24 * 3600.0, gt=0, description="seconds sent, dead and cancelled records are kept"
+        30 * 24 * 3600.0,
+        gt=0,
+        description="seconds the records of sent, dead and cancelled mail are kept (no bodies)",
     )
     retain_sent_bodies: bool = Field(
         False,
@@ -95,6 +97,25 @@ class BrokerSettings(_Section):
     )
     max_age_bulk_s: float = Field(
         5 * 86400.0, gt=0, description="seconds bulk mail is retried before it is buried"
+    )
+
+
+class PrivacySection(_Section):
+    audit: bool = Field(True, description="write the audit trail (events per message)")
+    audit_retention_s: float = Field(
+        90 * 24 * 3600.0, gt=0, description="seconds audit events are kept after acceptance"
+    )
+    # A week: long enough to requeue what an outage or a bad credential killed, then gone.
+    dead_body_retention_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="seconds a dead email keeps its body (for `emailq requeue --dead`); 0:"
+        " dropped when it dies",
+    )
+    hash_secret: SecretStr | None = Field(
+        None,
+        description="the HMAC secret that stands an address's hash in for it (erasure index,"
+        " audit trail); set it, and keep it: a new one loses the index",
     )
 
 
@@ -138,6 +159,10 @@ class ApiSection(_Section):
     host: str = Field("127.0.0.1", description="address `emailq serve` listens on")
     port: int = Field(8025, ge=0, le=65535, description="port `emailq serve` listens on")
     workers: int = Field(1, ge=1, le=64, description="API server processes")
+    broker_patience_s: float = Field(
+        3.0, gt=0, le=300,
+        description="how long a request waits for an unreachable Redis before answering 503",
+    )  # fmt: skip
     # 10 MB as Postfix counts it: a body over it is 413 before any of it is parsed, so the
     # model's own 10 MiB message limit (422) is never the first to see an oversized body.
     max_body_bytes: int = Field(
@@ -318,12 +343,31 @@ class Settings(BaseSettings):
         description="right-hand side of the Message-IDs workers generate",
     )
     policy_file: Path | None = Field(None, description="TOML that overrides the lane policy")
+    encryption_keys: SecretStr | None = Field(
+        None,
+        description="seal payloads at rest (AES-256-GCM): id:base64key[,id:base64key], the"
+        " first seals, the rest still open (rotation: `emailq rotate-keys`)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text, or as JSON objects (one per line)"
+    )
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from emailq.privacy.sealing import parse_keys
+
+            parse_keys(value.get_secret_value())
+        return value
+
     broker: BrokerSettings = BrokerSettings()
     provider: ProviderSettings = ProviderSettings()
     worker: WorkerSection = WorkerSection()
     limits: LimitSettings = LimitSettings()
     api: ApiSection = ApiSection()
     autoscale: AutoscaleSection = AutoscaleSection()
+    privacy: PrivacySection = PrivacySection()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -387,9 +431,12 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret these settings hold (for scrubbing logs)."""
         found = [url_password(self.provider.url), url_password(self.broker.url)]
-        for secret in (self.provider.resend_api_key, self.api.key):
+        for secret in (self.provider.resend_api_key, self.api.key, self.privacy.hash_secret):
             if secret is not None:
                 found.append(secret.get_secret_value())
+        if self.encryption_keys is not None:
+            keys = self.encryption_keys.get_secret_value()
+            found += [keys, *(part.partition(":")[2] for part in keys.split(","))]
         return [s for s in found if s]
 
 

@@ -45,6 +45,8 @@ from emailq.message import Email
 from emailq.metrics import DeliveryMetrics
 from emailq.mime import envelope, render
 from emailq.outages import ProviderPause, TransientTally
+from emailq.precedence import CriticalFirst
+from emailq.privacy.audit import with_attempt
 from emailq.providers import (
     Accepted,
     Permanent,
@@ -83,6 +85,11 @@ class WorkerSettings:
     express_lanes: tuple[Lane, ...] = (Lane.CRITICAL,)
     express_batch: int = 20
     express_idle_sleep: float = 0.02
+    # Critical batches in flight at once: 200 ceremony changes go out side by side, not
+    # twenty after twenty.
+    express_concurrency: int = 4
+    # While critical mail is in hand, the other loops yield for at most this long at a time.
+    max_yield_s: float = 1.0
 
     @property
     def fence_margin_s(self) -> float:
@@ -147,9 +154,12 @@ class _BatchGate:
         self.worker = worker
         self.route = route
         self.jobs = jobs
+        self.critical = {job.id for job in jobs if job.lane is Lane.CRITICAL}
 
     async def may_send(self, message_id: str) -> bool:
         route, worker = self.route, self.worker
+        if message_id not in self.critical:
+            await worker.critical.wait()  # a ceremony change in hand goes first
         await route.window.enter()
         # Checked after any wait for room: the lease must still hold when the send starts.
         if route.pause.remaining == 0 and worker.fence.may_send(message_id):
@@ -189,6 +199,11 @@ class Worker:
         self.metrics = metrics
         self.fence = LeaseFence(s.lease_s, s.fence_margin_s)
         self.unsettled: dict[str, _Route] = {}  # sent (or on the wire), not yet settled
+        self.critical = CriticalFirst(s.max_yield_s)
+        # With an express loop, critical mail is its alone: in a batch loop's batch it would
+        # wait for connections whose bulk sends are yielding to it.
+        express = set(s.express_lanes)
+        self._batch_lanes = tuple(lane for lane in Lane if lane not in express) if express else None
         self._settler: Settler | None = None
 
     @property
@@ -206,10 +221,7 @@ class Worker:
         s = self.settings
         loops = [asyncio.create_task(self._loop(stop, self.route)) for _ in range(s.concurrency)]
         if s.express_lanes:
-            express = self._loop(
-                stop, self.express_route, s.express_lanes, s.express_batch, s.express_idle_sleep
-            )
-            loops.append(asyncio.create_task(express))
+            loops.append(asyncio.create_task(self._express_loop(stop)))
         reaper = asyncio.create_task(self._reap(stop))
         await stop.wait()
         _, late = await asyncio.wait(loops, timeout=s.shutdown_timeout)
@@ -225,26 +237,16 @@ class Worker:
         for route in {id(r): r for r in (self.route, self.express_route)}.values():
             route.tally.report()
 
-    async def _loop(
-        self,
-        stop: asyncio.Event,
-        route: _Route,
-        lanes: tuple[Lane, ...] | None = None,
-        batch_size: int | None = None,
-        idle_sleep: float | None = None,
-    ) -> None:
+    async def _loop(self, stop: asyncio.Event, route: _Route) -> None:
+        """A batch loop: lease a batch of any lane, deliver it, lease the next."""
         s = self.settings
-        batch = batch_size or s.batch_size
         while not stop.is_set():
-            pause = route.pause.remaining or idle_sleep or s.idle_sleep
+            pause = route.pause.remaining or s.idle_sleep
             if not route.pause.remaining:
+                await self.critical.wait()  # no new batch while critical mail is in hand
                 try:
                     asked_at = time.monotonic()
-                    size = min(batch, route.lease_cap or batch)
-                    jobs = await asyncio.to_thread(
-                        self.broker.lease, self.name, size, s.lease_s, lanes,
-                        request_id=uuid.uuid4().hex,
-                    )  # fmt: skip
+                    jobs = await self._lease(route, s.batch_size, self._batch_lanes)
                     if jobs:
                         pause = await self.process(jobs, route, asked_at)
                 except Exception:
@@ -252,9 +254,50 @@ class Worker:
                     # alive but sends nothing): log it, back off, lease again.
                     log.exception("delivery loop failed; trying again in %.0f s", s.error_backoff)
                     pause = s.error_backoff
-            if pause:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), pause)
+            await self._pause(stop, pause)
+
+    async def _express_loop(self, stop: asyncio.Event) -> None:
+        """Critical mail in small batches, polled often, several batches at once: while
+        one is being sent the next is leased, and the batch loops yield meanwhile."""
+        s, route = self.settings, self.express_route
+        in_flight: set[asyncio.Task[float]] = set()
+        while not stop.is_set():
+            pause = route.pause.remaining or s.express_idle_sleep
+            if len(in_flight) >= s.express_concurrency:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if not route.pause.remaining:
+                try:
+                    asked_at = time.monotonic()
+                    jobs = await self._lease(route, s.express_batch, s.express_lanes)
+                    if jobs:
+                        task = asyncio.create_task(self.process(jobs, route, asked_at))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                        continue  # more may be waiting: lease again at once
+                except Exception:
+                    log.exception("express loop failed; trying again in %.0f s", s.error_backoff)
+                    pause = s.error_backoff
+            await self._pause(stop, pause)
+        await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _lease(
+        self, route: _Route, batch: int, lanes: tuple[Lane, ...] | None
+    ) -> Sequence[Job]:
+        size = min(batch, route.lease_cap or batch)
+        jobs = await asyncio.to_thread(
+            self.broker.lease, self.name, size, self.settings.lease_s, lanes,
+            request_id=uuid.uuid4().hex,
+        )  # fmt: skip
+        if route is self.express_route is not self.route:  # its own connections: others yield
+            self.critical.hold(job.id for job in jobs if job.lane is Lane.CRITICAL)
+        return jobs
+
+    @staticmethod
+    async def _pause(stop: asyncio.Event, seconds: float) -> None:
+        if seconds:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
 
     async def _reap(self, stop: asyncio.Event) -> None:
         """Housekeeping: expired leases back to their lanes (every second or so), and
@@ -297,6 +340,7 @@ class Worker:
         finally:
             heartbeat.cancel()
             self.fence.forget(ids)
+            self.critical.forget(ids)  # whatever became of them, they hold nothing up now
         await self.settler.flush()
         return wait
 
@@ -383,10 +427,15 @@ class Worker:
                 route.pause.trip(result.reason)
         elif isinstance(result, Accepted | Permanent):
             route.pause.recovered()
+        self.critical.done(job.id)
         self.settler.add(self.outcome(job, result, route))
 
     def outcome(self, job: Job, result: SendResult, route: _Route | None = None) -> Outcome:
         route = route or self.route
+        # Privacy hook: the audit trail's attempt event names the provider and its message id.
+        return with_attempt(self._outcome(job, result, route), route.provider.name, result)
+
+    def _outcome(self, job: Job, result: SendResult, route: _Route) -> Outcome:
         if isinstance(result, Accepted):
             return Outcome(job, Action.COMPLETE, error=mask_addresses(result.refused) or None)
         if isinstance(result, Permanent):

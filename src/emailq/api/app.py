@@ -39,7 +39,11 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
     when it starts and closes it when it stops (what ``emailq serve`` does); given a
     :class:`Deployment`, the caller keeps it and closes it."""
     owned = isinstance(deployment, Settings)
-    opened = deployment if isinstance(deployment, Deployment) else Deployment(deployment)
+    opened = (
+        deployment
+        if isinstance(deployment, Deployment)
+        else Deployment(deployment, patience_s=deployment.api.broker_patience_s)
+    )
     api = opened.settings.api
     provider_url = opened.settings.provider.url
     context = ApiContext(
@@ -66,7 +70,9 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned and context.deployment is None:  # started again after a shutdown
-            context.deployment = Deployment.from_settings(opened.settings)
+            context.deployment = Deployment.from_settings(
+                opened.settings, patience_s=api.broker_patience_s
+            )
             context.group = EnqueueGroup(context.deployment.broker)
         yield
         if owned and context.deployment is not None:

@@ -22,8 +22,7 @@ from emailq.api.nesting import body_nested_deeper, too_deep_error
 from emailq.api.problems import MEDIA_TYPE, TITLES, Problem
 from emailq.api.senders import check_from_domains
 from emailq.broker import MessageInfo, NewMessage, State
-from emailq.errors import FieldError, InvalidEmail
-from emailq.intake import to_new_message
+from emailq.errors import FieldError, InvalidEmail, ValidationError
 from emailq.keys import ApiKey
 from emailq.message import Email, parse_email
 
@@ -101,7 +100,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         check_from_domains(emails, key.tenant, ctx.settings.from_domains, from_field)
         await ctx.budget.spend(key.tenant, len(emails))
         now = datetime.now(UTC)
-        messages = [to_new_message(email, now, ctx.deployment.policy) for email in emails]
+        messages = [ctx.deployment.to_message(email, now, key.key_id) for email in emails]
         ids = await ctx.group.enqueue(messages)
         for lane, count in Counter(message.lane.value for message in messages).items():
             ctx.metrics.accepted.labels(lane).inc(count)
@@ -180,6 +179,48 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(409, f"the email is {state}; only dead emails can be requeued")
         return JSONResponse({"id": message_id, "state": "queued"})
 
+    @app.get("/v1/emails/{message_id}/events", responses=problems_of(*_V1, 404))
+    async def email_events(request: Request, message_id: str) -> JSONResponse:
+        """The email's audit trail, oldest first: accepted, leased, each attempt, sent…
+        Recipients appear only as keyed hashes."""
+        info = await owned_info(request, message_id)
+        events = await run_in_threadpool(ctx.deployment.broker.events, info.id)
+        return JSONResponse({"id": info.id, "events": [json.loads(e.to_json()) for e in events]})
+
+    @app.get("/v1/events", response_class=PlainTextResponse, responses=problems_of(*_V1, 422))
+    async def tenant_events(request: Request, since: float, until: float) -> Response:
+        """The caller's tenant's audit events from ``since`` to before ``until`` (epoch
+        seconds), as JSON lines."""
+        key = await caller(request)
+        events = await run_in_threadpool(
+            ctx.deployment.broker.tenant_events, key.tenant, since, until
+        )
+        lines = "".join(e.to_json() + "\n" for e in events)
+        return Response(lines, media_type="application/x-ndjson")
+
+    @app.post("/v1/erasure", responses=problems_of(*_V1, 403, 422),
+              openapi_extra=_body_schema("ErasureRequest"))  # fmt: skip
+    async def erasure(request: Request) -> JSONResponse:
+        """Erase an address (GDPR art. 17) from the caller's tenant's mail: queued mail to
+        it is cancelled; bodies, recipients and idempotency keys naming it are removed; the
+        audit trail keeps a keyed hash. An operator key may name any tenant, or none (all).
+        Running it again changes nothing; the counts say what was done."""
+        key = await caller(request)
+        data = _json_object(await request.body())
+        address = data.get("recipient")
+        if not isinstance(address, str):
+            raise InvalidEmail([FieldError("recipient", "an email address is required")])
+        tenant = data.get("tenant", None if key.operator else key.tenant)
+        if tenant is not None and not isinstance(tenant, str):
+            raise InvalidEmail([FieldError("tenant", "must be a string")])
+        if tenant != key.tenant and not key.operator:
+            raise Problem(403, "only an operator key may erase across tenants")
+        try:
+            counts = await run_in_threadpool(ctx.deployment.erase, address, tenant)
+        except ValidationError as error:
+            raise InvalidEmail([FieldError(error.field, error.message)]) from None
+        return JSONResponse({"tenant": tenant, **counts.as_dict()})
+
     @app.get("/v1/queues", responses=problems_of(*_V1))
     async def queues(request: Request) -> JSONResponse:
         """The caller's tenant's depth per lane and state (an operator key's: every tenant's),
@@ -245,6 +286,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     template = "#/components/schemas/{model}"
+    schemas["ErasureRequest"] = {
+        "type": "object",
+        "required": ["recipient"],
+        "properties": {"recipient": {"type": "string", "format": "email"},
+                       "tenant": {"type": "string"}},
+    }  # fmt: skip
     for model in (Email, BatchRequest):
         schema = model.model_json_schema(by_alias=True, ref_template=template)
         schemas.update(schema.pop("$defs", {}))

@@ -14,19 +14,27 @@ backends are handed its time as ``at``; otherwise ``at`` is None and the backend
 from __future__ import annotations
 
 import abc
+import logging
 import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from enum import StrEnum
 
 from emailq.broker.expiry import DEFAULT_MAX_AGE
 from emailq.clock import Clock, now
 from emailq.errors import BrokerError, EmailqError
 from emailq.lanes import DEFAULT_WEIGHTS, LANE_ORDER, Lane
+from emailq.privacy.audit import DEFAULT_AUDIT_RETENTION, AuditEvent
+from emailq.privacy.erasure import ErasureCounts
+from emailq.privacy.sealing import Sealer, SealError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
-DEFAULT_RETENTION = 7 * 24 * 3600.0
+DEFAULT_RETENTION = 30 * 24 * 3600.0  # a finished message's record (metadata, no body)
+SEALED_RETRY_S = 60.0  # a payload whose key is missing is tried again this often
+PURGE_CHUNK = 2_000  # records per purge transaction / script call: short, so mail moves between
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # the 10 MB message limit plus JSON/base64 overhead
 
 
@@ -50,6 +58,9 @@ LIVE_STATES: tuple[State, ...] = (
 FINAL_STATES: tuple[State, ...] = (State.SENT, State.DEAD, State.CANCELLED)
 
 
+DEFAULT_PATIENCE_S = 60.0  # a Redis failover's length
+
+
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """One message to enqueue: the payload, then everything else by name."""
@@ -64,6 +75,11 @@ class NewMessage:
     # (BrokerOptions.max_age) after it is first due (now, or its send_at).
     expires_at: float | None = None
     max_attempts: int | None = None  # None: no limit by count, only by age
+    # Keyed hashes of every address it names (emailq.privacy.erasure): the erasure index and
+    # the audit trail's "rcpt"; the raw contract may leave them out.
+    recipient_hashes: tuple[str, ...] = ()
+    # What the audit trail's "accepted" event says of its origin: API key id, policy reason.
+    origin: Mapping[str, str] | None = field(default=None, compare=False)
     # Built from a validated Email (emailq.intake.to_new_message): the door need not look.
     validated: bool = field(default=False, repr=False, compare=False)
 
@@ -130,6 +146,9 @@ class Outcome:
     error: str | None = None  # for COMPLETE: a note kept with it (recipients refused for good)
     # RETRY after a partial delivery: the only recipients its next attempt goes to.
     recipients: tuple[str, ...] | None = None
+    # For the audit trail's attempt event: who tried (a provider's name) and its message id.
+    provider: str | None = None
+    provider_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +194,18 @@ class BrokerOptions:
     # Keep a sent message's payload (body, recipients) until its record is purged; by default
     # it is dropped when the message is sent.
     retain_sent_payloads: bool = False
+    # How long a call rides out an unreachable backend before it fails as BrokerUnavailable:
+    # a worker waits a Redis failover out; the API answers 503 after a few seconds.
+    patience_s: float = DEFAULT_PATIENCE_S
+    # Keep a dead message's payload for this many seconds (requeue_dead needs it); 0: drop
+    # it when the message dies; None: as long as its record.
+    dead_payload_retention: float | None = None
+    # Write the audit trail (emailq.privacy.audit) in the calls that change state, and keep
+    # it this long after the message was accepted.
+    audit: bool = True
+    audit_retention: float = DEFAULT_AUDIT_RETENTION
+    # Seal payloads at rest (emailq.privacy.sealing): at enqueue, and opened at lease.
+    sealer: Sealer | None = None
 
     def __post_init__(self) -> None:
         missing = [lane.value for lane in LANE_ORDER if lane not in self.max_age]
@@ -220,6 +251,9 @@ class Broker(abc.ABC):
                 _check_payload(index, message.payload)
         if not messages:
             return []
+        sealer = self.options.sealer
+        if sealer is not None:
+            messages = [replace(m, payload=sealer.seal(m.payload)) for m in messages]
         with self._backend_errors():
             return self._enqueue_many(messages, self._at())
 
@@ -257,7 +291,24 @@ class Broker(abc.ABC):
         if not chosen:
             raise ValueError("lanes must name at least one lane")
         with self._backend_errors():
-            return self._lease(worker, max_n, lease_s, self._at(), chosen, request_id)
+            jobs = self._lease(worker, max_n, lease_s, self._at(), chosen, request_id)
+        return jobs if self.options.sealer is None else self._opened(jobs, self.options.sealer)
+
+    def _opened(self, jobs: list[Job], sealer: Sealer) -> list[Job]:
+        """The jobs with their payloads opened. One that does not open (its key is missing)
+        is not lost: it goes back as retrying, its attempt given back, and is tried again
+        every minute until its key is back (or it expires)."""
+        opened, shut = [], []
+        for job in jobs:
+            try:
+                opened.append(replace(job, payload=sealer.open(job.payload)))
+            except SealError as error:
+                shut.append(Outcome(job, Action.DEFER, SEALED_RETRY_S, f"sealed: {error}"))
+        if shut:
+            log.error("%d payloads cannot be opened and wait: %s", len(shut), shut[0].error)
+            with self._backend_errors():
+                self._settle(shut, self._at())
+        return opened
 
     def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
         """Extend the leases still held; returns the ids whose lease was extended."""
@@ -334,10 +385,71 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._cancel(message_id, self._at())
 
-    def purge_expired(self, limit: int = 10_000) -> int:
-        """Delete final records (sent, dead, cancelled) older than the retention period."""
+    def purge_expired(self, limit: int = 1_000_000) -> int:
+        """Delete final records (sent, dead, cancelled) older than the retention period, and
+        audit events older than theirs; returns how many records went.
+
+        In chunks of :data:`PURGE_CHUNK`, each a short transaction (script call) of its own,
+        until none is left or ``limit`` went: one call a minute keeps up with far more than
+        200,000 emails a minute, and never holds the queue for long."""
+        removed = 0
         with self._backend_errors():
-            return self._purge_expired(self._at(), limit)
+            while removed < limit:
+                chunk = min(PURGE_CHUNK, limit - removed)
+                done = self._purge_expired(self._at(), chunk)
+                done += self._purge_audit(self._at(), chunk) if self.options.audit else 0
+                removed += done
+                if done < chunk:
+                    break
+        return removed
+
+    def purge_preview(self) -> dict[str, int]:
+        """What :meth:`purge_expired` would delete now, by kind (``emailq purge --dry-run``)."""
+        with self._backend_errors():
+            return self._purge_preview(self._at())
+
+    def reseal(self, batch: int = 500) -> int:
+        """Seal every stored payload with the current key (``emailq rotate-keys``): those
+        sealed with an older key, and those stored before sealing was on; returns how many.
+        A payload that changed meanwhile (sent, erased) is left as it now is."""
+        sealer = self.options.sealer
+        if sealer is None:
+            raise ValueError("rotate-keys needs EMAILQ_ENCRYPTION_KEYS")
+        done, cursor = 0, ""
+        while True:
+            with self._backend_errors():
+                cursor, stored = self._stored_payloads(cursor, batch)
+                for message_id, payload in stored:
+                    if sealer.needs_resealing(payload):
+                        fresh = sealer.seal(sealer.open(payload))
+                        done += self._swap_payload(message_id, payload, fresh)
+            if not cursor:
+                return done
+
+    # -- the audit trail and erasure (emailq.privacy) -----------------------------------
+    def events(self, message_id: str) -> list[AuditEvent]:
+        """One message's audit trail, oldest first."""
+        with self._backend_errors():
+            return self._events(message_id)
+
+    def tenant_events(
+        self, tenant: str, since: float, until: float, limit: int = 100_000
+    ) -> list[AuditEvent]:
+        """A tenant's audit events from ``since`` until before ``until`` (epoch seconds)."""
+        with self._backend_errors():
+            return self._tenant_events(tenant, since, until, limit)
+
+    def find_recipient(self, recipient_hash: str, tenant: str | None = None) -> list[MessageInfo]:
+        """The messages (still on record) that named an address, by its keyed hash."""
+        with self._backend_errors():
+            return self._find_recipient(recipient_hash, tenant)
+
+    def erase_recipient(self, recipient_hash: str, tenant: str | None = None) -> ErasureCounts:
+        """Cancel queued mail that names the address and remove its body, recipients and
+        idempotency key from every record that does (live or finished); each gets an
+        ``erased`` event holding only the hash. Idempotent: a second call erases nothing."""
+        with self._backend_errors():
+            return self._erase_recipient(recipient_hash, tenant, self._at())
 
     # -- what the autoscaler asks -------------------------------------------------------
     def due_within(self, seconds: float) -> dict[Lane, int]:
@@ -462,7 +574,40 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _purge_expired(self, at: float | None, limit: int) -> int:
-        """Delete final records older than ``options.retention`` before ``at``."""
+        """Delete up to ``limit`` final records older than ``options.retention`` before
+        ``at``, and drop dead payloads past ``options.dead_payload_retention``."""
+
+    @abc.abstractmethod
+    def _purge_audit(self, at: float | None, limit: int) -> int:
+        """Delete up to ``limit`` messages' audit events older than ``audit_retention``."""
+
+    @abc.abstractmethod
+    def _purge_preview(self, at: float | None) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    def _stored_payloads(self, cursor: str, count: int) -> tuple[str, list[tuple[str, bytes]]]:
+        """About ``count`` stored payloads after ``cursor`` ("" first), and the next cursor
+        ("" when done)."""
+
+    @abc.abstractmethod
+    def _swap_payload(self, message_id: str, old: bytes, new: bytes) -> bool:
+        """Replace a payload if it is still ``old``."""
+
+    @abc.abstractmethod
+    def _events(self, message_id: str) -> list[AuditEvent]: ...
+
+    @abc.abstractmethod
+    def _tenant_events(
+        self, tenant: str, since: float, until: float, limit: int
+    ) -> list[AuditEvent]: ...
+
+    @abc.abstractmethod
+    def _find_recipient(self, recipient_hash: str, tenant: str | None) -> list[MessageInfo]: ...
+
+    @abc.abstractmethod
+    def _erase_recipient(
+        self, recipient_hash: str, tenant: str | None, at: float | None
+    ) -> ErasureCounts: ...
 
     @abc.abstractmethod
     def _due_within(self, seconds: float, at: float | None) -> dict[Lane, int]: ...

@@ -24,6 +24,11 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:lreq:<request id>        string: "id:token,…" a lease handed out, kept as long as the
                                  lease (a repeated lease call returns these)
     {p}:nlease:<name>            string: "holder|expires at", a named lease (one autoscaler)
+    {p}:a:<id>                   list: the message's audit trail, one JSON event each
+    {p}:a:idx:<tenant>           zset: accepted at → id, the tenant's trails (export, purge)
+    {p}:a:tenants                set: tenants with trails
+    {p}:r:<recipient hash>       set: ids of the messages naming that address (its keyed
+                                 hash, emailq.privacy.erasure), for erasure and access
 
 Times are Redis's own clock (``TIME``, read inside each script), so every worker on every
 machine shares one clock, whatever its own says; a broker given a clock (tests) passes its
@@ -79,6 +84,8 @@ from emailq.clock import Clock
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable
 from emailq.ids import new_id
 from emailq.lanes import LANE_ORDER, SHARED_LANES, Lane
+from emailq.privacy.audit import AuditEvent, attempt_detail, detail_text, event_from_json
+from emailq.privacy.erasure import ErasureCounts
 
 PROMOTE_LIMIT = 1000  # due messages promoted by one lease
 DUE_SAMPLE = 20_000  # due messages due_within looks up the lane of (a larger total is split)
@@ -103,7 +110,8 @@ _SCRIPTS = {
     name: _script(name)
     for name in (
         "enqueue", "lease", "heartbeat", "settle", "reap", "promote", "cancel",
-        "requeue_dead", "purge_expired", "due_within", "hold_lease", "release_lease",
+        "requeue_dead", "purge_expired", "purge_audit", "erase", "swap_payload",
+        "due_within", "hold_lease", "release_lease",
     )
 }  # fmt: skip
 # settle.lua's sections, in its order
@@ -144,7 +152,7 @@ class RedisBroker(Broker):
     ) -> RedisBroker:
         """``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://h:p[,h:p]/service``;
         ``?prefix=name`` picks the queue (default ``emailq``)."""
-        client, prefix = connect(url)
+        client, prefix = connect(url, (options or BrokerOptions()).patience_s)
         return cls(client, prefix, options=options, clock=clock)
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -156,21 +164,38 @@ class RedisBroker(Broker):
     def _max_ages(self) -> list[float]:
         return [self.options.max_age[lane] for lane in LANE_ORDER]
 
+    def _tail(self) -> list[str]:
+        """The last two keys of every script that changes state: the audit prefix (or its
+        "off" stand-in, prelude.lua), then the tenant counts."""
+        k = self.keys
+        return [k.audit if self.options.audit else k.audit_off, k.tenant_counts]
+
+    def _dead_payload_ms(self) -> int:
+        """How long a dead message keeps its payload, in ms; 0: dropped when it dies."""
+        keep = self.options.dead_payload_retention
+        return self._retention_ms() if keep is None else max(0, round(keep * 1000))
+
+    def _index_ms(self) -> int:
+        """A recipient index set outlives its last message's record."""
+        longest = max(self.options.max_age.values())
+        return max(1, round((longest + self.options.retention) * 1000))
+
     # -- intake -------------------------------------------------------------------------
     def _enqueue_many(self, messages: Sequence[NewMessage], at: float | None) -> list[str]:
         ttl = self.options.idempotency_ttl
         args: list[Any] = [_time(at), max(1, round(ttl * 1000)), ttl, *_LANE_NAMES]
-        args += self._max_ages()
+        args += [*self._max_ages(), self._index_ms()]
         payloads: dict[str, bytes] = {}
         for m in messages:
             message_id = new_id()
             payloads[self.keys.payload + message_id] = m.payload
             args += (message_id, m.lane.value, m.tenant, m.idempotency_key or "",
                      _or_blank(m.send_at), m.max_attempts or 0,
-                     _or_blank(m.expires_at))  # fmt: skip
+                     _or_blank(m.expires_at), " ".join(m.recipient_hashes),
+                     _accepted_members(m) if self.options.audit else "")  # fmt: skip
         k = self.keys
         keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready,
-                k.tenant_counts]  # fmt: skip
+                k.recipients, *self._tail()]  # fmt: skip
         # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
         # EVALSHA: a NOSCRIPT inside EXEC would leave the MSET applied; the text is small.
         pipe = self.client.pipeline(transaction=True)
@@ -196,8 +221,8 @@ class RedisBroker(Broker):
         # ConnectionError) returns the jobs of the first instead of leasing more.
         request = k.lease_request + (request_id or uuid.uuid4().hex)
         args = [_time(at), lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask,
-                self._retention_ms()]  # fmt: skip
-        reply = self._run("lease", [*keys, *k.ready, request, k.tenant_counts], args)
+                self._retention_ms(), self._dead_payload_ms()]  # fmt: skip
+        reply = self._run("lease", [*keys, *k.ready, request, *self._tail()], args)
         return [_job(reply[i : i + _JOB_FIELDS]) for i in range(0, len(reply), _JOB_FIELDS)]
 
     def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]:
@@ -213,27 +238,30 @@ class RedisBroker(Broker):
         args: list[Any] = [_time(at), self._retention_ms(), *_LANE_NAMES]
         args += [len(by_action[action]) for action in _SETTLE_ORDER]
         args.append("1" if self.options.retain_sent_payloads else "")
+        args.append(self._dead_payload_ms())
+        attempt = _attempt_members if self.options.audit else _no_members
         for o in by_action[Action.COMPLETE]:
-            args += (o.job.id, o.job.token, o.error or "")
+            args += (o.job.id, o.job.token, o.error or "", attempt(o))
         for o in by_action[Action.RETRY]:
-            args += (o.job.id, o.job.token, o.delay, o.error or "", " ".join(o.recipients or ()))
+            args += (o.job.id, o.job.token, o.delay, o.error or "", " ".join(o.recipients or ()),
+                     attempt(o))  # fmt: skip
         for o in by_action[Action.BURY]:
-            args += (o.job.id, o.job.token, o.error or "")
+            args += (o.job.id, o.job.token, o.error or "", attempt(o))
         for o in by_action[Action.RELEASE]:
             args += (o.job.id, o.job.token)
         for o in by_action[Action.DEFER]:
             args += (o.job.id, o.job.token, o.delay, o.error or "")
         k = self.keys
         keys = [k.message, k.payload, k.leased, k.delayed, k.counts, k.final, k.dead, *k.ready,
-                k.tenant_counts]  # fmt: skip
+                *self._tail()]  # fmt: skip
         return _texts(self._run("settle", keys, args))
 
     # -- housekeeping -------------------------------------------------------------------
     def _reap_expired(self, at: float | None, limit: int) -> int:
         k = self.keys
         keys = [k.message, k.payload, k.leased, k.counts, k.final, k.dead, *k.ready,
-                k.tenant_counts]  # fmt: skip
-        args = [_time(at), limit, self._retention_ms(), *_LANE_NAMES]
+                *self._tail()]  # fmt: skip
+        args = [_time(at), limit, self._retention_ms(), *_LANE_NAMES, self._dead_payload_ms()]
         return int(self._run("reap", keys, args))
 
     def _promote_due(self, at: float | None, limit: int) -> int:
@@ -245,7 +273,7 @@ class RedisBroker(Broker):
         self, ids: Sequence[str] | None, only: DeadFilter, limit: int, at: float | None
     ) -> int:
         k = self.keys
-        keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready, k.tenant_counts]
+        keys = [k.message, k.payload, k.dead, k.counts, k.final, *k.ready, *self._tail()]
         mode = "all" if ids is None else "ids"
         args = [_time(at), limit, mode, *_LANE_NAMES, *self._max_ages(), _or_blank(only.since),
                 only.lane.value if only.lane else "", only.tenant or "", *(ids or ())]  # fmt: skip
@@ -253,7 +281,7 @@ class RedisBroker(Broker):
 
     def _cancel(self, message_id: str, at: float | None) -> bool:
         k = self.keys
-        keys = [k.message, k.payload, k.delayed, k.counts, k.final, *k.ready, k.tenant_counts]
+        keys = [k.message, k.payload, k.delayed, k.counts, k.final, *k.ready, *self._tail()]
         args = [_time(at), message_id, self._retention_ms(), *_LANE_NAMES]
         return bool(self._run("cancel", keys, args))
 
@@ -262,6 +290,78 @@ class RedisBroker(Broker):
         keys = [k.message, k.payload, k.final, k.dead, k.counts, k.tenant_counts]
         args = [_time(at), limit, self.options.retention]
         return int(self._run("purge_expired", keys, args))
+
+    def _purge_audit(self, at: float | None, limit: int) -> int:
+        args = [_time(at), limit, self.options.audit_retention]
+        return int(self._run("purge_audit", [self.keys.audit], args))
+
+    def _purge_preview(self, at: float | None) -> dict[str, int]:
+        now = self._now() if at is None else at
+        cutoff = f"({round((now - self.options.retention) * 1000)}"
+        records = int(self.client.zcount(self.keys.final, "-inf", cutoff))
+        audit_cutoff = f"({round((now - self.options.audit_retention) * 1000)}"
+        trails = sum(
+            int(self.client.zcount(self._audit_index(tenant.decode()), "-inf", audit_cutoff))
+            for tenant in self._audit_tenants()
+        )
+        # Dead payloads carry a Redis TTL of their own: Redis drops them, nothing to count.
+        return {"records": records, "audit_trails": trails}
+
+    def _stored_payloads(self, cursor: str, count: int) -> tuple[str, list[tuple[str, bytes]]]:
+        reply: Any = self.client.scan(int(cursor or 0), match=f"{self.keys.payload}*", count=count)
+        position, names = reply
+        values: list[Any] = self.client.mget(names) if names else []
+        start = len(self.keys.payload)
+        stored = [(n.decode()[start:], v) for n, v in zip(names, values, strict=True) if v]
+        return ("" if position == 0 else str(position)), stored
+
+    def _swap_payload(self, message_id: str, old: bytes, new: bytes) -> bool:
+        key = self.keys.payload + message_id
+        return bool(self._run("swap_payload", [key], [old, new]))
+
+    # -- the audit trail and erasure ------------------------------------------------------
+    def _audit_index(self, tenant: str) -> str:
+        return f"{self.keys.audit}idx:{tenant}"
+
+    def _audit_tenants(self) -> list[bytes]:
+        return list(self.client.smembers(f"{self.keys.audit}tenants"))  # type: ignore[arg-type]
+
+    def _events(self, message_id: str) -> list[AuditEvent]:
+        lines: list[bytes] = self.client.lrange(self.keys.audit + message_id, 0, -1)  # type: ignore[assignment]
+        return [event_from_json(message_id, line) for line in lines]
+
+    def _tenant_events(
+        self, tenant: str, since: float, until: float, limit: int
+    ) -> list[AuditEvent]:
+        """Trails are indexed by acceptance: those of messages accepted up to the longest
+        lane age before ``since`` may hold events in range (mail requeued later than that
+        is missed; the index keeps its acceptance)."""
+        lookback = max(self.options.max_age.values())
+        low, high = round((since - lookback) * 1000), f"({round(until * 1000)}"
+        ids: list[bytes] = self.client.zrangebyscore(self._audit_index(tenant), low, high)  # type: ignore[assignment]
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in ids:
+            pipe.lrange(self.keys.audit + message_id.decode(), 0, -1)
+        found: list[AuditEvent] = []
+        for message_id, lines in zip(ids, pipe.execute(), strict=True):
+            events = [event_from_json(message_id.decode(), line) for line in lines]
+            found += [e for e in events if since <= e.at < until]
+        found.sort(key=lambda e: e.at)
+        return found[:limit]
+
+    def _find_recipient(self, recipient_hash: str, tenant: str | None) -> list[MessageInfo]:
+        ids: set[bytes] = self.client.smembers(self.keys.recipients + recipient_hash)  # type: ignore[assignment]
+        found = [info for i in sorted(ids) if (info := self._get(i.decode())) is not None]
+        return [info for info in found if tenant is None or info.tenant == tenant]
+
+    def _erase_recipient(
+        self, recipient_hash: str, tenant: str | None, at: float | None
+    ) -> ErasureCounts:
+        k = self.keys
+        keys = [k.message, k.payload, k.idempotency, k.delayed, k.counts, k.final, *k.ready,
+                k.recipients + recipient_hash, *self._tail()]  # fmt: skip
+        args = [_time(at), recipient_hash, tenant or "", self._retention_ms(), *_LANE_NAMES]
+        return ErasureCounts(*(int(n) for n in self._run("erase", keys, args)))
 
     # -- reads --------------------------------------------------------------------------
     def _get(self, message_id: str) -> MessageInfo | None:
@@ -430,6 +530,27 @@ def _job(fields: Sequence[Any]) -> Job:
         expires_at=math.inf if expires is None else float(expires),
         recipients=tuple(rcpt.decode().split()) if rcpt else None,
     )
+
+
+def _accepted_members(message: NewMessage) -> str:
+    """The accepted event's members after its time and kind (enqueue.lua adds those)."""
+    detail = detail_text(tenant=message.tenant, lane=message.lane.value,
+                         rcpt=list(message.recipient_hashes) or None,
+                         **dict(message.origin or {}))  # fmt: skip
+    return _members(detail)
+
+
+def _attempt_members(outcome: Outcome) -> str:
+    return _members(attempt_detail(outcome))
+
+
+def _no_members(outcome: Outcome) -> str:
+    return ""
+
+
+def _members(detail: str) -> str:
+    """'{"a":1,"b":2}' → ',"a":1,"b":2': members to splice into an event (prelude.lua)."""
+    return "," + detail[1:-1] if len(detail) > 2 else ""
 
 
 def _mb(size: int) -> str:

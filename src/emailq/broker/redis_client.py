@@ -28,17 +28,18 @@ SENTINEL_PORT = 26379
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # no braces (the hash tag), no glob characters
 
 
-def client_options() -> dict[str, Any]:
-    """How every connection behaves; the retry budget outlasts a Sentinel failover.
+def client_options(patience_s: float = 60.0) -> dict[str, Any]:
+    """How every connection behaves; by default the retry budget outlasts a Sentinel failover.
 
-    About a minute of reconnecting (0.2, 0.4, 0.8, 1.6 s, then every 2 s), so a worker waits a
-    failover out instead of failing its batch. A script that raised ConnectionError may have
-    run: every script is idempotent by message id and lease token, so the retry is safe. A
-    demoted master answers READONLY: that reconnects and retries too.
+    About ``patience_s`` of reconnecting (0.2, 0.4, 0.8, 1.6 s, then every 2 s): a worker
+    waits a failover out (a minute) instead of failing its batch, while the API, whose
+    caller would rather hear 503 + Retry-After, waits a few seconds. A script that raised
+    ConnectionError may have run: every script is idempotent by message id and lease token,
+    so the retry is safe. A demoted master answers READONLY: that reconnects and retries too.
     """
     retry = Retry(
         ExponentialBackoff(cap=2.0, base=0.1),
-        retries=33,
+        retries=_retries_within(patience_s),
         supported_errors=(
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
@@ -52,6 +53,16 @@ def client_options() -> dict[str, Any]:
         "socket_connect_timeout": 2.0,
         "health_check_interval": 30,  # a connection idle that long is pinged before use
     }
+
+
+def _retries_within(patience_s: float) -> int:
+    """How many retries of the backoff above (0.2, 0.4, 0.8, 1.6, then 2 s each) fit."""
+    retries, waited, delay = 0, 0.0, 0.2
+    while waited + delay <= patience_s:
+        waited += delay
+        retries += 1
+        delay = min(2.0, delay * 2)
+    return max(1, retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +83,9 @@ class Keys:
     credit: str
     ready: tuple[str, ...]  # one per lane, in LANE_ORDER
     named_lease: str  # + name: "holder|expires at" (one autoscaler per queue)
+    audit: str  # + id: a message's audit trail (a list); "idx:" + tenant, "tenants": its index
+    audit_off: str  # given to the scripts instead of ``audit`` when no trail is written
+    recipients: str  # + a recipient's keyed hash: the ids of the messages naming it
 
     @classmethod
     def for_prefix(cls, prefix: str) -> Keys:
@@ -93,6 +107,9 @@ class Keys:
             credit=f"{tag}:credit",
             ready=tuple(f"{tag}:ready:{lane.value}" for lane in LANE_ORDER),
             named_lease=f"{tag}:nlease:",
+            audit=f"{tag}:a:",
+            audit_off=f"{tag}:a-off",
+            recipients=f"{tag}:r:",
         )
 
 
@@ -129,22 +146,25 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def connect(url: str) -> tuple[redis.Redis, str]:
-    """A client for a broker URL, and the queue prefix its ``?prefix=`` names."""
+def connect(url: str, patience_s: float = 60.0) -> tuple[redis.Redis, str]:
+    """A client for a broker URL, and the queue prefix its ``?prefix=`` names;
+    ``patience_s``: how long a call rides out an unreachable server (:func:`client_options`)."""
     parts = urlsplit(url)
     query = parse_qs(parts.query, keep_blank_values=True)
     prefix = query.pop("prefix", [DEFAULT_PREFIX])[-1]
     Keys.for_prefix(prefix)  # refuse a bad prefix before connecting
     if parts.scheme == "redis+sentinel":
-        return _sentinel_client(parts.netloc, parts.path, query), prefix
+        return _sentinel_client(parts.netloc, parts.path, query, patience_s), prefix
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(f"not a Redis URL: {url}")
     rest = urlencode(query, doseq=True)  # redis-py refuses options it does not know
     plain = url.partition("?")[0] + (f"?{rest}" if rest else "")
-    return redis.Redis.from_url(plain, **client_options()), prefix
+    return redis.Redis.from_url(plain, **client_options(patience_s)), prefix
 
 
-def _sentinel_client(netloc: str, path: str, query: dict[str, list[str]]) -> redis.Redis:
+def _sentinel_client(
+    netloc: str, path: str, query: dict[str, list[str]], patience_s: float
+) -> redis.Redis:
     """``redis+sentinel://[user:password@]host:port[,host:port]/service_name[?db=N]``.
 
     The credentials are the master's; Sentinel finds the master again after a failover.
@@ -168,7 +188,7 @@ def _sentinel_client(netloc: str, path: str, query: dict[str, list[str]]) -> red
         connection_class=_SentinelMasterConnection,
         username=unquote(username) or None,
         password=unquote(password) or None,
-        **client_options(),
+        **client_options(patience_s),
     )
     return client
 

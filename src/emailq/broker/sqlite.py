@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from emailq.broker import sqlite_privacy as privacy
 from emailq.broker.base import (
     FINAL_STATES,
     Action,
@@ -33,10 +34,13 @@ from emailq.broker.base import (
     State,
 )
 from emailq.broker.expiry import Tried, after_deferral, after_lapse, after_retry, expired
+from emailq.broker.sqlite_privacy import EventRow
 from emailq.clock import Clock, now
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
 from emailq.ids import new_id
 from emailq.lanes import LANE_ORDER, Lane
+from emailq.privacy.audit import AuditEvent, Kind, attempt_detail, detail_text
+from emailq.privacy.erasure import ErasureCounts
 from emailq.scheduling import allot
 
 _SYNC_MODES = ("off", "normal", "full", "extra")
@@ -90,6 +94,9 @@ class SQLiteBroker(Broker):
             # FULL: a 202 means the message survives power loss; NORMAL trades that for speed.
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000:.0f}")
+            # Deleted and overwritten content (a dropped body, an erased address) is zeroed
+            # in the file, not left in free space for a copy of the file to give away.
+            self._db.execute("PRAGMA secure_delete=ON")
             schema = resources.files("emailq.broker").joinpath("sqlite_schema.sql").read_text()
             with self._lock:  # executescript manages its own transaction
                 self._migrate_columns()
@@ -187,6 +194,8 @@ class SQLiteBroker(Broker):
         at = _local(when)
         ids: list[str] = []
         rows: list[tuple[Any, ...]] = []
+        events: list[EventRow] = []
+        hashes: list[tuple[str, str]] = []
         with self._write() as db:
             db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (at,))
             for message in messages:
@@ -204,6 +213,11 @@ class SQLiteBroker(Broker):
                     message_id, message.lane.value, state.value, message.tenant, message.payload,
                     message.max_attempts or 0, at, at, due, message.idempotency_key, expires,
                 ))  # fmt: skip
+                hashes += [(h, message_id) for h in message.recipient_hashes]
+                events += _accepted(message_id, message, at, due if due > at else None)
+            privacy.index_recipients(db, hashes)
+            if self.options.audit:
+                privacy.write_events(db, events)
             db.executemany(
                 "INSERT INTO messages (id, lane, state, tenant, payload, max_attempts,"
                 " enqueued_at, updated_at, available_at, idempotency_key, expires_at)"
@@ -264,6 +278,9 @@ class SQLiteBroker(Broker):
             for lane, count in take.items():
                 if count:
                     jobs.extend(self._take(db, lane, count, worker, at + lease_s, at))
+            if self.options.audit:
+                privacy.write_events(db, [_lease_event(row, worker, at) for row in jobs])
+            self._drop_dead_payloads(db, [row[0] for row in jobs if row[10] == State.DEAD])
         rank = {lane.value: i for i, lane in enumerate(LANE_ORDER)}
         jobs.sort(key=lambda row: (rank[row[2]], row[8], row[0]))
         return [
@@ -352,8 +369,9 @@ class SQLiteBroker(Broker):
                 [(o.job.id, o.job.token, at, o.error) for o in by_action[Action.COMPLETE]
                  if o.error],
             )  # fmt: skip
-            settled += self._reschedule(db, by_action[Action.RETRY], at)
-            settled += self._reschedule(db, by_action[Action.DEFER], at)
+            fates: dict[str, tuple[State, float, str | None]] = {}
+            settled += self._reschedule(db, by_action[Action.RETRY], at, fates)
+            settled += self._reschedule(db, by_action[Action.DEFER], at, fates)
             settled += self._update_leased(
                 db,
                 "state = 'dead', last_error = v.error, owner = NULL, lease_expires = NULL,"
@@ -369,10 +387,35 @@ class SQLiteBroker(Broker):
                 (at,),
                 [(o.job.id, o.job.token) for o in by_action[Action.RELEASE]],
             )
+            done = set(settled)
+            if self.options.audit:
+                events = [
+                    e for o in outcomes if o.job.id in done for e in _settle_events(o, at, fates)
+                ]
+                privacy.write_events(db, events)
+            dead = [o.job.id for o in by_action[Action.BURY] if o.job.id in done]
+            dead += [i for i, (state, _, _) in fates.items() if state is State.DEAD and i in done]
+            self._drop_dead_payloads(db, dead)
         return settled
 
+    def _drop_dead_payloads(self, db: sqlite3.Connection, ids: Sequence[str]) -> None:
+        """A dead message's body goes with its death when no requeue window keeps it."""
+        if self.options.dead_payload_retention != 0 or not ids:
+            return
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            db.execute(
+                "UPDATE messages SET payload = X'', recipients = NULL"
+                f" WHERE id IN ({', '.join('?' * len(chunk))}) AND state = 'dead'",
+                chunk,
+            )
+
     def _reschedule(
-        self, db: sqlite3.Connection, outcomes: Sequence[Outcome], at: float
+        self,
+        db: sqlite3.Connection,
+        outcomes: Sequence[Outcome],
+        at: float,
+        fates: dict[str, tuple[State, float, str | None]],
     ) -> list[str]:
         """Retry or defer each message to its due time, or bury it (as settle.lua does):
         a retry when that is at or past its expires_at or its explicit max_attempts are
@@ -393,6 +436,7 @@ class SQLiteBroker(Broker):
             else:
                 then = after_retry(tried, due, at, o.error)
             state = State.DEAD if then.dead else State.RETRYING
+            fates[o.job.id] = (state, due, then.error)
             left = " ".join(o.recipients) if o.recipients else None
             rows.append((o.job.id, o.job.token, due, then.error, state.value, then.attempts, left))
         return self._update_leased(
@@ -469,6 +513,8 @@ class SQLiteBroker(Broker):
                     back.append((at, message_id))
                 else:
                     dead.append((error, at, message_id))
+            if self.options.audit:
+                self._reap_events(db, back, dead, at)
             db.executemany(
                 "UPDATE messages SET state = 'queued', owner = NULL, lease_expires = NULL,"
                 " updated_at = ? WHERE id = ?",
@@ -479,7 +525,23 @@ class SQLiteBroker(Broker):
                 " lease_expires = NULL, updated_at = ? WHERE id = ?",
                 dead,
             )
+            self._drop_dead_payloads(db, [message_id for _, _, message_id in dead])
             return len(rows)
+
+    @staticmethod
+    def _reap_events(
+        db: sqlite3.Connection,
+        back: Sequence[tuple[float, str]],
+        dead: Sequence[tuple[str, float, str]],
+        at: float,
+    ) -> None:
+        ids = [i for _, i in back] + [i for _, _, i in dead]
+        tenants = _tenants(db, ids)
+        events = [(i, tenants[i], at, Kind.REQUEUED.value, detail_text(why="lease expired"))
+                  for _, i in back]  # fmt: skip
+        events += [(i, tenants[i], at, Kind.DEAD.value, detail_text(error=error))
+                   for error, _, i in dead]  # fmt: skip
+        privacy.write_events(db, events)
 
     def _promote_due(self, when: float | None, limit: int) -> int:
         with self._write() as db:
@@ -511,32 +573,126 @@ class SQLiteBroker(Broker):
         ages = " ".join(f"WHEN '{lane.value}' THEN ?" for lane in LANE_ORDER)
         max_ages = [self.options.max_age[lane] for lane in LANE_ORDER]
         with self._write() as db:
-            return db.execute(
+            requeued = db.execute(
                 "UPDATE messages SET state = 'queued', attempts = 0, available_at = ?,"
                 f" expires_at = ? + CASE lane {ages} END,"
-                f" updated_at = ? WHERE id IN ({chosen} ORDER BY updated_at LIMIT ?)",
+                f" updated_at = ? WHERE id IN ({chosen} ORDER BY updated_at LIMIT ?)"
+                " RETURNING id, tenant",
                 (at, at, *max_ages, at, *params, limit),
-            ).rowcount
+            ).fetchall()
+            if self.options.audit:
+                privacy.write_events(db, [(i, t, at, Kind.REQUEUED.value,
+                                           detail_text(why="dead mail requeued"))
+                                          for i, t in requeued])  # fmt: skip
+            return len(requeued)
 
     def _cancel(self, message_id: str, when: float | None) -> bool:
         at = _local(when)
         with self._write() as db:
-            cursor = db.execute(
+            row = db.execute(
                 "UPDATE messages SET state = 'cancelled', updated_at = ?"
-                " WHERE id = ? AND state IN ('queued', 'scheduled', 'retrying')",
+                " WHERE id = ? AND state IN ('queued', 'scheduled', 'retrying') RETURNING tenant",
                 (at, message_id),
-            )
-            return cursor.rowcount == 1
+            ).fetchone()
+            if row and self.options.audit:
+                privacy.write_events(db, [(message_id, row[0], at, Kind.CANCELLED.value, "{}")])
+            return row is not None
 
     def _purge_expired(self, when: float | None, limit: int) -> int:
         before = _local(when) - self.options.retention
         final = ", ".join(f"'{state.value}'" for state in FINAL_STATES)
         with self._write() as db:
-            return db.execute(
+            self._drop_old_dead_payloads(db, _local(when), limit)
+            gone = [row[0] for row in db.execute(
                 "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
-                f" WHERE state IN ({final}) AND updated_at < ? LIMIT ?)",
+                f" WHERE state IN ({final}) AND updated_at < ? LIMIT ?) RETURNING id",
                 (before, limit),
-            ).rowcount
+            )]  # fmt: skip
+            privacy.forget_purged(db, gone)
+            return len(gone)
+
+    def _drop_old_dead_payloads(self, db: sqlite3.Connection, at: float, limit: int) -> None:
+        keep = self.options.dead_payload_retention
+        if keep is None:
+            return
+        db.execute(
+            "UPDATE messages SET payload = X'', recipients = NULL WHERE id IN (SELECT id"
+            " FROM messages WHERE state = 'dead' AND updated_at < ? AND length(payload) > 0"
+            " LIMIT ?)",
+            (at - keep, limit),
+        )
+
+    def _purge_audit(self, when: float | None, limit: int) -> int:
+        with self._write() as db:
+            return privacy.purge_audit(db, _local(when) - self.options.audit_retention, limit)
+
+    def _purge_preview(self, when: float | None) -> dict[str, int]:
+        at = _local(when)
+        final = ", ".join(f"'{state.value}'" for state in FINAL_STATES)
+        [(records,)] = self._read(
+            f"SELECT COUNT(*) FROM messages WHERE state IN ({final}) AND updated_at < ?",
+            (at - self.options.retention,),
+        )
+        [(events,)] = self._read(
+            "SELECT COUNT(*) FROM audit_events WHERE at < ?", (at - self.options.audit_retention,)
+        )
+        bodies = 0
+        if self.options.dead_payload_retention is not None:
+            [(bodies,)] = self._read(
+                "SELECT COUNT(*) FROM messages WHERE state = 'dead' AND updated_at < ?"
+                " AND length(payload) > 0",
+                (at - self.options.dead_payload_retention,),
+            )
+        return {"records": records, "audit_events": events, "dead_bodies": bodies}
+
+    def _stored_payloads(self, cursor: str, count: int) -> tuple[str, list[tuple[str, bytes]]]:
+        rows = self._read(
+            "SELECT id, payload FROM messages WHERE id > ? AND length(payload) > 0"
+            " ORDER BY id LIMIT ?",
+            (cursor, count),
+        )
+        return (rows[-1][0] if len(rows) == count else ""), [(i, p) for i, p in rows]
+
+    def _swap_payload(self, message_id: str, old: bytes, new: bytes) -> bool:
+        with self._write() as db:
+            return (
+                db.execute(
+                    "UPDATE messages SET payload = ? WHERE id = ? AND payload = ?",
+                    (new, message_id, old),
+                ).rowcount
+                == 1
+            )
+
+    # -- the audit trail and erasure ------------------------------------------------------
+    def _events(self, message_id: str) -> list[AuditEvent]:
+        return privacy.events_of(self._read(
+            "SELECT message_id, at, kind, detail FROM audit_events WHERE message_id = ?"
+            " ORDER BY seq", (message_id,),
+        ))  # fmt: skip
+
+    def _tenant_events(
+        self, tenant: str, since: float, until: float, limit: int
+    ) -> list[AuditEvent]:
+        return privacy.events_of(self._read(
+            "SELECT message_id, at, kind, detail FROM audit_events"
+            " WHERE tenant = ? AND at >= ? AND at < ? ORDER BY at, seq LIMIT ?",
+            (tenant, since, until, limit),
+        ))  # fmt: skip
+
+    def _find_recipient(self, recipient_hash: str, tenant: str | None) -> list[MessageInfo]:
+        ids = self._read("SELECT message_id FROM recipient_index WHERE hash = ?", (recipient_hash,))
+        found = [info for (i,) in ids if (info := self._get(i)) is not None]
+        return [info for info in found if tenant is None or info.tenant == tenant]
+
+    def _erase_recipient(
+        self, recipient_hash: str, tenant: str | None, when: float | None
+    ) -> ErasureCounts:
+        with self._write() as db:
+            counts = privacy.erase(db, recipient_hash, tenant, _local(when), self.options.audit)
+        if counts.erased:  # the old pages, zeroed in the file, leave the write-ahead log too
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return counts
 
     # -- reads --------------------------------------------------------------------------
     def _get(self, message_id: str) -> MessageInfo | None:
@@ -640,12 +796,69 @@ class SQLiteBroker(Broker):
 
     def purge(self) -> None:
         with self._write() as db:
-            for table in ("messages", "idempotency", "lane_credit", "named_lease"):
+            for table in ("messages", "idempotency", "lane_credit", "audit_events",
+                          "recipient_index", "named_lease"):  # fmt: skip
                 db.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _accepted(
+    message_id: str, message: NewMessage, at: float, scheduled_for: float | None
+) -> list[EventRow]:
+    detail = detail_text(tenant=message.tenant, lane=message.lane.value,
+                         rcpt=list(message.recipient_hashes) or None,
+                         **dict(message.origin or {}))  # fmt: skip
+    events = [(message_id, message.tenant, at, Kind.ACCEPTED.value, detail)]
+    if scheduled_for is not None:
+        due = detail_text(due=scheduled_for)
+        events.append((message_id, message.tenant, at, Kind.SCHEDULED.value, due))
+    return events
+
+
+def _lease_event(row: tuple[Any, ...], worker: str, at: float) -> EventRow:
+    """A row _take returned: leased, or buried for its age on the way."""
+    message_id, tenant, attempts, state = row[0], row[7], row[4], row[10]
+    if state == State.DEAD:
+        return (message_id, tenant, at, Kind.DEAD.value, detail_text(error=expired(None)))
+    return (message_id, tenant, at, Kind.LEASED.value, detail_text(worker=worker, attempt=attempts))
+
+
+def _settle_events(
+    o: Outcome, at: float, fates: dict[str, tuple[State, float, str | None]]
+) -> list[EventRow]:
+    """The events one settled outcome writes: its attempt, then what became of it."""
+    job = o.job
+    if o.action is Action.RELEASE:
+        return [(job.id, job.tenant, at, Kind.RELEASED.value, "{}")]
+    fate = fates.get(job.id)
+    if o.action is Action.DEFER:
+        assert fate is not None
+        if fate[0] is State.DEAD:
+            return [(job.id, job.tenant, at, Kind.DEAD.value, detail_text(error=fate[2]))]
+        return [(job.id, job.tenant, at, Kind.DEFERRED.value, detail_text(due=fate[1]))]
+    events = [(job.id, job.tenant, at, Kind.ATTEMPT.value, attempt_detail(o))]
+    if o.action is Action.COMPLETE:
+        events.append((job.id, job.tenant, at, Kind.SENT.value, "{}"))
+    elif o.action is Action.BURY or (fate and fate[0] is State.DEAD):
+        error = fate[2] if fate else o.error
+        events.append((job.id, job.tenant, at, Kind.DEAD.value, detail_text(error=error)))
+    else:
+        assert fate is not None
+        events.append((job.id, job.tenant, at, Kind.RETRIED.value, detail_text(due=fate[1])))
+    return events
+
+
+def _tenants(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        found.update(db.execute(
+            f"SELECT id, tenant FROM messages WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+        ).fetchall())  # fmt: skip
+    return found
 
 
 def _local(at: float | None) -> float:

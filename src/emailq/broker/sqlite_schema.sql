@@ -39,6 +39,28 @@ CREATE TABLE IF NOT EXISTS lane_credit (
     credit INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+-- The audit trail (emailq.privacy.audit): written in the transaction that changes the state.
+-- Appended in time order, so the oldest rows are the first by seq (what purge deletes).
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq        INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    tenant     TEXT NOT NULL,
+    at         REAL NOT NULL,
+    kind       TEXT NOT NULL,
+    detail     TEXT NOT NULL                      -- JSON object; never an address or a body
+);
+CREATE INDEX IF NOT EXISTS audit_message ON audit_events (message_id);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit_events (tenant, at);
+
+-- Which messages name an address, by its keyed hash (emailq.privacy.erasure): erasure and
+-- access find them without reading a body.
+CREATE TABLE IF NOT EXISTS recipient_index (
+    hash       TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (hash, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recipient_message ON recipient_index (message_id);
+
 -- Named leases: one holder at a time (one autoscaler per queue).
 CREATE TABLE IF NOT EXISTS named_lease (
     name       TEXT PRIMARY KEY,

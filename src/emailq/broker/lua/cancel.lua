@@ -7,7 +7,8 @@
 -- KEYS[4]     counts hash ("lane:state" → n)
 -- KEYS[5]     final zset (finished at → "lane:state:id:tenant")
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
--- KEYS[11]    tenant counts hash ("tenant\31lane:state" → n)
+-- KEYS[11]    audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua)
+-- KEYS[12]    tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the message id
 -- ARGV[3]     retention in ms (the Redis TTL of a cancelled message)
@@ -37,4 +38,5 @@ redis.call('HINCRBY', KEYS[4], lane .. ':cancelled', 1)
 tenant_count(f[3], lane, state, -1)
 tenant_count(f[3], lane, 'cancelled', 1)
 apply_tenant_counts()
+audit(id, event(now, 'cancelled'))
 return 1

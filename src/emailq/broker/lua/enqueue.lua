@@ -7,15 +7,21 @@
 -- KEYS[4]     delayed zset (due time → id)
 -- KEYS[5]     counts hash ("lane:state" → n)
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
--- KEYS[11]    tenant counts hash ("tenant\31lane:state" → n)
+-- KEYS[11]    recipient index prefix "{p}:r:" (+ a recipient's keyed hash: a set of ids)
+-- KEYS[12]    audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua); the trail's tenant index
+--             is the zset prefix .. "idx:" .. tenant (accepted at → id), tenants the set
+--             prefix .. "tenants"
+-- KEYS[13]    tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     idempotency window in ms (the Redis TTL of a key)
 -- ARGV[3]     the same window in seconds (a key claimed now stops counting then)
 -- ARGV[4..8]  lane names
 -- ARGV[9..13] each lane's maximum age in seconds (a message's default expires_at is that
 --             long after it is first due)
--- ARGV[14..]  7 per message: id, lane, tenant, idempotency key or "", send_at or "",
---             max_attempts (0: no limit), expires_at or ""
+-- ARGV[14]    how long a recipient index set lives after its last message, in ms
+-- ARGV[15..]  9 per message: id, lane, tenant, idempotency key or "", send_at or "",
+--             max_attempts (0: no limit), expires_at or "", recipient hashes (space-
+--             separated, or ""), the accepted event's members (',"tenant":…', JSON)
 -- Returns     one id per message: its own, or the id that already owns its idempotency key.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local score = {}  -- due → its score, formatted once (a batch mostly shares one due time)
@@ -49,6 +55,8 @@ local function claim(scope, id)
   return nil
 end
 
+local audited = {}  -- tenants with mail in this batch: their trail's index grows
+local now_ms = score_of(now)
 local lined_up = {}  -- zset key → {score, id, score, id, ...}, added in one ZADD each
 local function line_up(key, score, id)
   local list = lined_up[key]
@@ -73,18 +81,32 @@ local function store(i, msg)
   end
   count(lane .. ':' .. state)
   tenant_count(ARGV[i + 2], lane, state, 1)
+  for hash in string.gmatch(ARGV[i + 7], '%S+') do
+    redis.call('SADD', KEYS[11] .. hash, id)
+    redis.call('PEXPIRE', KEYS[11] .. hash, ARGV[14])
+  end
+  if AUDITING then
+    if state == 'scheduled' then
+      audit(id, event(now_text, 'accepted', ARGV[i + 8]), event(now_text, 'scheduled', ',"due":' .. due))
+    else
+      audit(id, event(now_text, 'accepted', ARGV[i + 8]))
+    end
+    line_up(AUDIT .. 'idx:' .. ARGV[i + 2], now_ms, id)
+    audited[ARGV[i + 2]] = true
+  end
 end
+
 
 -- A re-run finds its messages stored: check one by one only when any is.
 local msgs = {}
-for i = 14, #ARGV, 7 do msgs[#msgs + 1] = KEYS[1] .. ARGV[i] end
+for i = 15, #ARGV, 9 do msgs[#msgs + 1] = KEYS[1] .. ARGV[i] end
 local rerun = false
 for j = 1, #msgs, 1000 do  -- in chunks: unpack() has a limit
   rerun = rerun or redis.call('EXISTS', unpack(msgs, j, math.min(j + 999, #msgs))) > 0
 end
 
 local ids = {}
-for i = 14, #ARGV, 7 do
+for i = 15, #ARGV, 9 do
   local id, tenant, key = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   local msg = msgs[#ids + 1]
   local owner = id
@@ -101,5 +123,6 @@ for key, list in pairs(lined_up) do
   for j = 1, #list, 1000 do redis.call('ZADD', key, unpack(list, j, math.min(j + 999, #list))) end
 end
 for field, n in pairs(delta) do redis.call('HINCRBY', KEYS[5], field, n) end
+for tenant in pairs(audited) do redis.call('SADD', AUDIT .. 'tenants', tenant) end
 apply_tenant_counts()
 return ids

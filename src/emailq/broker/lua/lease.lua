@@ -16,7 +16,8 @@
 -- KEYS[8]      final zset (finished at → "lane:state:id:tenant")
 -- KEYS[9..13]  ready zsets in lease order: critical first, then the lanes that share
 -- KEYS[14]     this call's request key "{p}:lreq:<request id>"
--- KEYS[15]     tenant counts hash ("tenant\31lane:state" → n)
+-- KEYS[15]     audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua)
+-- KEYS[16]     tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]      now, or "" for the server's clock
 -- ARGV[2]      lease seconds, from now
 -- ARGV[3]      worker name
@@ -27,6 +28,7 @@
 -- ARGV[15]     the lanes this lease may take from, "1" or "0" per lane in lease order
 --              ("10000": an express loop that only takes critical mail)
 -- ARGV[16]     retention in ms (the Redis TTL of a message buried here)
+-- ARGV[17]     a buried message's payload TTL in ms ("0": dropped at once)
 -- Returns      10 per leased message, lane by lane, oldest first: id, token, lane, payload,
 --              attempts, max_attempts (0: none), enqueued_at, tenant, expires_at (false: none),
 --              rcpt (the envelope recipients left after a partial delivery; false: all)
@@ -125,7 +127,8 @@ local function bury_expired(msg, id, lane, tenant, last_error)
   if last_error then err = err .. '; last error: ' .. last_error end
   redis.call('HSET', msg, 'state', 'dead', 'last_error', err, 'updated_at', now)
   redis.call('PEXPIRE', msg, ARGV[16])
-  redis.call('PEXPIRE', KEYS[2] .. id, ARGV[16])
+  expire_dead_payload(KEYS[2] .. id, ARGV[17])
+  audit(id, event(now, 'dead', member('error', err)))
   redis.call('ZADD', KEYS[7], now_ms, id)
   redis.call('ZADD', KEYS[8], now_ms, final_member(lane, 'dead', id, tenant))
   count(lane .. ':queued', -1)
@@ -134,6 +137,7 @@ local function bury_expired(msg, id, lane, tenant, last_error)
   tenant_count(tenant, lane, 'dead', 1)
 end
 local expiry = tostring(ms(now_n + tonumber(ARGV[2])))  -- format once
+local worker_member = member('worker', ARGV[3])
 local jobs, expiries, payloads = {}, {}, {}
 for i = 1, 5 do
   local popped = {}
@@ -152,6 +156,7 @@ for i = 1, 5 do
       redis.call('HSET', msg, 'state', 'leased', 'attempts', attempts, 'token', token,
         'owner', ARGV[3], 'updated_at', now)
       leased = leased + 1
+      audit(id, event(now, 'leased', worker_member .. ',"attempt":' .. attempts))
       tenant_count(f[6], lanes[i], 'queued', -1)
       tenant_count(f[6], lanes[i], 'leased', 1)
       expiries[#expiries + 1] = expiry

@@ -42,3 +42,22 @@ end
 local function final_member(lane, state, id, tenant)
   return lane .. ':' .. state .. ':' .. id .. ':' .. (tenant or '')
 end
+-- The audit trail (emailq.privacy.audit): scripts that change a message's state are given
+-- the audit prefix "{p}:a:" as their last key but one (a message's events are the list
+-- prefix .. id, each a JSON object), or "{p}:a-off" when the trail is not written. Events
+-- are pushed by the same call that changes the state: no round trip of their own.
+local AUDIT = KEYS[#KEYS - 1] or ''
+local AUDITING = string.sub(AUDIT, -3) == ':a:'
+local function event(at, kind, extra)  -- extra: '' or ',"name":value…' (JSON members)
+  return '{"at":' .. at .. ',"kind":"' .. kind .. '"' .. (extra or '') .. '}'
+end
+local function audit(id, ...)
+  if AUDITING then redis.call('RPUSH', AUDIT .. id, ...) end
+end
+local function member(name, value)  -- one JSON member, the value quoted as JSON needs
+  return ',"' .. name .. '":' .. cjson.encode(value)
+end
+-- A dead message's payload: dropped now ("0"), or kept for a while (ms).
+local function expire_dead_payload(key, ttl)
+  if ttl == '0' then redis.call('UNLINK', key) else redis.call('PEXPIRE', key, ttl) end
+end

@@ -9,11 +9,13 @@
 -- KEYS[5]     final zset (finished at → "lane:state:id:tenant")
 -- KEYS[6]     dead zset (died at → id)
 -- KEYS[7..11] ready zsets, one per lane, in the order of the lane names below
--- KEYS[12]    tenant counts hash ("tenant\31lane:state" → n)
+-- KEYS[12]    audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua)
+-- KEYS[13]    tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to reap
 -- ARGV[3]     retention in ms (the Redis TTL of a dead message)
 -- ARGV[4..8]  lane names
+-- ARGV[9]     a dead message's payload TTL in ms ("0": dropped at once)
 -- Returns     how many messages were reaped.
 -- Per-id keys are built from the prefix; they share the prefix's hash tag (one slot).
 local ready = {}
@@ -46,12 +48,14 @@ for _, id in ipairs(expired) do
       redis.call('ZADD', KEYS[6], now_ms, id)
       redis.call('ZADD', KEYS[5], now_ms, final_member(lane, 'dead', id, f[8]))
       redis.call('PEXPIRE', msg, ARGV[3])
-      redis.call('PEXPIRE', KEYS[2] .. id, ARGV[3])
+      expire_dead_payload(KEYS[2] .. id, ARGV[9])
       move(lane, 'dead', f[8])
+      audit(id, event(now, 'dead', member('error', why)))
     else
       redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
       redis.call('ZADD', ready[lane], ms(f[5]), id)
       move(lane, 'queued', f[8])
+      audit(id, event(now, 'requeued', ',"why":"lease expired"'))
     end
     reaped = reaped + 1
   end

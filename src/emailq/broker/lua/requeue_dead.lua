@@ -7,7 +7,8 @@
 -- KEYS[4]     counts hash ("lane:state" → n)
 -- KEYS[5]     final zset (finished at → "lane:state:id:tenant")
 -- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
--- KEYS[11]    tenant counts hash ("tenant\31lane:state" → n)
+-- KEYS[11]    audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua)
+-- KEYS[12]    tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     the most messages to requeue
 -- ARGV[3]     "ids" to requeue the ids that follow, "all" for the longest dead first
@@ -53,6 +54,7 @@ local function requeue(id)
   tenant_count(f[3], lane, 'dead', -1)
   tenant_count(f[3], lane, 'queued', 1)
   requeued = requeued + 1
+  audit(id, event(now, 'requeued', ',"why":"dead mail requeued"'))
   return 'dead'
 end
 

@@ -11,17 +11,20 @@
 -- KEYS[6]      final zset (finished at → "lane:state:id:tenant"), what purge_expired reads
 -- KEYS[7]      dead zset (died at → id)
 -- KEYS[8..12]  ready zsets, one per lane, in the order of the lane names below
--- KEYS[13]     tenant counts hash ("tenant\31lane:state" → n)
+-- KEYS[13]     audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua)
+-- KEYS[14]     tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]      now, or "" for the server's clock
 -- ARGV[2]      retention in ms (the Redis TTL of a finished message)
 -- ARGV[3..7]   lane names
 -- ARGV[8..12]  how many complete, retry, bury, release and defer outcomes follow, in order:
---              complete: id, token, note · retry: id, token, delay, error, rcpt
---              bury: id, token, error · release: id, token · defer: id, token, delay, error
+--              complete: id, token, note, attempt · retry: id, token, delay, error, rcpt,
+--              attempt · bury: id, token, error, attempt · release: id, token · defer: id,
+--              token, delay, error (attempt: the audit trail's attempt event's members)
 --              (a retry's or burial's error of "" leaves none; a deferral's keeps the last;
 --              a completion's note, if any, is kept as its last_error: recipients refused
 --              for good; a retry's rcpt, if any, are the only recipients of its next attempt)
 -- ARGV[13]     "1": keep a sent message's payload for the retention period; "": drop it
+-- ARGV[14]     a dead message's payload TTL in ms ("0": dropped at once)
 -- Returns      the ids settled.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local now = clock(ARGV[1])
@@ -54,7 +57,9 @@ end
 local function finish(msg, id, lane, tenant, state)
   redis.call('HSET', msg, 'state', state, 'updated_at', now)
   redis.call('PEXPIRE', msg, ARGV[2])
-  if state ~= 'sent' or keep_sent then  -- a sent one's payload is gone already (see the end)
+  if state == 'dead' then
+    expire_dead_payload(KEYS[2] .. id, ARGV[14])
+  elseif state ~= 'sent' or keep_sent then  -- a sent one's payload is gone already (the end)
     redis.call('PEXPIRE', KEYS[2] .. id, ARGV[2])
   end
   if state ~= 'sent' then redis.call('ZADD', KEYS[7], now_ms, id)
@@ -69,9 +74,11 @@ local function set_error(msg, err)
   else redis.call('HSET', msg, 'last_error', err) end
 end
 
-local function bury(msg, id, lane, tenant, err)
+local function bury(msg, id, lane, tenant, err, attempt)
   set_error(msg, err)
   finish(msg, id, lane, tenant, 'dead')
+  if attempt then audit(id, event(now, 'attempt', attempt), event(now, 'dead', member('error', err)))
+  else audit(id, event(now, 'dead', member('error', err))) end
 end
 
 
@@ -79,23 +86,25 @@ end
 -- explicit max_attempts (0: none) are spent: then it is buried, saying so.
 local function retry(i)
   local id, due, err, rcpt = ARGV[i], now_n + tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  local attempt = ARGV[i + 5]
   local msg, lane, tenant = held(id, ARGV[i + 1])
   if not msg then return end
   local f = redis.call('HMGET', msg, 'attempts', 'max_attempts', 'enqueued_at', 'expires_at')
   local attempts, max_attempts = tonumber(f[1]), tonumber(f[2])
   if (max_attempts > 0 and attempts >= max_attempts) or (f[4] and due >= tonumber(f[4])) then
-    return bury(msg, id, lane, tenant, gave_up(attempts, now_n - tonumber(f[3]), err))
+    return bury(msg, id, lane, tenant, gave_up(attempts, now_n - tonumber(f[3]), err), attempt)
   end
   set_error(msg, err)
   if rcpt ~= '' then redis.call('HSET', msg, 'rcpt', rcpt) end
   redis.call('HSET', msg, 'state', 'retrying', 'available_at', fmt(due), 'updated_at', now)
   redis.call('ZADD', KEYS[4], ms(due), id)
   move(lane, 'retrying', tenant)
+  audit(id, event(now, 'attempt', attempt), event(now, 'retried', ',"due":' .. fmt(due)))
 end
 
 local function bury_one(i)
   local msg, lane, tenant = held(ARGV[i], ARGV[i + 1])
-  if msg then bury(msg, ARGV[i], lane, tenant, ARGV[i + 2]) end
+  if msg then bury(msg, ARGV[i], lane, tenant, ARGV[i + 2], ARGV[i + 3]) end
 end
 
 -- Released mail goes back to its place in its lane; the attempt is not counted.
@@ -107,6 +116,7 @@ local function release(i)
   redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
   redis.call('ZADD', ready[lane], ms(redis.call('HGET', msg, 'available_at')), id)
   move(lane, 'queued', tenant)
+  audit(id, event(now, 'released'))
 end
 
 -- Not tried: retrying after its delay with the attempt given back, buried only past its
@@ -127,16 +137,17 @@ local function defer(i)
   redis.call('HSET', msg, 'state', 'retrying', 'available_at', fmt(due), 'updated_at', now)
   redis.call('ZADD', KEYS[4], ms(due), id)
   move(lane, 'retrying', tenant)
+  audit(id, event(now, 'deferred', ',"due":' .. fmt(due)))
 end
 
 -- What frees memory goes first: a Redis at maxmemory (this script may run there, flags
 -- allow-oom) gets room back before anything is written. The completed messages' payloads are
 -- dropped before any other change, and the leased index shrinks before the final one grows.
-local i, sent = 14, {}
+local i, sent = 15, {}
 for _ = 1, tonumber(ARGV[8]) do
   local msg, lane, tenant = held(ARGV[i], ARGV[i + 1])
-  if msg then sent[#sent + 1] = {msg, ARGV[i], lane, tenant, ARGV[i + 2]} end
-  i = i + 3
+  if msg then sent[#sent + 1] = {msg, ARGV[i], lane, tenant, ARGV[i + 2], ARGV[i + 3]} end
+  i = i + 4
 end
 for j = 1, keep_sent and 0 or #sent, 1000 do  -- in chunks: unpack() has a limit
   local payloads = {}
@@ -146,8 +157,9 @@ end
 for _, s in ipairs(sent) do
   if s[5] ~= '' then redis.call('HSET', s[1], 'last_error', s[5]) end
   finish(s[1], s[2], s[3], s[4], 'sent')
+  audit(s[2], event(now, 'attempt', s[6]), event(now, 'sent'))
 end
-for section, step in ipairs({{retry, 5}, {bury_one, 3}, {release, 2}, {defer, 4}}) do
+for section, step in ipairs({{retry, 6}, {bury_one, 4}, {release, 2}, {defer, 4}}) do
   for _ = 1, tonumber(ARGV[8 + section]) do
     step[1](i)
     i = i + step[2]
