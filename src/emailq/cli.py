@@ -47,6 +47,9 @@ SETTING_OF = {
     "intake_burst": "api.tenant_burst",
     "api_url": "api.url",
     "api_key": "api.key",
+    "autoscale_enabled": "autoscale.enabled",
+    "autoscale_min": "autoscale.min_workers",
+    "autoscale_max": "autoscale.max_workers",
 }
 _FIELDS = dict(described_fields())
 
@@ -223,6 +226,8 @@ def start_workers(
     if monitor and settings.monitor.enabled:
         watching = MonitorThread(Deployment.from_settings(settings)).start()
     try:
+        if settings.autoscale.enabled:
+            sys.exit(run_autoscaled(settings))
         if processes == 1:
             worker_main(settings)
         else:
@@ -230,6 +235,40 @@ def start_workers(
     finally:
         if watching is not None:
             watching.stop()
+
+
+def run_autoscaled(settings: Settings) -> int:
+    """A pool that starts at the minimum and follows the autoscaler's decisions."""
+    from prometheus_client import start_http_server
+
+    from emailq.autoscale.controller import Autoscaler, config_from_settings
+    from emailq.logs import configure_logging
+    from emailq.supervisor import Supervisor
+
+    configure_logging(settings)
+    section = settings.autoscale
+    with Deployment.from_settings(settings) as deployment:
+        autoscaler = Autoscaler(
+            deployment.broker, config_from_settings(section), section.interval_s
+        )
+        if section.metrics_port:
+            start_http_server(section.metrics_port, "127.0.0.1", autoscaler.metrics.registry)
+        return Supervisor(settings, section.min_workers, autoscaler).run()
+
+
+def parse_autoscale(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``MIN:MAX`` → (min, max), refusing a minimum above the maximum."""
+    if value is None:
+        return None
+    parts = value.split(":")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise click.BadParameter(f"{value!r} is not MIN:MAX, e.g. 2:20")
+    low, high = int(parts[0]), int(parts[1])
+    if low < 1:
+        raise click.BadParameter(f"the minimum in {value!r} must be at least 1")
+    if low > high:
+        raise click.BadParameter(f"the minimum {low} is above the maximum {high} in {value!r}")
+    return low, high
 
 
 @cli.command()
@@ -241,9 +280,17 @@ def worker(ctx: click.Context, /, **flags: Any) -> None:
 
 @cli.command()
 @worker_options
-def run(ctx: click.Context, /, **flags: Any) -> None:
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX",
+    callback=parse_autoscale,
+    help="size the pool from the queue between MIN and MAX workers [autoscale.*]",
+)
+def run(ctx: click.Context, /, autoscale: tuple[int, int] | None, **flags: Any) -> None:
     """The all-in-one process for one machine: a supervised pool of workers, and the
     monitor (unless monitor.enabled is false)."""
+    if autoscale is not None:
+        flags.update(autoscale_enabled=True, autoscale_min=autoscale[0], autoscale_max=autoscale[1])
     start_workers(ctx, 2, flags, monitor=True)
 
 
@@ -376,6 +423,38 @@ def report(ctx: click.Context, /, day: str, wedding: str | None, out: str | None
     folder = Path(out or f"emailq-report-{parsed.isoformat()}")
     json_path, html_path = write_report(body, folder)
     click.echo(f"{html_path} and {json_path} ({body['snapshots']} snapshots)")
+
+
+@cli.command()
+@BROKER_URL
+@click.option("--once", is_flag=True, required=True, help="decide once and print (required)")
+@click.option("--workers", type=int, help="the pool running now (default: autoscale.min_workers)")
+@click.option("--window", default=5.0, show_default=True, help="seconds to measure rates over")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def autoscale(
+    ctx: click.Context, /, once: bool, workers: int | None, window: float, as_json: bool,
+    **flags: Any,
+) -> None:  # fmt: skip
+    """Print how many workers the queue needs now, and why (for any orchestrator)."""
+    from emailq.autoscale.controller import config_from_settings
+    from emailq.autoscale.observe import Observer
+    from emailq.autoscale.policy import decide
+
+    settings = load_settings(ctx, flags)
+    config = config_from_settings(settings.autoscale)
+    pool = config.min_workers if workers is None else workers
+    with open_deployment(ctx, flags) as deployment:
+        observer = Observer(deployment.broker, config.lookahead_s)
+        observer.observe(pool)
+        time.sleep(window)  # two snapshots: the arrival and delivery rates between them
+        decision = decide(observer.observe(pool), config, deployment.broker.now())
+    if as_json:
+        body = {"workers": decision.workers, "direction": decision.direction,
+                "reason": decision.reason, "demand": decision.demand.workers}  # fmt: skip
+        click.echo(json.dumps(body))
+    else:
+        click.echo(f"{decision.workers}\n{decision.reason}")
 
 
 @cli.command()

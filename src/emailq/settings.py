@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -33,6 +41,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from emailq.autoscale.pattern import (
+    DEFAULT_PATTERN,
+    DEFAULT_PROTECTED,
+    DEFAULT_SEASON,
+    ProtectedHours,
+    Season,
+    WeeklyPattern,
+    zone,
+)
 from emailq.errors import ConfigurationError
 
 ENV_PREFIX = "EMAILQ_"
@@ -208,6 +225,96 @@ class ApiSection(_Section):
     key: SecretStr | None = Field(None, description="the API key used with api.url")
 
 
+class AutoscaleSection(_Section):
+    enabled: bool = Field(
+        False, description="`emailq run` sizes its pool itself (`--autoscale MIN:MAX` turns it on)"
+    )
+    min_workers: int = Field(2, ge=1, le=1000, description="the fewest worker processes")
+    max_workers: int = Field(20, ge=1, le=1000, description="the most worker processes")
+    interval_s: float = Field(15.0, gt=0, description="seconds between decisions")
+    emergency_queued: int = Field(
+        5000, ge=1, description="queued emails from which the pool goes to the maximum at once"
+    )
+    # Each lane's deadline: the autoscaler sizes the pool to clear the lane within it.
+    deadline_critical_s: float = Field(30.0, gt=0, description="critical mail's deadline (s)")
+    deadline_wedding_day_s: float = Field(
+        120.0, gt=0, description="wedding_day mail's deadline (s)"
+    )
+    deadline_pre_wedding_s: float = Field(
+        600.0, gt=0, description="pre_wedding mail's deadline (s)"
+    )
+    deadline_standard_s: float = Field(900.0, gt=0, description="standard mail's deadline (s)")
+    deadline_bulk_s: float = Field(3600.0, gt=0, description="bulk mail's deadline (s)")
+    up_cooldown_s: float = Field(
+        30.0, ge=0, description="seconds after a change before the pool grows again"
+    )
+    down_after_s: float = Field(
+        300.0, ge=0, description="seconds of lower demand before the pool shrinks a step"
+    )
+    down_cooldown_s: float = Field(
+        600.0, ge=0, description="seconds after a change before the pool shrinks"
+    )
+    down_step: int = Field(1, ge=1, description="workers stopped per step down")
+    headroom: float = Field(
+        0.5, ge=0, description="workers above the need, as a share (0.5: ±20 % load fits)"
+    )
+    worker_rate: float = Field(
+        50.0, gt=0, description="emails/s one worker delivers, until the autoscaler measures it"
+    )
+    lookahead_s: float = Field(
+        900.0, ge=0, description="scheduled mail due within this counts as already queued"
+    )
+    pattern: str = Field(
+        DEFAULT_PATTERN,
+        description="weekly traffic multipliers, `day HH:MM=x`, comma-separated; each holds"
+        " until the day's next point (other times ×1)",
+    )
+    season: str = Field(
+        DEFAULT_SEASON, description="wedding-season months and multiplier, `first-last=x`"
+    )
+    protected: str = Field(
+        DEFAULT_PROTECTED,
+        description="hours the pool never shrinks in, `day HH:MM-HH:MM`, comma-separated",
+    )
+    timezone: str = Field("UTC", description="the time zone of the pattern and protected hours")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus port of `emailq run`'s autoscaler; 0: none"
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        WeeklyPattern.parse(value)
+        return value
+
+    @field_validator("season")
+    @classmethod
+    def _season(cls, value: str) -> str:
+        Season.parse(value)
+        return value
+
+    @field_validator("protected")
+    @classmethod
+    def _protected(cls, value: str) -> str:
+        ProtectedHours.parse(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscaleSection:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"autoscale.min_workers ({self.min_workers}) is above"
+                f" autoscale.max_workers ({self.max_workers})"
+            )
+        return self
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -288,6 +395,7 @@ class Settings(BaseSettings):
     worker: WorkerSection = WorkerSection()
     limits: LimitSettings = LimitSettings()
     api: ApiSection = ApiSection()
+    autoscale: AutoscaleSection = AutoscaleSection()
     privacy: PrivacySection = PrivacySection()
     monitor: MonitorSection = MonitorSection()
 

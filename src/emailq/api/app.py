@@ -13,6 +13,8 @@ from emailq.api import monitoring, problems, routes
 from emailq.api.auth import TenantBudget
 from emailq.api.grouping import EnqueueGroup
 from emailq.api.readiness import BoundedCheck
+from emailq.autoscale.controller import config_from_settings
+from emailq.autoscale.metrics import DesiredWorkersCollector
 from emailq.deployment import Deployment
 from emailq.metrics import IntakeMetrics
 from emailq.monitor.runner import MonitorThread
@@ -58,6 +60,12 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
         ),
         group=EnqueueGroup(opened.broker),
         budget=TenantBudget(lambda: context.deployment.limiter, api),
+    )
+    # The desired pool per queue, for orchestrators' autoscalers (deploy/kubernetes/).
+    context.metrics.registry.register(
+        DesiredWorkersCollector(
+            lambda: context.deployment.broker, config_from_settings(opened.settings.autoscale)
+        )
     )
 
     @asynccontextmanager
