@@ -160,6 +160,8 @@ class _BatchGate:
         route, worker = self.route, self.worker
         if message_id not in self.critical:
             await worker.critical.wait()  # a ceremony change in hand goes first
+        if message_id in worker.unsettled:  # a provider chain's next try: it has its room
+            return route.pause.remaining == 0 and worker.fence.may_send(message_id)
         await route.window.enter()
         # Checked after any wait for room: the lease must still hold when the send starts.
         if route.pause.remaining == 0 and worker.fence.may_send(message_id):
