@@ -221,6 +221,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then finish (or release) what is in hand."""
         s = self.settings
+        for route in {id(r): r for r in (self.route, self.express_route)}.values():
+            await route.provider.start()  # a provider chain's health checks
         loops = [asyncio.create_task(self._loop(stop, self.route)) for _ in range(s.concurrency)]
         if s.express_lanes:
             loops.append(asyncio.create_task(self._express_loop(stop)))

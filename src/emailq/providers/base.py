@@ -159,6 +159,10 @@ class Provider(abc.ABC):
         call ``gate.done`` as outcomes become known (those not reported are reported from
         the returned list)."""
 
+    async def start(self) -> None:  # noqa: B027 - most providers have nothing to start
+        """Begin background work (a chain's health checks), in the worker's event loop;
+        sending starts it too, for callers that never call this."""
+
     async def check(self) -> HealthCheck:
         """A cheap end-to-end check of the provider (log in, say hello), sending nothing.
         Providers without a server to ask are always healthy."""

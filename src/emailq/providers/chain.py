@@ -68,10 +68,13 @@ class ProviderChain(Provider):
         self.concurrency = None if None in bounds else max(b for b in bounds if b is not None)
         self._started = False
 
-    async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
+    async def start(self) -> None:
         if not self._started:
             self._started = True
             self.board.start()
+
+    async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
+        await self.start()
         messages = list(batch)
         results: list[SendResult | None] = [None] * len(batch)
         waiting = list(range(len(batch)))
