@@ -63,9 +63,11 @@ class ProviderChain(Provider):
         self.names = list(names)
         self.board = board
         self.name = "chain"
-        # Bounded by the largest member's connections: the worker's window of unsettled mail.
-        bounds = [m.concurrency for m in self.members]
-        self.concurrency = None if None in bounds else max(b for b in bounds if b is not None)
+        # No window of unsettled mail in the worker: a message held for the next provider
+        # keeps its place in that window until it is settled, so two batches failing over
+        # at once could each wait for room the other holds. Each member's own connections
+        # still bound what is on the wire.
+        self.concurrency = None
         self._started = False
 
     async def start(self) -> None:
