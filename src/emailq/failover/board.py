@@ -17,10 +17,12 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from emailq.clock import Clock, now
 from emailq.failover.state import (
@@ -37,9 +39,12 @@ from emailq.providers.base import HealthCheck, Provider, SendResult, Transient
 log = logging.getLogger(__name__)
 
 
-class BoardMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+class BoardMetrics(Collector):
+    """The chain's gauges and counters, in a registry of their own; registered into a
+    worker's registry as one collector."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
         self.up = Gauge(
             "emailq_provider_up", "1 while the provider is in use or standing by, 0 while down",
             ["provider"], registry=self.registry,
@@ -56,6 +61,9 @@ class BoardMetrics:
             "emailq_provider_credentials_refused", "Providers refusing our credentials",
             ["provider"], registry=self.registry,
         )  # fmt: skip
+
+    def collect(self) -> Iterable[Metric]:
+        return self.registry.collect()
 
 
 class HealthBoard:
