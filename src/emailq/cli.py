@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -73,6 +74,8 @@ def load_settings(ctx: click.Context, flags: dict[str, Any]) -> Settings:
     """The effective settings for a command: its flags over the file and the environment."""
     nested: dict[str, Any] = {}
     for name, value in flags.items():
+        if isinstance(value, tuple):  # a repeated flag: --provider-url a --provider-url b
+            value = ",".join(value) or None
         if name in SETTING_OF and value is not None:
             *sections, leaf = SETTING_OF[name].split(".")
             node = nested
@@ -88,6 +91,8 @@ def open_deployment(ctx: click.Context, flags: dict[str, Any]) -> Deployment:
 
 
 BROKER_URL = setting("--broker-url")
+# Repeated, a failover chain in order, primary first (the same as commas in one value).
+PROVIDER_URL = setting("--provider-url", multiple=True)
 
 
 @click.group()
@@ -158,6 +163,30 @@ def status(ctx: click.Context, /, as_json: bool, watch: bool, **flags: Any) -> N
 
 @cli.command()
 @BROKER_URL
+@PROVIDER_URL
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def providers(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """Each provider of the chain: state, last health check, failed checks in a row."""
+    with open_deployment(ctx, flags) as deployment:
+        rows = deployment.providers()
+    if as_json:
+        click.echo(json.dumps([asdict(row) for row in rows], indent=2))
+        return
+    table = Table("provider", "state", "last check", "failed checks", "last failure")
+    for row in rows:
+        checked = (
+            "never"
+            if row.last_check is None
+            else (datetime.fromtimestamp(row.last_check).isoformat(sep=" ", timespec="seconds"))
+        )
+        reason = ("credentials refused: " if row.credentials_refused else "") + row.reason
+        table.add_row(row.name, row.state, checked, str(row.failures), reason)
+    Console().print(table)
+
+
+@cli.command()
+@BROKER_URL
 @click.argument("message_id")
 @click.pass_context
 def get(ctx: click.Context, /, message_id: str, **flags: Any) -> None:
@@ -194,7 +223,7 @@ def worker_options(command: Callable[..., None]) -> Callable[..., None]:
     """The options every command that runs workers takes."""
     options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         BROKER_URL,
-        setting("--provider-url"),
+        PROVIDER_URL,
         setting("--domain"),
         setting("-n", "--processes", type=int),
         setting("--batch", type=int),
@@ -502,7 +531,7 @@ def send(ctx: click.Context, /, path: str | None, **fields: Any) -> None:
 @BROKER_URL
 @setting("--host")
 @setting("--port", type=int)
-@setting("--provider-url", help="checked by /health/ready")
+@setting("--provider-url", multiple=True, help="checked by /health/ready")
 @setting("--intake-rate", type=float)
 @setting("--intake-burst", type=float)
 @setting("--workers", type=int)

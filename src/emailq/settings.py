@@ -56,6 +56,7 @@ ENV_PREFIX = "EMAILQ_"
 CONFIG_ENV = "EMAILQ_CONFIG"
 RESEND_KEY_ENV = "RESEND_API_KEY"  # the name Resend's own SDKs read
 DEFAULT_BROKER_URL = "sqlite:///emailq.db"
+PROVIDER_SCHEMES = ("smtp", "smtps", "resend", "resend+http", "file")
 REDACTED = "***"
 
 
@@ -123,11 +124,51 @@ class ProviderSettings(_Section):
     url: str = Field(
         "smtp://127.0.0.1:25",
         description="where mail goes: smtp://[user:pw@]host[:port][?pool=8&starttls=auto],"
-        " smtps://…, resend://, file:///dir",
+        " smtps://…, resend://, file:///dir; several, comma-separated, make a failover chain"
+        " (primary first)",
     )
     resend_api_key: SecretStr | None = Field(
         None, description=f"the Resend API key (also read from {RESEND_KEY_ENV})"
     )
+    check_interval_s: float = Field(
+        30.0, gt=0, description="seconds between health checks of a chain's providers"
+    )
+    fail_after_checks: int = Field(
+        3, ge=1, description="failed health checks in a row that take a provider out of the chain"
+    )
+    failback_s: float = Field(
+        300.0, ge=0, description="seconds a provider must pass its checks before it is used again"
+    )
+    breaker_failures: int = Field(
+        5,
+        ge=1,
+        description="transient send failures within breaker_window_s that fail over at once",
+    )
+    breaker_window_s: float = Field(
+        10.0, gt=0, description="seconds the circuit breaker counts failures over"
+    )
+    check_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a health check may take before it counts as failed"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _chain_entries(cls, value: str) -> str:
+        for position, entry in enumerate(value.split(","), 1):
+            scheme = entry.strip().partition("://")[0]
+            if not entry.strip():
+                raise ValueError(f"entry {position} of the provider chain is empty")
+            if scheme not in PROVIDER_SCHEMES:
+                raise ValueError(
+                    f"entry {position}: unknown provider URL scheme {scheme!r}"
+                    f" (use {', '.join(s + '://' for s in PROVIDER_SCHEMES)})"
+                )
+        return value
+
+    @property
+    def urls(self) -> list[str]:
+        """The chain, primary first (one entry: a single provider)."""
+        return [entry.strip() for entry in self.url.split(",")]
 
 
 class WorkerSection(_Section):
@@ -460,7 +501,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret these settings hold (for scrubbing logs)."""
-        found = [url_password(self.provider.url), url_password(self.broker.url)]
+        found = [*map(url_password, self.provider.urls), url_password(self.broker.url)]
         found.append(url_password(self.monitor.email_smtp_url or ""))
         secrets = (self.provider.resend_api_key, self.api.key, self.privacy.hash_secret,
                    self.monitor.slack_url, self.monitor.webhook_secret)  # fmt: skip
@@ -509,7 +550,11 @@ def url_password(url: str) -> str | None:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ``***``."""
+    """The URL with its password (if any) replaced by ``***``; a provider chain (URLs
+    joined by commas) entry by entry."""
+    entries = url.split(",")
+    if len(entries) > 1 and all("://" in entry for entry in entries):
+        return ",".join(redact_url(entry.strip()) for entry in entries)
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -39,6 +39,8 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
         rules = deployment.rate_rules()
         metrics = DeliveryMetrics()
         recorder = worker_recorder(settings, provider.name)  # the monitor's samples
+        if len(settings.provider.urls) > 1:  # the chain's state changes, on the same port
+            metrics.registry.register(deployment.provider_board.metrics)
         port = settings.worker.metrics_port
         if port:
             start_http_server(port, "127.0.0.1", registry=metrics.registry)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -235,6 +236,16 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             }
             for lane, lane_stats in stats.lanes.items()
         })  # fmt: skip
+
+    @app.get("/v1/providers", responses=problems_of(*_V1))
+    async def providers(request: Request) -> JSONResponse:
+        """The provider chain, primary first: each provider's state (active, standby, down,
+        recovering), last health check, failed checks in a row. Operator keys only."""
+        key = await caller(request)
+        if not key.operator:
+            raise Problem(403, "/v1/providers needs an operator API key")
+        rows = await run_in_threadpool(ctx.deployment.providers)
+        return JSONResponse({"providers": [asdict(row) for row in rows]})
 
     @app.get("/health", responses=problems_of(*_ANY))
     async def health() -> JSONResponse:
