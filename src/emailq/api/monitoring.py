@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from emailq.api import auth
 from emailq.api.problems import Problem
+from emailq.api.routes import V1_PROBLEMS, problems_of
 from emailq.keys import ApiKey
 from emailq.monitor.fleet import FleetCollector
 from emailq.monitor.rules import load_rules, parse_duration
@@ -160,7 +161,7 @@ def install(app: FastAPI, ctx: ApiContext) -> MonitorReader:  # noqa: C901 - one
             raise Problem(403, "only an operator key may see or change alerts")
         return key
 
-    @app.get("/v1/stats")
+    @app.get("/v1/stats", responses=problems_of(*V1_PROBLEMS, 400))
     async def stats(
         request: Request, since: str | None = None, until: str | None = None,
         step: str | None = None,
@@ -171,13 +172,13 @@ def install(app: FastAPI, ctx: ApiContext) -> MonitorReader:  # noqa: C901 - one
         body = await run_in_threadpool(reader.stats, key, since, until, step)
         return Response(body, media_type="application/json")
 
-    @app.get("/v1/alerts")
+    @app.get("/v1/alerts", responses=problems_of(*V1_PROBLEMS, 403))
     async def alerts(request: Request) -> JSONResponse:
         """Pending and firing alerts, silences and the rules (operator keys only)."""
         await operator(request)
         return JSONResponse(await run_in_threadpool(reader.alerts))
 
-    @app.post("/v1/alerts/silences")
+    @app.post("/v1/alerts/silences", responses=problems_of(*V1_PROBLEMS, 400, 403, 404))
     async def add_silence(request: Request) -> JSONResponse:
         """``{"rule": "low_throughput", "for": "1h"}``: its notices held back that long."""
         await operator(request)
@@ -193,7 +194,7 @@ def install(app: FastAPI, ctx: ApiContext) -> MonitorReader:  # noqa: C901 - one
         await run_in_threadpool(silence, reader.store, rule, now + duration, now)
         return JSONResponse({"rule": rule, "until": now + duration})
 
-    @app.delete("/v1/alerts/silences/{rule}")
+    @app.delete("/v1/alerts/silences/{rule}", responses=problems_of(*V1_PROBLEMS, 403, 404))
     async def remove_silence(request: Request, rule: str) -> JSONResponse:
         await operator(request)
         found = await run_in_threadpool(unsilence, reader.store, rule, ctx.deployment.clock())
