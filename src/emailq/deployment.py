@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
+from emailq.batches.registry import BatchRegistry
 from emailq.broker import Broker, BrokerOptions, NewMessage, Stats, open_broker
 from emailq.broker.base import DEFAULT_PATIENCE_S
 from emailq.clock import Clock, now
@@ -140,6 +141,21 @@ class Deployment:
         return RedisKeyStore(self.broker.client, self.broker.prefix, self.clock)
 
     @cached_property
+    def batches(self) -> BatchRegistry:
+        """The batch records (emailq.batches), beside the messages like the keys."""
+        from emailq.batches.registry import RedisBatchRegistry, SQLiteBatchRegistry
+        from emailq.broker.sqlite import SQLiteBroker
+
+        if isinstance(self.broker, SQLiteBroker):
+            return SQLiteBatchRegistry(self.broker.path)
+        from emailq.broker.redis import RedisBroker
+
+        assert isinstance(self.broker, RedisBroker)
+        options = self.broker.options
+        ttl = max(options.max_age.values()) + options.retention  # as long as its messages
+        return RedisBatchRegistry(self.broker.client, self.broker.prefix, ttl)
+
+    @cached_property
     def policy(self) -> Policy:
         path = self.settings.policy_file
         if path is None:
@@ -255,7 +271,7 @@ class Deployment:
 
     # -- life -----------------------------------------------------------------------------
     def close(self) -> None:
-        for name in ("limiter", "keys"):
+        for name in ("limiter", "keys", "batches"):
             opened = self.__dict__.pop(name, None)
             close = getattr(opened, "close", None)
             if close is not None:

@@ -6,7 +6,7 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:m:<id>                   hash: state, lane, tenant, attempts, max_attempts (0: none),
                                  token (the fencing token, never reset), enqueued_at,
                                  updated_at, available_at, expires_at (none before 0.3),
-                                 last_error, idem, owner (the last to lease it)
+                                 last_error, idem, owner (the last to lease it), batch
     {p}:p:<id>                   string: the payload, stored once, apart from the hash so that
                                  the hash stays small (listpack) and a sent one just drops it
                                  (kept for the retention period with retain_sent_payloads)
@@ -28,6 +28,9 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:a:tenants                set: tenants with trails
     {p}:r:<recipient hash>       set: ids of the messages naming that address (its keyed
                                  hash, emailq.privacy.erasure), for erasure and access
+    {p}:b:<batch id>             zset (all scores 0, so by id: oldest first): the ids of the
+                                 messages sent with that batch (emailq.batches); it outlives
+                                 its last message's record like a recipient index set
 
 Times are Redis's own clock (``TIME``, read inside each script), so every worker on every
 machine shares one clock, whatever its own says; a broker given a clock (tests) passes its
@@ -63,6 +66,7 @@ from redis.retry import Retry
 
 from emailq.broker.base import (
     Action,
+    BatchMember,
     Broker,
     BrokerOptions,
     DeadFilter,
@@ -117,7 +121,7 @@ _LANE_NAMES = tuple(lane.value for lane in LANE_ORDER)
 _LANES = {lane.value.encode(): lane for lane in Lane}
 _INFO_FIELDS = (
     "state", "lane", "tenant", "attempts", "max_attempts", "enqueued_at", "updated_at",
-    "available_at", "last_error", "idem", "expires_at",
+    "available_at", "last_error", "idem", "expires_at", "batch",
 )  # fmt: skip
 _JOB_FIELDS = 10  # per leased message in lease.lua's reply
 _COUNTS = tuple(f"{lane.value}:{state.value}" for lane in LANE_ORDER for state in State)
@@ -189,10 +193,11 @@ class RedisBroker(Broker):
             args += (message_id, m.lane.value, m.tenant, m.idempotency_key or "",
                      _or_blank(m.send_at), m.max_attempts or 0,
                      _or_blank(m.expires_at), " ".join(m.recipient_hashes),
-                     _accepted_members(m) if self.options.audit else "")  # fmt: skip
+                     _accepted_members(m) if self.options.audit else "",
+                     m.batch_id or "")  # fmt: skip
         k = self.keys
         keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready,
-                k.recipients, *self._tail()]  # fmt: skip
+                k.recipients, k.batch, *self._tail()]  # fmt: skip
         # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
         # EVALSHA: a NOSCRIPT inside EXEC would leave the MSET applied; the text is small.
         pipe = self.client.pipeline(transaction=True)
@@ -363,24 +368,21 @@ class RedisBroker(Broker):
     # -- reads --------------------------------------------------------------------------
     def _get(self, message_id: str) -> MessageInfo | None:
         values: list[Any] = self.client.hmget(self.keys.message + message_id, _INFO_FIELDS)
-        if values[0] is None:
-            return None
-        (state, lane, tenant, attempts, max_attempts, enqueued, updated, available, error, idem,
-         expires) = values  # fmt: skip
-        return MessageInfo(
-            id=message_id,
-            state=State(state.decode()),
-            lane=_LANES[lane],
-            tenant=tenant.decode(),
-            attempts=int(attempts),
-            max_attempts=int(max_attempts) or None,
-            expires_at=math.inf if expires is None else float(expires),
-            enqueued_at=float(enqueued),
-            updated_at=float(updated),
-            available_at=float(available),
-            last_error=error.decode() if error is not None else None,
-            idempotency_key=idem.decode() if idem is not None else None,
-        )
+        return _info(message_id, values)
+
+    def _batch_members(self, batch_id: str) -> list[BatchMember]:
+        ids: list[bytes] = self.client.zrange(self.keys.batch + batch_id, 0, -1)  # type: ignore[assignment]
+        pipe = self.client.pipeline(transaction=False)
+        for raw in ids:
+            pipe.hmget(self.keys.message + raw.decode(), _INFO_FIELDS)
+            pipe.get(self.keys.payload + raw.decode())
+        replies = pipe.execute()
+        members = []
+        for index, raw in enumerate(ids):
+            info = _info(raw.decode(), replies[2 * index])
+            if info is not None:  # purged: its id stays in the set until the set expires
+                members.append(BatchMember(info=info, payload=replies[2 * index + 1] or None))
+        return members
 
     def _stats(
         self, at: float | None, tenant: str | None
@@ -495,6 +497,29 @@ class _AskOnce:
         if isinstance(reply, dict):  # hiredis answers a map; the Python parser, pairs
             return reply
         return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _info(message_id: str, values: Sequence[Any]) -> MessageInfo | None:
+    """A message's record from its hash's _INFO_FIELDS; None when it is gone."""
+    if values[0] is None:
+        return None
+    (state, lane, tenant, attempts, max_attempts, enqueued, updated, available, error, idem,
+     expires, batch) = values  # fmt: skip
+    return MessageInfo(
+        id=message_id,
+        state=State(state.decode()),
+        lane=_LANES[lane],
+        tenant=tenant.decode(),
+        attempts=int(attempts),
+        max_attempts=int(max_attempts) or None,
+        expires_at=math.inf if expires is None else float(expires),
+        enqueued_at=float(enqueued),
+        updated_at=float(updated),
+        available_at=float(available),
+        last_error=error.decode() if error is not None else None,
+        idempotency_key=idem.decode() if idem is not None else None,
+        batch_id=batch.decode() if batch is not None else None,
+    )
 
 
 def _job(fields: Sequence[Any]) -> Job:

@@ -24,6 +24,7 @@ from emailq.broker import sqlite_privacy as privacy
 from emailq.broker.base import (
     FINAL_STATES,
     Action,
+    BatchMember,
     Broker,
     BrokerOptions,
     DeadFilter,
@@ -53,7 +54,7 @@ _JOB_COLUMNS = (
 )
 _INFO_COLUMNS = (
     "id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,"
-    " available_at, last_error, idempotency_key, expires_at"
+    " available_at, last_error, idempotency_key, expires_at, batch_id"
 )
 _VALUE_NAMES = (
     "id",
@@ -115,6 +116,8 @@ class SQLiteBroker(Broker):
                 self._db.execute("ALTER TABLE messages ADD COLUMN expires_at REAL")
             if columns and "recipients" not in columns:  # before 0.3: always every recipient
                 self._db.execute("ALTER TABLE messages ADD COLUMN recipients TEXT")
+            if columns and "batch_id" not in columns:  # before batches (issue 16)
+                self._db.execute("ALTER TABLE messages ADD COLUMN batch_id TEXT")
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
@@ -212,6 +215,7 @@ class SQLiteBroker(Broker):
                 rows.append((
                     message_id, message.lane.value, state.value, message.tenant, message.payload,
                     message.max_attempts or 0, at, at, due, message.idempotency_key, expires,
+                    message.batch_id,
                 ))  # fmt: skip
                 hashes += [(h, message_id) for h in message.recipient_hashes]
                 events += _accepted(message_id, message, at, due if due > at else None)
@@ -220,8 +224,8 @@ class SQLiteBroker(Broker):
                 privacy.write_events(db, events)
             db.executemany(
                 "INSERT INTO messages (id, lane, state, tenant, payload, max_attempts,"
-                " enqueued_at, updated_at, available_at, idempotency_key, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " enqueued_at, updated_at, available_at, idempotency_key, expires_at, batch_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return ids
@@ -598,6 +602,25 @@ class SQLiteBroker(Broker):
                 privacy.write_events(db, [(message_id, row[0], at, Kind.CANCELLED.value, "{}")])
             return row is not None
 
+    def _cancel_many(self, ids: Sequence[str], when: float | None) -> list[str]:
+        """One transaction for a whole batch: one commit (one fsync), not one per guest."""
+        at = _local(when)
+        cancelled: list[tuple[str, str]] = []
+        with self._write() as db:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = list(ids[start : start + _CHUNK])
+                cancelled += db.execute(
+                    "UPDATE messages SET state = 'cancelled', updated_at = ?"
+                    f" WHERE id IN ({', '.join('?' * len(chunk))})"
+                    " AND state IN ('queued', 'scheduled', 'retrying') RETURNING id, tenant",
+                    (at, *chunk),
+                ).fetchall()
+            if self.options.audit:
+                privacy.write_events(
+                    db, [(i, t, at, Kind.CANCELLED.value, "{}") for i, t in cancelled]
+                )
+        return [message_id for message_id, _ in cancelled]
+
     def _purge_expired(self, when: float | None, limit: int) -> int:
         before = _local(when) - self.options.retention
         final = ", ".join(f"'{state.value}'" for state in FINAL_STATES)
@@ -697,24 +720,15 @@ class SQLiteBroker(Broker):
     # -- reads --------------------------------------------------------------------------
     def _get(self, message_id: str) -> MessageInfo | None:
         rows = self._read(f"SELECT {_INFO_COLUMNS} FROM messages WHERE id = ?", (message_id,))
-        if not rows:
-            return None
-        (message_id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,
-         available_at, last_error, idempotency_key, expires_at) = rows[0]  # fmt: skip
-        return MessageInfo(
-            id=message_id,
-            state=State(state),
-            lane=Lane(lane),
-            tenant=tenant,
-            attempts=attempts,
-            max_attempts=max_attempts or None,
-            enqueued_at=enqueued_at,
-            updated_at=updated_at,
-            available_at=available_at,
-            last_error=last_error,
-            idempotency_key=idempotency_key,
-            expires_at=math.inf if expires_at is None else expires_at,
+        return _info(rows[0]) if rows else None
+
+    def _batch_members(self, batch_id: str) -> list[BatchMember]:
+        rows = self._read(
+            f"SELECT {_INFO_COLUMNS}, payload FROM messages WHERE batch_id = ? ORDER BY id",
+            (batch_id,),
         )
+        # A sent or erased message keeps an empty payload: nothing to read.
+        return [BatchMember(info=_info(row[:-1]), payload=row[-1] or None) for row in rows]
 
     def _stats(
         self, when: float | None, tenant: str | None
@@ -834,6 +848,26 @@ def _tenants(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
             f"SELECT id, tenant FROM messages WHERE id IN ({', '.join('?' * len(chunk))})", chunk
         ).fetchall())  # fmt: skip
     return found
+
+
+def _info(row: Sequence[Any]) -> MessageInfo:
+    (message_id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,
+     available_at, last_error, idempotency_key, expires_at, batch_id) = row  # fmt: skip
+    return MessageInfo(
+        id=message_id,
+        state=State(state),
+        lane=Lane(lane),
+        tenant=tenant,
+        attempts=attempts,
+        max_attempts=max_attempts or None,
+        enqueued_at=enqueued_at,
+        updated_at=updated_at,
+        available_at=available_at,
+        last_error=last_error,
+        idempotency_key=idempotency_key,
+        expires_at=math.inf if expires_at is None else expires_at,
+        batch_id=batch_id,
+    )
 
 
 def _local(at: float | None) -> float:
