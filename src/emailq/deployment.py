@@ -45,6 +45,7 @@ from emailq.providers.factory import open_provider
 from emailq.ratelimit import Limiter
 from emailq.ratelimit.rules import RateRules
 from emailq.settings import Settings
+from emailq.webhooks.store import WebhookStore
 from emailq.worker import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,20 @@ class Deployment:
         options = self.broker.options
         ttl = max(options.max_age.values()) + options.retention  # as long as its messages
         return RedisBatchRegistry(self.broker.client, self.broker.prefix, ttl)
+
+    @cached_property
+    def webhooks(self) -> WebhookStore:
+        """Webhook endpoints and deliveries (emailq.webhooks), beside the messages."""
+        from emailq.broker.sqlite import SQLiteBroker
+        from emailq.webhooks.store_redis import RedisWebhookStore
+        from emailq.webhooks.store_sqlite import SQLiteWebhookStore
+
+        if isinstance(self.broker, SQLiteBroker):
+            return SQLiteWebhookStore(self.broker.path)
+        from emailq.broker.redis import RedisBroker
+
+        assert isinstance(self.broker, RedisBroker)
+        return RedisWebhookStore(self.broker.client, self.broker.prefix)
 
     @cached_property
     def policy(self) -> Policy:
@@ -271,7 +286,7 @@ class Deployment:
 
     # -- life -----------------------------------------------------------------------------
     def close(self) -> None:
-        for name in ("limiter", "keys", "batches"):
+        for name in ("limiter", "keys", "batches", "webhooks"):
             opened = self.__dict__.pop(name, None)
             close = getattr(opened, "close", None)
             if close is not None:

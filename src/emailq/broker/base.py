@@ -137,6 +137,17 @@ class BatchMember:
     payload: bytes | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedEvent:
+    """An audit event as the feed hands it out, in the order they were written, with where
+    to read on from (``cursor``) and what a webhook needs of its message."""
+
+    cursor: str
+    tenant: str
+    batch_id: str | None
+    event: AuditEvent
+
+
 class Action(StrEnum):
     COMPLETE = "complete"  # delivered
     RETRY = "retry"  # failed for now: wait ``delay``; buried when that is past expires_at
@@ -485,6 +496,13 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._erase_recipient(recipient_hash, tenant, self._at())
 
+    def events_after(self, cursor: str, limit: int = 1000) -> list[FeedEvent]:
+        """Every tenant's audit events written after ``cursor`` ("" from the oldest kept), in
+        the order they were written: what webhooks are made from. Events of messages no
+        longer on record are skipped."""
+        with self._backend_errors():
+            return self._events_after(cursor, limit)
+
     # -- reads --------------------------------------------------------------------------
     def get(self, message_id: str) -> MessageInfo | None:
         with self._backend_errors():
@@ -623,6 +641,9 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _batch_members(self, batch_id: str) -> list[BatchMember]: ...
+
+    @abc.abstractmethod
+    def _events_after(self, cursor: str, limit: int) -> list[FeedEvent]: ...
 
     @abc.abstractmethod
     def _stats(

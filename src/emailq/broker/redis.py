@@ -26,6 +26,8 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:a:<id>                   list: the message's audit trail, one JSON event each
     {p}:a:idx:<tenant>           zset: accepted at → id, the tenant's trails (export, purge)
     {p}:a:tenants                set: tenants with trails
+    {p}:a:feed                   stream: every audit event in the order written (m: id,
+                                 e: the event), capped near 1,000,000: what webhooks read
     {p}:r:<recipient hash>       set: ids of the messages naming that address (its keyed
                                  hash, emailq.privacy.erasure), for erasure and access
     {p}:b:<batch id>             zset (all scores 0, so by id: oldest first): the ids of the
@@ -70,6 +72,7 @@ from emailq.broker.base import (
     Broker,
     BrokerOptions,
     DeadFilter,
+    FeedEvent,
     Job,
     MessageInfo,
     NewMessage,
@@ -350,6 +353,25 @@ class RedisBroker(Broker):
             found += [e for e in events if since <= e.at < until]
         found.sort(key=lambda e: e.at)
         return found[:limit]
+
+    def _events_after(self, cursor: str, limit: int) -> list[FeedEvent]:
+        """From the feed stream every script's audit() appends to (prelude.lua)."""
+        start = f"({cursor}" if cursor else "-"
+        entries: list[Any] = self.client.xrange(f"{self.keys.audit}feed", start, "+", count=limit)  # type: ignore[assignment]
+        pipe = self.client.pipeline(transaction=False)
+        for _, fields in entries:
+            pipe.hmget(self.keys.message + fields[b"m"].decode(), ("tenant", "batch"))
+        owners = pipe.execute() if entries else []
+        found = []
+        for (entry_id, fields), (tenant, batch) in zip(entries, owners, strict=True):
+            if tenant is None:
+                continue  # purged since
+            found.append(FeedEvent(
+                cursor=entry_id.decode(), tenant=tenant.decode(),
+                batch_id=batch.decode() if batch is not None else None,
+                event=event_from_json(fields[b"m"].decode(), fields[b"e"]),
+            ))  # fmt: skip
+        return found
 
     def _find_recipient(self, recipient_hash: str, tenant: str | None) -> list[MessageInfo]:
         ids: set[bytes] = self.client.smembers(self.keys.recipients + recipient_hash)  # type: ignore[assignment]

@@ -7,6 +7,7 @@ SQLite's write lock (``busy_timeout``) instead of failing; leases are one
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -28,6 +29,7 @@ from emailq.broker.base import (
     Broker,
     BrokerOptions,
     DeadFilter,
+    FeedEvent,
     Job,
     MessageInfo,
     NewMessage,
@@ -701,6 +703,20 @@ class SQLiteBroker(Broker):
             " WHERE tenant = ? AND at >= ? AND at < ? ORDER BY at, seq LIMIT ?",
             (tenant, since, until, limit),
         ))  # fmt: skip
+
+    def _events_after(self, cursor: str, limit: int) -> list[FeedEvent]:
+        """By the trail's seq: one writer at a time, so seq order is commit order."""
+        rows = self._read(
+            "SELECT a.seq, a.message_id, a.tenant, a.at, a.kind, a.detail, m.batch_id"
+            " FROM audit_events a JOIN messages m ON m.id = a.message_id"
+            " WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
+            (int(cursor or 0), limit),
+        )
+        return [
+            FeedEvent(cursor=str(seq), tenant=tenant, batch_id=batch_id,
+                      event=AuditEvent(message_id, at, Kind(kind), json.loads(detail)))
+            for seq, message_id, tenant, at, kind, detail, batch_id in rows
+        ]  # fmt: skip
 
     def _find_recipient(self, recipient_hash: str, tenant: str | None) -> list[MessageInfo]:
         ids = self._read("SELECT message_id FROM recipient_index WHERE hash = ?", (recipient_hash,))

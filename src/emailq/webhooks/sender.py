@@ -1,0 +1,104 @@
+"""Posting deliveries: signed, never following a redirect, the URL checked again before
+each attempt; a failure is retried with backoff until the delivery is a day old
+(``webhooks.max_age_s``), then it is ``failed``. Its own HTTP client, its own concurrency
+limit, its own process: nothing here waits on, or holds up, mail delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import httpx
+
+from emailq.webhooks.signing import signed_headers
+from emailq.webhooks.ssrf import UrlRefused, check_url
+from emailq.webhooks.store import Delivery, DeliveryState, Endpoint, WebhookStore
+
+log = logging.getLogger(__name__)
+
+# Seconds after each failed attempt (the last repeats): about Standard Webhooks' advice.
+BACKOFF_S = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
+MAX_ERROR_CHARS = 300
+
+
+class Sender:
+    def __init__(
+        self,
+        store: WebhookStore,
+        *,
+        concurrency: int = 16,
+        timeout_s: float = 10.0,
+        max_age_s: float = 86400.0,
+        allow_private: bool = False,
+        backoff_s: Sequence[float] = BACKOFF_S,
+    ) -> None:
+        self.store = store
+        self.concurrency = concurrency
+        self.max_age_s = max_age_s
+        self.allow_private = allow_private
+        self.backoff_s = tuple(backoff_s)
+        self._http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+        self._endpoints: dict[str, Endpoint | None] = {}
+
+    async def step(self) -> int:
+        """Send what is due, up to ``concurrency`` at once; returns how many were tried."""
+        due = await asyncio.to_thread(self.store.claim_due, time.time(), self.concurrency)
+        self._endpoints.clear()  # an endpoint removed stops getting deliveries at once
+        await asyncio.gather(*(self._attempt(delivery) for delivery in due))
+        return len(due)
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        endpoint = await self._endpoint(delivery.endpoint_id)
+        if endpoint is None:
+            await self._settle(delivery, DeliveryState.FAILED, "the endpoint was removed")
+            return
+        try:
+            await asyncio.to_thread(check_url, endpoint.url, self.allow_private)
+        except UrlRefused as error:
+            await self._settle(delivery, DeliveryState.FAILED, f"refused: {error}")
+            return
+        refusal = await self._post(endpoint, delivery)
+        if refusal is None:
+            await self._settle(delivery, DeliveryState.DELIVERED, None)
+        else:
+            await self._failed(delivery, refusal)
+
+    async def _post(self, endpoint: Endpoint, delivery: Delivery) -> str | None:
+        """None when the receiver took it (any 2xx); else why not."""
+        headers = signed_headers(endpoint.secret, delivery.event_id, time.time(), delivery.body)
+        try:
+            response = await self._http.post(
+                endpoint.url, content=delivery.body.encode(), headers=headers
+            )
+        except httpx.HTTPError as error:
+            return f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+        if 200 <= response.status_code < 300:
+            return None
+        if response.is_redirect:
+            return f"HTTP {response.status_code}: redirects are not followed"
+        return f"HTTP {response.status_code}"
+
+    async def _failed(self, delivery: Delivery, error: str) -> None:
+        now = time.time()
+        delay = self.backoff_s[min(delivery.attempts, len(self.backoff_s) - 1)]
+        if now + delay - delivery.created_at > self.max_age_s:
+            log.warning("webhook %s failed for good: %s", delivery.id, error)
+            await self._settle(delivery, DeliveryState.FAILED, error)
+            return
+        await asyncio.to_thread(
+            self.store.settle, delivery, DeliveryState.PENDING, now, now + delay, error
+        )
+
+    async def _settle(self, delivery: Delivery, state: DeliveryState, error: str | None) -> None:
+        now = time.time()
+        await asyncio.to_thread(self.store.settle, delivery, state, now, now, error)
+
+    async def _endpoint(self, endpoint_id: str) -> Endpoint | None:
+        if endpoint_id not in self._endpoints:
+            self._endpoints[endpoint_id] = await asyncio.to_thread(self.store.endpoint, endpoint_id)
+        return self._endpoints[endpoint_id]
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
