@@ -497,9 +497,9 @@ class Broker(abc.ABC):
             return self._erase_recipient(recipient_hash, tenant, self._at())
 
     def events_after(self, cursor: str, limit: int = 1000) -> list[FeedEvent]:
-        """Every tenant's audit events written after ``cursor`` ("" from the oldest kept), in
-        the order they were written: what webhooks are made from. Events of messages no
-        longer on record are skipped."""
+        """Every tenant's outcome events (``FEED_KINDS``: sent, retried, dead, cancelled)
+        written after ``cursor`` ("" from the oldest kept), in the order they were written:
+        what webhooks are made from. Events of messages no longer on record are skipped."""
         with self._backend_errors():
             return self._events_after(cursor, limit)
 

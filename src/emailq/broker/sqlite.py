@@ -42,7 +42,7 @@ from emailq.clock import Clock, now
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
 from emailq.ids import new_id
 from emailq.lanes import LANE_ORDER, Lane
-from emailq.privacy.audit import AuditEvent, Kind, attempt_detail, detail_text
+from emailq.privacy.audit import FEED_KINDS, AuditEvent, Kind, attempt_detail, detail_text
 from emailq.privacy.erasure import ErasureCounts
 from emailq.scheduling import allot
 
@@ -709,8 +709,9 @@ class SQLiteBroker(Broker):
         rows = self._read(
             "SELECT a.seq, a.message_id, a.tenant, a.at, a.kind, a.detail, m.batch_id"
             " FROM audit_events a JOIN messages m ON m.id = a.message_id"
-            " WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
-            (int(cursor or 0), limit),
+            f" WHERE a.seq > ? AND a.kind IN ({', '.join('?' * len(FEED_KINDS))})"
+            " ORDER BY a.seq LIMIT ?",
+            (int(cursor or 0), *FEED_KINDS, limit),
         )
         return [
             FeedEvent(cursor=str(seq), tenant=tenant, batch_id=batch_id,
