@@ -115,6 +115,9 @@ class WebhookSection(_Section):
     max_age_s: float = Field(
         86400.0, gt=0, description="seconds a webhook delivery is retried before it is failed"
     )
+    retry_base_s: float = Field(
+        5.0, gt=0, description="first webhook retry delay, doubling after, at most an hour"
+    )
     poll_s: float = Field(
         0.5, gt=0, description="seconds between reads of new audit events and due deliveries"
     )

@@ -8,18 +8,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 
 import httpx
 
+from emailq.webhooks.pauses import EndpointPauses
 from emailq.webhooks.signing import signed_headers
 from emailq.webhooks.ssrf import UrlRefused, check_url
 from emailq.webhooks.store import Delivery, DeliveryState, Endpoint, WebhookStore
 
 log = logging.getLogger(__name__)
 
-# Seconds after each failed attempt (the last repeats): about Standard Webhooks' advice.
-BACKOFF_S = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
+MAX_BACKOFF_S = 3600.0  # retries at least hourly until the delivery's age runs out
 MAX_ERROR_CHARS = 300
 
 
@@ -32,22 +31,48 @@ class Sender:
         timeout_s: float = 10.0,
         max_age_s: float = 86400.0,
         allow_private: bool = False,
-        backoff_s: Sequence[float] = BACKOFF_S,
+        retry_base_s: float = 5.0,
     ) -> None:
+        """Retries wait ``retry_base_s``, then twice as long each time, up to an hour."""
         self.store = store
         self.concurrency = concurrency
         self.max_age_s = max_age_s
         self.allow_private = allow_private
-        self.backoff_s = tuple(backoff_s)
+        self.retry_base_s = retry_base_s
         self._http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
         self._endpoints: dict[str, Endpoint | None] = {}
+        self.pauses = EndpointPauses(base_s=min(retry_base_s, 1.0))
 
     async def step(self) -> int:
         """Send what is due, up to ``concurrency`` at once; returns how many were tried."""
-        due = await asyncio.to_thread(self.store.claim_due, time.time(), self.concurrency)
+        now = time.time()
+        due = await asyncio.to_thread(self.store.claim_due, now, self.concurrency)
         self._endpoints.clear()  # an endpoint removed stops getting deliveries at once
-        await asyncio.gather(*(self._attempt(delivery) for delivery in due))
-        return len(due)
+        tried, held = self._tried_and_held(due, now)
+        for until, ids in held.items():
+            await asyncio.to_thread(self.store.postpone, ids, until)
+        await asyncio.gather(*(self._attempt(delivery) for delivery in tried))
+        return len(tried)
+
+    def _tried_and_held(
+        self, due: list[Delivery], now: float
+    ) -> tuple[list[Delivery], dict[float, list[str]]]:
+        """What to send now, and what waits for its paused (or suspect) receiver."""
+        tried: list[Delivery] = []
+        held: dict[float, list[str]] = {}
+        probing: set[str] = set()
+        for delivery in due:
+            endpoint_id = delivery.endpoint_id
+            until = self.pauses.held_until(endpoint_id, now)
+            if until is None and endpoint_id in probing:
+                until = now + self.pauses.base_s  # after the probe's answer
+            if until is not None:
+                held.setdefault(until, []).append(delivery.id)
+                continue
+            if self.pauses.suspect(endpoint_id):
+                probing.add(endpoint_id)
+            tried.append(delivery)
+        return tried, held
 
     async def _attempt(self, delivery: Delivery) -> None:
         endpoint = await self._endpoint(delivery.endpoint_id)
@@ -61,8 +86,10 @@ class Sender:
             return
         refusal = await self._post(endpoint, delivery)
         if refusal is None:
+            self.pauses.succeeded(endpoint.id)
             await self._settle(delivery, DeliveryState.DELIVERED, None)
         else:
+            self.pauses.failed(endpoint.id, time.time())
             await self._failed(delivery, refusal)
 
     async def _post(self, endpoint: Endpoint, delivery: Delivery) -> str | None:
@@ -82,7 +109,7 @@ class Sender:
 
     async def _failed(self, delivery: Delivery, error: str) -> None:
         now = time.time()
-        delay = self.backoff_s[min(delivery.attempts, len(self.backoff_s) - 1)]
+        delay = min(MAX_BACKOFF_S, self.retry_base_s * 2.0 ** min(delivery.attempts, 20))
         if now + delay - delivery.created_at > self.max_age_s:
             log.warning("webhook %s failed for good: %s", delivery.id, error)
             await self._settle(delivery, DeliveryState.FAILED, error)

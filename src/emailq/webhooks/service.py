@@ -21,11 +21,12 @@ async def run(
     broker: Broker, store: WebhookStore, settings: WebhookSection, stop: asyncio.Event,
     sender: Sender | None = None,
 ) -> None:  # fmt: skip
-    """Until ``stop`` is set. ``sender``: one built by the caller (tests: a short backoff)."""
+    """Until ``stop`` is set. ``sender``: one built by the caller (tests: a short age)."""
     dispatcher = Dispatcher(broker, store)
     sender = sender or Sender(
         store, concurrency=settings.concurrency, timeout_s=settings.timeout_s,
         max_age_s=settings.max_age_s, allow_private=settings.allow_private_urls,
+        retry_base_s=settings.retry_base_s,
     )  # fmt: skip
     try:
         await asyncio.gather(

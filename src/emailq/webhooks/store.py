@@ -85,6 +85,10 @@ class WebhookStore(abc.ABC):
         """Pending deliveries due by ``now``, each then held for :data:`CLAIM_S`."""
 
     @abc.abstractmethod
+    def postpone(self, delivery_ids: Sequence[str], next_at: float) -> None:
+        """Pending again from ``next_at``, no attempt spent (its receiver is paused)."""
+
+    @abc.abstractmethod
     def settle(
         self, delivery: Delivery, state: DeliveryState, now: float, next_at: float,
         error: str | None,

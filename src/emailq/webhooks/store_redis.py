@@ -118,6 +118,10 @@ class RedisWebhookStore(WebhookStore):
         ids = self._claim(keys=[f"{self.base}:due"], args=[now, now + CLAIM_S, limit])
         return self._load([raw.decode() for raw in ids])
 
+    def postpone(self, delivery_ids: Sequence[str], next_at: float) -> None:
+        if delivery_ids:
+            self.client.zadd(f"{self.base}:due", dict.fromkeys(delivery_ids, next_at), xx=True)
+
     def settle(
         self, delivery: Delivery, state: DeliveryState, now: float, next_at: float,
         error: str | None,

@@ -93,6 +93,13 @@ class SQLiteWebhookStore(WebhookStore):
         )
         return [_delivery(row) for row in rows]
 
+    def postpone(self, delivery_ids: Sequence[str], next_at: float) -> None:
+        with self._lock:
+            self._db.executemany(
+                "UPDATE webhook_deliveries SET next_at = ? WHERE id = ? AND state = 'pending'",
+                [(next_at, delivery_id) for delivery_id in delivery_ids],
+            )
+
     def settle(
         self, delivery: Delivery, state: DeliveryState, now: float, next_at: float,
         error: str | None,
