@@ -14,7 +14,10 @@ from standardwebhooks import Webhook
 
 from deployments import deployment_for
 from emailq.api import create_app
+from emailq.broker import Action, Broker, NewMessage, Outcome
+from emailq.clock import ManualClock
 from emailq.deployment import Deployment
+from emailq.message import parse_email
 from emailq.webhooks import service
 from emailq.webhooks.sender import Sender
 from emailq.webhooks.signing import new_secret, signed_headers
@@ -217,3 +220,23 @@ async def test_bad_webhook_input_names_the_field(
     assert (await client.get(f"/v1/webhooks/{endpoint_id}/deliveries?state=x",
                              headers=acme)).status_code == 422  # fmt: skip
     assert (await client.delete(f"/v1/webhooks/{endpoint_id}", headers=acme)).status_code == 200
+
+
+def test_the_feed_hands_out_outcomes_in_order_and_goes_with_the_trail(
+    broker: Broker, clock: ManualClock
+) -> None:
+    payload = parse_email(
+        {"from": "a@weddings.example", "to": "b@example.org", "subject": "Hi", "text": "x"}
+    ).to_payload()
+    first, second = broker.enqueue_many([NewMessage(payload, batch_id="b_1")] * 2)
+    jobs = broker.lease("w", 10, 30)
+    broker.settle([Outcome(jobs[0], Action.COMPLETE), Outcome(jobs[1], Action.RETRY, 60, "451")])
+    fed = broker.events_after("")
+    assert [(f.event.message_id, f.event.kind.value) for f in fed] == [
+        (first, "sent"), (second, "retried")]  # fmt: skip
+    assert {(f.tenant, f.batch_id) for f in fed} == {("default", "b_1")}
+    assert broker.events_after(fed[0].cursor) == fed[1:]
+    assert broker.events_after(fed[-1].cursor) == []
+    clock.advance(broker.options.audit_retention + broker.options.retention + 10**7)
+    broker.purge_expired()
+    assert broker.events_after("") == []

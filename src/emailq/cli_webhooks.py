@@ -19,6 +19,10 @@ def webhooks(ctx: click.Context, /, **flags: Any) -> None:
     from emailq.webhooks.service import run
 
     with open_deployment(ctx, flags) as deployment:
+        if not deployment.settings.privacy.audit:
+            click.echo(
+                "warning: privacy.audit is off: no events are written, none are sent", err=True
+            )
 
         async def main() -> None:
             stop = asyncio.Event()

@@ -298,7 +298,13 @@ class RedisBroker(Broker):
 
     def _purge_audit(self, at: float | None, limit: int) -> int:
         args = [_time(at), limit, self.options.audit_retention]
-        return int(self._run("purge_audit", [self.keys.audit], args))
+        removed = int(self._run("purge_audit", [self.keys.audit], args))
+        # The feed's entries are named by Redis's clock in ms: those past the trail's
+        # retention go with it (the cap alone would keep them at a low volume).
+        now = self._now() if at is None else at
+        oldest = round((now - self.options.audit_retention) * 1000)
+        self.client.xtrim(f"{self.keys.audit}feed", minid=max(0, oldest), approximate=True)
+        return removed
 
     def _purge_preview(self, at: float | None) -> dict[str, int]:
         now = self._now() if at is None else at
