@@ -171,7 +171,16 @@ def sent_or_fail(broker: Broker) -> int:
     return stats.count(State.SENT)
 
 
-def run_emailq(backend: str, args: argparse.Namespace, port: int, tmp: Path) -> Result:
+def run_emailq(
+    backend: str,
+    args: argparse.Namespace,
+    port: int,
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
+) -> Result:
+    """``env``: the workers' environment (default ours); ``extra``: one more emailq command
+    started beside them on the same queue (benchmarks/monitor.py: ``monitor``)."""
     name, url = f"emailq-{backend}", emailq_url(backend, tmp)
     how = f"{args.workers} × `emailq worker --batch 100 --concurrency 2`, SMTP pool {SMTP_POOL}"
     result = Result(name, how=how)
@@ -180,8 +189,10 @@ def run_emailq(backend: str, args: argparse.Namespace, port: int, tmp: Path) -> 
         try:
             result.enqueue_per_s = timed_emailq_enqueue(broker, args.n)
             commands = emailq_commands(url, port, args.workers, profiler)
+            if extra:
+                commands.append([sys.executable, "-m", "emailq", *extra, "--broker-url", url])
             probe = CriticalProbe(broker, args.n)
-            deliver_emailq(Workers(name, tmp), commands, probe, result, profiler)
+            deliver_emailq(Workers(name, tmp), commands, probe, result, profiler, env)
             result.critical_ms, result.critical_missing = probe.latencies_ms()
             result.critical_after = probe.sent_then / args.n
         finally:
@@ -197,11 +208,12 @@ def deliver_emailq(
     probe: CriticalProbe,
     result: Result,
     profiler: Profiler | None,
+    env: dict[str, str] | None = None,
 ) -> None:
     """Start the workers, let the probe inject the critical mail, time the drain, stop."""
     broker = probe.broker
     try:
-        workers.start(commands, ROOT, dict(os.environ))
+        workers.start(commands, ROOT, env if env is not None else dict(os.environ))
         if profiler:
             profiler.attach(workers.procs[0].pid)
         total = probe.bulk + CRITICAL_N

@@ -20,7 +20,7 @@ import logging, sys
 from emailq.settings import Settings
 from emailq.supervisor import Supervisor
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
-settings = Settings(broker={"url": sys.argv[1]}, provider={"url": "nonsense://nowhere"})
+settings = Settings(broker={"url": sys.argv[1]})  # a file in a folder that is not there
 Supervisor(settings, 1).run()
 """
 
@@ -36,7 +36,7 @@ def test_restart_delays_grow_to_a_cap() -> None:
 def test_a_worker_that_cannot_start_is_restarted_with_backoff(tmp_path: Path) -> None:
     delays: list[str] = []
     with subprocess.Popen(
-        [sys.executable, "-c", SUPERVISE_A_FAILING_WORKER, f"sqlite:///{tmp_path}/q.db"],
+        [sys.executable, "-c", SUPERVISE_A_FAILING_WORKER, f"sqlite:///{tmp_path}/missing/q.db"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     ) as supervisor:  # fmt: skip
         assert supervisor.stdout is not None

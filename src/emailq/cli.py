@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +48,9 @@ SETTING_OF = {
     "intake_burst": "api.tenant_burst",
     "api_url": "api.url",
     "api_key": "api.key",
+    "autoscale_enabled": "autoscale.enabled",
+    "autoscale_min": "autoscale.min_workers",
+    "autoscale_max": "autoscale.max_workers",
 }
 _FIELDS = dict(described_fields())
 
@@ -70,6 +74,8 @@ def load_settings(ctx: click.Context, flags: dict[str, Any]) -> Settings:
     """The effective settings for a command: its flags over the file and the environment."""
     nested: dict[str, Any] = {}
     for name, value in flags.items():
+        if isinstance(value, tuple):  # a repeated flag: --provider-url a --provider-url b
+            value = ",".join(value) or None
         if name in SETTING_OF and value is not None:
             *sections, leaf = SETTING_OF[name].split(".")
             node = nested
@@ -85,6 +91,8 @@ def open_deployment(ctx: click.Context, flags: dict[str, Any]) -> Deployment:
 
 
 BROKER_URL = setting("--broker-url")
+# Repeated, a failover chain in order, primary first (the same as commas in one value).
+PROVIDER_URL = setting("--provider-url", multiple=True)
 
 
 @click.group()
@@ -134,9 +142,16 @@ def demo(weddings: int, guests: int, vendors: int, broker_url: str | None) -> No
 @cli.command()
 @BROKER_URL
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--watch", is_flag=True, help="the monitor's live view: rates, percentiles, alerts")
 @click.pass_context
-def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+def status(ctx: click.Context, /, as_json: bool, watch: bool, **flags: Any) -> None:
     """Depth per lane and state, and how long the oldest ready message has waited."""
+    if watch:
+        from emailq.monitor.watch import watch as watch_live
+
+        with open_deployment(ctx, flags) as deployment:
+            watch_live(deployment, redact_url(deployment.settings.broker.url))
+        return
     with open_deployment(ctx, flags) as deployment:
         stats = deployment.status()
         where = redact_url(deployment.settings.broker.url)
@@ -144,6 +159,30 @@ def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
         click.echo(json.dumps({"broker": where} | stats_to_dict(stats), indent=2))
     else:
         Console().print(stats_table(stats, where))
+
+
+@cli.command()
+@BROKER_URL
+@PROVIDER_URL
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def providers(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """Each provider of the chain: state, last health check, failed checks in a row."""
+    with open_deployment(ctx, flags) as deployment:
+        rows = deployment.providers()
+    if as_json:
+        click.echo(json.dumps([asdict(row) for row in rows], indent=2))
+        return
+    table = Table("provider", "state", "last check", "failed checks", "last failure")
+    for row in rows:
+        checked = (
+            "never"
+            if row.last_check is None
+            else (datetime.fromtimestamp(row.last_check).isoformat(sep=" ", timespec="seconds"))
+        )
+        reason = ("credentials refused: " if row.credentials_refused else "") + row.reason
+        table.add_row(row.name, row.state, checked, str(row.failures), reason)
+    Console().print(table)
 
 
 @cli.command()
@@ -184,7 +223,7 @@ def worker_options(command: Callable[..., None]) -> Callable[..., None]:
     """The options every command that runs workers takes."""
     options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         BROKER_URL,
-        setting("--provider-url"),
+        PROVIDER_URL,
         setting("--domain"),
         setting("-n", "--processes", type=int),
         setting("--batch", type=int),
@@ -203,15 +242,62 @@ def worker_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-def start_workers(ctx: click.Context, default_processes: int, flags: dict[str, Any]) -> None:
+def start_workers(
+    ctx: click.Context, default_processes: int, flags: dict[str, Any], monitor: bool = False
+) -> None:
+    from emailq.monitor.runner import MonitorThread
     from emailq.supervisor import Supervisor, worker_main
 
     settings = load_settings(ctx, flags)
     processes = settings.worker.processes or default_processes
-    if processes == 1:
-        worker_main(settings)
-    else:
-        sys.exit(Supervisor(settings, processes).run())
+    # `emailq run` watches its own queue (the broker's lease keeps it to one writer).
+    watching = None
+    if monitor and settings.monitor.enabled:
+        watching = MonitorThread(Deployment.from_settings(settings)).start()
+    try:
+        if settings.autoscale.enabled:
+            sys.exit(run_autoscaled(settings))
+        if processes == 1:
+            worker_main(settings)
+        else:
+            sys.exit(Supervisor(settings, processes).run())
+    finally:
+        if watching is not None:
+            watching.stop()
+
+
+def run_autoscaled(settings: Settings) -> int:
+    """A pool that starts at the minimum and follows the autoscaler's decisions."""
+    from prometheus_client import start_http_server
+
+    from emailq.autoscale.controller import Autoscaler, config_from_settings
+    from emailq.logs import configure_logging
+    from emailq.supervisor import Supervisor
+
+    configure_logging(settings)
+    section = settings.autoscale
+    with Deployment.from_settings(settings) as deployment:
+        autoscaler = Autoscaler(
+            deployment.broker, config_from_settings(section), section.interval_s
+        )
+        if section.metrics_port:
+            start_http_server(section.metrics_port, "127.0.0.1", autoscaler.metrics.registry)
+        return Supervisor(settings, section.min_workers, autoscaler).run()
+
+
+def parse_autoscale(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``MIN:MAX`` → (min, max), refusing a minimum above the maximum."""
+    if value is None:
+        return None
+    parts = value.split(":")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise click.BadParameter(f"{value!r} is not MIN:MAX, e.g. 2:20")
+    low, high = int(parts[0]), int(parts[1])
+    if low < 1:
+        raise click.BadParameter(f"the minimum in {value!r} must be at least 1")
+    if low > high:
+        raise click.BadParameter(f"the minimum {low} is above the maximum {high} in {value!r}")
+    return low, high
 
 
 @cli.command()
@@ -223,9 +309,181 @@ def worker(ctx: click.Context, /, **flags: Any) -> None:
 
 @cli.command()
 @worker_options
-def run(ctx: click.Context, /, **flags: Any) -> None:
-    """The all-in-one process for one machine: a supervised pool of workers."""
-    start_workers(ctx, 2, flags)
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX",
+    callback=parse_autoscale,
+    help="size the pool from the queue between MIN and MAX workers [autoscale.*]",
+)
+def run(ctx: click.Context, /, autoscale: tuple[int, int] | None, **flags: Any) -> None:
+    """The all-in-one process for one machine: a supervised pool of workers, and the
+    monitor (unless monitor.enabled is false)."""
+    if autoscale is not None:
+        flags.update(autoscale_enabled=True, autoscale_min=autoscale[0], autoscale_max=autoscale[1])
+    start_workers(ctx, 2, flags, monitor=True)
+
+
+@cli.command()
+@BROKER_URL
+@setting("--provider-url", help="health-checked by the monitor")
+@click.pass_context
+def monitor(ctx: click.Context, /, **flags: Any) -> None:
+    """Keep the queue's history and evaluate alert rules until SIGTERM or Ctrl-C (any
+    number may run: one writes at a time)."""
+    import signal
+    import threading
+
+    from emailq.logs import configure_logging
+    from emailq.monitor.runner import Monitor
+
+    settings = load_settings(ctx, flags)
+    configure_logging(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with Deployment.from_settings(settings) as deployment:
+        running = Monitor(deployment)
+        every = settings.monitor.interval_s
+        where = redact_url(settings.broker.url)
+        click.echo(f"monitoring {where} every {every:g} s ({len(running.rules)} alert rules)")
+        try:
+            running.run(stop)
+        finally:
+            running.close()
+
+
+@cli.group()
+def alerts() -> None:
+    """The monitor's alerts: list them, silence a rule."""
+
+
+@alerts.command("list")
+@BROKER_URL
+@click.pass_context
+def alerts_list(ctx: click.Context, /, **flags: Any) -> None:
+    """Pending and firing alerts, and the silences in force."""
+    from emailq.monitor.silences import silences
+    from emailq.monitor.snapshot import Snapshot
+    from emailq.monitor.store import open_store
+
+    with open_deployment(ctx, flags) as deployment:
+        store = open_store(deployment.broker)
+        at = deployment.clock()
+        recent = store.history(at - 3600, at)
+        active = Snapshot.from_json(recent[-1][1]).alerts if recent else []
+        silenced = silences(store, at)
+        store.close()
+    for alert in active:
+        click.echo(f"{alert['state']:<8} {alert['severity']:<8} {alert['rule']}: "
+                   f"{alert['summary']} (value {alert['value']})")  # fmt: skip
+    for rule, until in silenced.items():
+        click.echo(f"silenced {rule} until {datetime.fromtimestamp(until).isoformat()}")
+    if not active and not silenced:
+        click.echo("no alerts")
+
+
+@alerts.command("silence")
+@BROKER_URL
+@click.argument("rule")
+@click.option("--for", "duration", default="1h", show_default=True, help="e.g. 30m, 2h")
+@click.pass_context
+def alerts_silence(ctx: click.Context, /, rule: str, duration: str, **flags: Any) -> None:
+    """Hold back a rule's notices for a while (it is still evaluated and shown)."""
+    from emailq.monitor.rules import load_rules, parse_duration
+    from emailq.monitor.silences import silence
+    from emailq.monitor.store import open_store
+
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--for") from None
+    settings = load_settings(ctx, flags)
+    if rule not in {r.name for r in load_rules(settings.monitor.rules_file)}:
+        raise click.ClickException(f"no alert rule {rule}")
+    with Deployment.from_settings(settings) as deployment:
+        store = open_store(deployment.broker)
+        at = deployment.clock()
+        silence(store, rule, at + seconds, at)
+        store.close()
+    click.echo(f"silenced {rule} for {duration}")
+
+
+@alerts.command("unsilence")
+@BROKER_URL
+@click.argument("rule")
+@click.pass_context
+def alerts_unsilence(ctx: click.Context, /, rule: str, **flags: Any) -> None:
+    """End a rule's silence."""
+    from emailq.monitor.silences import unsilence
+    from emailq.monitor.store import open_store
+
+    with open_deployment(ctx, flags) as deployment:
+        store = open_store(deployment.broker)
+        found = unsilence(store, rule, deployment.clock())
+        store.close()
+    if not found:
+        raise click.ClickException(f"{rule} is not silenced")
+    click.echo(f"{rule} is no longer silenced")
+
+
+@cli.command()
+@BROKER_URL
+@click.option("--date", "day", required=True, help="the day (UTC), YYYY-MM-DD")
+@click.option("--wedding", help="only this wedding's mail in the per-wedding part")
+@click.option("--out", default=None, help="folder for report.html and report.json")
+@click.pass_context
+def report(ctx: click.Context, /, day: str, wedding: str | None, out: str | None,
+           **flags: Any) -> None:  # fmt: skip
+    """One day's volumes, latencies, failures and alerts per lane and per wedding."""
+    from datetime import date
+    from pathlib import Path
+
+    from emailq.monitor.report import build_report, write_report
+    from emailq.monitor.store import open_store
+
+    try:
+        parsed = date.fromisoformat(day)
+    except ValueError:
+        raise click.BadParameter("give YYYY-MM-DD", param_hint="--date") from None
+    with open_deployment(ctx, flags) as deployment:
+        store = open_store(deployment.broker)
+        body = build_report(store, parsed, wedding)
+        store.close()
+    folder = Path(out or f"emailq-report-{parsed.isoformat()}")
+    json_path, html_path = write_report(body, folder)
+    click.echo(f"{html_path} and {json_path} ({body['snapshots']} snapshots)")
+
+
+@cli.command()
+@BROKER_URL
+@click.option("--once", is_flag=True, required=True, help="decide once and print (required)")
+@click.option("--workers", type=int, help="the pool running now (default: autoscale.min_workers)")
+@click.option("--window", default=5.0, show_default=True, help="seconds to measure rates over")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def autoscale(
+    ctx: click.Context, /, once: bool, workers: int | None, window: float, as_json: bool,
+    **flags: Any,
+) -> None:  # fmt: skip
+    """Print how many workers the queue needs now, and why (for any orchestrator)."""
+    from emailq.autoscale.controller import config_from_settings
+    from emailq.autoscale.observe import Observer
+    from emailq.autoscale.policy import decide
+
+    settings = load_settings(ctx, flags)
+    config = config_from_settings(settings.autoscale)
+    pool = config.min_workers if workers is None else workers
+    with open_deployment(ctx, flags) as deployment:
+        observer = Observer(deployment.broker, config.lookahead_s)
+        observer.observe(pool)
+        time.sleep(window)  # two snapshots: the arrival and delivery rates between them
+        decision = decide(observer.observe(pool), config, deployment.broker.now())
+    if as_json:
+        body = {"workers": decision.workers, "direction": decision.direction,
+                "reason": decision.reason, "demand": decision.demand.workers}  # fmt: skip
+        click.echo(json.dumps(body))
+    else:
+        click.echo(f"{decision.workers}\n{decision.reason}")
 
 
 @cli.command()
@@ -273,7 +531,7 @@ def send(ctx: click.Context, /, path: str | None, **fields: Any) -> None:
 @BROKER_URL
 @setting("--host")
 @setting("--port", type=int)
-@setting("--provider-url", help="checked by /health/ready")
+@setting("--provider-url", multiple=True, help="checked by /health/ready")
 @setting("--intake-rate", type=float)
 @setting("--intake-burst", type=float)
 @setting("--workers", type=int)

@@ -27,6 +27,8 @@ from emailq.broker import Broker, BrokerOptions, NewMessage, Stats, open_broker
 from emailq.broker.base import DEFAULT_PATIENCE_S
 from emailq.clock import Clock, now
 from emailq.errors import ConfigurationError, FieldError, InvalidEmail
+from emailq.failover import FailoverPolicy, HealthBoard, HealthStore
+from emailq.failover.state import ProviderStatus, statuses
 from emailq.intake import Queued, to_new_message
 from emailq.keys import KeyStore
 from emailq.lanes import Lane
@@ -41,7 +43,8 @@ from emailq.privacy.erasure import (
 from emailq.privacy.sealing import Sealer
 from emailq.probes import provider_reachable
 from emailq.providers.base import Provider
-from emailq.providers.factory import open_provider
+from emailq.providers.chain import ProviderChain
+from emailq.providers.factory import open_provider, provider_names
 from emailq.ratelimit import Limiter
 from emailq.ratelimit.rules import RateRules
 from emailq.settings import Settings
@@ -182,11 +185,56 @@ class Deployment:
 
     def open_provider(self) -> Provider:
         """A new provider with connections of its own (a worker opens two: one for the
-        express lane, so critical mail never waits behind a bulk batch's sends)."""
+        express lane, so critical mail never waits behind a bulk batch's sends). Several
+        URLs make a failover chain; the chains of one process share one health board."""
+        urls = self.settings.provider.urls
+        if len(urls) == 1:
+            return self._open_one(urls[0])
+        board = self.provider_board
+        return ProviderChain([self._open_one(url) for url in urls], board.names, board)
+
+    def _open_one(self, url: str) -> Provider:
         key = self.settings.provider.resend_api_key
-        return open_provider(
-            self.settings.provider.url, resend_api_key=key.get_secret_value() if key else None
+        return open_provider(url, resend_api_key=key.get_secret_value() if key else None)
+
+    def failover_policy(self) -> FailoverPolicy:
+        p = self.settings.provider
+        return FailoverPolicy(
+            check_interval_s=p.check_interval_s,
+            fail_after=p.fail_after_checks,
+            failback_s=p.failback_s,
+            breaker_failures=p.breaker_failures,
+            breaker_window_s=p.breaker_window_s,
+            check_timeout_s=p.check_timeout_s,
         )
+
+    @cached_property
+    def provider_board(self) -> HealthBoard:
+        """This process's view of the chain's health (checks run by one process at a time)."""
+        urls = self.settings.provider.urls
+        checkers = [self._open_one(url) for url in urls]  # connections of their own
+        return HealthBoard(provider_names(urls), checkers, self.health_store,
+                           self.failover_policy(), clock=self.clock)  # fmt: skip
+
+    @cached_property
+    def health_store(self) -> HealthStore:
+        """The chain's health records, beside the queue: in its SQLite file or Redis."""
+        from emailq.broker.sqlite import SQLiteBroker
+
+        if isinstance(self.broker, SQLiteBroker):
+            from emailq.failover.sqlite import SQLiteHealthStore
+
+            return SQLiteHealthStore(self.broker.path, self.clock)
+        from emailq.broker.redis import RedisBroker
+        from emailq.failover.redis import RedisHealthStore
+
+        assert isinstance(self.broker, RedisBroker)
+        return RedisHealthStore(self.broker.client, self.broker.prefix)
+
+    def providers(self) -> list[ProviderStatus]:
+        """Each provider of the chain: state, last check, failed checks (``emailq providers``)."""
+        urls = self.settings.provider.urls
+        return statuses(provider_names(urls), self.health_store.read())
 
     def worker_settings(self, **overrides: Any) -> WorkerSettings:
         w = self.settings.worker
@@ -286,7 +334,7 @@ class Deployment:
 
     # -- life -----------------------------------------------------------------------------
     def close(self) -> None:
-        for name in ("limiter", "keys", "batches", "webhooks"):
+        for name in ("limiter", "keys", "health_store", "batches", "webhooks"):
             opened = self.__dict__.pop(name, None)
             close = getattr(opened, "close", None)
             if close is not None:

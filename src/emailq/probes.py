@@ -10,7 +10,12 @@ CONNECT_TIMEOUT = 1.0  # seconds
 
 def provider_reachable(provider_url: str) -> bool:
     """For SMTP, a server that greets with 220 (then a QUIT); providers reached over HTTP
-    (Resend) or a folder count as up (their own checks belong to the provider chain)."""
+    (Resend) or a folder count as up (their own checks belong to the provider chain).
+    A chain (URLs joined by commas) is reachable when any of its providers is."""
+    return any(_reachable(url.strip()) for url in provider_url.split(","))
+
+
+def _reachable(provider_url: str) -> bool:
     try:
         parts = urlsplit(provider_url)
         port = parts.port or (465 if parts.scheme == "smtps" else 25)

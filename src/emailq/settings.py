@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -33,12 +41,22 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from emailq.autoscale.pattern import (
+    DEFAULT_PATTERN,
+    DEFAULT_PROTECTED,
+    DEFAULT_SEASON,
+    ProtectedHours,
+    Season,
+    WeeklyPattern,
+    zone,
+)
 from emailq.errors import ConfigurationError
 
 ENV_PREFIX = "EMAILQ_"
 CONFIG_ENV = "EMAILQ_CONFIG"
 RESEND_KEY_ENV = "RESEND_API_KEY"  # the name Resend's own SDKs read
 DEFAULT_BROKER_URL = "sqlite:///emailq.db"
+PROVIDER_SCHEMES = ("smtp", "smtps", "resend", "resend+http", "file")
 REDACTED = "***"
 
 
@@ -127,11 +145,51 @@ class ProviderSettings(_Section):
     url: str = Field(
         "smtp://127.0.0.1:25",
         description="where mail goes: smtp://[user:pw@]host[:port][?pool=8&starttls=auto],"
-        " smtps://…, resend://, file:///dir",
+        " smtps://…, resend://, file:///dir; several, comma-separated, make a failover chain"
+        " (primary first)",
     )
     resend_api_key: SecretStr | None = Field(
         None, description=f"the Resend API key (also read from {RESEND_KEY_ENV})"
     )
+    check_interval_s: float = Field(
+        30.0, gt=0, description="seconds between health checks of a chain's providers"
+    )
+    fail_after_checks: int = Field(
+        3, ge=1, description="failed health checks in a row that take a provider out of the chain"
+    )
+    failback_s: float = Field(
+        300.0, ge=0, description="seconds a provider must pass its checks before it is used again"
+    )
+    breaker_failures: int = Field(
+        5,
+        ge=1,
+        description="transient send failures within breaker_window_s that fail over at once",
+    )
+    breaker_window_s: float = Field(
+        10.0, gt=0, description="seconds the circuit breaker counts failures over"
+    )
+    check_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a health check may take before it counts as failed"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _chain_entries(cls, value: str) -> str:
+        for position, entry in enumerate(value.split(","), 1):
+            scheme = entry.strip().partition("://")[0]
+            if not entry.strip():
+                raise ValueError(f"entry {position} of the provider chain is empty")
+            if scheme not in PROVIDER_SCHEMES:
+                raise ValueError(
+                    f"entry {position}: unknown provider URL scheme {scheme!r}"
+                    f" (use {', '.join(s + '://' for s in PROVIDER_SCHEMES)})"
+                )
+        return value
+
+    @property
+    def urls(self) -> list[str]:
+        """The chain, primary first (one entry: a single provider)."""
+        return [entry.strip() for entry in self.url.split(",")]
 
 
 class WorkerSection(_Section):
@@ -229,6 +287,96 @@ class ApiSection(_Section):
     key: SecretStr | None = Field(None, description="the API key used with api.url")
 
 
+class AutoscaleSection(_Section):
+    enabled: bool = Field(
+        False, description="`emailq run` sizes its pool itself (`--autoscale MIN:MAX` turns it on)"
+    )
+    min_workers: int = Field(2, ge=1, le=1000, description="the fewest worker processes")
+    max_workers: int = Field(20, ge=1, le=1000, description="the most worker processes")
+    interval_s: float = Field(15.0, gt=0, description="seconds between decisions")
+    emergency_queued: int = Field(
+        5000, ge=1, description="queued emails from which the pool goes to the maximum at once"
+    )
+    # Each lane's deadline: the autoscaler sizes the pool to clear the lane within it.
+    deadline_critical_s: float = Field(30.0, gt=0, description="critical mail's deadline (s)")
+    deadline_wedding_day_s: float = Field(
+        120.0, gt=0, description="wedding_day mail's deadline (s)"
+    )
+    deadline_pre_wedding_s: float = Field(
+        600.0, gt=0, description="pre_wedding mail's deadline (s)"
+    )
+    deadline_standard_s: float = Field(900.0, gt=0, description="standard mail's deadline (s)")
+    deadline_bulk_s: float = Field(3600.0, gt=0, description="bulk mail's deadline (s)")
+    up_cooldown_s: float = Field(
+        30.0, ge=0, description="seconds after a change before the pool grows again"
+    )
+    down_after_s: float = Field(
+        300.0, ge=0, description="seconds of lower demand before the pool shrinks a step"
+    )
+    down_cooldown_s: float = Field(
+        600.0, ge=0, description="seconds after a change before the pool shrinks"
+    )
+    down_step: int = Field(1, ge=1, description="workers stopped per step down")
+    headroom: float = Field(
+        0.5, ge=0, description="workers above the need, as a share (0.5: ±20 % load fits)"
+    )
+    worker_rate: float = Field(
+        50.0, gt=0, description="emails/s one worker delivers, until the autoscaler measures it"
+    )
+    lookahead_s: float = Field(
+        900.0, ge=0, description="scheduled mail due within this counts as already queued"
+    )
+    pattern: str = Field(
+        DEFAULT_PATTERN,
+        description="weekly traffic multipliers, `day HH:MM=x`, comma-separated; each holds"
+        " until the day's next point (other times ×1)",
+    )
+    season: str = Field(
+        DEFAULT_SEASON, description="wedding-season months and multiplier, `first-last=x`"
+    )
+    protected: str = Field(
+        DEFAULT_PROTECTED,
+        description="hours the pool never shrinks in, `day HH:MM-HH:MM`, comma-separated",
+    )
+    timezone: str = Field("UTC", description="the time zone of the pattern and protected hours")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus port of `emailq run`'s autoscaler; 0: none"
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        WeeklyPattern.parse(value)
+        return value
+
+    @field_validator("season")
+    @classmethod
+    def _season(cls, value: str) -> str:
+        Season.parse(value)
+        return value
+
+    @field_validator("protected")
+    @classmethod
+    def _protected(cls, value: str) -> str:
+        ProtectedHours.parse(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscaleSection:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"autoscale.min_workers ({self.min_workers}) is above"
+                f" autoscale.max_workers ({self.max_workers})"
+            )
+        return self
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -236,6 +384,35 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return False
+
+
+class MonitorSection(_Section):
+    enabled: bool = Field(
+        True,
+        description="`emailq run` and `emailq serve` also run the monitor (one writer per queue)",
+    )
+    interval_s: float = Field(
+        15.0, ge=0.1, description="seconds between history snapshots and alert evaluations"
+    )
+    publish_s: float = Field(
+        5.0, ge=0, description="seconds between a worker's samples to the broker; 0: none"
+    )
+    retention_s: float = Field(
+        86400.0, gt=0, description="seconds of monitor history kept in the broker"
+    )
+    rules_file: Path | None = Field(
+        None, description="TOML alert rules, merged over the defaults by name"
+    )
+    slack_url: SecretStr | None = Field(None, description="Slack incoming webhook for alerts")
+    webhook_url: str | None = Field(None, description="JSON webhook for alerts (HMAC-signed)")
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key signing the webhook's body and timestamp"
+    )
+    email_to: str | None = Field(None, description="operator address alert emails go to")
+    email_from: str = Field("emailq-monitor@localhost", description="sender of alert emails")
+    email_smtp_url: str | None = Field(
+        None, description="SMTP server for alert emails, smtp://host:port (never the queue)"
+    )
 
 
 class Settings(BaseSettings):
@@ -280,8 +457,10 @@ class Settings(BaseSettings):
     worker: WorkerSection = WorkerSection()
     limits: LimitSettings = LimitSettings()
     api: ApiSection = ApiSection()
+    autoscale: AutoscaleSection = AutoscaleSection()
     privacy: PrivacySection = PrivacySection()
     webhooks: WebhookSection = WebhookSection()
+    monitor: MonitorSection = MonitorSection()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -344,8 +523,11 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret these settings hold (for scrubbing logs)."""
-        found = [url_password(self.provider.url), url_password(self.broker.url)]
-        for secret in (self.provider.resend_api_key, self.api.key, self.privacy.hash_secret):
+        found = [*map(url_password, self.provider.urls), url_password(self.broker.url)]
+        found.append(url_password(self.monitor.email_smtp_url or ""))
+        secrets = (self.provider.resend_api_key, self.api.key, self.privacy.hash_secret,
+                   self.monitor.slack_url, self.monitor.webhook_secret)  # fmt: skip
+        for secret in secrets:
             if secret is not None:
                 found.append(secret.get_secret_value())
         if self.encryption_keys is not None:
@@ -390,7 +572,11 @@ def url_password(url: str) -> str | None:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ``***``."""
+    """The URL with its password (if any) replaced by ``***``; a provider chain (URLs
+    joined by commas) entry by entry."""
+    entries = url.split(",")
+    if len(entries) > 1 and all("://" in entry for entry in entries):
+        return ",".join(redact_url(entry.strip()) for entry in entries)
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -20,9 +20,11 @@ from multiprocessing.process import BaseProcess
 
 from prometheus_client import start_http_server
 
+from emailq.autoscale.controller import Autoscaler
 from emailq.deployment import Deployment
 from emailq.logs import configure_logging
 from emailq.metrics import DeliveryMetrics
+from emailq.monitor.publishing import start_publishing, stop_publishing, worker_recorder
 from emailq.settings import Settings, redact_url
 from emailq.worker import Worker
 
@@ -36,6 +38,9 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
         express = deployment.open_provider()
         rules = deployment.rate_rules()
         metrics = DeliveryMetrics()
+        recorder = worker_recorder(settings, provider.name)  # the monitor's samples
+        if len(settings.provider.urls) > 1:  # the chain's state changes, on the same port
+            metrics.registry.register(deployment.provider_board.metrics)
         port = settings.worker.metrics_port
         if port:
             start_http_server(port, "127.0.0.1", registry=metrics.registry)
@@ -49,12 +54,15 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
             rules=rules,
             express_provider=express,
             metrics=metrics,
+            on_settled=recorder.record if recorder else None,
         )
+        publisher = start_publishing(deployment, recorder, worker.name, stop)
         try:
             await worker.run(stop)
         finally:
             await provider.close()
             await express.close()
+            await stop_publishing(publisher)
 
 
 def worker_main(settings: Settings) -> None:
@@ -95,12 +103,19 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, processes: int) -> None:
+    def __init__(
+        self, settings: Settings, processes: int, autoscaler: Autoscaler | None = None
+    ) -> None:
         self.settings = settings
         self.processes = processes
         self._context = multiprocessing.get_context("spawn")
         self._slots = [_Slot() for _ in range(processes)]
         self._stopping = False
+        # The pool follows the autoscaler's decisions; workers it stops finish (SIGTERM:
+        # finish or release what they hold) in ``_draining`` while the rest go on.
+        self.autoscaler = autoscaler
+        self._draining: list[BaseProcess] = []
+        self._next_decision = 0.0
 
     def _spawn(self, index: int) -> BaseProcess:
         settings = self.settings
@@ -125,8 +140,34 @@ class Supervisor:
                     self._schedule_restart(slot, now)
                 if slot.process is None and now >= slot.restart_at:
                     slot.process, slot.started = self._spawn(index), now
+            self._draining = [p for p in self._draining if p.is_alive()]
+            if self.autoscaler is not None and now >= self._next_decision:
+                self._next_decision = now + self.autoscaler.interval_s
+                self._autoscale()
             time.sleep(0.2)
         return self._shutdown()
+
+    def _autoscale(self) -> None:
+        assert self.autoscaler is not None
+        try:
+            decision = self.autoscaler.step(len(self._slots))
+        except Exception:  # the broker away for a while: keep the pool, try next time
+            log.exception("autoscaler: no decision this time")
+            return
+        if decision is not None:
+            self.resize(decision.workers)
+
+    def resize(self, processes: int) -> None:
+        """Grow the pool (new workers start on the next tick) or shrink it from the end
+        (a graceful SIGTERM: nothing is lost, the worker finishes or releases its mail)."""
+        while len(self._slots) < processes:
+            self._slots.append(_Slot())
+        while len(self._slots) > processes:
+            process = self._slots.pop().process
+            if process is not None and process.is_alive() and process.pid:
+                signal_process(process.pid, signal.SIGTERM)
+                self._draining.append(process)
+        self.processes = processes
 
     def _schedule_restart(self, slot: _Slot, now: float) -> None:
         assert slot.process is not None
@@ -140,7 +181,11 @@ class Supervisor:
         slot.process, slot.restart_at = None, now + delay
 
     def _shutdown(self) -> int:
+        if self.autoscaler is not None:
+            with contextlib.suppress(Exception):  # a lease left behind lapses by itself
+                self.autoscaler.close()
         running = [slot.process for slot in self._slots if slot.process is not None]
+        running += self._draining
         for process in running:
             if process.is_alive() and process.pid:
                 signal_process(process.pid, signal.SIGTERM)

@@ -160,6 +160,8 @@ class _BatchGate:
         route, worker = self.route, self.worker
         if message_id not in self.critical:
             await worker.critical.wait()  # a ceremony change in hand goes first
+        if message_id in worker.unsettled:  # a provider chain's next try: it has its room
+            return route.pause.remaining == 0 and worker.fence.may_send(message_id)
         await route.window.enter()
         # Checked after any wait for room: the lease must still hold when the send starts.
         if route.pause.remaining == 0 and worker.fence.may_send(message_id):
@@ -219,6 +221,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then finish (or release) what is in hand."""
         s = self.settings
+        for route in {id(r): r for r in (self.route, self.express_route)}.values():
+            await route.provider.start()  # a provider chain's health checks
         loops = [asyncio.create_task(self._loop(stop, self.route)) for _ in range(s.concurrency)]
         if s.express_lanes:
             loops.append(asyncio.create_task(self._express_loop(stop)))

@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from emailq.api import batch_routes, problems, routes, webhook_routes
+from emailq.api import batch_routes, monitoring, problems, routes, webhook_routes
 from emailq.api.auth import TenantBudget
 from emailq.api.grouping import EnqueueGroup
 from emailq.api.readiness import BoundedCheck
+from emailq.autoscale.controller import config_from_settings
+from emailq.autoscale.metrics import DesiredWorkersCollector
 from emailq.deployment import Deployment
 from emailq.metrics import IntakeMetrics
+from emailq.monitor.runner import MonitorThread
 from emailq.probes import provider_reachable
 from emailq.settings import ApiSection, Settings
 
@@ -58,6 +61,12 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
         group=EnqueueGroup(opened.broker),
         budget=TenantBudget(lambda: context.deployment.limiter, api),
     )
+    # The desired pool per queue, for orchestrators' autoscalers (deploy/kubernetes/).
+    context.metrics.registry.register(
+        DesiredWorkersCollector(
+            lambda: context.deployment.broker, config_from_settings(opened.settings.autoscale)
+        )
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,7 +75,15 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
                 opened.settings, patience_s=api.broker_patience_s
             )
             context.group = EnqueueGroup(context.deployment.broker)
+        # `emailq serve` runs the monitor too (its own deployment; the broker's lease
+        # makes one writer of all the processes that run it).
+        monitor = None
+        if owned and opened.settings.monitor.enabled:
+            monitor = MonitorThread(Deployment.from_settings(opened.settings)).start()
         yield
+        if monitor is not None:
+            monitor.stop()
+        monitor_reader.close()
         if owned and context.deployment is not None:
             context.deployment.close()
             context.deployment = None  # type: ignore[assignment]
@@ -82,6 +99,7 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
     routes.install(app, context)
     batch_routes.install(app, context)
     webhook_routes.install(app, context)
+    monitor_reader = monitoring.install(app, context)
     app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)
     return app
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -45,10 +45,10 @@ def problems_of(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # Every route can answer 413 (the body cap) and 503 (the queue down or full); /v1 ones 401.
 _ANY = (413, 503)
-_V1 = (401, *_ANY)
+V1_PROBLEMS = (401, *_ANY)  # what any authenticated /v1 route may answer
 ACCEPTED: dict[int | str, dict[str, Any]] = {
     202: {"description": "Queued"},
-    **problems_of(*_V1, 403, 422, 429),
+    **problems_of(*V1_PROBLEMS, 403, 422, 429),
 }
 
 
@@ -164,12 +164,12 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(404, f"no email {message_id!r} for this tenant")
         return info
 
-    @app.get("/v1/emails/{message_id}", responses=problems_of(*_V1, 404))
+    @app.get("/v1/emails/{message_id}", responses=problems_of(*V1_PROBLEMS, 404))
     async def get_email(request: Request, message_id: str) -> JSONResponse:
         """An email's state, lane, attempts, last error and timestamps."""
         return JSONResponse(info_body(await owned_info(request, message_id)))
 
-    @app.delete("/v1/emails/{message_id}", responses=problems_of(*_V1, 404, 409))
+    @app.delete("/v1/emails/{message_id}", responses=problems_of(*V1_PROBLEMS, 404, 409))
     async def cancel_email(request: Request, message_id: str) -> JSONResponse:
         """Cancel an email no worker has taken yet; 409 when it is being sent or done."""
         info = await owned_info(request, message_id)
@@ -179,7 +179,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(409, f"the email is {state} and can no longer be cancelled")
         return JSONResponse({"id": message_id, "state": "cancelled"})
 
-    @app.post("/v1/emails/{message_id}/requeue", responses=problems_of(*_V1, 404, 409))
+    @app.post("/v1/emails/{message_id}/requeue", responses=problems_of(*V1_PROBLEMS, 404, 409))
     async def requeue_email(request: Request, message_id: str) -> JSONResponse:
         """Queue a dead email again, with fresh attempts and a fresh expiry; 409 unless dead."""
         info = await owned_info(request, message_id)
@@ -192,7 +192,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise Problem(409, f"the email is {state}; only dead emails can be requeued")
         return JSONResponse({"id": message_id, "state": "queued"})
 
-    @app.get("/v1/emails/{message_id}/events", responses=problems_of(*_V1, 404))
+    @app.get("/v1/emails/{message_id}/events", responses=problems_of(*V1_PROBLEMS, 404))
     async def email_events(request: Request, message_id: str) -> JSONResponse:
         """The email's audit trail, oldest first: accepted, leased, each attempt, sent…
         Recipients appear only as keyed hashes."""
@@ -200,7 +200,9 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         events = await run_in_threadpool(ctx.deployment.broker.events, info.id)
         return JSONResponse({"id": info.id, "events": [json.loads(e.to_json()) for e in events]})
 
-    @app.get("/v1/events", response_class=PlainTextResponse, responses=problems_of(*_V1, 422))
+    @app.get(
+        "/v1/events", response_class=PlainTextResponse, responses=problems_of(*V1_PROBLEMS, 422)
+    )
     async def tenant_events(request: Request, since: float, until: float) -> Response:
         """The caller's tenant's audit events from ``since`` to before ``until`` (epoch
         seconds), as JSON lines."""
@@ -211,7 +213,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         lines = "".join(e.to_json() + "\n" for e in events)
         return Response(lines, media_type="application/x-ndjson")
 
-    @app.post("/v1/erasure", responses=problems_of(*_V1, 403, 422),
+    @app.post("/v1/erasure", responses=problems_of(*V1_PROBLEMS, 403, 422),
               openapi_extra=_body_schema("ErasureRequest"))  # fmt: skip
     async def erasure(request: Request) -> JSONResponse:
         """Erase an address (GDPR art. 17) from the caller's tenant's mail: queued mail to
@@ -234,7 +236,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             raise InvalidEmail([FieldError(error.field, error.message)]) from None
         return JSONResponse({"tenant": tenant, **counts.as_dict()})
 
-    @app.get("/v1/queues", responses=problems_of(*_V1))
+    @app.get("/v1/queues", responses=problems_of(*V1_PROBLEMS))
     async def queues(request: Request) -> JSONResponse:
         """The caller's tenant's depth per lane and state (an operator key's: every tenant's),
         and the age of each lane's oldest ready message."""
@@ -248,6 +250,16 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
             }
             for lane, lane_stats in stats.lanes.items()
         })  # fmt: skip
+
+    @app.get("/v1/providers", responses=problems_of(*V1_PROBLEMS, 403))
+    async def providers(request: Request) -> JSONResponse:
+        """The provider chain, primary first: each provider's state (active, standby, down,
+        recovering), last health check, failed checks in a row. Operator keys only."""
+        key = await caller(request)
+        if not key.operator:
+            raise Problem(403, "/v1/providers needs an operator API key")
+        rows = await run_in_threadpool(ctx.deployment.providers)
+        return JSONResponse({"providers": [asdict(row) for row in rows]})
 
     @app.get("/health", responses=problems_of(*_ANY))
     async def health() -> JSONResponse:
@@ -273,7 +285,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
     @app.get("/metrics", response_class=PlainTextResponse,
-             responses=problems_of(*_V1, 403))  # fmt: skip
+             responses=problems_of(*V1_PROBLEMS, 403))  # fmt: skip
     async def metrics(request: Request) -> Response:
         """Prometheus text format; off loopback (or with api.metrics_access = "operator"),
         for operator keys only."""

@@ -503,6 +503,31 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._events_after(cursor, limit)
 
+    # -- what the autoscaler asks -------------------------------------------------------
+    def due_within(self, seconds: float) -> dict[Lane, int]:
+        """Scheduled and retrying messages due within ``seconds`` from now (or already due),
+        per lane: mail known to be coming. Redis looks at the first 20,000 due and
+        splits a larger total by their lanes' shares."""
+        if not 0 <= seconds < math.inf:
+            raise ValueError("seconds must be a finite number >= 0")
+        with self._backend_errors():
+            return self._due_within(seconds, self._at())
+
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take the lease ``name`` for ``holder``, or renew it, for ``ttl_s`` seconds on the
+        broker's clock; False while another holder's lease lasts. One autoscaler per queue."""
+        if not 0 < len(name) <= 100 or not 0 < len(holder) <= 200:
+            raise ValueError("a lease name is 1 to 100 characters, a holder 1 to 200")
+        if not 0 < ttl_s < math.inf:
+            raise ValueError("ttl_s must be a positive number of seconds")
+        with self._backend_errors():
+            return self._hold_lease(name, holder, ttl_s, self._at())
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up, if ``holder`` holds it (a stopping autoscaler hands over at once)."""
+        with self._backend_errors():
+            self._release_lease(name, holder)
+
     # -- reads --------------------------------------------------------------------------
     def get(self, message_id: str) -> MessageInfo | None:
         with self._backend_errors():
@@ -635,6 +660,15 @@ class Broker(abc.ABC):
     def _erase_recipient(
         self, recipient_hash: str, tenant: str | None, at: float | None
     ) -> ErasureCounts: ...
+
+    @abc.abstractmethod
+    def _due_within(self, seconds: float, at: float | None) -> dict[Lane, int]: ...
+
+    @abc.abstractmethod
+    def _hold_lease(self, name: str, holder: str, ttl_s: float, at: float | None) -> bool: ...
+
+    @abc.abstractmethod
+    def _release_lease(self, name: str, holder: str) -> None: ...
 
     @abc.abstractmethod
     def _get(self, message_id: str) -> MessageInfo | None: ...

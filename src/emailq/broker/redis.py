@@ -23,6 +23,7 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:idem:<tenant>\\x1f<key>   string: "id|expires_at", with a Redis TTL of the window
     {p}:lreq:<request id>        string: "id:token,…" a lease handed out, kept as long as the
                                  lease (a repeated lease call returns these)
+    {p}:nlease:<name>            string: "holder|expires at", a named lease (one autoscaler)
     {p}:a:<id>                   list: the message's audit trail, one JSON event each
     {p}:a:idx:<tenant>           zset: accepted at → id, the tenant's trails (export, purge)
     {p}:a:tenants                set: tenants with trails
@@ -94,6 +95,7 @@ from emailq.privacy.audit import AuditEvent, attempt_detail, detail_text, event_
 from emailq.privacy.erasure import ErasureCounts
 
 PROMOTE_LIMIT = 1000  # due messages promoted by one lease
+DUE_SAMPLE = 20_000  # due messages due_within looks up the lane of (a larger total is split)
 PING_TIMEOUT = 2.0  # seconds, to connect and to answer
 # check() calls Redis full from this share of maxmemory: a write is refused only once memory
 # is past maxmemory, but a batch that did not fit leaves it just below, and the room left is
@@ -116,6 +118,7 @@ _SCRIPTS = {
     for name in (
         "enqueue", "lease", "heartbeat", "settle", "reap", "promote", "cancel",
         "requeue_dead", "purge_expired", "purge_audit", "erase", "swap_payload",
+        "due_within", "hold_lease", "release_lease",
     )
 }  # fmt: skip
 # settle.lua's sections, in its order
@@ -439,6 +442,20 @@ class RedisBroker(Broker):
             lane: head[0][1] / 1000 for lane, head in zip(LANE_ORDER, heads, strict=True) if head
         }
         return counts, oldest, at
+
+    def _due_within(self, seconds: float, at: float | None) -> dict[Lane, int]:
+        keys = [self.keys.message, self.keys.delayed]
+        total, looked_up, *pairs = self._run("due_within", keys, [_time(at), seconds, DUE_SAMPLE])
+        scale = total / looked_up if looked_up else 0.0
+        lanes = zip(pairs[::2], pairs[1::2], strict=True)
+        return {_LANES[lane]: round(int(n) * scale) for lane, n in lanes}
+
+    def _hold_lease(self, name: str, holder: str, ttl_s: float, at: float | None) -> bool:
+        key = self.keys.named_lease + name
+        return bool(self._run("hold_lease", [key], [_time(at), holder, ttl_s]))
+
+    def _release_lease(self, name: str, holder: str) -> None:
+        self._run("release_lease", [self.keys.named_lease + name], [holder])
 
     def _now(self) -> float:
         seconds, micros = self.client.time()

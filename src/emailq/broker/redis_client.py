@@ -82,6 +82,7 @@ class Keys:
     tenant_counts: str  # "tenant\x1flane:state" → n: a tenant's counts without a scan
     credit: str
     ready: tuple[str, ...]  # one per lane, in LANE_ORDER
+    named_lease: str  # + name: "holder|expires at" (one autoscaler per queue)
     audit: str  # + id: a message's audit trail (a list); "idx:" + tenant, "tenants": its index
     audit_off: str  # given to the scripts instead of ``audit`` when no trail is written
     recipients: str  # + a recipient's keyed hash: the ids of the messages naming it
@@ -106,6 +107,7 @@ class Keys:
             tenant_counts=f"{tag}:tcounts",
             credit=f"{tag}:credit",
             ready=tuple(f"{tag}:ready:{lane.value}" for lane in LANE_ORDER),
+            named_lease=f"{tag}:nlease:",
             audit=f"{tag}:a:",
             audit_off=f"{tag}:a-off",
             recipients=f"{tag}:r:",

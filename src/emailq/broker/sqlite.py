@@ -767,6 +767,31 @@ class SQLiteBroker(Broker):
                 oldest[lane] = row[0][0]
         return counts, oldest, at
 
+    def _due_within(self, seconds: float, when: float | None) -> dict[Lane, int]:
+        rows = self._read(
+            "SELECT lane, COUNT(*) FROM messages WHERE state IN ('scheduled', 'retrying')"
+            " AND available_at <= ? GROUP BY lane",
+            (_local(when) + seconds,),
+        )
+        return {Lane(lane): n for lane, n in rows}
+
+    def _hold_lease(self, name: str, holder: str, ttl_s: float, when: float | None) -> bool:
+        at = _local(when)
+        with self._write(replayable=True) as db:
+            row = db.execute(
+                "INSERT INTO named_lease (name, holder, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_at = excluded.expires_at"
+                " WHERE named_lease.holder = excluded.holder OR named_lease.expires_at <= ?"
+                " RETURNING holder",
+                (name, holder, at + ttl_s, at),
+            ).fetchone()
+        return row is not None
+
+    def _release_lease(self, name: str, holder: str) -> None:
+        with self._write(replayable=True) as db:
+            db.execute("DELETE FROM named_lease WHERE name = ? AND holder = ?", (name, holder))
+
     def _now(self) -> float:
         return now()
 
@@ -803,7 +828,7 @@ class SQLiteBroker(Broker):
     def purge(self) -> None:
         with self._write() as db:
             for table in ("messages", "idempotency", "lane_credit", "audit_events",
-                          "recipient_index"):  # fmt: skip
+                          "recipient_index", "named_lease"):  # fmt: skip
                 db.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:

@@ -62,3 +62,10 @@ CREATE TABLE IF NOT EXISTS recipient_index (
     PRIMARY KEY (hash, message_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recipient_message ON recipient_index (message_id);
+
+-- Named leases: one holder at a time (one autoscaler per queue).
+CREATE TABLE IF NOT EXISTS named_lease (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;

@@ -3,6 +3,7 @@
 from emailq.providers.base import (
     OPEN_GATE,
     Accepted,
+    HealthCheck,
     Permanent,
     Provider,
     Rendered,
@@ -15,6 +16,7 @@ from emailq.providers.base import (
 __all__ = [
     "OPEN_GATE",
     "Accepted",
+    "HealthCheck",
     "Permanent",
     "Provider",
     "Rendered",

@@ -56,6 +56,9 @@ class Transient:
     unexpected: bool = False
     # The message went to the other recipients: the next attempt goes to these alone.
     recipients: tuple[str, ...] | None = None
+    # The provider refused our credentials (SMTP 535, HTTP 401/403 for the key): an
+    # operator must act; a provider chain fails over at once and alerts.
+    credentials_refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,15 @@ class Withheld:
 
 
 SendResult = Accepted | Transient | Permanent | Withheld
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """What a provider's health check found (a chain fails over on these)."""
+
+    ok: bool
+    reason: str = ""
+    credentials_refused: bool = False
 
 
 class SendGate(Protocol):
@@ -146,6 +158,15 @@ class Provider(abc.ABC):
         """Send the batch: ask ``gate.may_send`` right before each message goes out, and
         call ``gate.done`` as outcomes become known (those not reported are reported from
         the returned list)."""
+
+    async def start(self) -> None:  # noqa: B027 - most providers have nothing to start
+        """Begin background work (a chain's health checks), in the worker's event loop;
+        sending starts it too, for callers that never call this."""
+
+    async def check(self) -> HealthCheck:
+        """A cheap end-to-end check of the provider (log in, say hello), sending nothing.
+        Providers without a server to ask are always healthy."""
+        return HealthCheck(ok=True)
 
     async def close(self) -> None:  # noqa: B027 - providers without resources need not override
         """Release connections."""

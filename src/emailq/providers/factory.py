@@ -65,6 +65,22 @@ def open_provider(url: str, resend_api_key: str | None = None) -> Provider:
     )
 
 
+def provider_names(urls: list[str]) -> list[str]:
+    """A name for each provider of a chain, for logs, metrics and the shared health records:
+    scheme://host[:port], never credentials; a repeated one gets #2, #3 …"""
+    names: list[str] = []
+    for url in urls:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        name = f"{parts.scheme}://{host}{parts.path if parts.scheme == 'file' else ''}"
+        base, n = name, 1
+        while name in names:
+            n += 1
+            name = f"{base}#{n}"
+        names.append(name)
+    return names
+
+
 def _positive_int(text: str, name: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ConfigurationError(f"?{name}= must be a whole number of at least 1: {text!r}")

@@ -42,6 +42,7 @@ from emailq.clock import Clock, now
 from emailq.logs import mask_addresses
 from emailq.providers.base import (
     Accepted,
+    HealthCheck,
     Permanent,
     Provider,
     Rendered,
@@ -295,6 +296,19 @@ class ResendProvider(Provider):
             return response
         return self._classify(response)
 
+    async def check(self) -> HealthCheck:
+        """``GET /domains``: authenticated, sends nothing. 401/403: the key is refused."""
+        try:
+            response = await self._http().get("/domains")
+        except httpx.HTTPError as error:
+            return HealthCheck(ok=False, reason=f"{type(error).__name__}: {error}")
+        status = response.status_code
+        if status in (401, 403):
+            return HealthCheck(ok=False, reason=f"{status}: key refused", credentials_refused=True)
+        if status >= 500:
+            return HealthCheck(ok=False, reason=f"HTTP {status}")
+        return HealthCheck(ok=True)  # 2xx, or 429: it answers and knows the key
+
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             limits = httpx.Limits(
@@ -335,7 +349,7 @@ class ResendProvider(Provider):
         if status == 401 or name in _KEY_REFUSED:
             # A missing, mistyped or revoked key refuses every email alike: the provider is
             # unusable until an operator fixes it, and no email's attempts are spent on it.
-            return Transient(reason, provider_down=True)
+            return Transient(reason, provider_down=True, credentials_refused=True)
         if 400 <= status < 500:
             return Permanent(reason)
         return Transient(f"unexpected HTTP status {status}")

@@ -17,6 +17,7 @@ import aiosmtplib
 
 from emailq.providers.base import (
     Accepted,
+    HealthCheck,
     Permanent,
     Provider,
     Rendered,
@@ -89,7 +90,11 @@ class SmtpProvider(Provider):
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
                     # A dead server or a refused login says nothing about this message.
                     client.close()
-                    return Transient(f"connect/login: {_describe(error)}", provider_down=True)
+                    return Transient(
+                        f"connect/login: {_describe(error)}",
+                        provider_down=True,
+                        credentials_refused=_credentials_refused(error),
+                    )
             # The fence reaches the wire: the last moment before MAIL FROM.
             if not await gate.may_send(message.message_id):
                 return Withheld("the lease may have lapsed before MAIL FROM")
@@ -154,6 +159,33 @@ class SmtpProvider(Provider):
                 )
             await client.login(self.settings.username, self.settings.password)
 
+    async def check(self) -> HealthCheck:
+        """Connect, EHLO (STARTTLS as configured), AUTH where configured, NOOP, QUIT: on a
+        connection of its own, so the pool's connections are not disturbed."""
+        client = aiosmtplib.SMTP(
+            hostname=self.settings.host,
+            port=self.settings.port,
+            timeout=self.settings.timeout,
+            use_tls=self.settings.use_tls,
+            start_tls=self.settings.start_tls,
+        )
+        try:
+            await self._open(client)
+            reply = await client.noop()
+            if reply.code != 250:
+                return HealthCheck(ok=False, reason=f"NOOP: {reply.code} {reply.message}")
+            return HealthCheck(ok=True)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            return HealthCheck(
+                ok=False, reason=_describe(error), credentials_refused=_credentials_refused(error)
+            )
+        finally:
+            if client.is_connected:
+                try:
+                    await client.quit()
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    client.close()
+
     async def _checkout(self) -> aiosmtplib.SMTP:
         if self._idle.empty() and self._created < self.settings.pool_size:
             self._created += 1
@@ -179,6 +211,12 @@ class SmtpProvider(Provider):
 
 class PlaintextAuthRefused(aiosmtplib.SMTPException):
     """Credentials would have crossed the network unencrypted."""
+
+
+def _credentials_refused(error: BaseException) -> bool:
+    """535 and its kin: the server will not take our login (not a password-in-clear refusal
+    of our own, which the operator fixes the same way, so it counts too)."""
+    return isinstance(error, aiosmtplib.SMTPAuthenticationError | PlaintextAuthRefused)
 
 
 def _describe(error: BaseException) -> str:

@@ -1,0 +1,190 @@
+"""How many workers the queue needs: a pure function of what was observed and the time.
+
+For each lane, the work that must be done within its deadline is the mail here now (ready
+and leased) plus the mail due within the look-ahead (scheduled and retrying), together
+with that of every more urgent lane, which is leased before it. Clearing that backlog
+within what is left of the deadline takes ``backlog / (rate per worker × time left)``
+workers; keeping up with arrivals takes ``arrivals / rate per worker`` more. The lane that
+needs the most sets the need.
+
+The weekly pattern and the season multiply the arrivals only: they are a forecast of what
+is coming, and a quiet-hour multiplier must never let mail already queued miss its
+deadline. The pool is sized at the need plus ``headroom`` (50 % by default: a load that
+wobbles ±20 % then fits the pool it got without another step; 1.5 × 0.8 ≥ 1.2).
+
+Changes (:func:`decide`): up at once, but not within ``up_cooldown_s`` of the last change;
+down one step at a time, once demand has stayed lower for ``down_after_s`` and the last
+change is ``down_cooldown_s`` old; never down in protected hours. An emergency (too much
+queued, or a critical message past its deadline) goes to ``max_workers`` in one decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from emailq.autoscale.pattern import TrafficPattern
+from emailq.lanes import LANE_ORDER, Lane
+
+# A lane whose oldest mail is at or past its deadline still gets this long to catch up:
+# the need is large, yet finite (and bounded by max_workers).
+MIN_WINDOW_S = 5.0
+
+DEFAULT_DEADLINES: dict[Lane, float] = {
+    Lane.CRITICAL: 30.0,
+    Lane.WEDDING_DAY: 120.0,
+    Lane.PRE_WEDDING: 600.0,
+    Lane.STANDARD: 900.0,
+    Lane.BULK: 3600.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LaneLoad:
+    depth: int = 0  # ready and leased now
+    oldest_age: float = 0.0  # seconds the oldest ready message has waited
+    due_soon: int = 0  # scheduled and retrying, due within the look-ahead
+    arrival_rate: float = 0.0  # emails/s enqueued lately
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    lanes: Mapping[Lane, LaneLoad]
+    workers: int  # the pool now
+    rate_per_worker: float | None = None  # emails/s one worker delivered; None: not measured
+    last_change_at: float = -math.inf
+    low_since: float | None = None  # since when demand has been below the pool (Decision's)
+
+    @property
+    def queued(self) -> int:
+        return sum(load.depth for load in self.lanes.values())
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscaleConfig:
+    min_workers: int = 2
+    max_workers: int = 20
+    deadlines: Mapping[Lane, float] = field(default_factory=lambda: dict(DEFAULT_DEADLINES))
+    emergency_queued: int = 5000
+    up_cooldown_s: float = 30.0
+    down_after_s: float = 300.0
+    down_cooldown_s: float = 600.0
+    down_step: int = 1
+    headroom: float = 0.5
+    worker_rate: float = 50.0  # emails/s per worker until one is measured
+    lookahead_s: float = 900.0
+    pattern: TrafficPattern = field(default_factory=TrafficPattern)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_workers <= self.max_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must be at least 1 and at most"
+                f" max_workers ({self.max_workers})"
+            )
+        missing = [lane.value for lane in LANE_ORDER if lane not in self.deadlines]
+        if missing:
+            raise ValueError(f"deadlines must name every lane; missing {', '.join(missing)}")
+        if self.worker_rate <= 0 or self.headroom < 0 or self.down_step < 1:
+            raise ValueError("worker_rate must be > 0, headroom >= 0 and down_step >= 1")
+
+    def bound(self, workers: int) -> int:
+        return max(self.min_workers, min(self.max_workers, workers))
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    need: float  # workers the load takes, before headroom and bounds
+    workers: int  # the pool it asks for: need plus headroom, within min..max
+    reason: str
+    emergency: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    workers: int
+    reason: str
+    demand: Demand
+    low_since: float | None = None  # hand back in the next Observation
+    direction: str = "hold"  # or "up", "down": against the pool it was decided for
+
+
+def demand(observation: Observation, config: AutoscaleConfig, now: float) -> Demand:
+    """The pool the load asks for now, with the reason, ignoring cooldowns."""
+    emergency = _emergency(observation, config)
+    if emergency:
+        return Demand(math.inf, config.max_workers, emergency, emergency=True)
+    rate = observation.rate_per_worker or config.worker_rate
+    multiplier = config.pattern.multiplier(now)
+    need, reason = 0.0, "no mail waiting or expected"
+    backlog, arrivals = 0, 0.0
+    for lane in LANE_ORDER:
+        load = observation.lanes.get(lane, LaneLoad())
+        backlog += load.depth + load.due_soon
+        arrivals += load.arrival_rate
+        deadline = config.deadlines[lane]
+        window = max(MIN_WINDOW_S, deadline - load.oldest_age)
+        lane_need = backlog / (rate * window) + arrivals * multiplier / rate
+        if lane_need > need:
+            need = lane_need
+            reason = (
+                f"{lane.value} lane: {backlog:,} queued or due within"
+                f" {config.lookahead_s / 60:.0f} min (this lane and above), {window:.0f} s"
+                f" left of its {deadline:.0f} s deadline, {arrivals:.1f}/s arriving"
+                f" ×{multiplier:g}, {rate:.1f} emails/s per worker"
+            )
+    workers = config.bound(math.ceil(need * (1 + config.headroom) - 1e-9))
+    return Demand(need, workers, f"{reason} → {workers} workers (need {need:.1f})")
+
+
+def _emergency(observation: Observation, config: AutoscaleConfig) -> str:
+    queued = observation.queued
+    if queued >= config.emergency_queued:
+        return f"emergency: {queued:,} queued ≥ {config.emergency_queued:,}"
+    critical = observation.lanes.get(Lane.CRITICAL, LaneLoad())
+    deadline = config.deadlines[Lane.CRITICAL]
+    if critical.depth and critical.oldest_age > deadline:
+        return (
+            f"emergency: a critical message has waited {critical.oldest_age:.0f} s,"
+            f" past its {deadline:.0f} s deadline"
+        )
+    return ""
+
+
+def decide(observation: Observation, config: AutoscaleConfig, now: float) -> Decision:
+    """The pool size to have now: :func:`demand`, with the cooldowns and protected hours."""
+    wanted = demand(observation, config, now)
+    current = observation.workers
+    since_change = now - observation.last_change_at
+    if wanted.emergency or current < config.min_workers:
+        return _change(current, config.bound(max(wanted.workers, current)), wanted, None)
+    if current > config.max_workers:
+        return _change(current, config.max_workers, wanted, None)
+    if config.bound(math.ceil(wanted.need - 1e-9)) > current:  # the pool cannot keep up
+        if since_change < config.up_cooldown_s:
+            return _hold(current, wanted, f"cooling down ({since_change:.0f} s since a change)")
+        return _change(current, wanted.workers, wanted, None)
+    if wanted.workers >= current:
+        return _hold(current, wanted, "the pool fits")
+    low_since = now if observation.low_since is None else observation.low_since
+    if config.pattern.is_protected(now):
+        return _hold(current, wanted, "protected hours: not shrinking", low_since)
+    if now - low_since < config.down_after_s:
+        waited = now - low_since
+        return _hold(current, wanted, f"demand lower for {waited:.0f} s", low_since)
+    if since_change < config.down_cooldown_s:
+        return _hold(current, wanted, f"{since_change:.0f} s since a change", low_since)
+    smaller = max(wanted.workers, current - config.down_step)
+    return _change(current, smaller, wanted, now)  # the next step waits for demand again
+
+
+def _hold(current: int, wanted: Demand, why: str, low_since: float | None = None) -> Decision:
+    return Decision(current, f"holding {current}: {why}; {wanted.reason}", wanted, low_since)
+
+
+def _change(current: int, workers: int, wanted: Demand, low_since: float | None) -> Decision:
+    if workers == current:
+        return _hold(current, wanted, "at its bound", low_since)
+    direction = "up" if workers > current else "down"
+    reason = f"scaling {direction} {current} → {workers}: {wanted.reason}"
+    return Decision(workers, reason, wanted, low_since, direction)

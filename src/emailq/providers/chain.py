@@ -1,0 +1,111 @@
+"""An ordered chain of providers: send through the first healthy one, fail over at once.
+
+Which providers are healthy is the :class:`~emailq.failover.HealthBoard`'s to say (health
+checks and a circuit breaker, shared by the workers of the queue). Within one batch, a
+message whose send failed transiently goes to the next healthy provider at once instead
+of waiting out its backoff. What does not move:
+
+- an outcome that may have been carried out (``unsure``: a timeout after DATA, a Resend
+  5xx): retried later as usual, never sent at once through another provider;
+- a permanent refusal (SMTP 5xx on RCPT): final;
+- a failure in emailq itself (``unexpected``), and mail the gate withheld.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from emailq.failover.board import HealthBoard
+from emailq.providers.base import (
+    HealthCheck,
+    Provider,
+    Rendered,
+    SendGate,
+    SendResult,
+    Transient,
+)
+
+
+def movable(result: SendResult) -> bool:
+    """May this outcome be tried through the next provider at once?"""
+    return isinstance(result, Transient) and not result.unsure and not result.unexpected
+
+
+class _Hold:
+    """The worker's gate seen by one provider of the chain: outcomes that may move on are
+    held back (the next provider may still deliver them); the rest are reported at once."""
+
+    def __init__(self, gate: SendGate, indices: Sequence[int], board: HealthBoard,
+                 name: str) -> None:  # fmt: skip
+        self.gate = gate
+        self.indices = indices  # this provider's batch position → the chain's
+        self.board = board
+        self.name = name
+        self.held: dict[int, Transient] = {}  # the chain's index → outcome
+
+    async def may_send(self, message_id: str) -> bool:
+        return await self.gate.may_send(message_id)
+
+    def done(self, index: int, result: SendResult) -> None:
+        self.board.note(self.name, result)
+        if movable(result):
+            assert isinstance(result, Transient)
+            self.held[self.indices[index]] = result
+        else:
+            self.gate.done(self.indices[index], result)
+
+
+class ProviderChain(Provider):
+    def __init__(self, members: Sequence[Provider], names: Sequence[str],
+                 board: HealthBoard) -> None:  # fmt: skip
+        self.members = list(members)
+        self.names = list(names)
+        self.board = board
+        self.name = "chain"
+        # No window of unsettled mail in the worker: a message held for the next provider
+        # keeps its place in that window until it is settled, so two batches failing over
+        # at once could each wait for room the other holds. Each member's own connections
+        # still bound what is on the wire.
+        self.concurrency = None
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self.board.start()
+
+    async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
+        await self.start()
+        messages = list(batch)
+        results: list[SendResult | None] = [None] * len(batch)
+        waiting = list(range(len(batch)))
+        last: dict[int, Transient] = {}
+        for member in self.board.order():
+            if not waiting:
+                break
+            hold = _Hold(gate, waiting, self.board, self.names[member])
+            sent = await self.members[member].send_batch([messages[i] for i in waiting], hold)
+            for position, result in zip(waiting, sent, strict=True):
+                results[position] = result
+            last.update(hold.held)
+            for position, failed in hold.held.items():
+                if failed.recipients is not None:  # the others took it: only these move on
+                    messages[position] = replace(messages[position], recipients=failed.recipients)
+            waiting = sorted(hold.held)
+        for position in waiting:  # no provider left to try: retried as usual
+            gate.done(position, last[position])
+        return [result for result in results if result is not None]
+
+    async def check(self) -> HealthCheck:
+        down = [n for n in self.names if (r := self.board.health.get(n)) and r.down]
+        if len(down) == len(self.names):
+            return HealthCheck(ok=False, reason="every provider is down")
+        return HealthCheck(ok=True)
+
+    async def close(self) -> None:
+        for member in self.members:
+            await member.close()
+        if self._started:
+            self._started = False
+            await self.board.stop()
