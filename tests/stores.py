@@ -48,6 +48,8 @@ def _redis_keys(broker: RedisBroker) -> bytes:
             out += list(client.smembers(key))
         elif kind == "zset":
             out += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":  # the audit feed webhooks read
+            out += [x for _, fields in client.xrange(key) for pair in fields.items() for x in pair]
         else:
             raise AssertionError(f"a key of an unexpected type: {key!r} is {kind}")
     return b"\n".join(out)

@@ -123,3 +123,28 @@ def test_retry_pauses_grow_honour_retry_after_and_stop() -> None:
     assert _pause_before_retry(policy, 2, busy) is None  # attempts spent
     assert _pause_before_retry(policy, 0, httpx.Response(422)) is None  # not retryable
     assert _pause_before_retry(policy, 0, httpx.Response(202)) is None
+
+
+def test_guest_lists_through_the_client_and_emailq_batch(served: Served) -> None:
+    template = {"from": "a@weddings.example", "subject": "Hi {{ n }}", "text": "x",
+                "wedding": {"wedding_id": "w9", "kind": "invitation",
+                            "ceremony_at": "2031-06-13T16:00:00+02:00"}}  # fmt: skip
+    recipients = [{"to": f"g{i}@example.org", "variables": {"n": i}} for i in range(3)]
+    with Client(served.url, served.secret) as client:
+        queued = client.send_guest_list(template, recipients, idempotency_key="w9-invites")
+        assert client.send_guest_list(template, recipients, "w9-invites") == queued
+        assert client.batch(queued.batch_id)["counts"]["queued"] == 3
+        assert [b["batch_id"] for b in client.batches(wedding_id="w9")] == [queued.batch_id]
+        with pytest.raises(ApiError) as refused:
+            client.retry_batch(queued.batch_id)
+        assert refused.value.status == 409
+    runner = CliRunner()
+    api = ["--api-url", served.url, "--api-key", served.secret]
+    shown = runner.invoke(cli, ["batch", "show", *api, queued.batch_id, "--state", "queued"])
+    assert shown.exit_code == 0, shown.output
+    assert len(json.loads(shown.output)["recipients"]) == 3
+    retried = runner.invoke(cli, ["batch", "retry", *api, queued.batch_id])
+    assert retried.exit_code != 0 and "409" in retried.output
+    cancelled = runner.invoke(cli, ["batch", "cancel", *api, queued.batch_id])
+    assert cancelled.exit_code == 0 and json.loads(cancelled.output)["cancelled"] == 3
+    assert {served.broker.get(i).state for i in queued.ids} == {State.CANCELLED}  # type: ignore[union-attr]

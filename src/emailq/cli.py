@@ -733,7 +733,9 @@ def stats_table(stats: Stats, where: str = "") -> Table:
 
 
 # The data-protection commands register themselves on the group (kept in their own module).
-import emailq.cli_privacy  # noqa: E402, F401
+import emailq.cli_batches  # noqa: E402
+import emailq.cli_privacy  # noqa: E402
+import emailq.cli_webhooks  # noqa: E402, F401
 
 
 def main() -> None:

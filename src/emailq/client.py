@@ -87,10 +87,43 @@ def _send_call(email: Email | Mapping[str, Any], key: str | None) -> tuple[str, 
 
 
 def _batch_call(
-    template: Mapping[str, Any], recipients: Sequence[Mapping[str, Any]]
+    template: Mapping[str, Any],
+    recipients: Sequence[Mapping[str, Any]],
+    key: str | None = None,
 ) -> tuple[str, str, Any]:
     body = {"template": dict(template), "recipients": [dict(r) for r in recipients]}
-    return "POST", "/v1/emails/batch", {"json": body}
+    # A key on every batch: a retry after a lost answer returns the same batch and ids.
+    headers = {"Idempotency-Key": key or f"emailq-client/{uuid.uuid4()}"}
+    return "POST", "/v1/emails/batch", {"json": body, "headers": headers}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchQueued:
+    """An accepted guest list: its batch id (``GET /v1/batches/{id}``) and one id per guest."""
+
+    batch_id: str
+    ids: list[str]
+
+
+def _batch_queued(response: httpx.Response) -> BatchQueued:
+    body = response.json()
+    return BatchQueued(body["batch_id"], list(body["ids"]))
+
+
+def _batch_status_call(
+    batch_id: str, state: str | None, limit: int, after: str | None
+) -> tuple[str, str, Any]:
+    params: dict[str, str | int] = {"limit": limit}
+    if state is not None:
+        params["state"] = state
+    if after is not None:
+        params["after"] = after
+    return "GET", f"/v1/batches/{batch_id}", {"params": params}
+
+
+def _batches_call(wedding_id: str | None) -> tuple[str, str, Any]:
+    params = {} if wedding_id is None else {"wedding_id": wedding_id}
+    return "GET", "/v1/batches", {"params": params}
 
 
 def _queued(response: httpx.Response) -> Queued:
@@ -146,6 +179,34 @@ class Client:
     ) -> list[str]:
         method, path, kwargs = _batch_call(template, recipients)
         return list(self._request(method, path, **kwargs).json()["ids"])
+
+    def send_guest_list(
+        self,
+        template: Mapping[str, Any],
+        recipients: Sequence[Mapping[str, Any]],
+        idempotency_key: str | None = None,
+    ) -> BatchQueued:
+        """Like :meth:`send_batch`, answering with the batch id as well."""
+        method, path, kwargs = _batch_call(template, recipients, idempotency_key)
+        return _batch_queued(self._request(method, path, **kwargs))
+
+    def batch(
+        self, batch_id: str, state: str | None = None, limit: int = 100, after: str | None = None
+    ) -> dict[str, Any]:
+        """A batch's counts per state and lane, and a page of its recipients."""
+        method, path, kwargs = _batch_status_call(batch_id, state, limit, after)
+        return dict(self._request(method, path, **kwargs).json())
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/v1/batches/{batch_id}").json())
+
+    def retry_batch(self, batch_id: str) -> dict[str, Any]:
+        """One new message per dead recipient; ApiError 409 when none is dead."""
+        return dict(self._request("POST", f"/v1/batches/{batch_id}/retry").json())
+
+    def batches(self, wedding_id: str | None = None) -> list[dict[str, Any]]:
+        method, path, kwargs = _batches_call(wedding_id)
+        return list(self._request(method, path, **kwargs).json()["batches"])
 
     def get(self, message_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/emails/{message_id}").json())
@@ -212,6 +273,31 @@ class AsyncClient:
     ) -> list[str]:
         method, path, kwargs = _batch_call(template, recipients)
         return list((await self._request(method, path, **kwargs)).json()["ids"])
+
+    async def send_guest_list(
+        self,
+        template: Mapping[str, Any],
+        recipients: Sequence[Mapping[str, Any]],
+        idempotency_key: str | None = None,
+    ) -> BatchQueued:
+        method, path, kwargs = _batch_call(template, recipients, idempotency_key)
+        return _batch_queued(await self._request(method, path, **kwargs))
+
+    async def batch(
+        self, batch_id: str, state: str | None = None, limit: int = 100, after: str | None = None
+    ) -> dict[str, Any]:
+        method, path, kwargs = _batch_status_call(batch_id, state, limit, after)
+        return dict((await self._request(method, path, **kwargs)).json())
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return dict((await self._request("DELETE", f"/v1/batches/{batch_id}")).json())
+
+    async def retry_batch(self, batch_id: str) -> dict[str, Any]:
+        return dict((await self._request("POST", f"/v1/batches/{batch_id}/retry")).json())
+
+    async def batches(self, wedding_id: str | None = None) -> list[dict[str, Any]]:
+        method, path, kwargs = _batches_call(wedding_id)
+        return list((await self._request(method, path, **kwargs)).json()["batches"])
 
     async def get(self, message_id: str) -> dict[str, Any]:
         return dict((await self._request("GET", f"/v1/emails/{message_id}")).json())

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
+from emailq.batches.registry import BatchRegistry
 from emailq.broker import Broker, BrokerOptions, NewMessage, Stats, open_broker
 from emailq.broker.base import DEFAULT_PATIENCE_S
 from emailq.clock import Clock, now
@@ -47,6 +48,7 @@ from emailq.providers.factory import open_provider, provider_names
 from emailq.ratelimit import Limiter
 from emailq.ratelimit.rules import RateRules
 from emailq.settings import Settings
+from emailq.webhooks.store import WebhookStore
 from emailq.worker import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,35 @@ class Deployment:
 
         assert isinstance(self.broker, RedisBroker)
         return RedisKeyStore(self.broker.client, self.broker.prefix, self.clock)
+
+    @cached_property
+    def batches(self) -> BatchRegistry:
+        """The batch records (emailq.batches), beside the messages like the keys."""
+        from emailq.batches.registry import RedisBatchRegistry, SQLiteBatchRegistry
+        from emailq.broker.sqlite import SQLiteBroker
+
+        if isinstance(self.broker, SQLiteBroker):
+            return SQLiteBatchRegistry(self.broker.path)
+        from emailq.broker.redis import RedisBroker
+
+        assert isinstance(self.broker, RedisBroker)
+        options = self.broker.options
+        ttl = max(options.max_age.values()) + options.retention  # as long as its messages
+        return RedisBatchRegistry(self.broker.client, self.broker.prefix, ttl)
+
+    @cached_property
+    def webhooks(self) -> WebhookStore:
+        """Webhook endpoints and deliveries (emailq.webhooks), beside the messages."""
+        from emailq.broker.sqlite import SQLiteBroker
+        from emailq.webhooks.store_redis import RedisWebhookStore
+        from emailq.webhooks.store_sqlite import SQLiteWebhookStore
+
+        if isinstance(self.broker, SQLiteBroker):
+            return SQLiteWebhookStore(self.broker.path)
+        from emailq.broker.redis import RedisBroker
+
+        assert isinstance(self.broker, RedisBroker)
+        return RedisWebhookStore(self.broker.client, self.broker.prefix)
 
     @cached_property
     def policy(self) -> Policy:
@@ -303,7 +334,7 @@ class Deployment:
 
     # -- life -----------------------------------------------------------------------------
     def close(self) -> None:
-        for name in ("limiter", "keys", "health_store"):
+        for name in ("limiter", "keys", "health_store", "batches", "webhooks"):
             opened = self.__dict__.pop(name, None)
             close = getattr(opened, "close", None)
             if close is not None:

@@ -120,6 +120,27 @@ class PrivacySection(_Section):
     )
 
 
+class WebhookSection(_Section):
+    allow_private_urls: bool = Field(
+        False,
+        description="let webhook URLs reach loopback, private and link-local addresses (tests,"
+        " a receiver on the same host); off, they are refused (SSRF)",
+    )
+    concurrency: int = Field(
+        16, ge=1, le=512, description="webhook requests in flight per `emailq webhooks` process"
+    )
+    timeout_s: float = Field(10.0, gt=0, description="seconds a receiver has to answer")
+    max_age_s: float = Field(
+        86400.0, gt=0, description="seconds a webhook delivery is retried before it is failed"
+    )
+    retry_base_s: float = Field(
+        5.0, gt=0, description="first webhook retry delay, doubling after, at most an hour"
+    )
+    poll_s: float = Field(
+        0.5, gt=0, description="seconds between reads of new audit events and due deliveries"
+    )
+
+
 class ProviderSettings(_Section):
     url: str = Field(
         "smtp://127.0.0.1:25",
@@ -438,6 +459,7 @@ class Settings(BaseSettings):
     api: ApiSection = ApiSection()
     autoscale: AutoscaleSection = AutoscaleSection()
     privacy: PrivacySection = PrivacySection()
+    webhooks: WebhookSection = WebhookSection()
     monitor: MonitorSection = MonitorSection()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)

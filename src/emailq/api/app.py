@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from emailq.api import monitoring, problems, routes
+from emailq.api import batch_routes, monitoring, problems, routes, webhook_routes
 from emailq.api.auth import TenantBudget
 from emailq.api.grouping import EnqueueGroup
 from emailq.api.readiness import BoundedCheck
@@ -97,6 +97,8 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
     app.state.context = context
     problems.install(app)
     routes.install(app, context)
+    batch_routes.install(app, context)
+    webhook_routes.install(app, context)
     monitor_reader = monitoring.install(app, context)
     app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)
     return app

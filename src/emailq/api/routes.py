@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from emailq.api.batch import BatchRequest, parse_batch
 from emailq.api.nesting import body_nested_deeper, too_deep_error
 from emailq.api.problems import MEDIA_TYPE, TITLES, Problem
 from emailq.api.senders import check_from_domains
+from emailq.batches.registry import BatchRecord, new_batch_id
 from emailq.broker import MessageInfo, NewMessage, State
 from emailq.errors import FieldError, InvalidEmail, ValidationError
 from emailq.keys import ApiKey
@@ -96,12 +97,14 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         return await auth.authenticate(request, ctx.deployment.keys)
 
     async def enqueue(
-        key: ApiKey, emails: list[Email], from_field: str
+        key: ApiKey, emails: list[Email], from_field: str, batch_id: str | None = None
     ) -> list[tuple[str, NewMessage]]:
         check_from_domains(emails, key.tenant, ctx.settings.from_domains, from_field)
         await ctx.budget.spend(key.tenant, len(emails))
         now = datetime.now(UTC)
         messages = [ctx.deployment.to_message(email, now, key.key_id) for email in emails]
+        if batch_id is not None:
+            messages = [replace(message, batch_id=batch_id) for message in messages]
         ids = await ctx.group.enqueue(messages)
         for lane, count in Counter(message.lane.value for message in messages).items():
             ctx.metrics.accepted.labels(lane).inc(count)
@@ -134,16 +137,25 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
         key = await caller(request)
         ctx.budget.refuse_if_flooding(key.tenant)
         body = await request.body()
+        idempotency_key = request.headers.get("idempotency-key")
         emails = await run_in_threadpool(
             parse_batch, body, lambda template: scope_to_key(template, key, None),
-            request.headers.get("idempotency-key"),
+            idempotency_key,
         )  # fmt: skip
-        queued = await enqueue(key, emails, "template.from")
+        batch_id = new_batch_id(key.tenant, idempotency_key)
+        queued = await enqueue(key, emails, "template.from", batch_id)
+        wedding = emails[0].wedding
+        record = BatchRecord(
+            id=batch_id, tenant=key.tenant, wedding_id=wedding.wedding_id if wedding else None,
+            created_at=time.time(), count=len(queued),
+        )  # fmt: skip
+        await run_in_threadpool(ctx.deployment.batches.record, record)
         ctx.metrics.request_seconds.labels("batch").observe(time.perf_counter() - started)
         return JSONResponse(
-            {"ids": [message_id for message_id, _ in queued], "count": len(queued)},
-            status_code=202,
-        )
+            {"batch_id": batch_id, "ids": [message_id for message_id, _ in queued],
+             "count": len(queued)},
+            status_code=202, headers={"Location": f"/v1/batches/{batch_id}"},
+        )  # fmt: skip
 
     async def owned_info(request: Request, message_id: str) -> MessageInfo:
         key = await caller(request)

@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from emailq.broker.base import (
     Action,
+    BatchMember,
     Broker,
     BrokerOptions,
     Job,
@@ -23,6 +24,7 @@ DEFAULT_URL = "sqlite:///emailq.db"
 __all__ = [
     "DEFAULT_URL",
     "Action",
+    "BatchMember",
     "Broker",
     "BrokerOptions",
     "Job",

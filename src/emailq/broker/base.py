@@ -80,6 +80,9 @@ class NewMessage:
     recipient_hashes: tuple[str, ...] = ()
     # What the audit trail's "accepted" event says of its origin: API key id, policy reason.
     origin: Mapping[str, str] | None = field(default=None, compare=False)
+    # The guest list it was sent with (emailq.batches); the broker indexes it so a batch's
+    # messages are found without a scan.
+    batch_id: str | None = None
     # Built from a validated Email (emailq.intake.to_new_message): the door need not look.
     validated: bool = field(default=False, repr=False, compare=False)
 
@@ -122,6 +125,27 @@ class MessageInfo:
     last_error: str | None
     idempotency_key: str | None
     expires_at: float = math.inf
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchMember:
+    """One message of a batch, with its payload while the broker still holds it (opened,
+    when payloads are sealed); None once it was dropped (sent, erased, purged)."""
+
+    info: MessageInfo
+    payload: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedEvent:
+    """An audit event as the feed hands it out, in the order they were written, with where
+    to read on from (``cursor``) and what a webhook needs of its message."""
+
+    cursor: str
+    tenant: str
+    batch_id: str | None
+    event: AuditEvent
 
 
 class Action(StrEnum):
@@ -247,6 +271,8 @@ class Broker(abc.ABC):
         """
         for index, message in enumerate(messages):
             _check_message(index, message)
+            if message.batch_id is not None and not 0 < len(message.batch_id) <= 64:
+                raise ValueError(f"messages[{index}].batch_id must be 1 to 64 characters")
             if self.options.check_payloads and not message.validated:
                 _check_payload(index, message.payload)
         if not messages:
@@ -385,6 +411,25 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._cancel(message_id, self._at())
 
+    def cancel_many(self, ids: Sequence[str]) -> list[str]:
+        """Cancel those of ``ids`` no worker holds yet; returns the ids cancelled."""
+        with self._backend_errors():
+            return self._cancel_many(ids, self._at()) if ids else []
+
+    def _cancel_many(self, ids: Sequence[str], at: float | None) -> list[str]:
+        """One call per message; a backend may do them in one transaction."""
+        return [message_id for message_id in ids if self._cancel(message_id, at)]
+
+    def batch_members(self, batch_id: str) -> list[BatchMember]:
+        """Every message (still on record) sent with ``batch_id``, oldest first, from the
+        broker's batch index (no scan)."""
+        with self._backend_errors():
+            members = self._batch_members(batch_id)
+        sealer = self.options.sealer
+        if sealer is None:
+            return members
+        return [replace(m, payload=_opened_or_none(sealer, m.payload)) for m in members]
+
     def purge_expired(self, limit: int = 1_000_000) -> int:
         """Delete final records (sent, dead, cancelled) older than the retention period, and
         audit events older than theirs; returns how many records went.
@@ -450,6 +495,13 @@ class Broker(abc.ABC):
         ``erased`` event holding only the hash. Idempotent: a second call erases nothing."""
         with self._backend_errors():
             return self._erase_recipient(recipient_hash, tenant, self._at())
+
+    def events_after(self, cursor: str, limit: int = 1000) -> list[FeedEvent]:
+        """Every tenant's outcome events (``FEED_KINDS``: sent, retried, dead, cancelled)
+        written after ``cursor`` ("" from the oldest kept), in the order they were written:
+        what webhooks are made from. Events of messages no longer on record are skipped."""
+        with self._backend_errors():
+            return self._events_after(cursor, limit)
 
     # -- what the autoscaler asks -------------------------------------------------------
     def due_within(self, seconds: float) -> dict[Lane, int]:
@@ -622,6 +674,12 @@ class Broker(abc.ABC):
     def _get(self, message_id: str) -> MessageInfo | None: ...
 
     @abc.abstractmethod
+    def _batch_members(self, batch_id: str) -> list[BatchMember]: ...
+
+    @abc.abstractmethod
+    def _events_after(self, cursor: str, limit: int) -> list[FeedEvent]: ...
+
+    @abc.abstractmethod
     def _stats(
         self, at: float | None, tenant: str | None
     ) -> tuple[dict[tuple[Lane, State], int], dict[Lane, float], float]:
@@ -666,6 +724,16 @@ def _check_message(index: int, message: NewMessage) -> None:
         raise ValueError(f"{where}.expires_at must be a finite timestamp")
     if expires is not None and message.send_at is not None and expires <= message.send_at:
         raise ValueError(f"{where}.expires_at must be after its send_at")
+
+
+def _opened_or_none(sealer: Sealer, payload: bytes | None) -> bytes | None:
+    """A payload to read (a batch's recipients): opened, or None when its key is missing."""
+    if payload is None:
+        return None
+    try:
+        return sealer.open(payload)
+    except SealError:
+        return None
 
 
 def _check_payload(index: int, payload: bytes) -> None:

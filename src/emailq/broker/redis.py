@@ -6,7 +6,7 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:m:<id>                   hash: state, lane, tenant, attempts, max_attempts (0: none),
                                  token (the fencing token, never reset), enqueued_at,
                                  updated_at, available_at, expires_at (none before 0.3),
-                                 last_error, idem, owner (the last to lease it)
+                                 last_error, idem, owner (the last to lease it), batch
     {p}:p:<id>                   string: the payload, stored once, apart from the hash so that
                                  the hash stays small (listpack) and a sent one just drops it
                                  (kept for the retention period with retain_sent_payloads)
@@ -27,8 +27,13 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:a:<id>                   list: the message's audit trail, one JSON event each
     {p}:a:idx:<tenant>           zset: accepted at → id, the tenant's trails (export, purge)
     {p}:a:tenants                set: tenants with trails
+    {p}:a:feed                   stream: every audit event in the order written (m: id,
+                                 e: the event), capped near 1,000,000: what webhooks read
     {p}:r:<recipient hash>       set: ids of the messages naming that address (its keyed
                                  hash, emailq.privacy.erasure), for erasure and access
+    {p}:b:<batch id>             zset (all scores 0, so by id: oldest first): the ids of the
+                                 messages sent with that batch (emailq.batches); it outlives
+                                 its last message's record like a recipient index set
 
 Times are Redis's own clock (``TIME``, read inside each script), so every worker on every
 machine shares one clock, whatever its own says; a broker given a clock (tests) passes its
@@ -64,9 +69,11 @@ from redis.retry import Retry
 
 from emailq.broker.base import (
     Action,
+    BatchMember,
     Broker,
     BrokerOptions,
     DeadFilter,
+    FeedEvent,
     Job,
     MessageInfo,
     NewMessage,
@@ -120,7 +127,7 @@ _LANE_NAMES = tuple(lane.value for lane in LANE_ORDER)
 _LANES = {lane.value.encode(): lane for lane in Lane}
 _INFO_FIELDS = (
     "state", "lane", "tenant", "attempts", "max_attempts", "enqueued_at", "updated_at",
-    "available_at", "last_error", "idem", "expires_at",
+    "available_at", "last_error", "idem", "expires_at", "batch",
 )  # fmt: skip
 _JOB_FIELDS = 10  # per leased message in lease.lua's reply
 _COUNTS = tuple(f"{lane.value}:{state.value}" for lane in LANE_ORDER for state in State)
@@ -192,10 +199,11 @@ class RedisBroker(Broker):
             args += (message_id, m.lane.value, m.tenant, m.idempotency_key or "",
                      _or_blank(m.send_at), m.max_attempts or 0,
                      _or_blank(m.expires_at), " ".join(m.recipient_hashes),
-                     _accepted_members(m) if self.options.audit else "")  # fmt: skip
+                     _accepted_members(m) if self.options.audit else "",
+                     m.batch_id or "")  # fmt: skip
         k = self.keys
         keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready,
-                k.recipients, *self._tail()]  # fmt: skip
+                k.recipients, k.batch, *self._tail()]  # fmt: skip
         # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
         # EVALSHA: a NOSCRIPT inside EXEC would leave the MSET applied; the text is small.
         pipe = self.client.pipeline(transaction=True)
@@ -293,7 +301,13 @@ class RedisBroker(Broker):
 
     def _purge_audit(self, at: float | None, limit: int) -> int:
         args = [_time(at), limit, self.options.audit_retention]
-        return int(self._run("purge_audit", [self.keys.audit], args))
+        removed = int(self._run("purge_audit", [self.keys.audit], args))
+        # The feed's entries are named by Redis's clock in ms: those past the trail's
+        # retention go with it (the cap alone would keep them at a low volume).
+        now = self._now() if at is None else at
+        oldest = round((now - self.options.audit_retention) * 1000)
+        self.client.xtrim(f"{self.keys.audit}feed", minid=max(0, oldest), approximate=True)
+        return removed
 
     def _purge_preview(self, at: float | None) -> dict[str, int]:
         now = self._now() if at is None else at
@@ -349,6 +363,25 @@ class RedisBroker(Broker):
         found.sort(key=lambda e: e.at)
         return found[:limit]
 
+    def _events_after(self, cursor: str, limit: int) -> list[FeedEvent]:
+        """From the feed stream every script's audit() appends to (prelude.lua)."""
+        start = f"({cursor}" if cursor else "-"
+        entries: list[Any] = self.client.xrange(f"{self.keys.audit}feed", start, "+", count=limit)  # type: ignore[assignment]
+        pipe = self.client.pipeline(transaction=False)
+        for _, fields in entries:
+            pipe.hmget(self.keys.message + fields[b"m"].decode(), ("tenant", "batch"))
+        owners = pipe.execute() if entries else []
+        found = []
+        for (entry_id, fields), (tenant, batch) in zip(entries, owners, strict=True):
+            if tenant is None:
+                continue  # purged since
+            found.append(FeedEvent(
+                cursor=entry_id.decode(), tenant=tenant.decode(),
+                batch_id=batch.decode() if batch is not None else None,
+                event=event_from_json(fields[b"m"].decode(), fields[b"e"]),
+            ))  # fmt: skip
+        return found
+
     def _find_recipient(self, recipient_hash: str, tenant: str | None) -> list[MessageInfo]:
         ids: set[bytes] = self.client.smembers(self.keys.recipients + recipient_hash)  # type: ignore[assignment]
         found = [info for i in sorted(ids) if (info := self._get(i.decode())) is not None]
@@ -366,24 +399,21 @@ class RedisBroker(Broker):
     # -- reads --------------------------------------------------------------------------
     def _get(self, message_id: str) -> MessageInfo | None:
         values: list[Any] = self.client.hmget(self.keys.message + message_id, _INFO_FIELDS)
-        if values[0] is None:
-            return None
-        (state, lane, tenant, attempts, max_attempts, enqueued, updated, available, error, idem,
-         expires) = values  # fmt: skip
-        return MessageInfo(
-            id=message_id,
-            state=State(state.decode()),
-            lane=_LANES[lane],
-            tenant=tenant.decode(),
-            attempts=int(attempts),
-            max_attempts=int(max_attempts) or None,
-            expires_at=math.inf if expires is None else float(expires),
-            enqueued_at=float(enqueued),
-            updated_at=float(updated),
-            available_at=float(available),
-            last_error=error.decode() if error is not None else None,
-            idempotency_key=idem.decode() if idem is not None else None,
-        )
+        return _info(message_id, values)
+
+    def _batch_members(self, batch_id: str) -> list[BatchMember]:
+        ids: list[bytes] = self.client.zrange(self.keys.batch + batch_id, 0, -1)  # type: ignore[assignment]
+        pipe = self.client.pipeline(transaction=False)
+        for raw in ids:
+            pipe.hmget(self.keys.message + raw.decode(), _INFO_FIELDS)
+            pipe.get(self.keys.payload + raw.decode())
+        replies = pipe.execute()
+        members = []
+        for index, raw in enumerate(ids):
+            info = _info(raw.decode(), replies[2 * index])
+            if info is not None:  # purged: its id stays in the set until the set expires
+                members.append(BatchMember(info=info, payload=replies[2 * index + 1] or None))
+        return members
 
     def _stats(
         self, at: float | None, tenant: str | None
@@ -512,6 +542,29 @@ class _AskOnce:
         if isinstance(reply, dict):  # hiredis answers a map; the Python parser, pairs
             return reply
         return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _info(message_id: str, values: Sequence[Any]) -> MessageInfo | None:
+    """A message's record from its hash's _INFO_FIELDS; None when it is gone."""
+    if values[0] is None:
+        return None
+    (state, lane, tenant, attempts, max_attempts, enqueued, updated, available, error, idem,
+     expires, batch) = values  # fmt: skip
+    return MessageInfo(
+        id=message_id,
+        state=State(state.decode()),
+        lane=_LANES[lane],
+        tenant=tenant.decode(),
+        attempts=int(attempts),
+        max_attempts=int(max_attempts) or None,
+        expires_at=math.inf if expires is None else float(expires),
+        enqueued_at=float(enqueued),
+        updated_at=float(updated),
+        available_at=float(available),
+        last_error=error.decode() if error is not None else None,
+        idempotency_key=idem.decode() if idem is not None else None,
+        batch_id=batch.decode() if batch is not None else None,
+    )
 
 
 def _job(fields: Sequence[Any]) -> Job:

@@ -86,6 +86,7 @@ class Keys:
     audit: str  # + id: a message's audit trail (a list); "idx:" + tenant, "tenants": its index
     audit_off: str  # given to the scripts instead of ``audit`` when no trail is written
     recipients: str  # + a recipient's keyed hash: the ids of the messages naming it
+    batch: str  # + a batch id: the ids of its messages (a zset by id: oldest first)
 
     @classmethod
     def for_prefix(cls, prefix: str) -> Keys:
@@ -110,6 +111,7 @@ class Keys:
             audit=f"{tag}:a:",
             audit_off=f"{tag}:a-off",
             recipients=f"{tag}:r:",
+            batch=f"{tag}:b:",
         )
 
 

@@ -7,6 +7,7 @@ SQLite's write lock (``busy_timeout``) instead of failing; leases are one
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -24,9 +25,11 @@ from emailq.broker import sqlite_privacy as privacy
 from emailq.broker.base import (
     FINAL_STATES,
     Action,
+    BatchMember,
     Broker,
     BrokerOptions,
     DeadFilter,
+    FeedEvent,
     Job,
     MessageInfo,
     NewMessage,
@@ -39,7 +42,7 @@ from emailq.clock import Clock, now
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable, ConfigurationError
 from emailq.ids import new_id
 from emailq.lanes import LANE_ORDER, Lane
-from emailq.privacy.audit import AuditEvent, Kind, attempt_detail, detail_text
+from emailq.privacy.audit import FEED_KINDS, AuditEvent, Kind, attempt_detail, detail_text
 from emailq.privacy.erasure import ErasureCounts
 from emailq.scheduling import allot
 
@@ -53,7 +56,7 @@ _JOB_COLUMNS = (
 )
 _INFO_COLUMNS = (
     "id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,"
-    " available_at, last_error, idempotency_key, expires_at"
+    " available_at, last_error, idempotency_key, expires_at, batch_id"
 )
 _VALUE_NAMES = (
     "id",
@@ -115,6 +118,8 @@ class SQLiteBroker(Broker):
                 self._db.execute("ALTER TABLE messages ADD COLUMN expires_at REAL")
             if columns and "recipients" not in columns:  # before 0.3: always every recipient
                 self._db.execute("ALTER TABLE messages ADD COLUMN recipients TEXT")
+            if columns and "batch_id" not in columns:  # before batches (issue 16)
+                self._db.execute("ALTER TABLE messages ADD COLUMN batch_id TEXT")
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
@@ -212,6 +217,7 @@ class SQLiteBroker(Broker):
                 rows.append((
                     message_id, message.lane.value, state.value, message.tenant, message.payload,
                     message.max_attempts or 0, at, at, due, message.idempotency_key, expires,
+                    message.batch_id,
                 ))  # fmt: skip
                 hashes += [(h, message_id) for h in message.recipient_hashes]
                 events += _accepted(message_id, message, at, due if due > at else None)
@@ -220,8 +226,8 @@ class SQLiteBroker(Broker):
                 privacy.write_events(db, events)
             db.executemany(
                 "INSERT INTO messages (id, lane, state, tenant, payload, max_attempts,"
-                " enqueued_at, updated_at, available_at, idempotency_key, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " enqueued_at, updated_at, available_at, idempotency_key, expires_at, batch_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return ids
@@ -598,6 +604,25 @@ class SQLiteBroker(Broker):
                 privacy.write_events(db, [(message_id, row[0], at, Kind.CANCELLED.value, "{}")])
             return row is not None
 
+    def _cancel_many(self, ids: Sequence[str], when: float | None) -> list[str]:
+        """One transaction for a whole batch: one commit (one fsync), not one per guest."""
+        at = _local(when)
+        cancelled: list[tuple[str, str]] = []
+        with self._write() as db:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = list(ids[start : start + _CHUNK])
+                cancelled += db.execute(
+                    "UPDATE messages SET state = 'cancelled', updated_at = ?"
+                    f" WHERE id IN ({', '.join('?' * len(chunk))})"
+                    " AND state IN ('queued', 'scheduled', 'retrying') RETURNING id, tenant",
+                    (at, *chunk),
+                ).fetchall()
+            if self.options.audit:
+                privacy.write_events(
+                    db, [(i, t, at, Kind.CANCELLED.value, "{}") for i, t in cancelled]
+                )
+        return [message_id for message_id, _ in cancelled]
+
     def _purge_expired(self, when: float | None, limit: int) -> int:
         before = _local(when) - self.options.retention
         final = ", ".join(f"'{state.value}'" for state in FINAL_STATES)
@@ -679,6 +704,21 @@ class SQLiteBroker(Broker):
             (tenant, since, until, limit),
         ))  # fmt: skip
 
+    def _events_after(self, cursor: str, limit: int) -> list[FeedEvent]:
+        """By the trail's seq: one writer at a time, so seq order is commit order."""
+        rows = self._read(
+            "SELECT a.seq, a.message_id, a.tenant, a.at, a.kind, a.detail, m.batch_id"
+            " FROM audit_events a JOIN messages m ON m.id = a.message_id"
+            f" WHERE a.seq > ? AND a.kind IN ({', '.join('?' * len(FEED_KINDS))})"
+            " ORDER BY a.seq LIMIT ?",
+            (int(cursor or 0), *FEED_KINDS, limit),
+        )
+        return [
+            FeedEvent(cursor=str(seq), tenant=tenant, batch_id=batch_id,
+                      event=AuditEvent(message_id, at, Kind(kind), json.loads(detail)))
+            for seq, message_id, tenant, at, kind, detail, batch_id in rows
+        ]  # fmt: skip
+
     def _find_recipient(self, recipient_hash: str, tenant: str | None) -> list[MessageInfo]:
         ids = self._read("SELECT message_id FROM recipient_index WHERE hash = ?", (recipient_hash,))
         found = [info for (i,) in ids if (info := self._get(i)) is not None]
@@ -697,24 +737,15 @@ class SQLiteBroker(Broker):
     # -- reads --------------------------------------------------------------------------
     def _get(self, message_id: str) -> MessageInfo | None:
         rows = self._read(f"SELECT {_INFO_COLUMNS} FROM messages WHERE id = ?", (message_id,))
-        if not rows:
-            return None
-        (message_id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,
-         available_at, last_error, idempotency_key, expires_at) = rows[0]  # fmt: skip
-        return MessageInfo(
-            id=message_id,
-            state=State(state),
-            lane=Lane(lane),
-            tenant=tenant,
-            attempts=attempts,
-            max_attempts=max_attempts or None,
-            enqueued_at=enqueued_at,
-            updated_at=updated_at,
-            available_at=available_at,
-            last_error=last_error,
-            idempotency_key=idempotency_key,
-            expires_at=math.inf if expires_at is None else expires_at,
+        return _info(rows[0]) if rows else None
+
+    def _batch_members(self, batch_id: str) -> list[BatchMember]:
+        rows = self._read(
+            f"SELECT {_INFO_COLUMNS}, payload FROM messages WHERE batch_id = ? ORDER BY id",
+            (batch_id,),
         )
+        # A sent or erased message keeps an empty payload: nothing to read.
+        return [BatchMember(info=_info(row[:-1]), payload=row[-1] or None) for row in rows]
 
     def _stats(
         self, when: float | None, tenant: str | None
@@ -859,6 +890,26 @@ def _tenants(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
             f"SELECT id, tenant FROM messages WHERE id IN ({', '.join('?' * len(chunk))})", chunk
         ).fetchall())  # fmt: skip
     return found
+
+
+def _info(row: Sequence[Any]) -> MessageInfo:
+    (message_id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,
+     available_at, last_error, idempotency_key, expires_at, batch_id) = row  # fmt: skip
+    return MessageInfo(
+        id=message_id,
+        state=State(state),
+        lane=Lane(lane),
+        tenant=tenant,
+        attempts=attempts,
+        max_attempts=max_attempts or None,
+        enqueued_at=enqueued_at,
+        updated_at=updated_at,
+        available_at=available_at,
+        last_error=last_error,
+        idempotency_key=idempotency_key,
+        expires_at=math.inf if expires_at is None else expires_at,
+        batch_id=batch_id,
+    )
 
 
 def _local(at: float | None) -> float:

@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS messages (
     last_error      TEXT,
     idempotency_key TEXT,
     expires_at      REAL,                         -- given up on from then; NULL: never (< 0.3)
-    recipients      TEXT                          -- left after a partial delivery; NULL: all
+    recipients      TEXT,                         -- left after a partial delivery; NULL: all
+    batch_id        TEXT                          -- the guest list it came with (emailq.batches)
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id)
@@ -27,6 +28,7 @@ CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_expires)
     WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS messages_state ON messages (state, lane, updated_at);
 CREATE INDEX IF NOT EXISTS messages_tenant ON messages (tenant, state, lane);
+CREATE INDEX IF NOT EXISTS messages_batch ON messages (batch_id, id) WHERE batch_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS idempotency (
     scope      TEXT PRIMARY KEY,                  -- tenant, US (0x1f), key

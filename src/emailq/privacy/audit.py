@@ -39,6 +39,10 @@ class Kind(StrEnum):
     SEALED = "sealed"  # key (re-sealed by emailq rotate-keys)
 
 
+# The outcomes the feed (Broker.events_after) hands to webhooks; as FEED_KINDS in prelude.lua.
+FEED_KINDS = (Kind.SENT, Kind.RETRIED, Kind.DEAD, Kind.CANCELLED)
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
     message_id: str

@@ -51,8 +51,22 @@ local AUDITING = string.sub(AUDIT, -3) == ':a:'
 local function event(at, kind, extra)  -- extra: '' or ',"name":value…' (JSON members)
   return '{"at":' .. at .. ',"kind":"' .. kind .. '"' .. (extra or '') .. '}'
 end
+-- Outcome events (FEED_KINDS, as emailq.privacy.audit.FEED_KINDS) also go to the feed, the
+-- stream "{p}:a:feed" (m: id, e: the event) that webhooks read in order
+-- (Broker.events_after); capped near FEED_MAX entries, the oldest dropped: a webhook
+-- dispatcher that falls that far behind misses those. One XADD per message outcome, not per
+-- event: accepted, leased and attempt events are not fed.
+local FEED_MAX = '1000000'
+local FEED_KINDS = {sent = true, retried = true, dead = true, cancelled = true}
 local function audit(id, ...)
-  if AUDITING then redis.call('RPUSH', AUDIT .. id, ...) end
+  if not AUDITING then return end
+  redis.call('RPUSH', AUDIT .. id, ...)
+  for i = 1, select('#', ...) do
+    local e = select(i, ...)
+    if FEED_KINDS[string.match(e, '"kind":"(%a+)"')] then
+      redis.call('XADD', AUDIT .. 'feed', 'MAXLEN', '~', FEED_MAX, '*', 'm', id, 'e', e)
+    end
+  end
 end
 local function member(name, value)  -- one JSON member, the value quoted as JSON needs
   return ',"' .. name .. '":' .. cjson.encode(value)
