@@ -11,14 +11,17 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
+from emailq.api.app import create_app
 from emailq.broker import Broker, open_broker
 from emailq.clock import ManualClock
+from emailq.deployment import Deployment
 from emailq.sink import free_port
 
 REDIS_URL = os.environ.get("EMAILQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -105,3 +108,11 @@ def small_redis(redis_server: str, tmp_path: Path) -> Iterator[str]:
     yield url
     server.kill()
     server.wait()
+
+
+@pytest.fixture
+async def client(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
+    """The API of the test module's ``deployment`` fixture, in process (no socket)."""
+    transport = httpx.ASGITransport(app=create_app(deployment))
+    async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as opened:
+        yield opened

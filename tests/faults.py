@@ -3,6 +3,7 @@ helpers to fill a queue and count what arrived."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -18,7 +19,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from emailq.broker import Broker, NewMessage
 from emailq.message import parse_email
+from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.sink import SinkHandler, SmtpSink
+from emailq.worker import Worker, WorkerSettings
 
 
 def invitations(n: int, *, max_attempts: int | None = None) -> list[NewMessage]:
@@ -39,6 +42,19 @@ def fill(broker: Broker, n: int) -> list[str]:
     for start in range(0, n, 1000):
         ids += broker.enqueue_many(invitations(min(1000, n - start)))
     return ids
+
+
+def deliver(broker: Broker, port: int) -> None:
+    """Lease and send until nothing is ready, in batches of 10, through a worker in process."""
+
+    async def run() -> None:
+        provider = SmtpProvider(SmtpSettings(port=port, pool_size=2))
+        worker = Worker(broker, provider, WorkerSettings(batch_size=10))
+        while jobs := await asyncio.to_thread(broker.lease, worker.name, 10, 30):
+            await worker.process(jobs)
+        await provider.close()
+
+    asyncio.run(run())
 
 
 def copies(sink: SmtpSink) -> Counter[str]:

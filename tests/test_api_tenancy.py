@@ -3,7 +3,7 @@ own queue counts (an operator key sees all), /metrics behind an operator key off
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,13 +24,6 @@ def deployment(broker_url: str) -> Iterator[Deployment]:
     api = {"from_domains": {"acme": ["Weddings.example"]}}
     with deployment_for(broker_url, api=api) as opened:
         yield opened
-
-
-@pytest.fixture
-async def client(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(deployment))
-    async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
-        yield client
 
 
 def bearer(deployment: Deployment, tenant: str, **options: Any) -> dict[str, str]:

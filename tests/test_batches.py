@@ -4,7 +4,7 @@ tenant scoping; through the API on both brokers, delivered by a worker to the SM
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,7 +12,6 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from deployments import deployment_for
-from emailq.api import create_app
 from emailq.broker import Broker, NewMessage, State
 from emailq.deployment import Deployment
 from emailq.message import parse_email
@@ -57,13 +56,6 @@ def sink() -> Iterator[tuple[SmtpSink, BouncingSink]]:
 def deployment(broker_url: str) -> Iterator[Deployment]:
     with deployment_for(broker_url) as opened:
         yield opened
-
-
-@pytest.fixture
-async def client(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(deployment))
-    async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
-        yield client
 
 
 def bearer(deployment: Deployment, tenant: str) -> dict[str, str]:

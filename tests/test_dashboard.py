@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from deployments import wait_for_api
 from emailq.broker import NewMessage
 from emailq.message import parse_email
 from emailq.sink import SmtpSink, free_port
@@ -94,15 +94,7 @@ def test_the_dashboard_shows_the_lanes_live_without_console_errors(
         feeder.start()
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{base}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the API did not start"
-                time.sleep(0.1)
+            wait_for_api(base)
             browser.get(f"{base}/dashboard")
             browser.find_element(By.ID, "key").send_keys(operator_key)
             browser.find_element(By.CSS_SELECTOR, "#login button").click()

@@ -12,13 +12,12 @@ import pytest
 
 from deployments import deployment_for
 from emailq.api.app import create_app
-from emailq.broker import Broker, State
+from emailq.broker import State
 from emailq.deployment import Deployment
 from emailq.logs import RedactSecrets
 from emailq.privacy.audit import Kind
-from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.sink import SmtpSink
-from emailq.worker import Worker, WorkerSettings
+from faults import deliver
 from stores import dump, sqlite_files
 
 GUEST = "Rosalind.Guest@Example.org"
@@ -35,17 +34,6 @@ def deployment(broker_url: str) -> Iterator[Deployment]:
 def email(to: str, subject: str, **extra: object) -> dict[str, object]:
     return {"from": "planner@weddings.example", "to": to, "subject": subject,
             "text": f"{BODY} ({subject})", "tenant": "acme"} | extra  # fmt: skip
-
-
-def deliver(broker: Broker, port: int) -> None:
-    async def run() -> None:
-        provider = SmtpProvider(SmtpSettings(port=port, pool_size=2))
-        worker = Worker(broker, provider, WorkerSettings(batch_size=10))
-        while jobs := await asyncio.to_thread(broker.lease, worker.name, 10, 30):
-            await worker.process(jobs)
-        await provider.close()
-
-    asyncio.run(run())
 
 
 def needles(text: str) -> list[bytes]:

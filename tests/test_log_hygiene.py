@@ -17,6 +17,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from deployments import wait_for_api
 from emailq.logs import mask_addresses, scrub
 from emailq.sink import SinkHandler, free_port
 
@@ -97,15 +98,7 @@ def test_a_whole_run_logs_no_address_body_or_secret(tmp_path: Path) -> None:
 def _drive_the_api(port: int, api_key: str) -> None:
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {api_key}"}
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "emailq serve did not start"
-        time.sleep(0.1)
+    wait_for_api(base)
     for to in [*GUESTS, BUSY]:
         sent = httpx.post(f"{base}/v1/emails", headers=auth, json={
             "from": "planner@weddings.example", "to": to, "subject": "Seating", "text": BODY,

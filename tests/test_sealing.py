@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import subprocess
@@ -16,10 +15,9 @@ from emailq.clock import ManualClock
 from emailq.deployment import Deployment
 from emailq.privacy.audit import Kind
 from emailq.privacy.sealing import Sealer, is_sealed, sealed_with
-from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.settings import Settings
 from emailq.sink import SinkHandler, SmtpSink
-from emailq.worker import Worker, WorkerSettings
+from faults import deliver
 from stores import dump
 
 BODY = "The vows are at 4 pm under the old oak"
@@ -36,17 +34,6 @@ def send(deployment: Deployment, n: int = 3) -> list[str]:
     emails = [{"from": "planner@weddings.example", "to": f"guest{i}@example.org",
                "subject": "Ceremony", "text": f"{BODY} #{i}"} for i in range(n)]  # fmt: skip
     return [queued.id for queued in deployment.send_many(emails)]
-
-
-def deliver(broker: Broker, port: int) -> None:
-    async def run() -> None:
-        provider = SmtpProvider(SmtpSettings(port=port, pool_size=2))
-        worker = Worker(broker, provider, WorkerSettings(batch_size=10))
-        while jobs := await asyncio.to_thread(broker.lease, worker.name, 10, 30):
-            await worker.process(jobs)
-        await provider.close()
-
-    asyncio.run(run())
 
 
 @pytest.fixture

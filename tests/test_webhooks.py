@@ -43,13 +43,6 @@ def deployment(broker_url: str) -> Iterator[Deployment]:
 
 
 @pytest.fixture
-async def client(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(deployment))
-    async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
-        yield client
-
-
-@pytest.fixture
 async def webhooks_running(deployment: Deployment) -> AsyncIterator[None]:
     """``emailq webhooks``' loops, retrying from 0.2 s instead of 5 s."""
     stop = asyncio.Event()
