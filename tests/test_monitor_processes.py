@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -204,7 +205,10 @@ def test_a_steady_run_near_the_threshold_notices_at_most_once(
             time.sleep(30)  # 30 evaluations
         finally:
             stop_all(processes)
-    assert len(notices(slack, "low_throughput")) <= 1, slack.bodies
+    # No notice more than once: it may fire once (and resolve once) as the rate wanders
+    # across the line, but hysteresis and the repeat interval keep it from flapping.
+    sent = Counter(notices(slack, "low_throughput"))
+    assert all(count <= 1 for count in sent.values()), slack.bodies
 
 
 def test_emailq_run_monitors_its_own_queue(tmp_path: Path) -> None:
