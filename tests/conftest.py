@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -28,15 +29,19 @@ REDIS_URL = os.environ.get("EMAILQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 BACKENDS = ("sqlite", "redis")
 
 
+def missing(reason: str) -> NoReturn:
+    """A service or tool a test needs is not here: a failure under CI, a skip locally."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so a missing service is a failure)")
+    pytest.skip(reason)
+
+
 def require_redis() -> None:
     """Fail (under CI) or skip (locally) when the test Redis does not answer."""
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis.RedisError as error:
-        reason = f"Redis at {REDIS_URL} did not answer: {error}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so a missing Redis is a failure)")
-        pytest.skip(reason)
+        missing(f"Redis at {REDIS_URL} did not answer: {error}")
 
 
 @pytest.fixture
@@ -44,10 +49,7 @@ def redis_server() -> str:
     """The redis-server program, for tests that start (and kill) servers of their own."""
     program = shutil.which("redis-server")
     if program is None:
-        reason = "redis-server is not installed: this test starts servers of its own"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so a missing service is a failure)")
-        pytest.skip(reason)
+        missing("redis-server is not installed: this test starts servers of its own")
     return program
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import missing
 from deployments import wait_for_api
 from emailq.broker import NewMessage
 from emailq.message import parse_email
@@ -31,12 +32,9 @@ STANDARD_ROW = "#lanes tr[data-lane='standard']"
 
 
 def require_browser() -> None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
-    if missing:
-        reason = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so a missing browser is a failure")
-        pytest.skip(reason)
+    absent = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    if absent:
+        missing(f"{', '.join(absent)} not installed (apt-get install chromium chromium-driver)")
 
 
 @pytest.fixture
