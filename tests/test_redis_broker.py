@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -25,7 +26,7 @@ from deployments import deployment_for
 from emailq.broker import Action, BrokerOptions, NewMessage, Outcome, State, redis_client
 from emailq.broker import redis as redis_broker
 from emailq.broker.expiry import gave_up
-from emailq.broker.redis import RedisBroker
+from emailq.broker.redis import RedisBroker, RedisCalls
 from emailq.broker.redis_client import connect, warn_unless_noeviction
 from emailq.clock import ManualClock
 from emailq.errors import BrokerFull, ConfigurationError
@@ -484,6 +485,28 @@ def test_a_full_redis_still_leases_and_settles_and_takes_mail_again_once_it_is_s
         assert sorted(sent) == sorted(stored)
         assert broker.stats().count(State.SENT) == len(stored)
         assert broker.check() is None
+        assert broker.enqueue_many([NewMessage(b"room again")]) != []
+
+
+def test_a_full_redis_settles_through_the_workers_asyncio_client_too(small_redis: str) -> None:
+    with RedisBroker.from_url(small_redis) as broker:
+        stored: list[str] = []
+        with pytest.raises(BrokerFull, match="maxmemory"):
+            for _ in range(1000):
+                stored += broker.enqueue_many([NewMessage(b"x" * 20_000) for _ in range(5)])
+
+        async def drain() -> list[str]:
+            calls = broker.calls()
+            assert isinstance(calls, RedisCalls)
+            try:
+                sent: list[str] = []
+                while jobs := broker.lease("w", 40, 60):
+                    sent += await calls.settle([Outcome(job, Action.COMPLETE) for job in jobs])
+                return sent
+            finally:
+                await calls.aclose()
+
+        assert sorted(asyncio.run(drain())) == sorted(stored)
         assert broker.enqueue_many([NewMessage(b"room again")]) != []
 
 

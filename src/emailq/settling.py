@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from emailq.broker import Broker, Outcome
+from emailq.broker import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 class Settler:
     def __init__(
         self,
-        broker: Broker,
+        settle: Callable[[Sequence[Outcome]], Awaitable[object]],
         on_settled: Callable[[Sequence[Outcome]], None] | None = None,
         on_finished: Callable[[Sequence[Outcome]], None] | None = None,
         retry_base_s: float = 0.1,
         retry_cap_s: float = 2.0,
         give_up_after_s: float = 120.0,
     ) -> None:
-        self.broker = broker
+        self.settle = settle  # one broker call (emailq.broker.calls)
         self.on_settled = on_settled
         self.on_finished = on_finished  # settled or given up on, either way out of our hands
         self.retry_base_s = retry_base_s
@@ -66,7 +66,7 @@ class Settler:
         delay = self.retry_base_s
         while True:
             try:
-                await asyncio.to_thread(self.broker.settle, group)
+                await self.settle(group)
                 break
             except Exception as error:
                 if loop.time() + delay > give_up_at:

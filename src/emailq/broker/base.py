@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field, replace
 from enum import StrEnum
 
+from emailq.broker.calls import BrokerCalls
 from emailq.broker.expiry import DEFAULT_MAX_AGE
 from emailq.clock import Clock, now
 from emailq.errors import BrokerError, EmailqError
@@ -351,13 +352,16 @@ class Broker(abc.ABC):
         ``max_attempts`` are spent; a deferral only when it would fall due at or after its
         ``expires_at``.
         """
-        for outcome in outcomes:
-            if outcome.delay < 0 or not math.isfinite(outcome.delay):
-                raise ValueError(f"retry delay must be a finite number >= 0: {outcome.delay}")
+        check_outcomes(outcomes)
         if not outcomes:
             return []
         with self._backend_errors():
             return self._settle(outcomes, self._at())
+
+    def calls(self) -> BrokerCalls:
+        """Settle and heartbeat for one event loop (close them in it): on threads, unless
+        the backend has an asyncio client (:mod:`emailq.broker.calls`)."""
+        return BrokerCalls(self)
 
     def complete(self, jobs: Sequence[Job]) -> list[str]:
         return self.settle([Outcome(job, Action.COMPLETE) for job in jobs])
@@ -747,3 +751,9 @@ def _check_payload(index: int, payload: bytes) -> None:
             f"messages[{index}].payload is not an emailq email (build it with"
             f" Email.to_payload or Deployment.send): {reason}"
         ) from None
+
+
+def check_outcomes(outcomes: Sequence[Outcome]) -> None:
+    for outcome in outcomes:
+        if outcome.delay < 0 or not math.isfinite(outcome.delay):
+            raise ValueError(f"retry delay must be a finite number >= 0: {outcome.delay}")

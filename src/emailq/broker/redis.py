@@ -58,11 +58,12 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
 import redis
+import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
@@ -79,11 +80,14 @@ from emailq.broker.base import (
     NewMessage,
     Outcome,
     State,
+    check_outcomes,
 )
+from emailq.broker.calls import BrokerCalls
 from emailq.broker.redis_client import (
     DEFAULT_PREFIX,
     Keys,
     connect,
+    connect_async,
     warn_if_evicting,
     warn_unless_noeviction,
 )
@@ -152,6 +156,9 @@ class RedisBroker(Broker):
         # down opens its port at once and answers readiness (503, naming Redis). Unanswered
         # now, the policy is read from the first readiness check that reaches Redis.
         self._eviction_policy = warn_unless_noeviction(_AskOnce(self))
+        # How to open an asyncio client to the same server (from_url knows the URL); None:
+        # the worker's calls go on threads.
+        self._async_client: Callable[[], redis.asyncio.Redis | None] = lambda: None
 
     @classmethod
     def from_url(
@@ -159,8 +166,16 @@ class RedisBroker(Broker):
     ) -> RedisBroker:
         """``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://h:p[,h:p]/service``;
         ``?prefix=name`` picks the queue (default ``emailq``)."""
-        client, prefix = connect(url, (options or BrokerOptions()).patience_s)
-        return cls(client, prefix, options=options, clock=clock)
+        patience_s = (options or BrokerOptions()).patience_s
+        client, prefix = connect(url, patience_s)
+        broker = cls(client, prefix, options=options, clock=clock)
+        broker._async_client = lambda: connect_async(url, patience_s)
+        return broker
+
+    def calls(self) -> BrokerCalls:
+        """Settle and heartbeat on an asyncio client of their own: no thread hop per call."""
+        client = self._async_client()
+        return super().calls() if client is None else RedisCalls(self, client)
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[script](keys=keys, args=args)
@@ -234,12 +249,22 @@ class RedisBroker(Broker):
         return [_job(reply[i : i + _JOB_FIELDS]) for i in range(0, len(reply), _JOB_FIELDS)]
 
     def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]:
+        return _texts(self._run("heartbeat", *self._heartbeat_call(jobs, lease_s, at)))
+
+    def _heartbeat_call(
+        self, jobs: Sequence[Job], lease_s: float, at: float | None
+    ) -> tuple[list[str], list[Any]]:
         args: list[Any] = [_time(at), lease_s]
         for job in jobs:
             args += (job.id, job.token)
-        return _texts(self._run("heartbeat", [self.keys.message, self.keys.leased], args))
+        return [self.keys.message, self.keys.leased], args
 
     def _settle(self, outcomes: Sequence[Outcome], at: float | None) -> list[str]:
+        return _texts(self._run("settle", *self._settle_call(outcomes, at)))
+
+    def _settle_call(
+        self, outcomes: Sequence[Outcome], at: float | None
+    ) -> tuple[list[str], list[Any]]:
         by_action: dict[Action, list[Outcome]] = {action: [] for action in _SETTLE_ORDER}
         for outcome in outcomes:
             by_action[outcome.action].append(outcome)
@@ -262,7 +287,7 @@ class RedisBroker(Broker):
         k = self.keys
         keys = [k.message, k.payload, k.leased, k.delayed, k.counts, k.final, k.dead, *k.ready,
                 *self._tail()]  # fmt: skip
-        return _texts(self._run("settle", keys, args))
+        return keys, args
 
     # -- housekeeping -------------------------------------------------------------------
     def _reap_expired(self, at: float | None, limit: int) -> int:
@@ -628,3 +653,34 @@ def _time(at: float | None) -> float | str:
 
 def _texts(values: Sequence[bytes]) -> list[str]:
     return [value.decode() for value in values]
+
+
+class RedisCalls(BrokerCalls):
+    """The worker's settle and heartbeat scripts on an asyncio client: the same scripts and
+    arguments as the broker's own methods, sent from the event loop."""
+
+    def __init__(self, broker: RedisBroker, client: redis.asyncio.Redis) -> None:
+        super().__init__(broker)
+        self.redis = broker
+        self.client = client
+        self._scripts = {
+            name: client.register_script(_SCRIPTS[name]) for name in ("settle", "heartbeat")
+        }
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
+        check_outcomes(outcomes)
+        if not outcomes:
+            return []
+        keys, args = self.redis._settle_call(outcomes, self.redis._at())
+        with self.redis._backend_errors():
+            return _texts(await self._scripts["settle"](keys=keys, args=args))
+
+    async def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
+        if not jobs:
+            return []
+        keys, args = self.redis._heartbeat_call(jobs, lease_s, self.redis._at())
+        with self.redis._backend_errors():
+            return _texts(await self._scripts["heartbeat"](keys=keys, args=args))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
@@ -28,7 +30,9 @@ SENTINEL_PORT = 26379
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # no braces (the hash tag), no glob characters
 
 
-def client_options(patience_s: float = 60.0) -> dict[str, Any]:
+def client_options(
+    patience_s: float = 60.0, retry_class: type[Retry] | type[AsyncRetry] = Retry
+) -> dict[str, Any]:
     """How every connection behaves; by default the retry budget outlasts a Sentinel failover.
 
     About ``patience_s`` of reconnecting (0.2, 0.4, 0.8, 1.6 s, then every 2 s): a worker
@@ -36,8 +40,9 @@ def client_options(patience_s: float = 60.0) -> dict[str, Any]:
     caller would rather hear 503 + Retry-After, waits a few seconds. A script that raised
     ConnectionError may have run: every script is idempotent by message id and lease token,
     so the retry is safe. A demoted master answers READONLY: that reconnects and retries too.
+    ``retry_class``: redis-py's asyncio client takes a Retry of its own (connect_async).
     """
-    retry = Retry(
+    retry = retry_class(
         ExponentialBackoff(cap=2.0, base=0.1),
         retries=_retries_within(patience_s),
         supported_errors=(
@@ -157,11 +162,32 @@ def connect(url: str, patience_s: float = 60.0) -> tuple[redis.Redis, str]:
     Keys.for_prefix(prefix)  # refuse a bad prefix before connecting
     if parts.scheme == "redis+sentinel":
         return _sentinel_client(parts.netloc, parts.path, query, patience_s), prefix
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    client = redis.Redis.from_url(_plain(url, parts.scheme, query), **client_options(patience_s))
+    return client, prefix
+
+
+def connect_async(url: str, patience_s: float = 60.0) -> redis.asyncio.Redis | None:
+    """An asyncio client for the same server as :func:`connect`'s, for a worker's hot calls
+    (emailq.broker.calls); None for a Sentinel URL, whose calls stay on threads: the sync
+    client's master lookup is the one proven through failovers (tests/test_redis_broker.py)."""
+    parts = urlsplit(url)
+    if parts.scheme == "redis+sentinel":
+        return None
+    query = parse_qs(parts.query, keep_blank_values=True)
+    query.pop("prefix", None)
+    options = client_options(patience_s, retry_class=AsyncRetry)
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        _plain(url, parts.scheme, query), **options
+    )
+    return client
+
+
+def _plain(url: str, scheme: str, query: dict[str, list[str]]) -> str:
+    """The URL redis-py is given: without the options that are emailq's own."""
+    if scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(f"not a Redis URL: {url}")
     rest = urlencode(query, doseq=True)  # redis-py refuses options it does not know
-    plain = url.partition("?")[0] + (f"?{rest}" if rest else "")
-    return redis.Redis.from_url(plain, **client_options(patience_s)), prefix
+    return url.partition("?")[0] + (f"?{rest}" if rest else "")
 
 
 def _sentinel_client(

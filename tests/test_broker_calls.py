@@ -1,0 +1,50 @@
+"""A worker's settle and heartbeat from its event loop (emailq.broker.calls): the same
+answers as the broker's own methods, on both backends; Redis's on an asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from emailq.broker import Action, Broker, NewMessage, Outcome, State
+from emailq.broker.calls import BrokerCalls
+from emailq.broker.redis import RedisBroker, RedisCalls
+from emailq.broker.redis_client import connect_async
+
+
+def test_calls_settle_and_renew_only_what_the_lease_still_holds(broker: Broker) -> None:
+    ids = broker.enqueue_many([NewMessage(b"one"), NewMessage(b"two"), NewMessage(b"three")])
+    first, second, third = broker.lease("w", 3, 30)
+
+    async def use() -> tuple[list[str], list[str]]:
+        calls = broker.calls()
+        try:
+            stale = replace(second, token=second.token + 1)  # another worker's lease now
+            renewed = await calls.heartbeat([first, stale, third], 30)
+            settled = await calls.settle(
+                [Outcome(first, Action.COMPLETE), Outcome(stale, Action.COMPLETE),
+                 Outcome(third, Action.RETRY, delay=60, error="451 later")]
+            )  # fmt: skip
+            return renewed, settled
+        finally:
+            await calls.aclose()
+
+    renewed, settled = asyncio.run(use())
+    assert sorted(renewed) == sorted([first.id, third.id])
+    assert sorted(settled) == sorted([first.id, third.id])
+    states = {i: info.state for i in ids if (info := broker.get(i))}
+    assert states == {first.id: State.SENT, second.id: State.LEASED, third.id: State.RETRYING}
+
+
+def test_redis_from_a_url_settles_on_an_asyncio_client_and_sentinel_on_threads(
+    broker: Broker,
+) -> None:
+    async def kind() -> type[BrokerCalls]:
+        calls = broker.calls()
+        await calls.aclose()
+        return type(calls)
+
+    expected = RedisCalls if isinstance(broker, RedisBroker) else BrokerCalls
+    assert asyncio.run(kind()) is expected
+    # Sentinel's master lookup is the sync client's (proven through failovers): no twin.
+    assert connect_async("redis+sentinel://127.0.0.1:26379/mymaster") is None
