@@ -17,13 +17,13 @@ from emailq.clock import ManualClock
 from emailq.errors import BrokerUnavailable
 from emailq.lanes import Lane
 from emailq.message import parse_email
-from emailq.providers import Provider, Rendered, SendResult
+from emailq.providers import Accepted, Provider, Rendered, SendResult, Transient
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
 from emailq.ratelimit import MemoryLimiter
 from emailq.ratelimit.rules import RateRules
 from emailq.sink import SinkHandler, SmtpSink, free_port
 from emailq.worker import Worker, WorkerSettings
-from faults import Greylisting, copies, fill, invitations
+from faults import Greylisting, SlowSink, copies, fill, invitations
 
 FAST = WorkerSettings(batch_size=100, retry_base_s=60, retry_cap_s=3600, pause_base_s=0.01,
                       pause_cap_s=0.05, lease_s=30)  # fmt: skip
@@ -280,3 +280,27 @@ def test_per_recipient_results_retry_only_the_refused_for_now_and_report_the_ref
     assert info is not None and info.state is State.SENT and info.attempts == 2
     assert info.last_error is not None and "550" in info.last_error
     assert "gone@d.example" not in info.last_error  # reported, but not as a full address
+
+
+def test_a_reply_that_outlasts_the_timeout_is_unsure_and_the_next_message_reconnects() -> None:
+    slow = SlowSink(delay=1.0)  # holds its reply to the end of DATA past the timeout
+    with SmtpSink(handler=slow) as sink:
+        provider = SmtpProvider(SmtpSettings(port=sink.port, pool_size=1, timeout=0.3))
+
+        def message(n: int) -> Rendered:
+            return Rendered(f"m{n}", "planner@weddings.example", (f"guest{n}@a.example",),
+                            b"Subject: hi\r\n\r\nhello\r\n")  # fmt: skip
+
+        results: list[SendResult] = []
+
+        async def send(n: int) -> None:
+            results.extend(await provider.send_batch([message(n)]))
+            slow.delay = 0.0
+            await asyncio.to_thread(sink.wait_for, n, 10)  # the server is itself again
+
+        run(send(1), send(2), provider=provider)
+        assert sink.count == 2
+    first, second = results
+    # The server may have taken the first: retried only as "unsure" (same provider, same key).
+    assert isinstance(first, Transient) and first.unsure and "TimeoutError" in first.reason
+    assert isinstance(second, Accepted)  # on a new connection: the old one was out of step

@@ -113,26 +113,30 @@ class SmtpProvider(Provider):
         """
         on_the_wire = False  # past the end of DATA the server may have taken the message
         try:
-            size = [b"SIZE=%d" % len(message.data)] if client.supports_extension("size") else []
-            reply = await client.execute_command(
-                b"MAIL", b"FROM:<" + message.mail_from.encode("ascii") + b">", *size
-            )
-            if reply.code != 250:
-                return await _refused(client, reply.code, reply.message)
-            refusals: dict[str, tuple[int, str]] = {}
-            for recipient in message.recipients:
+            # One timer for the whole transaction, not one per command (aiosmtplib's own
+            # timeout wraps each reply in asyncio.wait_for: a tenth of a worker's CPU).
+            async with asyncio.timeout(self.settings.timeout):
+                size = [b"SIZE=%d" % len(message.data)] if client.supports_extension("size") else []
                 reply = await client.execute_command(
-                    b"RCPT", b"TO:<" + recipient.encode("ascii") + b">"
-                )
-                if reply.code == 421:
+                    b"MAIL", b"FROM:<" + message.mail_from.encode("ascii") + b">", *size,
+                    timeout=None,
+                )  # fmt: skip
+                if reply.code != 250:
                     return await _refused(client, reply.code, reply.message)
-                if reply.code not in (250, 251):
-                    refusals[recipient] = (reply.code, reply.message)
-            if len(refusals) == len(message.recipients):
-                await _reset(client)
-                return _classify_refusals(list(refusals.values()))
-            on_the_wire = True
-            reply = await client.data(message.data)
+                refusals: dict[str, tuple[int, str]] = {}
+                for recipient in message.recipients:
+                    reply = await client.execute_command(
+                        b"RCPT", b"TO:<" + recipient.encode("ascii") + b">", timeout=None
+                    )
+                    if reply.code == 421:
+                        return await _refused(client, reply.code, reply.message)
+                    if reply.code not in (250, 251):
+                        refusals[recipient] = (reply.code, reply.message)
+                if len(refusals) == len(message.recipients):
+                    await _reset(client)
+                    return _classify_refusals(list(refusals.values()))
+                on_the_wire = True
+                reply = await client.data(message.data, timeout=None)
         except aiosmtplib.SMTPResponseException as error:  # DATA refused
             return await _refused(client, error.code, error.message)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
