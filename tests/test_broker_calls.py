@@ -1,4 +1,4 @@
-"""A worker's settle and heartbeat from its event loop (emailq.broker.calls): the same
+"""A worker's lease, settle and heartbeat from its event loop (emailq.broker.calls): the same
 answers as the broker's own methods, on both backends; Redis's on an asyncio client."""
 
 from __future__ import annotations
@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from emailq.broker import Action, Broker, NewMessage, Outcome, State
+from emailq.broker import Action, Broker, Job, NewMessage, Outcome, State
 from emailq.broker.calls import BrokerCalls
 from emailq.broker.redis import RedisBroker, RedisCalls
 from emailq.broker.redis_client import connect_async
+from emailq.lanes import Lane
 
 
 def test_calls_settle_and_renew_only_what_the_lease_still_holds(broker: Broker) -> None:
@@ -34,6 +35,30 @@ def test_calls_settle_and_renew_only_what_the_lease_still_holds(broker: Broker) 
     assert sorted(settled) == sorted([first.id, third.id])
     states = {i: info.state for i in ids if (info := broker.get(i))}
     assert states == {first.id: State.SENT, second.id: State.LEASED, third.id: State.RETRYING}
+
+
+def test_calls_lease_critical_first_and_a_repeated_request_gets_the_same_jobs(
+    broker: Broker,
+) -> None:
+    bulk = broker.enqueue_many([NewMessage(b"invitation", lane=Lane.BULK) for _ in range(3)])
+    (critical,) = broker.enqueue_many([NewMessage(b"ceremony moved", lane=Lane.CRITICAL)])
+
+    async def use() -> tuple[list[Job], list[Job], list[Job]]:
+        calls = broker.calls()
+        try:
+            first = await calls.lease("w", 2, 30, request_id="r1")
+            again = await calls.lease("w", 2, 30, request_id="r1")  # its reply was lost
+            rest = await calls.lease("w", 10, 30, [Lane.BULK])
+            return first, again, rest
+        finally:
+            await calls.aclose()
+
+    first, again, rest = asyncio.run(use())
+    assert first[0].id == critical and first[1].id in bulk
+    if isinstance(broker, RedisBroker):  # SQLite has no lost replies (Broker.lease)
+        assert [(j.id, j.token) for j in again] == [(j.id, j.token) for j in first]
+    leased = {job.id for job in (*first, *again, *rest)}
+    assert leased == {critical, *bulk}
 
 
 def test_redis_from_a_url_settles_on_an_asyncio_client_and_sentinel_on_threads(

@@ -208,7 +208,7 @@ class Worker:
         express = set(s.express_lanes)
         self._batch_lanes = tuple(lane for lane in Lane if lane not in express) if express else None
         self._settler: Settler | None = None
-        # Settle and heartbeat: on the backend's asyncio client while run() runs, else on
+        # Lease, settle and heartbeat: on the backend's asyncio client while run() runs, else on
         # threads (process() called on its own, as tests do).
         self.calls = BrokerCalls(broker)
 
@@ -302,10 +302,9 @@ class Worker:
         self, route: _Route, batch: int, lanes: tuple[Lane, ...] | None
     ) -> Sequence[Job]:
         size = min(batch, route.lease_cap or batch)
-        jobs = await asyncio.to_thread(
-            self.broker.lease, self.name, size, self.settings.lease_s, lanes,
-            request_id=uuid.uuid4().hex,
-        )  # fmt: skip
+        jobs = await self.calls.lease(
+            self.name, size, self.settings.lease_s, lanes, request_id=uuid.uuid4().hex
+        )
         if route is self.express_route is not self.route:  # its own connections: others yield
             self.critical.hold(job.id for job in jobs if job.lane is Lane.CRITICAL)
         return jobs

@@ -308,17 +308,12 @@ class Broker(abc.ABC):
         Redis broker makes up an id when none is given, so its client's own retries are
         safe; SQLite has no lost replies and ignores it.
         """
-        if max_n < 1:
-            raise ValueError("max_n must be at least 1")
-        if not lease_s > 0:
-            raise ValueError("lease_s must be positive")
-        if request_id is not None and not 0 < len(request_id) <= 200:
-            raise ValueError("request_id must be 1 to 200 characters")
-        chosen = frozenset(LANE_ORDER if lanes is None else lanes)
-        if not chosen:
-            raise ValueError("lanes must name at least one lane")
+        chosen = check_lease(max_n, lease_s, lanes, request_id)
         with self._backend_errors():
             jobs = self._lease(worker, max_n, lease_s, self._at(), chosen, request_id)
+        return self._open_all(jobs)
+
+    def _open_all(self, jobs: list[Job]) -> list[Job]:
         return jobs if self.options.sealer is None else self._opened(jobs, self.options.sealer)
 
     def _opened(self, jobs: list[Job], sealer: Sealer) -> list[Job]:
@@ -359,7 +354,7 @@ class Broker(abc.ABC):
             return self._settle(outcomes, self._at())
 
     def calls(self) -> BrokerCalls:
-        """Settle and heartbeat for one event loop (close them in it): on threads, unless
+        """Lease, settle and heartbeat for one event loop (close them in it): on threads, unless
         the backend has an asyncio client (:mod:`emailq.broker.calls`)."""
         return BrokerCalls(self)
 
@@ -757,3 +752,19 @@ def check_outcomes(outcomes: Sequence[Outcome]) -> None:
     for outcome in outcomes:
         if outcome.delay < 0 or not math.isfinite(outcome.delay):
             raise ValueError(f"retry delay must be a finite number >= 0: {outcome.delay}")
+
+
+def check_lease(
+    max_n: int, lease_s: float, lanes: Collection[Lane] | None, request_id: str | None
+) -> frozenset[Lane]:
+    """A lease's arguments checked; returns the lanes it may take."""
+    if max_n < 1:
+        raise ValueError("max_n must be at least 1")
+    if not lease_s > 0:
+        raise ValueError("lease_s must be positive")
+    if request_id is not None and not 0 < len(request_id) <= 200:
+        raise ValueError("request_id must be 1 to 200 characters")
+    chosen = frozenset(LANE_ORDER if lanes is None else lanes)
+    if not chosen:
+        raise ValueError("lanes must name at least one lane")
+    return chosen

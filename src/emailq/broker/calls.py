@@ -1,4 +1,4 @@
-"""A worker's hot broker calls from its event loop: settle and heartbeat.
+"""A worker's hot broker calls from its event loop: lease, settle and heartbeat.
 
 The broker's methods block (sqlite3, redis-py), so by default each call runs on a thread.
 A thread hop costs far more than the call on a busy 2-core machine: the event loop holds
@@ -13,18 +13,32 @@ connections belong to the loop that opened them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from emailq.broker.base import Broker, Job, Outcome
+    from emailq.lanes import Lane
 
 
 class BrokerCalls:
-    """Settle and heartbeat without blocking the loop: each on a thread."""
+    """Lease, settle and heartbeat without blocking the loop: each on a thread."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+
+    async def lease(
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        lanes: Collection[Lane] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> list[Job]:
+        return await asyncio.to_thread(
+            self.broker.lease, worker, max_n, lease_s, lanes, request_id=request_id
+        )
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
         return await asyncio.to_thread(self.broker.settle, outcomes)

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from importlib import resources
 from typing import Any
 
@@ -80,6 +80,7 @@ from emailq.broker.base import (
     NewMessage,
     Outcome,
     State,
+    check_lease,
     check_outcomes,
 )
 from emailq.broker.calls import BrokerCalls
@@ -173,7 +174,7 @@ class RedisBroker(Broker):
         return broker
 
     def calls(self) -> BrokerCalls:
-        """Settle and heartbeat on an asyncio client of their own: no thread hop per call."""
+        """Lease, settle and heartbeat on an asyncio client of their own: no thread hop."""
         client = self._async_client()
         return super().calls() if client is None else RedisCalls(self, client)
 
@@ -236,6 +237,18 @@ class RedisBroker(Broker):
         lanes: frozenset[Lane],
         request_id: str | None,
     ) -> list[Job]:
+        return _jobs(self._run("lease", *self._lease_call(worker, max_n, lease_s, at, lanes,
+                                                          request_id)))  # fmt: skip
+
+    def _lease_call(
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        at: float | None,
+        lanes: frozenset[Lane],
+        request_id: str | None,
+    ) -> tuple[list[str], list[Any]]:
         k = self.keys
         weights = [self.options.lane_weights[lane] for lane in SHARED_LANES]
         mask = "".join("1" if lane in lanes else "0" for lane in LANE_ORDER)
@@ -245,8 +258,7 @@ class RedisBroker(Broker):
         request = k.lease_request + (request_id or uuid.uuid4().hex)
         args = [_time(at), lease_s, worker, max_n, PROMOTE_LIMIT, *_LANE_NAMES, *weights, mask,
                 self._retention_ms(), self._dead_payload_ms()]  # fmt: skip
-        reply = self._run("lease", [*keys, *k.ready, request, *self._tail()], args)
-        return [_job(reply[i : i + _JOB_FIELDS]) for i in range(0, len(reply), _JOB_FIELDS)]
+        return [*keys, *k.ready, request, *self._tail()], args
 
     def _heartbeat(self, jobs: Sequence[Job], lease_s: float, at: float | None) -> list[str]:
         return _texts(self._run("heartbeat", *self._heartbeat_call(jobs, lease_s, at)))
@@ -592,6 +604,11 @@ def _info(message_id: str, values: Sequence[Any]) -> MessageInfo | None:
     )
 
 
+def _jobs(reply: Any) -> list[Job]:
+    """lease.lua's reply: _JOB_FIELDS values per leased message."""
+    return [_job(reply[i : i + _JOB_FIELDS]) for i in range(0, len(reply), _JOB_FIELDS)]
+
+
 def _job(fields: Sequence[Any]) -> Job:
     message_id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, expires, rcpt = (
         fields
@@ -656,7 +673,7 @@ def _texts(values: Sequence[bytes]) -> list[str]:
 
 
 class RedisCalls(BrokerCalls):
-    """The worker's settle and heartbeat scripts on an asyncio client: the same scripts and
+    """The worker's lease, settle and heartbeat scripts on an asyncio client: the same scripts and
     arguments as the broker's own methods, sent from the event loop."""
 
     def __init__(self, broker: RedisBroker, client: redis.asyncio.Redis) -> None:
@@ -664,8 +681,26 @@ class RedisCalls(BrokerCalls):
         self.redis = broker
         self.client = client
         self._scripts = {
-            name: client.register_script(_SCRIPTS[name]) for name in ("settle", "heartbeat")
+            name: client.register_script(_SCRIPTS[name])
+            for name in ("lease", "settle", "heartbeat")
         }
+
+    async def lease(
+        self,
+        worker: str,
+        max_n: int,
+        lease_s: float,
+        lanes: Collection[Lane] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> list[Job]:
+        chosen = check_lease(max_n, lease_s, lanes, request_id)
+        keys, args = self.redis._lease_call(
+            worker, max_n, lease_s, self.redis._at(), chosen, request_id
+        )
+        with self.redis._backend_errors():
+            reply = await self._scripts["lease"](keys=keys, args=args)
+        return self.redis._open_all(_jobs(reply))
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
         check_outcomes(outcomes)
