@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from emailq.broker import Job, NewMessage, open_broker
+from emailq.broker.calls import BrokerCalls
 from emailq.lanes import Lane
 from emailq.message import parse_email
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
@@ -25,15 +25,23 @@ def test_critical_mail_queued_mid_run_goes_before_bulk_leased_after_it(
     change = 50  # critical messages, a few batches of the express loop and the batch loops
     slow = SlowSink(delay=0.005)  # the whole server takes 5 ms a message: a queue forms
     with open_broker(broker_url) as broker, SmtpSink(handler=slow) as sink:
-        lease = broker.lease
+        make_calls = broker.calls
 
-        def recording_lease(*args: Any, **kwargs: Any) -> Sequence[Job]:
-            began = time.monotonic()
-            jobs = lease(*args, **kwargs)
-            leases.append((began, list(jobs)))
-            return jobs
+        def recording_calls() -> BrokerCalls:
+            """The worker's own broker calls, their leases recorded."""
+            calls = make_calls()
+            lease = calls.lease
 
-        setattr(broker, "lease", recording_lease)  # noqa: B010 - instruments the real call
+            async def recording_lease(*args: Any, **kwargs: Any) -> list[Job]:
+                began = time.monotonic()
+                jobs = await lease(*args, **kwargs)
+                leases.append((began, list(jobs)))
+                return jobs
+
+            setattr(calls, "lease", recording_lease)  # noqa: B010 - instruments the real call
+            return calls
+
+        setattr(broker, "calls", recording_calls)  # noqa: B010
         fill(broker, 400)
         ceremony = parse_email({
             "from": "planner@weddings.example", "to": "officiant@chapel.example",
