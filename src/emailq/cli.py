@@ -474,7 +474,7 @@ def autoscale(
     config = config_from_settings(settings.autoscale)
     pool = config.min_workers if workers is None else workers
     with open_deployment(ctx, flags) as deployment:
-        observer = Observer(deployment.broker, config.lookahead_s)
+        observer = Observer(deployment.broker, config.lookahead_s, config.ceremony_horizon_s)
         observer.observe(pool)
         time.sleep(window)  # two snapshots: the arrival and delivery rates between them
         decision = decide(observer.observe(pool), config, deployment.broker.now())
