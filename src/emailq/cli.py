@@ -558,6 +558,12 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
 @click.option("--sink-port", type=int, help="with --target: the sink its workers deliver to")
 @click.option("--broker-url", help="embedded broker (default: SQLite in a temp dir)")
 @click.option("--workers", default=2, show_default=True, help="worker processes")
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX",
+    callback=parse_autoscale,
+    help="size the worker pool with emailq's autoscaler instead of --workers",
+)
 @click.option("--sinks", type=int, help="sink processes (default: one per 40,000/min of peak)")
 @click.option(
     "--sink",

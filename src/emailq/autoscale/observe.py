@@ -39,9 +39,7 @@ class _Snapshot:
 class Observer:
     """Call :meth:`observe` once per decision; it remembers the previous snapshot."""
 
-    def __init__(
-        self, broker: Broker, lookahead_s: float, ceremony_horizon_s: float = 0.0
-    ) -> None:
+    def __init__(self, broker: Broker, lookahead_s: float, ceremony_horizon_s: float = 0.0) -> None:
         self.broker = broker
         self.lookahead_s = lookahead_s
         self.ceremony_horizon_s = ceremony_horizon_s

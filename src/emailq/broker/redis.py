@@ -453,9 +453,7 @@ class RedisBroker(Broker):
         lanes = zip(pairs[::2], pairs[1::2], strict=True)
         return {_LANES[lane]: round(int(n) * scale) for lane, n in lanes}
 
-    def _ceremonies(
-        self, within_s: float, limit: int, at: float | None
-    ) -> list[tuple[float, int]]:
+    def _ceremonies(self, within_s: float, limit: int, at: float | None) -> list[tuple[float, int]]:
         keys = [self.keys.message, self.keys.ceremonies]
         reply = self._run("ceremonies", keys, [_time(at), within_s, limit])
         pairs = zip(reply[::2], reply[1::2], strict=True)
