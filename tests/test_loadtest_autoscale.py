@@ -43,8 +43,9 @@ def test_an_autoscaled_run_grows_its_pool_passes_and_counts_worker_minutes(
 
 
 def test_a_fixed_run_states_its_worker_minutes_too() -> None:
-    figures = {"workers": {"mode": "fixed", "worker_minutes": 6.0, "span_s": 180.0,
-                           "peak_running": 2, "timeline": [[0.0, 2, 2], [180.0, 2, 2]]}}  # fmt: skip
+    timeline = [[0.0, 2, 2], [180.0, 2, 2]]
+    pool = {"mode": "fixed", "worker_minutes": 6.0, "span_s": 180.0, "peak_running": 2}
+    figures = {"workers": {**pool, "timeline": timeline}}
     assert report.pool_summary(figures) == (
         "worker pool: fixed, 2 processes: 6.0 worker-minutes over 180 s"
     )
