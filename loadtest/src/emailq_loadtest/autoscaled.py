@@ -57,6 +57,12 @@ class PoolWatch:
     end: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _config: tuple[AutoscaleConfig, float] | None = None
+
+    def __post_init__(self) -> None:
+        # Read now, so that a bad EMAILQ_AUTOSCALE_* setting stops the run before it starts.
+        if self.bounds is not None:
+            self._config = autoscale_config(*self.bounds)
 
     def begin(self, start: float) -> None:
         self.start = start
@@ -75,11 +81,12 @@ class PoolWatch:
         self.samples.append((now() - self.start, self.pool.running, len(self.pool.processes)))
 
     def _run(self) -> None:
-        if self.bounds is None:
+        if self._config is None:
             while not self._stop.wait(SAMPLE_S):
                 self._sample()
             return
-        config, interval = autoscale_config(*self.bounds)
+        assert self._config is not None
+        config, interval = self._config
         with Deployment.from_url(self.broker_url) as deployment:
             autoscaler = Autoscaler(deployment.broker, config, interval)
             try:
