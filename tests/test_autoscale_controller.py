@@ -35,6 +35,25 @@ def test_the_observer_measures_depth_mail_due_soon_and_rates(
     assert second.rate_per_worker == 10.0
 
 
+def test_the_autoscaler_grows_the_pool_for_a_ceremony_whose_mail_waits(
+    broker: Broker, clock: ManualClock
+) -> None:
+    # 3,000 wedding emails scheduled an hour ahead (past the 15-minute look-ahead), through
+    # a provider that takes 0.1/s per worker: the lanes do not see them yet; their
+    # ceremony, 40 minutes after, does.
+    config = config_from_settings(AutoscaleSection(worker_rate=0.1, ceremony_margin_s=600))
+    ceremony = clock() + 6000
+    due = clock() + 3600
+    mail = [NewMessage(b"x", lane=Lane.WEDDING_DAY, send_at=due, ceremony_at=ceremony)] * 3000
+    broker.enqueue_many(mail)
+    seen = Observer(broker, 900, config.ceremony_horizon_s).observe(workers=2)
+    assert seen.ceremonies == ((ceremony, 3000),)
+    assert sum(load.due_soon + load.depth for load in seen.lanes.values()) == 0
+    decision = Autoscaler(broker, config, 15).step(2)
+    assert decision is not None and decision.workers == 9  # 3,000 / (0.1/s × 90 min) × 1.5
+    assert "ceremony in 100 min: 3,000 wedding emails" in decision.reason
+
+
 def test_one_autoscaler_decides_per_queue_and_its_decisions_are_counted(broker: Broker) -> None:
     config = config_from_settings(AutoscaleSection(emergency_queued=10))
     first, second = Autoscaler(broker, config, 15), Autoscaler(broker, config, 15)

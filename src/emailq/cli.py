@@ -474,7 +474,7 @@ def autoscale(
     config = config_from_settings(settings.autoscale)
     pool = config.min_workers if workers is None else workers
     with open_deployment(ctx, flags) as deployment:
-        observer = Observer(deployment.broker, config.lookahead_s)
+        observer = Observer(deployment.broker, config.lookahead_s, config.ceremony_horizon_s)
         observer.observe(pool)
         time.sleep(window)  # two snapshots: the arrival and delivery rates between them
         decision = decide(observer.observe(pool), config, deployment.broker.now())
@@ -558,6 +558,12 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
 @click.option("--sink-port", type=int, help="with --target: the sink its workers deliver to")
 @click.option("--broker-url", help="embedded broker (default: SQLite in a temp dir)")
 @click.option("--workers", default=2, show_default=True, help="worker processes")
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX",
+    callback=parse_autoscale,
+    help="size the worker pool with emailq's autoscaler instead of --workers",
+)
 @click.option("--sinks", type=int, help="sink processes (default: one per 40,000/min of peak)")
 @click.option(
     "--sink",

@@ -71,5 +71,6 @@ def to_new_message(
         send_at=email.send_at.timestamp() if email.send_at else None,
         expires_at=email.expires_at.timestamp() if email.expires_at else None,
         max_attempts=email.max_attempts,
+        ceremony_at=email.wedding.ceremony_at.timestamp() if email.wedding else None,
         validated=True,
     )

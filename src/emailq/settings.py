@@ -326,6 +326,15 @@ class AutoscaleSection(_Section):
     lookahead_s: float = Field(
         900.0, ge=0, description="scheduled mail due within this counts as already queued"
     )
+    ceremony_margin_s: float = Field(
+        600.0, ge=0, description="wedding mail should be out this long before its ceremony"
+    )
+    ceremony_horizon_s: float = Field(
+        21600.0, ge=0, description="ceremonies of queued wedding mail this far ahead are read"
+    )
+    ceremony_hold_s: float = Field(
+        1800.0, ge=0, description="the pool does not shrink this close to a ceremony with mail"
+    )
     pattern: str = Field(
         DEFAULT_PATTERN,
         description="weekly traffic multipliers, `day HH:MM=x`, comma-separated; each holds"

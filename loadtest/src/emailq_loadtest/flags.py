@@ -39,6 +39,8 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
             "--target needs --api-key and --sink-port: delivery is measured at a sink this run "
             "opens, so the target's workers must deliver to smtp://<this host>:<sink-port>"
         )
+    if flags.get("autoscale") and flags["target"]:
+        raise ValueError("--autoscale sizes the workers this run starts; a --target's are its own")
     scenario = resolve(
         flags["scenario"],
         duration_s=parse_duration(flags["duration"]) if flags["duration"] else None,
@@ -69,6 +71,7 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
         sink_port=flags["sink_port"],
         broker_url=flags["broker_url"],
         workers=flags["workers"],
+        autoscale=flags.get("autoscale"),
         sinks=flags["sinks"],
         sink=flags["sink"],
         worker=worker,

@@ -77,6 +77,7 @@ def build(
     held_per_min: float | None = None,
     broke: bool = False,
     errors: Sequence[str] = (),
+    pool: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     duration = scenario.duration_s
     seconds = int(duration) + 1
@@ -142,6 +143,8 @@ def build(
         },
         "errors": list(errors),
     }  # fmt: skip
+    if pool is not None:
+        figures["workers"] = dict(pool)
     if scenario.is_ramp:
         figures["stress"] = {
             "highest_rate_held_per_min": held_per_min,
@@ -220,13 +223,46 @@ def throughput_chart(figures: Mapping[str, Any]) -> str:
         return [(float(i), sum(counts[i : i + step]) / step * 60)
                 for i in range(0, len(counts), step)]  # fmt: skip
 
+    lines = [svg.Series("offered", per_min(series["offered"]), "#7f8c8d", dashed=True),
+             svg.Series("delivered", per_min(series["delivered"]), "#2e86c1")]  # fmt: skip
+    workers = figures.get("workers")
+    if workers and workers["timeline"]:
+        steps = [(t, float(running)) for t, running, _ in workers["timeline"]]
+        lines.append(svg.Series("worker processes", steps, "#28b463", width=1.4, right=True))
     return svg.line_chart(
-        f"Throughput (emails/min, {step} s buckets)",
-        [svg.Series("offered", per_min(series["offered"]), "#7f8c8d", dashed=True),
-         svg.Series("delivered", per_min(series["delivered"]), "#2e86c1")],
+        f"Throughput (emails/min, {step} s buckets)", lines,
         svg.Axis("seconds into the run"), svg.Axis("emails/min", fmt=lambda v: f"{v:,.0f}"),
         bands=_bands(figures),
+        y2=svg.Axis("workers", fmt=lambda v: f"{v:g}") if len(lines) > 2 else None,
     )  # fmt: skip
+
+
+def pool_summary(figures: Mapping[str, Any]) -> str:
+    """The worker-minutes sentence, for the page and the console."""
+    workers = figures.get("workers")
+    if not workers:
+        return ""
+    used, span = workers["worker_minutes"], workers["span_s"]
+    fixed = workers.get("fixed_pool_of_max_worker_minutes", 0.0)
+    if workers["mode"] == "fixed":
+        return (f"worker pool: fixed, {workers['peak_running']} processes: {used:,.1f} "
+                f"worker-minutes over {span:,.0f} s")  # fmt: skip
+    return (
+        f"worker pool: autoscaled {workers['min']}..{workers['max']}: {used:,.1f} worker-minutes"
+        f" over {span:,.0f} s (mean {workers['mean_workers']:g}, peak"
+        f" {workers['peak_running']} running), against {fixed:,.1f} for a fixed pool of"
+        f" {workers['max']} ({workers['share_of_fixed_pool']:.0%});"
+        f" {workers['decisions']['up']} decisions up, {workers['decisions']['down']} down"
+    )
+
+
+def _pool(figures: Mapping[str, Any]) -> str:
+    workers = figures.get("workers")
+    if not workers:
+        return ""
+    rows = [[f"{t:,.1f}", n, why] for t, n, why in workers.get("changes", [])]
+    table = _table(["s into the run", "pool", "the autoscaler's reason"], rows) if rows else ""
+    return f"<h2>Worker pool</h2><p class=meta>{escape(pool_summary(figures))}</p>{table}"
 
 
 def _ms_axis(label: str) -> svg.Axis:
@@ -360,6 +396,7 @@ def html(figures: Mapping[str, Any]) -> str:
         _summary(figures),
         "<h2>Plots</h2>",
         throughput_chart(figures), latency_chart(figures), distribution_chart(figures),
+        _pool(figures),
         _stress(figures),
         _resources(figures),
         memory_chart(figures),

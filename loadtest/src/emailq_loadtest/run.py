@@ -33,6 +33,7 @@ from emailq.deployment import Deployment
 from emailq.lanes import Lane
 from emailq.message import parse_email
 from emailq_loadtest import report
+from emailq_loadtest.autoscaled import PoolWatch
 from emailq_loadtest.generator import BrokerFeeder, HttpFeeder
 from emailq_loadtest.live import render
 from emailq_loadtest.measure import Ledger, ResourceLog
@@ -64,6 +65,7 @@ class Options:
     sink_port: int | None = None
     broker_url: str | None = None
     workers: int = 2
+    autoscale: tuple[int, int] | None = None  # MIN, MAX: the pool sized by the autoscaler
     sinks: int | None = None  # None: one per 40,000/min of peak rate, at most one per worker
     sink: str = "auto"  # "aiosmtpd" (the built-in sink), "lean" (leansink.py), or "auto"
     worker: WorkerFlags = field(default_factory=WorkerFlags)
@@ -106,6 +108,7 @@ class Service(Protocol):
     errors: list[str]
 
     def warm_up(self) -> None: ...
+    def pool(self) -> dict[str, Any] | None: ...
     def feed(self, start: float, stop: threading.Event) -> None: ...
     def pids(self) -> dict[str, int]: ...
     def check(self) -> None: ...
@@ -146,18 +149,21 @@ class EmbeddedService:
         self.broker: Broker = self.deployment.broker
         peak = options.scenario.peak_rate_per_min()
         kind = options.sink_kind
-        count = options.sinks or min(options.workers, 1 + int(peak // SINK_CAPACITY_PER_MIN))
+        most = options.autoscale[1] if options.autoscale else options.workers
+        count = options.sinks or min(most, 1 + int(peak // SINK_CAPACITY_PER_MIN))
         if kind == "lean" and not options.sinks:
             count = 1
         self.errors: list[str] = []
         self.sinks = SinkPool(sink_ports(count), ledger.deliver, options.sink_delay, kind)
         logs = options.report_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.workers = WorkerPool(self.url, self.sinks.ports, options.workers, options.worker,
-                                  logs)  # fmt: skip
-        self.description = {
+        first = options.autoscale[0] if options.autoscale else options.workers
+        self.workers = WorkerPool(self.url, self.sinks.ports, first, options.worker, logs)
+        self.watch = PoolWatch(self.workers, self.url, options.autoscale)
+        pool = f"autoscaled {first}..{most}" if options.autoscale else options.workers
+        self.description: dict[str, Any] = {
             "mode": "embedded", "broker": urlsplit(self.url).scheme,
-            "workers": options.workers, "sinks": f"{count} × {kind}",
+            "workers": pool, "sinks": f"{count} × {kind}",
             "batch": options.worker.batch,
             "concurrency": options.worker.concurrency, "smtp_pool": options.worker.smtp_pool,
         }  # fmt: skip
@@ -184,9 +190,13 @@ class EmbeddedService:
                 first = time.monotonic()
 
     def feed(self, start: float, stop: threading.Event) -> None:
+        self.watch.begin(start)
         feeder = BrokerFeeder(self.broker, self.options.scenario, self.ledger,
                               seed=self.options.seed, stop=stop)  # fmt: skip
         feeder.run(start)
+
+    def pool(self) -> dict[str, Any] | None:
+        return self.watch.figures()
 
     def pids(self) -> dict[str, int]:
         pids = {f"worker-{i}": pid for i, pid in enumerate(self.workers.pids)}
@@ -213,10 +223,14 @@ class EmbeddedService:
     def stop_delivery(self) -> None:
         """Sinks first: what has not arrived by now will not, and a worker stuck sending to
         a stalled sink gets a connection error (a retry) instead of holding the exit up."""
+        self.watch.finish()
+        self.errors += self.watch.errors
         self.sinks.stop()
         self.workers.stop()
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.watch.finish()
         with contextlib.suppress(Exception):
             self.sinks.stop()
         with contextlib.suppress(Exception):
@@ -259,6 +273,9 @@ class TargetService:
                 self.errors += feeder.errors
 
         asyncio.run(go())
+
+    def pool(self) -> dict[str, Any] | None:
+        return None  # the target's workers are its own
 
     def pids(self) -> dict[str, int]:
         return {"sink-0": self.sinks.sinks[0].pid}
@@ -457,7 +474,7 @@ class Runner:
             accounting=accounting, lost=lost, unexpected=ledger.unexpected(), slo=slo,
             verdicts=verdicts, memory=self.memory, steps=ramp.steps if ramp else (),
             held_per_min=ramp.held if ramp else None, broke=bool(ramp and ramp.broken),
-            errors=service.errors,
+            errors=service.errors, pool=service.pool(),
         )  # fmt: skip
         json_path, html_path = report.write(figures, self.options.report_dir)
         return RunResult(figures, json_path, html_path)
@@ -478,6 +495,8 @@ def main(options: Options, console: Console | None = None) -> int:
         return 2
     console.print(report.lanes_table(result.figures))
     console.print(report.console_table(result.figures))
+    if pool := report.pool_summary(result.figures):
+        console.print(pool, highlight=False)
     stress = result.figures.get("stress")
     if stress:
         console.print(f"highest rate held: {stress['highest_rate_held_per_min'] or 0:,.0f}/min")

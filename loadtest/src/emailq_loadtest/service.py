@@ -184,23 +184,48 @@ def worker_command(broker_url: str, sink_port: int, flags: WorkerFlags) -> list[
 
 
 class WorkerPool:
-    """``emailq worker`` processes, each in its own session so none is left behind."""
+    """``emailq worker`` processes, each in its own session so none is left behind. The pool
+    may grow and shrink while it runs (``resize``: the autoscaled pool); a worker it shrinks
+    by gets SIGTERM and counts as running until it has exited."""
 
     def __init__(
         self, broker_url: str, ports: Sequence[int], count: int, flags: WorkerFlags, logs: Path
     ) -> None:
-        self.flags = flags
+        self.broker_url, self.ports, self.flags, self.log_dir = broker_url, ports, flags, logs
         self.logs: list[IO[Any]] = []
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.retiring: list[subprocess.Popen[bytes]] = []
+        self.started = 0
+        self.resize(count)
+
+    def _start(self) -> None:
+        index, self.started = self.started, self.started + 1
+        log = (self.log_dir / f"worker-{index}.log").open("wb")
+        self.logs.append(log)
+        command = worker_command(self.broker_url, self.ports[index % len(self.ports)], self.flags)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        for index in range(count):
-            log = (logs / f"worker-{index}.log").open("wb")
-            self.logs.append(log)
-            command = worker_command(broker_url, ports[index % len(ports)], flags)
-            process = subprocess.Popen(
+        self.processes.append(
+            subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-            self.processes.append(process)
+        )
+
+    def resize(self, count: int) -> None:
+        """Start workers up to ``count``, or SIGTERM the newest down to it (each finishes or
+        releases what it holds, as in ``emailq run``)."""
+        while len(self.processes) < count:
+            self._start()
+        while len(self.processes) > count:
+            process = self.processes.pop()
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            self.retiring.append(process)
+
+    @property
+    def running(self) -> int:
+        """Processes that cost CPU and memory now: the pool, and those still stopping."""
+        self.retiring = [p for p in self.retiring if p.poll() is None]
+        return len(self.processes) + len(self.retiring)
 
     @property
     def pids(self) -> list[int]:
@@ -215,11 +240,12 @@ class WorkerPool:
 
     def stop(self) -> None:
         """SIGTERM: each worker finishes (or releases) its batches in hand, then exits."""
+        everyone = self.processes + self.retiring
         for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.flags.shutdown_timeout + 10
-        for process in self.processes:
+        for process in everyone:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

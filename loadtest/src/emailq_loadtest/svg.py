@@ -23,6 +23,7 @@ class Series:
     color: str
     dashed: bool = False
     width: float = 1.8
+    right: bool = False  # drawn against the right-hand axis (``y2``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +110,18 @@ def line_chart(
     height: int = 300,
     bands: Sequence[Band] = (),
     refs: Sequence[RefLine] = (),
+    y2: Axis | None = None,
 ) -> str:
+    """``y2``: a second, linear axis on the right for the series marked ``right`` (its
+    labels inside the plot's right edge)."""
     xs = [p[0] for s in series for p in s.points] + [b.end for b in bands]
-    ys = [p[1] for s in series for p in s.points]
+    ys = [p[1] for s in series for p in s.points if not s.right]
     x_low, x_high = _extent(xs, x.log)
     y_low, y_high = _extent(ys, y.log, [r.y for r in refs])
     sx = _Scale(x_low, x_high, LEFT, width - RIGHT, x.log)
     sy = _Scale(y_low, y_high, height - BOTTOM, TOP, y.log)
+    y2_range = _extent([p[1] for s in series for p in s.points if s.right], False)
+    sy2 = _Scale(*y2_range, height - BOTTOM, TOP, False)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
         f'width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
@@ -123,7 +129,8 @@ def line_chart(
         *_bands(bands, sx, height),
         *_grid(x, y, sx, sy, (x_low, x_high), (y_low, y_high), width, height),
         *_refs(refs, sy, width),
-        *(_polyline(s, sx, sy) for s in series if s.points),
+        *(_right_axis(y2, sy2, y2_range, width) if y2 else []),
+        *(_polyline(s, sx, sy2 if s.right else sy) for s in series if s.points),
         *_legend(series, width),
         "</svg>",
     ]
@@ -172,6 +179,15 @@ def _grid(
     out.append(f'<text x="14" y="{(TOP + height - BOTTOM) / 2}" text-anchor="middle" '
                f'transform="rotate(-90 14 {(TOP + height - BOTTOM) / 2})">'
                f"{escape(y.label)}</text>")  # fmt: skip
+    return out
+
+
+def _right_axis(y2: Axis, sy: _Scale, y_range: tuple[float, float], width: int) -> list[str]:
+    out = [f'<text x="{width - RIGHT - 4}" y="{TOP - 6}" text-anchor="end" font-size="11">'
+           f"{escape(y2.label)} →</text>"]  # fmt: skip
+    for tick in nice_ticks(*y_range):
+        out.append(f'<text x="{width - RIGHT - 4}" y="{sy(tick) + 4}" text-anchor="end" '
+                   f'font-size="11" fill="#566573">{escape(y2.fmt(tick))}</text>')  # fmt: skip
     return out
 
 

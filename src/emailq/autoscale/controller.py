@@ -39,6 +39,9 @@ def config_from_settings(section: AutoscaleSection) -> AutoscaleConfig:
         headroom=section.headroom,
         worker_rate=section.worker_rate,
         lookahead_s=section.lookahead_s,
+        ceremony_margin_s=section.ceremony_margin_s,
+        ceremony_horizon_s=section.ceremony_horizon_s,
+        ceremony_hold_s=section.ceremony_hold_s,
         pattern=TrafficPattern.parse(
             section.pattern, section.season, section.protected, section.timezone
         ),
@@ -58,7 +61,7 @@ class Autoscaler:
         self.interval_s = interval_s
         self.metrics = metrics or AutoscaleMetrics(queue_name(broker))
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
-        self.observer = Observer(broker, config.lookahead_s)
+        self.observer = Observer(broker, config.lookahead_s, config.ceremony_horizon_s)
         self.last_change_at = -math.inf
         self.low_since: float | None = None
         self._holding: bool | None = None

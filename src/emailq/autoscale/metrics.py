@@ -75,7 +75,9 @@ class DesiredWorkersCollector(Collector):
     def _read(self) -> GaugeMetricFamily:
         broker = self.broker()
         if self._observer is None or self._observer.broker is not broker:
-            self._observer = Observer(broker, self.config.lookahead_s)
+            self._observer = Observer(
+                broker, self.config.lookahead_s, self.config.ceremony_horizon_s
+            )
         observation = self._observer.observe(workers=0)
         wanted = demand(observation, self.config, broker.now())
         family = GaugeMetricFamily(DESIRED, DESIRED_HELP, labels=["queue"])

@@ -1,5 +1,6 @@
 """What the autoscaler measures from the broker: per-lane depth, oldest age and mail due
-soon, the arrival rate, and how fast one worker delivers.
+soon, the ceremonies that queued wedding mail is for, the arrival rate, and how fast one
+worker delivers.
 
 Rates come from two snapshots' counters on the broker's clock: arrivals are the growth of
 each lane's total (every state), deliveries the growth of its sent count. A delivery rate
@@ -38,15 +39,17 @@ class _Snapshot:
 class Observer:
     """Call :meth:`observe` once per decision; it remembers the previous snapshot."""
 
-    def __init__(self, broker: Broker, lookahead_s: float) -> None:
+    def __init__(self, broker: Broker, lookahead_s: float, ceremony_horizon_s: float = 0.0) -> None:
         self.broker = broker
         self.lookahead_s = lookahead_s
+        self.ceremony_horizon_s = ceremony_horizon_s
         self.rate_per_worker: float | None = None
         self._previous: _Snapshot | None = None
 
     def observe(self, workers: int) -> Observation:
         stats = self.broker.stats()
         due = self.broker.due_within(self.lookahead_s)
+        ceremonies = tuple(self.broker.ceremonies(self.ceremony_horizon_s))
         now = _Snapshot(stats, workers)
         before, self._previous = self._previous, now
         elapsed = stats.taken_at - before.stats.taken_at if before else 0.0
@@ -62,7 +65,7 @@ class Observer:
             )
         if before and elapsed > 0 and before.ready and now.ready and before.workers:
             self._measure(max(0, now.sent - before.sent) / elapsed / before.workers)
-        return Observation(lanes, workers, self.rate_per_worker)
+        return Observation(lanes, workers, self.rate_per_worker, ceremonies=ceremonies)
 
     def _measure(self, sample: float) -> None:
         if sample <= 0:

@@ -7,6 +7,14 @@ within what is left of the deadline takes ``backlog / (rate per worker × time l
 workers; keeping up with arrivals takes ``arrivals / rate per worker`` more. The lane that
 needs the most sets the need.
 
+Wedding mail also has a ceremony: each message still waiting should be out
+``ceremony_margin_s`` before its ceremony. Taken soonest ceremony first (the ceremony's
+deadline for all the mail of that ceremony and the ones before it), that asks for
+``messages / (rate per worker × time left)`` workers, which grows as a ceremony nears:
+the pool is added before the ceremony, not once its mail is late. Within
+``ceremony_hold_s`` of a ceremony that still has mail waiting the pool does not shrink,
+as in protected hours.
+
 The weekly pattern and the season multiply the arrivals only: they are a forecast of what
 is coming, and a quiet-hour multiplier must never let mail already queued miss its
 deadline. The pool is sized at the need plus ``headroom`` (50 % by default: a load that
@@ -48,6 +56,9 @@ class LaneLoad:
     arrival_rate: float = 0.0  # emails/s enqueued lately
 
 
+Ceremonies = tuple[tuple[float, int], ...]  # (ceremony, live wedding emails), soonest first
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     lanes: Mapping[Lane, LaneLoad]
@@ -55,6 +66,7 @@ class Observation:
     rate_per_worker: float | None = None  # emails/s one worker delivered; None: not measured
     last_change_at: float = -math.inf
     low_since: float | None = None  # since when demand has been below the pool (Decision's)
+    ceremonies: Ceremonies = ()  # ahead, with the wedding mail still waiting for each
 
     @property
     def queued(self) -> int:
@@ -75,6 +87,9 @@ class AutoscaleConfig:
     worker_rate: float = 50.0  # emails/s per worker until one is measured
     lookahead_s: float = 900.0
     pattern: TrafficPattern = field(default_factory=TrafficPattern)
+    ceremony_margin_s: float = 600.0  # wedding mail should be out this long before its ceremony
+    ceremony_horizon_s: float = 6 * 3600.0  # ceremonies this far ahead are looked at
+    ceremony_hold_s: float = 1800.0  # no shrinking this close to a ceremony with mail waiting
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_workers <= self.max_workers:
@@ -87,6 +102,8 @@ class AutoscaleConfig:
             raise ValueError(f"deadlines must name every lane; missing {', '.join(missing)}")
         if self.worker_rate <= 0 or self.headroom < 0 or self.down_step < 1:
             raise ValueError("worker_rate must be > 0, headroom >= 0 and down_step >= 1")
+        if min(self.ceremony_margin_s, self.ceremony_horizon_s, self.ceremony_hold_s) < 0:
+            raise ValueError("ceremony_margin_s, ceremony_horizon_s and ceremony_hold_s >= 0")
 
     def bound(self, workers: int) -> int:
         return max(self.min_workers, min(self.max_workers, workers))
@@ -133,8 +150,39 @@ def demand(observation: Observation, config: AutoscaleConfig, now: float) -> Dem
                 f" left of its {deadline:.0f} s deadline, {arrivals:.1f}/s arriving"
                 f" ×{multiplier:g}, {rate:.1f} emails/s per worker"
             )
+    ceremony_need, ceremony_reason = _ceremony_need(observation.ceremonies, config, rate, now)
+    if ceremony_need > need:
+        need, reason = ceremony_need, ceremony_reason
     workers = config.bound(math.ceil(need * (1 + config.headroom) - 1e-9))
     return Demand(need, workers, f"{reason} → {workers} workers (need {need:.1f})")
+
+
+def _ceremony_need(
+    ceremonies: Ceremonies, config: AutoscaleConfig, rate: float, now: float
+) -> tuple[float, str]:
+    """Workers that get every ceremony's waiting mail out ``ceremony_margin_s`` before it,
+    soonest ceremony first (so a ceremony's deadline covers the mail of those before it)."""
+    need, reason, waiting = 0.0, "", 0
+    for ceremony, emails in sorted(ceremonies):
+        waiting += emails
+        window = max(MIN_WINDOW_S, ceremony - config.ceremony_margin_s - now)
+        ceremony_need = waiting / (rate * window)
+        if ceremony_need > need:
+            need = ceremony_need
+            reason = (
+                f"ceremony in {(ceremony - now) / 60:.0f} min: {waiting:,} wedding emails for it"
+                f" (and sooner ones) to send {config.ceremony_margin_s / 60:.0f} min before it,"
+                f" {window:.0f} s left, {rate:.1f} emails/s per worker"
+            )
+    return need, reason
+
+
+def _ceremony_near(observation: Observation, config: AutoscaleConfig, now: float) -> str:
+    """Why the pool must not shrink now because of a ceremony, or ""."""
+    for ceremony, emails in observation.ceremonies:
+        if emails and ceremony <= now + config.ceremony_hold_s:
+            return f"a ceremony in {(ceremony - now) / 60:.0f} min has {emails:,} emails waiting"
+    return ""
 
 
 def _emergency(observation: Observation, config: AutoscaleConfig) -> str:
@@ -169,6 +217,8 @@ def decide(observation: Observation, config: AutoscaleConfig, now: float) -> Dec
     low_since = now if observation.low_since is None else observation.low_since
     if config.pattern.is_protected(now):
         return _hold(current, wanted, "protected hours: not shrinking", low_since)
+    if ceremony := _ceremony_near(observation, config, now):
+        return _hold(current, wanted, f"{ceremony}: not shrinking", low_since)
     if now - low_since < config.down_after_s:
         waited = now - low_since
         return _hold(current, wanted, f"demand lower for {waited:.0f} s", low_since)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 DEFAULT_RETENTION = 30 * 24 * 3600.0  # a finished message's record (metadata, no body)
 SEALED_RETRY_S = 60.0  # a payload whose key is missing is tried again this often
+CEREMONY_SAMPLE = 10_000  # live wedding messages Broker.ceremonies looks at, soonest first
 PURGE_CHUNK = 2_000  # records per purge transaction / script call: short, so mail moves between
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # the 10 MB message limit plus JSON/base64 overhead
 
@@ -84,6 +85,9 @@ class NewMessage:
     # The guest list it was sent with (emailq.batches); the broker indexes it so a batch's
     # messages are found without a scan.
     batch_id: str | None = None
+    # Wedding mail's ceremony (epoch seconds): the broker indexes it while the message is
+    # live, so the autoscaler sees which ceremonies still wait for mail (Broker.ceremonies).
+    ceremony_at: float | None = None
     # Built from a validated Email (emailq.intake.to_new_message): the door need not look.
     validated: bool = field(default=False, repr=False, compare=False)
 
@@ -512,6 +516,18 @@ class Broker(abc.ABC):
         with self._backend_errors():
             return self._due_within(seconds, self._at())
 
+    def ceremonies(self, within_s: float, limit: int = CEREMONY_SAMPLE) -> list[tuple[float, int]]:
+        """Ceremonies from now to ``within_s`` ahead that live mail (queued, scheduled, leased,
+        retrying) is for: (ceremony time, messages), soonest first. Bounded: it looks at the
+        ``limit`` soonest messages only (an index range, never a scan of the queue), so a
+        larger total is undercounted from its far end."""
+        if not 0 <= within_s < math.inf:
+            raise ValueError("within_s must be a finite number >= 0")
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        with self._backend_errors():
+            return self._ceremonies(within_s, limit, self._at())
+
     def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Take the lease ``name`` for ``holder``, or renew it, for ``ttl_s`` seconds on the
         broker's clock; False while another holder's lease lasts. One autoscaler per queue."""
@@ -662,6 +678,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def _due_within(self, seconds: float, at: float | None) -> dict[Lane, int]: ...
+
+    @abc.abstractmethod
+    def _ceremonies(
+        self, within_s: float, limit: int, at: float | None
+    ) -> list[tuple[float, int]]: ...
 
     @abc.abstractmethod
     def _hold_lease(self, name: str, holder: str, ttl_s: float, at: float | None) -> bool: ...

@@ -24,6 +24,9 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:lreq:<request id>        string: "id:token,…" a lease handed out, kept as long as the
                                  lease (a repeated lease call returns these)
     {p}:nlease:<name>            string: "holder|expires at", a named lease (one autoscaler)
+    {p}:ceremonies               zset: ceremony → id of wedding mail, added at enqueue; the
+                                 autoscaler's reads (ceremonies.lua) drop past ceremonies
+                                 and the finished messages they come across
     {p}:a:<id>                   list: the message's audit trail, one JSON event each
     {p}:a:idx:<tenant>           zset: accepted at → id, the tenant's trails (export, purge)
     {p}:a:tenants                set: tenants with trails
@@ -123,7 +126,7 @@ _SCRIPTS = {
     for name in (
         "enqueue", "lease", "heartbeat", "settle", "reap", "promote", "cancel",
         "requeue_dead", "purge_expired", "purge_audit", "erase", "swap_payload",
-        "due_within", "hold_lease", "release_lease",
+        "due_within", "ceremonies", "hold_lease", "release_lease",
     )
 }  # fmt: skip
 # settle.lua's sections, in its order
@@ -216,10 +219,10 @@ class RedisBroker(Broker):
                      _or_blank(m.send_at), m.max_attempts or 0,
                      _or_blank(m.expires_at), " ".join(m.recipient_hashes),
                      _accepted_members(m) if self.options.audit else "",
-                     m.batch_id or "")  # fmt: skip
+                     m.batch_id or "", _or_blank(m.ceremony_at))  # fmt: skip
         k = self.keys
         keys = [k.message, k.idempotency, k.payload, k.delayed, k.counts, *k.ready,
-                k.recipients, k.batch, *self._tail()]  # fmt: skip
+                k.recipients, k.batch, k.ceremonies, *self._tail()]  # fmt: skip
         # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
         # EVALSHA: a NOSCRIPT inside EXEC would leave the MSET applied; the text is small.
         pipe = self.client.pipeline(transaction=True)
@@ -486,6 +489,12 @@ class RedisBroker(Broker):
         scale = total / looked_up if looked_up else 0.0
         lanes = zip(pairs[::2], pairs[1::2], strict=True)
         return {_LANES[lane]: round(int(n) * scale) for lane, n in lanes}
+
+    def _ceremonies(self, within_s: float, limit: int, at: float | None) -> list[tuple[float, int]]:
+        keys = [self.keys.message, self.keys.ceremonies]
+        reply = self._run("ceremonies", keys, [_time(at), within_s, limit])
+        pairs = zip(reply[::2], reply[1::2], strict=True)
+        return [(int(ms) / 1000, int(n)) for ms, n in pairs]
 
     def _hold_lease(self, name: str, holder: str, ttl_s: float, at: float | None) -> bool:
         key = self.keys.named_lease + name

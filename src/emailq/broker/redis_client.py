@@ -93,6 +93,7 @@ class Keys:
     audit_off: str  # given to the scripts instead of ``audit`` when no trail is written
     recipients: str  # + a recipient's keyed hash: the ids of the messages naming it
     batch: str  # + a batch id: the ids of its messages (a zset by id: oldest first)
+    ceremonies: str  # zset: ceremony (ms) → id of wedding mail (the autoscaler's look-ahead)
 
     @classmethod
     def for_prefix(cls, prefix: str) -> Keys:
@@ -118,6 +119,7 @@ class Keys:
             audit_off=f"{tag}:a-off",
             recipients=f"{tag}:r:",
             batch=f"{tag}:b:",
+            ceremonies=f"{tag}:ceremonies",
         )
 
 

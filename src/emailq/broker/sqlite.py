@@ -120,6 +120,8 @@ class SQLiteBroker(Broker):
                 self._db.execute("ALTER TABLE messages ADD COLUMN recipients TEXT")
             if columns and "batch_id" not in columns:  # before batches (issue 16)
                 self._db.execute("ALTER TABLE messages ADD COLUMN batch_id TEXT")
+            if columns and "ceremony_at" not in columns:  # before the autoscaler read them
+                self._db.execute("ALTER TABLE messages ADD COLUMN ceremony_at REAL")
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
@@ -217,7 +219,7 @@ class SQLiteBroker(Broker):
                 rows.append((
                     message_id, message.lane.value, state.value, message.tenant, message.payload,
                     message.max_attempts or 0, at, at, due, message.idempotency_key, expires,
-                    message.batch_id,
+                    message.batch_id, message.ceremony_at,
                 ))  # fmt: skip
                 hashes += [(h, message_id) for h in message.recipient_hashes]
                 events += _accepted(message_id, message, at, due if due > at else None)
@@ -226,8 +228,8 @@ class SQLiteBroker(Broker):
                 privacy.write_events(db, events)
             db.executemany(
                 "INSERT INTO messages (id, lane, state, tenant, payload, max_attempts,"
-                " enqueued_at, updated_at, available_at, idempotency_key, expires_at, batch_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " enqueued_at, updated_at, available_at, idempotency_key, expires_at, batch_id,"
+                " ceremony_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return ids
@@ -774,6 +776,20 @@ class SQLiteBroker(Broker):
             (_local(when) + seconds,),
         )
         return {Lane(lane): n for lane, n in rows}
+
+    def _ceremonies(
+        self, within_s: float, limit: int, when: float | None
+    ) -> list[tuple[float, int]]:
+        at = _local(when)
+        rows = self._read(
+            "SELECT ceremony_at, COUNT(*) FROM (SELECT ceremony_at FROM messages"
+            " WHERE ceremony_at IS NOT NULL"
+            " AND state IN ('queued', 'scheduled', 'leased', 'retrying')"
+            " AND ceremony_at >= ? AND ceremony_at <= ? ORDER BY ceremony_at LIMIT ?)"
+            " GROUP BY ceremony_at ORDER BY ceremony_at",
+            (at, at + within_s, limit),
+        )
+        return [(float(ceremony), int(n)) for ceremony, n in rows]
 
     def _hold_lease(self, name: str, holder: str, ttl_s: float, when: float | None) -> bool:
         at = _local(when)

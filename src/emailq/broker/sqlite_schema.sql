@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS messages (
     idempotency_key TEXT,
     expires_at      REAL,                         -- given up on from then; NULL: never (< 0.3)
     recipients      TEXT,                         -- left after a partial delivery; NULL: all
-    batch_id        TEXT                          -- the guest list it came with (emailq.batches)
+    batch_id        TEXT,                         -- the guest list it came with (emailq.batches)
+    ceremony_at     REAL                          -- wedding mail's ceremony (the autoscaler's)
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id)
@@ -28,6 +29,9 @@ CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_expires)
     WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS messages_state ON messages (state, lane, updated_at);
 CREATE INDEX IF NOT EXISTS messages_tenant ON messages (tenant, state, lane);
+-- Live wedding mail by ceremony: rows leave it as they are sent, so it stays small.
+CREATE INDEX IF NOT EXISTS messages_ceremony ON messages (ceremony_at)
+    WHERE ceremony_at IS NOT NULL AND state IN ('queued', 'scheduled', 'leased', 'retrying');
 CREATE INDEX IF NOT EXISTS messages_batch ON messages (batch_id, id) WHERE batch_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS idempotency (

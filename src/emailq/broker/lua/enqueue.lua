@@ -10,10 +10,11 @@
 -- KEYS[11]    recipient index prefix "{p}:r:" (+ a recipient's keyed hash: a set of ids)
 -- KEYS[12]    batch prefix "{p}:b:" (+ a batch id: a zset of its message ids, scored 0 so
 --             they sort by id, which is time-ordered)
--- KEYS[13]    audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua); the trail's tenant index
+-- KEYS[13]    ceremonies zset (ceremony in ms → id of wedding mail; ceremonies.lua trims it)
+-- KEYS[14]    audit prefix "{p}:a:" or "{p}:a-off" (prelude.lua); the trail's tenant index
 --             is the zset prefix .. "idx:" .. tenant (accepted at → id), tenants the set
 --             prefix .. "tenants"
--- KEYS[14]    tenant counts hash ("tenant\31lane:state" → n)
+-- KEYS[15]    tenant counts hash ("tenant\31lane:state" → n)
 -- ARGV[1]     now, or "" for the server's clock
 -- ARGV[2]     idempotency window in ms (the Redis TTL of a key)
 -- ARGV[3]     the same window in seconds (a key claimed now stops counting then)
@@ -21,10 +22,10 @@
 -- ARGV[9..13] each lane's maximum age in seconds (a message's default expires_at is that
 --             long after it is first due)
 -- ARGV[14]    how long a recipient index or batch set lives after its last message, in ms
--- ARGV[15..]  10 per message: id, lane, tenant, idempotency key or "", send_at or "",
+-- ARGV[15..]  11 per message: id, lane, tenant, idempotency key or "", send_at or "",
 --             max_attempts (0: no limit), expires_at or "", recipient hashes (space-
 --             separated, or ""), the accepted event's members (',"tenant":…', JSON),
---             batch id or ""
+--             batch id or "", ceremony (epoch seconds) or ""
 -- Returns     one id per message: its own, or the id that already owns its idempotency key.
 -- Per-id keys are built from the prefixes; they share the prefix's hash tag (one slot).
 local score = {}  -- due → its score, formatted once (a batch mostly shares one due time)
@@ -83,6 +84,8 @@ local function store(i, msg)
     redis.call('ZADD', KEYS[12] .. batch, 0, id)
     redis.call('PEXPIRE', KEYS[12] .. batch, ARGV[14])
   end
+  local ceremony = ARGV[i + 10]
+  if ceremony ~= '' then line_up(KEYS[13], score_of(tonumber(ceremony)), id) end
   if state == 'queued' then
     line_up(ready[lane], score_of(due), id)
   else
@@ -108,14 +111,14 @@ end
 
 -- A re-run finds its messages stored: check one by one only when any is.
 local msgs = {}
-for i = 15, #ARGV, 10 do msgs[#msgs + 1] = KEYS[1] .. ARGV[i] end
+for i = 15, #ARGV, 11 do msgs[#msgs + 1] = KEYS[1] .. ARGV[i] end
 local rerun = false
 for j = 1, #msgs, 1000 do  -- in chunks: unpack() has a limit
   rerun = rerun or redis.call('EXISTS', unpack(msgs, j, math.min(j + 999, #msgs))) > 0
 end
 
 local ids = {}
-for i = 15, #ARGV, 10 do
+for i = 15, #ARGV, 11 do
   local id, tenant, key = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   local msg = msgs[#ids + 1]
   local owner = id
