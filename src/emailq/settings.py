@@ -171,6 +171,12 @@ class ProviderSettings(_Section):
     check_timeout_s: float = Field(
         10.0, gt=0, description="seconds a health check may take before it counts as failed"
     )
+    unsure_retries: int = Field(
+        1,
+        ge=0,
+        description="times a chain sends again through the same provider a message it may"
+        " have taken (a timeout after DATA) before the message may move to another",
+    )
 
     @field_validator("url")
     @classmethod
