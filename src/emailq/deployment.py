@@ -207,6 +207,7 @@ class Deployment:
             breaker_failures=p.breaker_failures,
             breaker_window_s=p.breaker_window_s,
             check_timeout_s=p.check_timeout_s,
+            failback_ramp_s=p.failback_ramp_s,
         )
 
     @cached_property
