@@ -39,6 +39,8 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
             "--target needs --api-key and --sink-port: delivery is measured at a sink this run "
             "opens, so the target's workers must deliver to smtp://<this host>:<sink-port>"
         )
+    if flags.get("fault") and flags["target"]:
+        raise ValueError("--fault needs the embedded service: it stops sinks this run starts")
     scenario = resolve(
         flags["scenario"],
         duration_s=parse_duration(flags["duration"]) if flags["duration"] else None,
@@ -76,4 +78,7 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
         drain_s=parse_duration(flags["drain_timeout"]) if flags["drain_timeout"] else None,
         seed=flags["seed"],
         live=flags["live"],
+        fault=flags.get("fault"),
+        fault_at_s=parse_duration(flags["fault_at"]) if flags.get("fault_at") else None,
+        fault_for_s=parse_duration(flags.get("fault_for") or "30s"),
     )

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,8 +36,9 @@ from emailq_loadtest import report
 from emailq_loadtest.generator import BrokerFeeder, HttpFeeder
 from emailq_loadtest.live import render
 from emailq_loadtest.measure import Ledger, ResourceLog
+from emailq_loadtest.outage import FAILOVER_ENV, ProviderOutage
 from emailq_loadtest.scenarios import Scenario
-from emailq_loadtest.service import SinkPool, WorkerFlags, WorkerPool, sink_ports
+from emailq_loadtest.service import Receipts, SinkPool, WorkerFlags, WorkerPool, sink_ports
 from emailq_loadtest.slo import (
     Accounting,
     SloConfig,
@@ -71,6 +72,9 @@ class Options:
     drain_s: float | None = None
     seed: int = 0
     live: bool | None = None  # None: when the console is a terminal
+    fault: str | None = None  # "provider-outage" (embedded only)
+    fault_at_s: float | None = None  # None: a third of the way into the load
+    fault_for_s: float = 30.0
 
     @property
     def sink_kind(self) -> str:
@@ -104,6 +108,7 @@ class RunResult:
 class Service(Protocol):
     description: dict[str, Any]
     errors: list[str]
+    outage: ProviderOutage | None
 
     def warm_up(self) -> None: ...
     def feed(self, start: float, stop: threading.Event) -> None: ...
@@ -150,11 +155,16 @@ class EmbeddedService:
         if kind == "lean" and not options.sinks:
             count = 1
         self.errors: list[str] = []
-        self.sinks = SinkPool(sink_ports(count), ledger.deliver, options.sink_delay, kind)
+        ports = sink_ports(count)
+        self.sinks = SinkPool(ports, ledger.deliver, options.sink_delay, kind)
+        self.outage = self._outage(ports) if options.fault == "provider-outage" else None
         logs = options.report_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.workers = WorkerPool(self.url, self.sinks.ports, options.workers, options.worker,
-                                  logs)  # fmt: skip
+        self.workers = WorkerPool(
+            self.url, ports, options.workers, options.worker, logs,
+            backup_ports=self.outage.secondary.ports if self.outage else (),
+            env=FAILOVER_ENV if self.outage else None,
+        )  # fmt: skip
         self.description = {
             "mode": "embedded", "broker": urlsplit(self.url).scheme,
             "workers": options.workers, "sinks": f"{count} × {kind}",
@@ -165,6 +175,20 @@ class EmbeddedService:
             self.description["provider_rate_per_s"] = options.worker.provider_rate
         if options.sink_delay:
             self.description["sink_delay_s"] = options.sink_delay
+        if self.outage:
+            self.description["fault"] = self.outage.describe()
+
+    def _outage(self, ports: list[int]) -> ProviderOutage:
+        options = self.options
+        at_s = options.fault_at_s
+        if at_s is None:
+            at_s = options.scenario.duration_s / 3
+
+        def restart(deliver: Callable[[Receipts], None]) -> SinkPool:
+            self.sinks = SinkPool(ports, deliver, options.sink_delay, self.sinks.kind)
+            return self.sinks
+
+        return ProviderOutage(self.sinks, self.ledger.deliver, restart, at_s, options.fault_for_s)
 
     def warm_up(self) -> None:
         """Wait until the workers deliver: warm-up emails (not measured) go through until one
@@ -184,6 +208,9 @@ class EmbeddedService:
                 first = time.monotonic()
 
     def feed(self, start: float, stop: threading.Event) -> None:
+        if self.outage:
+            threading.Thread(target=self.outage.run, args=(start, stop), name="outage",
+                             daemon=True).start()  # fmt: skip
         feeder = BrokerFeeder(self.broker, self.options.scenario, self.ledger,
                               seed=self.options.seed, stop=stop)  # fmt: skip
         feeder.run(start)
@@ -191,6 +218,8 @@ class EmbeddedService:
     def pids(self) -> dict[str, int]:
         pids = {f"worker-{i}": pid for i, pid in enumerate(self.workers.pids)}
         pids |= {f"sink-{i}": sink.pid for i, sink in enumerate(self.sinks.sinks)}
+        if self.outage:
+            pids |= {f"backup-sink-{i}": s.pid for i, s in enumerate(self.outage.secondary.sinks)}
         return pids
 
     def check(self) -> None:
@@ -214,11 +243,16 @@ class EmbeddedService:
         """Sinks first: what has not arrived by now will not, and a worker stuck sending to
         a stalled sink gets a connection error (a retry) instead of holding the exit up."""
         self.sinks.stop()
+        if self.outage:
+            self.outage.stop()
         self.workers.stop()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.sinks.stop()
+        if self.outage:
+            with contextlib.suppress(Exception):
+                self.outage.stop()
         with contextlib.suppress(Exception):
             self.workers.stop()
         if urlsplit(self.url).scheme.startswith("redis"):
@@ -228,6 +262,8 @@ class EmbeddedService:
 
 class TargetService:
     """A running API over HTTP; delivery is seen at the sink this run opens."""
+
+    outage: ProviderOutage | None = None  # faults are the embedded service's
 
     def __init__(self, options: Options, ledger: Ledger) -> None:
         if not options.sink_port or not options.api_key:
@@ -459,6 +495,8 @@ class Runner:
             held_per_min=ramp.held if ramp else None, broke=bool(ramp and ramp.broken),
             errors=service.errors,
         )  # fmt: skip
+        if service.outage:
+            figures["fault"] = service.outage.figures(ledger.start)
         json_path, html_path = report.write(figures, self.options.report_dir)
         return RunResult(figures, json_path, html_path)
 

@@ -113,6 +113,7 @@ class SinkPool:
         kind: str = "aiosmtpd",
     ) -> None:
         self.deliver = deliver
+        self.delay, self.kind = delay, kind
         context = multiprocessing.get_context("spawn")
         self.sinks: list[Sink] = []
         for port in ports:
@@ -171,10 +172,15 @@ class WorkerFlags:
     shutdown_timeout: float = 2.0  # a healthy run has nothing in flight by then
 
 
-def worker_command(broker_url: str, sink_port: int, flags: WorkerFlags) -> list[str]:
+def worker_command(
+    broker_url: str, sink_port: int, flags: WorkerFlags, backup_port: int | None = None
+) -> list[str]:
+    """``backup_port``: a second sink, the next in a failover chain."""
+    ports = [sink_port] if backup_port is None else [sink_port, backup_port]
+    providers = [f"--provider-url=smtp://127.0.0.1:{port}?pool={flags.smtp_pool}"
+                 for port in ports]  # fmt: skip
     command = [
-        sys.executable, "-m", "emailq", "worker", "--broker-url", broker_url,
-        "--provider-url", f"smtp://127.0.0.1:{sink_port}?pool={flags.smtp_pool}",
+        sys.executable, "-m", "emailq", "worker", "--broker-url", broker_url, *providers,
         "--batch", str(flags.batch), "--concurrency", str(flags.concurrency),
         "--shutdown-timeout", str(flags.shutdown_timeout),
     ]  # fmt: skip
@@ -187,18 +193,31 @@ class WorkerPool:
     """``emailq worker`` processes, each in its own session so none is left behind."""
 
     def __init__(
-        self, broker_url: str, ports: Sequence[int], count: int, flags: WorkerFlags, logs: Path
+        self,
+        broker_url: str,
+        ports: Sequence[int],
+        count: int,
+        flags: WorkerFlags,
+        logs: Path,
+        backup_ports: Sequence[int] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``backup_ports``: each worker's chain goes on to one of these (a fault's)."""
         self.flags = flags
         self.logs: list[IO[Any]] = []
         self.processes: list[subprocess.Popen[bytes]] = []
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         for index in range(count):
             log = (logs / f"worker-{index}.log").open("wb")
             self.logs.append(log)
-            command = worker_command(broker_url, ports[index % len(ports)], flags)
+            backup = backup_ports[index % len(backup_ports)] if backup_ports else None
+            command = worker_command(broker_url, ports[index % len(ports)], flags, backup)
             process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
             )
             self.processes.append(process)
 
