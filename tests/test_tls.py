@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from emailq.broker import State
 from emailq.deployment import Deployment
 from emailq.errors import BrokerUnavailable
-from emailq.providers.base import HealthCheck, Rendered, SendResult, Transient
+from emailq.providers.base import Accepted, HealthCheck, Rendered, SendResult, Transient
 from emailq.providers.factory import open_provider
-from emailq.sink import SmtpSink, free_port
+from emailq.sink import SinkHandler, SmtpSink, free_port
 from emailq.worker import Worker
 from faults import copies, invitations, wait_until
 from tlsfiles import TlsFiles, make_ca
@@ -139,3 +141,45 @@ def test_the_system_cas_are_used_when_none_is_given(smtps_sink: SmtpSink) -> Non
     provider = open_provider(f"smtps://127.0.0.1:{smtps_sink.port}")
     check = asyncio.run(provider.check())
     assert not check.ok and "CERTIFICATE_VERIFY_FAILED" in check.reason
+
+
+@pytest.fixture
+def starttls_sink(ca: TlsFiles) -> Iterator[SinkHandler]:
+    """aiosmtpd offering STARTTLS, refusing mail before it (and AUTH in clear)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(ca.server_cert, ca.server_key)
+    handler, port = SinkHandler(), free_port()
+    server = Controller(
+        handler, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True,
+        authenticator=lambda *_: AuthResult(success=True),
+    )  # fmt: skip
+    server.start()
+    handler.port = port  # type: ignore[attr-defined]
+    try:
+        yield handler
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(20)
+def test_starttls_verifies_the_relay_and_then_logs_in(
+    starttls_sink: SinkHandler, ca: TlsFiles, other_ca: TlsFiles
+) -> None:
+    base = f"smtp://mailer:pw@127.0.0.1:{starttls_sink.port}?starttls=auto"  # type: ignore[attr-defined]
+
+    async def send(url: str) -> tuple[HealthCheck, SendResult]:
+        provider = open_provider(url)
+        try:
+            return (await provider.check(), (await provider.send_batch([RENDERED]))[0])
+        finally:
+            await provider.close()
+
+    # The login goes over the upgraded connection (emailq used to look for the TLS under a
+    # name asyncio does not use, and refused every password over STARTTLS or smtps://).
+    check, result = asyncio.run(send(f"{base}&ca_file={ca.ca}"))
+    assert check.ok, check.reason
+    assert isinstance(result, Accepted) and len(starttls_sink.deliveries) == 1
+    check, result = asyncio.run(send(f"{base}&ca_file={other_ca.ca}"))
+    assert not check.ok and "CERTIFICATE_VERIFY_FAILED" in check.reason
+    assert isinstance(result, Transient) and result.provider_down
+    assert len(starttls_sink.deliveries) == 1  # nothing more, and no password went out

@@ -155,7 +155,7 @@ class SmtpProvider(Provider):
             except aiosmtplib.SMTPHeloError:
                 await client.helo()
         if self.settings.username and self.settings.password:
-            encrypted = client.get_transport_info("sslobject") is not None
+            encrypted = client.get_transport_info("ssl_object") is not None
             if not encrypted and not self.settings.allow_plaintext_auth:
                 client.close()
                 raise PlaintextAuthRefused(
