@@ -3,6 +3,8 @@ period, the chain's order."""
 
 from __future__ import annotations
 
+import random
+
 from emailq.failover.state import (
     FailoverPolicy,
     ProviderHealth,
@@ -58,6 +60,24 @@ def test_the_chain_sends_through_the_first_provider_not_down() -> None:
     everything_down = {n: ProviderHealth(n, down=True) for n in names}
     assert send_order(names, everything_down) == [0, 1, 2]
     assert [s.state for s in statuses(names, {"a": down})] == ["down", "active", "standby"]
+
+
+def test_a_provider_back_takes_a_growing_share_over_the_ramp() -> None:
+    names = ["a", "b"]
+    back = {"a": ProviderHealth("a", changed_at=100.0)}  # came back at 100
+    draws = random.Random(13)
+
+    def share_first(at: float) -> float:
+        orders = [send_order(names, back, at, 60.0, draws.random) for _ in range(4000)]
+        assert all(sorted(order) == [0, 1] for order in orders)  # the other is next, not gone
+        return sum(order[0] == 0 for order in orders) / len(orders)
+
+    assert share_first(100.0) == 0.0  # just back: the secondary still takes everything
+    assert 0.2 < share_first(115.0) < 0.3  # a quarter of the way
+    assert 0.7 < share_first(145.0) < 0.8
+    assert share_first(160.0) == 1.0  # ramp over
+    assert send_order(names, back, 115.0, 0.0, draws.random) == [0, 1]  # no ramp: at once
+    assert send_order(names, back) == [0, 1]  # no clock: the goal
 
 
 def test_a_record_survives_json() -> None:

@@ -578,6 +578,14 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
 @click.option("--smtp-pool", default=8, show_default=True, help="SMTP connections per worker")
 @click.option("--provider-rate", type=float, help="throttle: provider limit, messages/s")
 @click.option("--sink-delay", default=0.0, help="throttle: seconds the sink stalls per message")
+@click.option(
+    "--fault",
+    type=click.Choice(["provider-outage"]),
+    help="provider-outage: workers get a second sink as a failover chain, and the first"
+    " stops for --fault-for in the middle of the load",
+)
+@click.option("--fault-at", help="when the fault starts (default: a third into the load)")
+@click.option("--fault-for", default="30s", show_default=True, help="how long it lasts")
 @click.option("--step-rate", type=float, help="stress: emails/min added per step")
 @click.option("--step-duration", help="stress: length of each step (default 15s)")
 @click.option("--drain-timeout", help="how long to wait for the backlog after the load")

@@ -191,7 +191,8 @@ class Deployment:
         if len(urls) == 1:
             return self._open_one(urls[0])
         board = self.provider_board
-        return ProviderChain([self._open_one(url) for url in urls], board.names, board)
+        return ProviderChain([self._open_one(url) for url in urls], board.names, board,
+                             unsure_retries=self.settings.provider.unsure_retries)  # fmt: skip
 
     def _open_one(self, url: str) -> Provider:
         key = self.settings.provider.resend_api_key
@@ -206,6 +207,7 @@ class Deployment:
             breaker_failures=p.breaker_failures,
             breaker_window_s=p.breaker_window_s,
             check_timeout_s=p.check_timeout_s,
+            failback_ramp_s=p.failback_ramp_s,
         )
 
     @cached_property

@@ -160,6 +160,12 @@ class ProviderSettings(_Section):
     failback_s: float = Field(
         300.0, ge=0, description="seconds a provider must pass its checks before it is used again"
     )
+    failback_ramp_s: float = Field(
+        0.0,
+        ge=0,
+        description="seconds over which a provider back in the chain takes a growing share of"
+        " the traffic (0: all at once)",
+    )
     breaker_failures: int = Field(
         5,
         ge=1,
@@ -170,6 +176,12 @@ class ProviderSettings(_Section):
     )
     check_timeout_s: float = Field(
         10.0, gt=0, description="seconds a health check may take before it counts as failed"
+    )
+    unsure_retries: int = Field(
+        1,
+        ge=0,
+        description="times a chain sends again through the same provider a message it may"
+        " have taken (a timeout after DATA) before the message may move to another",
     )
 
     @field_validator("url")

@@ -8,6 +8,7 @@ matched to the queue by their ``X-Emailq-Id`` header.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -80,13 +81,16 @@ class SmtpSink:
         port: int = 0,
         keep_data: bool = False,
         handler: SinkHandler | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context``: speak TLS from the first byte (smtps://, port 465 style)."""
         self.host = host
         self.port = port or free_port(host)
         self.handler = handler or SinkHandler(keep_data=keep_data)
         self._controller = Controller(
-            self.handler, hostname=host, port=self.port, decode_data=False, data_size_limit=None
-        )
+            self.handler, hostname=host, port=self.port, decode_data=False, data_size_limit=None,
+            ssl_context=ssl_context,
+        )  # fmt: skip
 
     @property
     def deliveries(self) -> list[Delivery]:

@@ -41,6 +41,8 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
         )
     if flags.get("autoscale") and flags["target"]:
         raise ValueError("--autoscale sizes the workers this run starts; a --target's are its own")
+    if flags.get("fault") and flags["target"]:
+        raise ValueError("--fault needs the embedded service: it stops sinks this run starts")
     scenario = resolve(
         flags["scenario"],
         duration_s=parse_duration(flags["duration"]) if flags["duration"] else None,
@@ -79,4 +81,7 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
         drain_s=parse_duration(flags["drain_timeout"]) if flags["drain_timeout"] else None,
         seed=flags["seed"],
         live=flags["live"],
+        fault=flags.get("fault"),
+        fault_at_s=parse_duration(flags["fault_at"]) if flags.get("fault_at") else None,
+        fault_for_s=parse_duration(flags.get("fault_for") or "30s"),
     )

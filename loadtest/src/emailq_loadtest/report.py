@@ -210,9 +210,39 @@ def _cell(value: object) -> str:
 
 def _bands(figures: Mapping[str, Any]) -> list[svg.Band]:
     segments = figures["scenario"]["segments"]
-    if len(segments) < 2:
+    bands = [svg.Band(s["start_s"], s["end_s"], s["label"]) for s in segments]
+    return (bands if len(segments) > 1 else []) + _fault_bands(figures)
+
+
+def _fault_bands(figures: Mapping[str, Any]) -> list[svg.Band]:
+    """The outage as a band, and each switch as a thin one at the moment it happened."""
+    fault = figures.get("fault")
+    if not fault:
         return []
-    return [svg.Band(s["start_s"], s["end_s"], s["label"]) for s in segments]
+    start, end = fault["outage_s"]
+    thin = max(0.2, figures["scenario"]["duration_s"] / 500)
+    return [svg.Band(start, end, "primary down"), *(
+        svg.Band(at, at + thin, f"← {name}") for name, at in fault["events_s"].items()
+        if name.startswith("mail through")
+    )]  # fmt: skip
+
+
+def _fault(figures: Mapping[str, Any]) -> str:
+    fault = figures.get("fault")
+    if not fault:
+        return ""
+    rows = [[name, f"{at:.2f}"] for name, at in fault["events_s"].items()]
+    return "".join([
+        f"<h2>Fault: {escape(fault['kind'])}</h2>",
+        _table(["event", "seconds into the load"], rows),
+        f"<p class=meta>mail through the secondary {_seconds(fault['switch_after_s'])} after the"
+        f" primary stopped; back on the primary {_seconds(fault['failback_after_s'])} after it"
+        " came back (the workers' failback delay included)</p>",
+    ])  # fmt: skip
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
 
 
 def throughput_chart(figures: Mapping[str, Any]) -> str:
@@ -394,6 +424,7 @@ def html(figures: Mapping[str, Any]) -> str:
         f"<title>emailq loadtest: {escape(figures['scenario']['name'])}</title>",
         f"<style>{CSS}</style></head><body>",
         _summary(figures),
+        _fault(figures),
         "<h2>Plots</h2>",
         throughput_chart(figures), latency_chart(figures), distribution_chart(figures),
         _pool(figures),

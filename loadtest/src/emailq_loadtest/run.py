@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,8 +37,9 @@ from emailq_loadtest.autoscaled import PoolWatch
 from emailq_loadtest.generator import BrokerFeeder, HttpFeeder
 from emailq_loadtest.live import render
 from emailq_loadtest.measure import Ledger, ResourceLog
+from emailq_loadtest.outage import FAILOVER_ENV, ProviderOutage
 from emailq_loadtest.scenarios import Scenario
-from emailq_loadtest.service import SinkPool, WorkerFlags, WorkerPool, sink_ports
+from emailq_loadtest.service import Receipts, SinkPool, WorkerFlags, WorkerPool, sink_ports
 from emailq_loadtest.slo import (
     Accounting,
     SloConfig,
@@ -73,6 +74,9 @@ class Options:
     drain_s: float | None = None
     seed: int = 0
     live: bool | None = None  # None: when the console is a terminal
+    fault: str | None = None  # "provider-outage" (embedded only)
+    fault_at_s: float | None = None  # None: a third of the way into the load
+    fault_for_s: float = 30.0
 
     @property
     def sink_kind(self) -> str:
@@ -106,6 +110,7 @@ class RunResult:
 class Service(Protocol):
     description: dict[str, Any]
     errors: list[str]
+    outage: ProviderOutage | None
 
     def warm_up(self) -> None: ...
     def pool(self) -> dict[str, Any] | None: ...
@@ -154,11 +159,17 @@ class EmbeddedService:
         if kind == "lean" and not options.sinks:
             count = 1
         self.errors: list[str] = []
-        self.sinks = SinkPool(sink_ports(count), ledger.deliver, options.sink_delay, kind)
+        ports = sink_ports(count)
+        self.sinks = SinkPool(ports, ledger.deliver, options.sink_delay, kind)
+        self.outage = self._outage(ports) if options.fault == "provider-outage" else None
         logs = options.report_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         first = options.autoscale[0] if options.autoscale else options.workers
-        self.workers = WorkerPool(self.url, self.sinks.ports, first, options.worker, logs)
+        self.workers = WorkerPool(
+            self.url, ports, first, options.worker, logs,
+            backup_ports=self.outage.secondary.ports if self.outage else (),
+            env=FAILOVER_ENV if self.outage else None,
+        )  # fmt: skip
         self.watch = PoolWatch(self.workers, self.url, options.autoscale)
         pool = f"autoscaled {first}..{most}" if options.autoscale else options.workers
         self.description: dict[str, Any] = {
@@ -171,6 +182,20 @@ class EmbeddedService:
             self.description["provider_rate_per_s"] = options.worker.provider_rate
         if options.sink_delay:
             self.description["sink_delay_s"] = options.sink_delay
+        if self.outage:
+            self.description["fault"] = self.outage.describe()
+
+    def _outage(self, ports: list[int]) -> ProviderOutage:
+        options = self.options
+        at_s = options.fault_at_s
+        if at_s is None:
+            at_s = options.scenario.duration_s / 3
+
+        def restart(deliver: Callable[[Receipts], None]) -> SinkPool:
+            self.sinks = SinkPool(ports, deliver, options.sink_delay, self.sinks.kind)
+            return self.sinks
+
+        return ProviderOutage(self.sinks, self.ledger.deliver, restart, at_s, options.fault_for_s)
 
     def warm_up(self) -> None:
         """Wait until the workers deliver: warm-up emails (not measured) go through until one
@@ -191,6 +216,9 @@ class EmbeddedService:
 
     def feed(self, start: float, stop: threading.Event) -> None:
         self.watch.begin(start)
+        if self.outage:
+            threading.Thread(target=self.outage.run, args=(start, stop), name="outage",
+                             daemon=True).start()  # fmt: skip
         feeder = BrokerFeeder(self.broker, self.options.scenario, self.ledger,
                               seed=self.options.seed, stop=stop)  # fmt: skip
         feeder.run(start)
@@ -201,6 +229,8 @@ class EmbeddedService:
     def pids(self) -> dict[str, int]:
         pids = {f"worker-{i}": pid for i, pid in enumerate(self.workers.pids)}
         pids |= {f"sink-{i}": sink.pid for i, sink in enumerate(self.sinks.sinks)}
+        if self.outage:
+            pids |= {f"backup-sink-{i}": s.pid for i, s in enumerate(self.outage.secondary.sinks)}
         return pids
 
     def check(self) -> None:
@@ -226,6 +256,8 @@ class EmbeddedService:
         self.watch.finish()
         self.errors += self.watch.errors
         self.sinks.stop()
+        if self.outage:
+            self.outage.stop()
         self.workers.stop()
 
     def close(self) -> None:
@@ -233,6 +265,9 @@ class EmbeddedService:
             self.watch.finish()
         with contextlib.suppress(Exception):
             self.sinks.stop()
+        if self.outage:
+            with contextlib.suppress(Exception):
+                self.outage.stop()
         with contextlib.suppress(Exception):
             self.workers.stop()
         if urlsplit(self.url).scheme.startswith("redis"):
@@ -242,6 +277,8 @@ class EmbeddedService:
 
 class TargetService:
     """A running API over HTTP; delivery is seen at the sink this run opens."""
+
+    outage: ProviderOutage | None = None  # faults are the embedded service's
 
     def __init__(self, options: Options, ledger: Ledger) -> None:
         if not options.sink_port or not options.api_key:
@@ -476,6 +513,8 @@ class Runner:
             held_per_min=ramp.held if ramp else None, broke=bool(ramp and ramp.broken),
             errors=service.errors, pool=service.pool(),
         )  # fmt: skip
+        if service.outage:
+            figures["fault"] = service.outage.figures(ledger.start)
         json_path, html_path = report.write(figures, self.options.report_dir)
         return RunResult(figures, json_path, html_path)
 

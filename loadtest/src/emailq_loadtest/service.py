@@ -113,6 +113,7 @@ class SinkPool:
         kind: str = "aiosmtpd",
     ) -> None:
         self.deliver = deliver
+        self.delay, self.kind = delay, kind
         context = multiprocessing.get_context("spawn")
         self.sinks: list[Sink] = []
         for port in ports:
@@ -171,10 +172,15 @@ class WorkerFlags:
     shutdown_timeout: float = 2.0  # a healthy run has nothing in flight by then
 
 
-def worker_command(broker_url: str, sink_port: int, flags: WorkerFlags) -> list[str]:
+def worker_command(
+    broker_url: str, sink_port: int, flags: WorkerFlags, backup_port: int | None = None
+) -> list[str]:
+    """``backup_port``: a second sink, the next in a failover chain."""
+    ports = [sink_port] if backup_port is None else [sink_port, backup_port]
+    providers = [f"--provider-url=smtp://127.0.0.1:{port}?pool={flags.smtp_pool}"
+                 for port in ports]  # fmt: skip
     command = [
-        sys.executable, "-m", "emailq", "worker", "--broker-url", broker_url,
-        "--provider-url", f"smtp://127.0.0.1:{sink_port}?pool={flags.smtp_pool}",
+        sys.executable, "-m", "emailq", "worker", "--broker-url", broker_url, *providers,
         "--batch", str(flags.batch), "--concurrency", str(flags.concurrency),
         "--shutdown-timeout", str(flags.shutdown_timeout),
     ]  # fmt: skip
@@ -189,9 +195,18 @@ class WorkerPool:
     by gets SIGTERM and counts as running until it has exited."""
 
     def __init__(
-        self, broker_url: str, ports: Sequence[int], count: int, flags: WorkerFlags, logs: Path
+        self,
+        broker_url: str,
+        ports: Sequence[int],
+        count: int,
+        flags: WorkerFlags,
+        logs: Path,
+        backup_ports: Sequence[int] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``backup_ports``: each worker's chain goes on to one of these (a fault's)."""
         self.broker_url, self.ports, self.flags, self.log_dir = broker_url, ports, flags, logs
+        self.backup_ports, self.env = backup_ports, env or {}
         self.logs: list[IO[Any]] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.retiring: list[subprocess.Popen[bytes]] = []
@@ -202,8 +217,10 @@ class WorkerPool:
         index, self.started = self.started, self.started + 1
         log = (self.log_dir / f"worker-{index}.log").open("wb")
         self.logs.append(log)
-        command = worker_command(self.broker_url, self.ports[index % len(self.ports)], self.flags)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        backup = self.backup_ports[index % len(self.backup_ports)] if self.backup_ports else None
+        port = self.ports[index % len(self.ports)]
+        command = worker_command(self.broker_url, port, self.flags, backup)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.processes.append(
             subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -92,9 +92,11 @@ from emailq.broker.redis_client import (
     Keys,
     connect,
     connect_async,
+    refused_certificate,
     warn_if_evicting,
     warn_unless_noeviction,
 )
+from emailq.broker.replica_wait import ReplicaWait, enqueue_replicated, replica_wait
 from emailq.clock import Clock
 from emailq.errors import BrokerError, BrokerFull, BrokerUnavailable
 from emailq.ids import new_id
@@ -148,9 +150,11 @@ class RedisBroker(Broker):
         prefix: str = DEFAULT_PREFIX,
         options: BrokerOptions | None = None,
         clock: Clock | None = None,
+        replica_wait: ReplicaWait | None = None,
     ) -> None:
         super().__init__(options, clock)
         self.client = client
+        self.replica_wait = replica_wait or ReplicaWait()
         self.prefix = prefix
         self.keys = Keys.for_prefix(prefix)
         self._scripts: dict[str, Script] = {
@@ -172,7 +176,7 @@ class RedisBroker(Broker):
         ``?prefix=name`` picks the queue (default ``emailq``)."""
         patience_s = (options or BrokerOptions()).patience_s
         client, prefix = connect(url, patience_s)
-        broker = cls(client, prefix, options=options, clock=clock)
+        broker = cls(client, prefix, options=options, clock=clock, replica_wait=replica_wait(url))
         broker._async_client = lambda: connect_async(url, patience_s)
         return broker
 
@@ -225,6 +229,9 @@ class RedisBroker(Broker):
                 k.recipients, k.batch, k.ceremonies, *self._tail()]  # fmt: skip
         # One MULTI: payloads by MSET (Lua would copy each twice), then the script. EVAL, not
         # EVALSHA: a NOSCRIPT inside EXEC would leave the MSET applied; the text is small.
+        if self.replica_wait.replicas:
+            script = (_SCRIPTS["enqueue"], keys, args)
+            return _texts(enqueue_replicated(self.client, self.replica_wait, payloads, script))
         pipe = self.client.pipeline(transaction=True)
         pipe.mset(payloads)
         pipe.eval(_SCRIPTS["enqueue"], len(keys), *keys, *args)
@@ -518,6 +525,11 @@ class RedisBroker(Broker):
             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
             redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError,
         )  # fmt: skip
+        if refused_certificate(error):
+            return BrokerUnavailable(
+                f"Redis TLS certificate refused: {text} (check ssl_ca_certs, or ssl_certfile"
+                " and ssl_keyfile, on the rediss:// URL)"
+            )
         if isinstance(error, unreachable):
             return BrokerUnavailable(f"Redis is unavailable: {text}")
         return BrokerError(f"Redis: {text}")

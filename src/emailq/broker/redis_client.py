@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
@@ -21,6 +23,7 @@ from redis.connection import HiredisRespSerializer
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
+from emailq.broker.replica_wait import ReplicaWait
 from emailq.errors import ConfigurationError
 from emailq.lanes import LANE_ORDER
 
@@ -32,7 +35,8 @@ _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # no braces (the hash tag), no g
 
 
 def client_options(
-    patience_s: float = 60.0, retry_class: type[Retry] | type[AsyncRetry] = Retry
+    patience_s: float = 60.0,
+    retry_class: type[_FailoverRetry] | type[_AsyncFailoverRetry] | None = None,
 ) -> dict[str, Any]:
     """How every connection behaves; by default the retry budget outlasts a Sentinel failover.
 
@@ -43,7 +47,7 @@ def client_options(
     so the retry is safe. A demoted master answers READONLY: that reconnects and retries too.
     ``retry_class``: redis-py's asyncio client takes a Retry of its own (connect_async).
     """
-    retry = retry_class(
+    retry = (retry_class or _FailoverRetry)(
         ExponentialBackoff(cap=2.0, base=0.1),
         retries=_retries_within(patience_s),
         supported_errors=(
@@ -59,6 +63,58 @@ def client_options(
         "socket_connect_timeout": 2.0,
         "health_check_interval": 30,  # a connection idle that long is pinged before use
     }
+
+
+class _FailoverRetry(Retry):
+    """Rides out what a failover throws, but not a certificate either side refuses: that
+    is configuration, not going away, and a minute of reconnecting would look like a hang."""
+
+    def call_with_retry(
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        def retryable(error: Exception) -> bool:
+            if refused_certificate(error):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+class _AsyncFailoverRetry(AsyncRetry):
+    """_FailoverRetry for the asyncio client (connect_async)."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[Any]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        def retryable(error: Exception) -> bool:
+            if refused_certificate(error):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def refused_certificate(error: BaseException) -> bool:
+    """Did a TLS handshake fail over a certificate (ours or the server's)? redis-py raises
+    its own ConnectionError with the ssl error as the context."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(seen, ssl.SSLError) and any(
+            word in str(seen.reason or "") for word in ("CERTIFICATE", "UNKNOWN_CA")
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _retries_within(patience_s: float) -> int:
@@ -163,6 +219,7 @@ def connect(url: str, patience_s: float = 60.0) -> tuple[redis.Redis, str]:
     query = parse_qs(parts.query, keep_blank_values=True)
     prefix = query.pop("prefix", [DEFAULT_PREFIX])[-1]
     Keys.for_prefix(prefix)  # refuse a bad prefix before connecting
+    ReplicaWait.pop_from(query)  # the broker's, not redis-py's
     if parts.scheme == "redis+sentinel":
         return _sentinel_client(parts.netloc, parts.path, query, patience_s), prefix
     client = redis.Redis.from_url(_plain(url, parts.scheme, query), **client_options(patience_s))
@@ -178,7 +235,8 @@ def connect_async(url: str, patience_s: float = 60.0) -> redis.asyncio.Redis | N
         return None
     query = parse_qs(parts.query, keep_blank_values=True)
     query.pop("prefix", None)
-    options = client_options(patience_s, retry_class=AsyncRetry)
+    ReplicaWait.pop_from(query)  # the broker's, not redis-py's
+    options = client_options(patience_s, retry_class=_AsyncFailoverRetry)
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
         _plain(url, parts.scheme, query), **options
     )
@@ -220,7 +278,7 @@ def _sentinel_client(
     if not service or not hosts or query or not db.isdigit():
         raise ConfigurationError(
             "a Sentinel URL looks like redis+sentinel://host:port[,host:port]/service_name"
-            "[?db=N&prefix=name]"
+            "[?db=N&prefix=name&wait=N]"
         )
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         [_host_port(item) for item in hosts.split(",")],

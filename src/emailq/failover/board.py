@@ -97,7 +97,8 @@ class HealthBoard:
 
     # -- what the chain asks and tells ------------------------------------------------------
     def order(self) -> list[int]:
-        return send_order(self.names, self.health)
+        """This call's order: a provider just back goes first for a growing share."""
+        return send_order(self.names, self.health, self.clock(), self.policy.failback_ramp_s)
 
     def note(self, name: str, result: SendResult) -> None:
         """One send's outcome: a burst of transient failures (or one refused login) trips
@@ -220,7 +221,7 @@ class HealthBoard:
                     log.warning("provider %s passed its checks for %g s: back in the chain",
                                 name, self.policy.failback_s)  # fmt: skip
         self.health = health
-        active = self.names[self.order()[0]]
+        active = self.names[send_order(self.names, health)[0]]  # the ramp's goal, not a draw
         if active != self._active:
             self.metrics.switches.labels(active).inc()
             log.warning("provider chain now sends through %s (was %s)", active, self._active)

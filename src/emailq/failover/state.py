@@ -4,13 +4,16 @@ A provider is **down** after ``fail_after`` failed checks in a row, or at once w
 circuit breaker trips (a burst of transient send failures, refused credentials). A down
 provider comes back only after passing every check for ``failback_s``: a relay that flaps
 does not drag traffic back and forth. The chain sends through the first provider that is
-not down, in the configured order.
+not down, in the configured order; with ``failback_ramp_s``, a provider just back takes a
+growing share of the batches first (none at its return, all after the ramp), so a relay
+that passes its checks but buckles under full traffic trips the breaker on a share.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -23,6 +26,7 @@ class FailoverPolicy:
     breaker_failures: int = 5  # transient send failures within breaker_window_s trip it
     breaker_window_s: float = 10.0
     check_timeout_s: float = 10.0
+    failback_ramp_s: float = 0.0  # a provider back takes all traffic at once (0) or over this
 
     @property
     def lease_s(self) -> float:
@@ -98,11 +102,29 @@ def after_trip(
     )
 
 
-def send_order(names: Sequence[str], health: Mapping[str, ProviderHealth]) -> list[int]:
+def send_order(
+    names: Sequence[str],
+    health: Mapping[str, ProviderHealth],
+    at: float | None = None,
+    ramp_s: float = 0.0,
+    draw: Callable[[], float] = random.random,
+) -> list[int]:
     """Indices of the providers to try, in order: those not down. When every one is down,
-    all of them (the primary first): trying beats holding all mail back."""
+    all of them (the primary first): trying beats holding all mail back.
+
+    With ``ramp_s`` (and ``at``, now): a first provider that came back less than
+    ``ramp_s`` ago goes first for a share of the calls growing from 0 to 1 over the ramp,
+    and second for the rest."""
     usable = [i for i, name in enumerate(names) if not _down(health, name)]
-    return usable or list(range(len(names)))
+    if not usable:
+        return list(range(len(names)))
+    first = health.get(names[usable[0]])
+    if at is None or first is None or first.changed_at is None or len(usable) < 2:
+        return usable
+    back_for = max(0.0, at - first.changed_at)
+    if back_for < ramp_s and draw() >= back_for / ramp_s:  # not its turn yet
+        usable[0], usable[1] = usable[1], usable[0]
+    return usable
 
 
 def state_label(index: int, name: str, names: Sequence[str], health: Mapping[str, ProviderHealth]

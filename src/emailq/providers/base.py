@@ -128,6 +128,9 @@ class Provider(abc.ABC):
     # Messages this provider can have on the wire at once (an SMTP pool's connections);
     # None: no such bound (one HTTP call carries a whole batch).
     concurrency: int | None = None
+    # Sends an unsure call again itself, with the same idempotency key (Resend): a chain
+    # need not ask it again before the message may move on.
+    retries_unsure: bool = False
 
     async def send_batch(
         self, batch: Sequence[Rendered], gate: SendGate = OPEN_GATE

@@ -2,7 +2,9 @@
 
 ``smtp://[user:password@]host[:port][?pool=8&starttls=auto|yes|no&timeout=30]``
 (``&auth=plaintext`` allows a password over a connection without TLS),
-``smtps://…`` (implicit TLS, port 465), ``file:///path/to/folder``,
+``smtps://…`` (implicit TLS, port 465); certificates are verified, against
+``&ca_file=/path/ca.pem`` when given, and ``&cert_file=…&key_file=…`` present a client
+certificate; ``file:///path/to/folder``,
 ``resend://[api_key@]api.resend.com`` (key from the settings when not in the URL;
 ``resend+http://127.0.0.1:8025`` reaches a local stand-in over plain HTTP).
 """
@@ -38,6 +40,9 @@ def open_provider(url: str, resend_api_key: str | None = None) -> Provider:
                 start_tls=False if implicit else _STARTTLS[starttls],
                 use_tls=implicit,
                 allow_plaintext_auth=query.get("auth") == "plaintext",
+                ca_file=query.get("ca_file"),
+                cert_file=query.get("cert_file"),
+                key_file=query.get("key_file"),
             )
         )
     if parts.scheme == "file":

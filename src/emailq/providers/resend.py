@@ -187,6 +187,7 @@ def batch_idempotency_key(message_ids: Sequence[str]) -> str:
 
 class ResendProvider(Provider):
     name = "resend"
+    retries_unsure = True  # ResendSettings.unsure_retries, under the call's own key
 
     def __init__(self, settings: ResendSettings, *, clock: Clock = now) -> None:
         self.settings = settings

@@ -44,6 +44,11 @@ class SmtpSettings:
     # A password over a connection without TLS can be read by anyone on the path: refused
     # unless the operator asks for it (a relay on localhost, a test server).
     allow_plaintext_auth: bool = False
+    # Certificates are always verified: against these CAs (PEM) instead of the system's,
+    # and with a client certificate of our own where the relay asks for one.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class SmtpProvider(Provider):
@@ -154,7 +159,7 @@ class SmtpProvider(Provider):
             except aiosmtplib.SMTPHeloError:
                 await client.helo()
         if self.settings.username and self.settings.password:
-            encrypted = client.get_transport_info("sslobject") is not None
+            encrypted = client.get_transport_info("ssl_object") is not None
             if not encrypted and not self.settings.allow_plaintext_auth:
                 client.close()
                 raise PlaintextAuthRefused(
@@ -166,13 +171,7 @@ class SmtpProvider(Provider):
     async def check(self) -> HealthCheck:
         """Connect, EHLO (STARTTLS as configured), AUTH where configured, NOOP, QUIT: on a
         connection of its own, so the pool's connections are not disturbed."""
-        client = aiosmtplib.SMTP(
-            hostname=self.settings.host,
-            port=self.settings.port,
-            timeout=self.settings.timeout,
-            use_tls=self.settings.use_tls,
-            start_tls=self.settings.start_tls,
-        )
+        client = self._client()
         try:
             await self._open(client)
             reply = await client.noop()
@@ -193,14 +192,21 @@ class SmtpProvider(Provider):
     async def _checkout(self) -> aiosmtplib.SMTP:
         if self._idle.empty() and self._created < self.settings.pool_size:
             self._created += 1
-            return aiosmtplib.SMTP(
-                hostname=self.settings.host,
-                port=self.settings.port,
-                timeout=self.settings.timeout,
-                use_tls=self.settings.use_tls,
-                start_tls=self.settings.start_tls,
-            )
+            return self._client()
         return await self._idle.get()
+
+    def _client(self) -> aiosmtplib.SMTP:
+        settings = self.settings
+        return aiosmtplib.SMTP(
+            hostname=settings.host,
+            port=settings.port,
+            timeout=settings.timeout,
+            use_tls=settings.use_tls,
+            start_tls=settings.start_tls,
+            cert_bundle=settings.ca_file,
+            client_cert=settings.cert_file,
+            client_key=settings.key_file,
+        )
 
     async def close(self) -> None:
         while not self._idle.empty():
