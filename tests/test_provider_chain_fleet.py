@@ -23,6 +23,7 @@ from faults import copies, fill, wait_until
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(400)
 def test_two_worker_processes_fail_over_together_with_nothing_lost(tmp_path: Path) -> None:
     require_redis()
     url = redis_url_with_prefix(f"emailq-test-{uuid.uuid4().hex}")
@@ -45,13 +46,13 @@ def test_two_worker_processes_fail_over_together_with_nothing_lost(tmp_path: Pat
             ))  # fmt: skip
     try:
         with open_broker(url) as broker:
-            ids = fill(broker, 4000)
-            wait_until(lambda: primary.count >= 500, 60, "the primary to take mail")
+            ids = fill(broker, 20_000)  # the run: the primary killed in the middle
+            wait_until(lambda: primary.count >= 8_000, 120, "the primary to take mail")
             stopped_at = time.monotonic()
             primary.stop()
             wait_until(lambda: secondary.count > 0, 10, "the secondary to take mail")
             switched_in = time.monotonic() - stopped_at
-            wait_until(lambda: broker.stats().count(State.SENT) == len(ids), 120, "every message")
+            wait_until(lambda: broker.stats().count(State.SENT) == len(ids), 300, "every message")
             assert broker.stats().count(State.DEAD) == 0
         seen: Counter[str] = copies(primary) + copies(secondary)
         print(f"\nfleet switched {switched_in:.2f} s after the primary stopped;"
