@@ -76,12 +76,7 @@ class _FailoverRetry(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> Any:
-        def retryable(error: Exception) -> bool:
-            if refused_certificate(error):
-                return False
-            return is_retryable is None or is_retryable(error)
-
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
+        return super().call_with_retry(do, fail, _unless_refused(is_retryable), with_failure_count)
 
 
 class _AsyncFailoverRetry(AsyncRetry):
@@ -94,12 +89,21 @@ class _AsyncFailoverRetry(AsyncRetry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> Any:
-        def retryable(error: Exception) -> bool:
-            if refused_certificate(error):
-                return False
-            return is_retryable is None or is_retryable(error)
-
+        retryable = _unless_refused(is_retryable)
         return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def _unless_refused(
+    is_retryable: Callable[[Exception], bool] | None,
+) -> Callable[[Exception], bool]:
+    """What redis-py would retry, less a refused certificate."""
+
+    def retryable(error: Exception) -> bool:
+        if refused_certificate(error):
+            return False
+        return is_retryable is None or is_retryable(error)
+
+    return retryable
 
 
 def refused_certificate(error: BaseException) -> bool:
