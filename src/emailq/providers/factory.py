@@ -1,6 +1,6 @@
 """Open a provider from a URL, the way brokers are opened.
 
-``smtp://[user:password@]host[:port][?pool=8&starttls=auto|yes|no&timeout=30]``
+``smtp://[user:password@]host[:port][?pool=16&starttls=auto|yes|no&timeout=30]``
 (``&auth=plaintext`` allows a password over a connection without TLS),
 ``smtps://…`` (implicit TLS, port 465); certificates are verified, against
 ``&ca_file=/path/ca.pem`` when given, and ``&cert_file=…&key_file=…`` present a client
