@@ -73,3 +73,22 @@ def test_redis_from_a_url_settles_on_an_asyncio_client_and_sentinel_on_threads(
     assert asyncio.run(kind()) is expected
     # Sentinel's master lookup is the sync client's (proven through failovers): no twin.
     assert connect_async("redis+sentinel://127.0.0.1:26379/mymaster") is None
+
+
+def test_a_critical_enqueue_ends_the_express_loops_wait_on_redis(broker: Broker) -> None:
+    async def waited(timeout: float) -> float:
+        calls = broker.calls()
+        try:
+            await calls.wait_for_critical(1.0)  # Redis: ended by the subscription's reply
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.2, broker.enqueue_many, [NewMessage(b"moved", lane=Lane.CRITICAL)])
+            began = loop.time()
+            await calls.wait_for_critical(timeout)
+            return loop.time() - began
+        finally:
+            await calls.aclose()
+
+    if isinstance(broker, RedisBroker):
+        assert asyncio.run(waited(30.0)) < 29, "the wait ran its whole course: no notice came"
+    else:  # SQLite has no notices: the wait is the poll interval itself
+        assert asyncio.run(waited(0.5)) >= 0.5 - 0.01

@@ -296,7 +296,10 @@ class Worker:
                 except Exception:
                     log.exception("express loop failed; trying again in %.0f s", s.error_backoff)
                     pause = s.error_backoff
-            await self._pause(stop, pause)
+            if not route.pause.remaining and pause == s.express_idle_sleep:
+                await self.calls.wait_for_critical(pause)  # or woken by a critical enqueue
+            else:
+                await self._pause(stop, pause)
         await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _lease(

@@ -46,5 +46,10 @@ class BrokerCalls:
     async def heartbeat(self, jobs: Sequence[Job], lease_s: float) -> list[str]:
         return await asyncio.to_thread(self.broker.heartbeat, jobs, lease_s)
 
+    async def wait_for_critical(self, timeout: float) -> None:
+        """Return when critical mail may be ready: after ``timeout`` (a poll), or sooner
+        where the backend can say so (Redis publishes each critical enqueue)."""
+        await asyncio.sleep(timeout)
+
     async def aclose(self) -> None:
         """Close what these calls opened (nothing, on threads)."""

@@ -59,6 +59,7 @@ enqueue is refused.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from collections.abc import Callable, Collection, Sequence
@@ -701,6 +702,7 @@ class RedisCalls(BrokerCalls):
         super().__init__(broker)
         self.redis = broker
         self.client = client
+        self._wake: redis.asyncio.client.PubSub | None = None
         self._scripts = {
             name: client.register_script(_SCRIPTS[name])
             for name in ("lease", "settle", "heartbeat")
@@ -738,5 +740,18 @@ class RedisCalls(BrokerCalls):
         with self.redis._backend_errors():
             return _texts(await self._scripts["heartbeat"](keys=keys, args=args))
 
+    async def wait_for_critical(self, timeout: float) -> None:
+        try:
+            if self._wake is None:
+                self._wake = self.client.pubsub()
+                await self._wake.subscribe(self.redis.keys.wake)
+            # Any message (or the subscription's own confirmation) ends the wait early.
+            await self._wake.get_message(timeout=timeout)
+        except redis.RedisError:  # no notice to be had: the poll carries on alone
+            self._wake = None
+            await asyncio.sleep(timeout)
+
     async def aclose(self) -> None:
+        if self._wake is not None:
+            await self._wake.aclose()  # type: ignore[no-untyped-call]
         await self.client.aclose()

@@ -153,6 +153,7 @@ class Keys:
     audit_off: str  # given to the scripts instead of ``audit`` when no trail is written
     recipients: str  # + a recipient's keyed hash: the ids of the messages naming it
     batch: str  # + a batch id: the ids of its messages (a zset by id: oldest first)
+    wake: str  # pub/sub channel: critical mail ready now (enqueue.lua publishes)
     ceremonies: str  # zset: ceremony (ms) → id of wedding mail (the autoscaler's look-ahead)
 
     @classmethod
@@ -179,6 +180,7 @@ class Keys:
             audit_off=f"{tag}:a-off",
             recipients=f"{tag}:r:",
             batch=f"{tag}:b:",
+            wake=f"{tag}:wake",
             ceremonies=f"{tag}:ceremonies",
         )
 

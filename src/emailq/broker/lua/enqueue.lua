@@ -6,7 +6,7 @@
 -- KEYS[3]     payload key prefix "{p}:p:" (a payload is the string KEYS[3] .. id)
 -- KEYS[4]     delayed zset (due time → id)
 -- KEYS[5]     counts hash ("lane:state" → n)
--- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below
+-- KEYS[6..10] ready zsets, one per lane, in the order of the lane names below (critical first)
 -- KEYS[11]    recipient index prefix "{p}:r:" (+ a recipient's keyed hash: a set of ids)
 -- KEYS[12]    batch prefix "{p}:b:" (+ a batch id: a zset of its message ids, scored 0 so
 --             they sort by id, which is time-ordered)
@@ -137,4 +137,7 @@ end
 for field, n in pairs(delta) do redis.call('HINCRBY', KEYS[5], field, n) end
 for tenant in pairs(audited) do redis.call('SADD', AUDIT .. 'tenants', tenant) end
 apply_tenant_counts()
+-- Critical mail ready now wakes the workers' express loops at once (channel "{p}:wake"),
+-- instead of at their next poll.
+if lined_up[KEYS[6]] then redis.call('PUBLISH', string.sub(KEYS[1], 1, -3) .. 'wake', '1') end
 return ids
