@@ -18,10 +18,10 @@ from emailq.supervisor import MAX_RESTART_DELAY, restart_delay
 SUPERVISE_A_FAILING_WORKER = """
 import logging, sys
 from emailq.settings import Settings
-from emailq.supervisor import Supervisor
+from emailq.supervisor import Launch, Supervisor
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
 settings = Settings(broker={"url": sys.argv[1]})  # a file in a folder that is not there
-Supervisor(settings, 1).run()
+Supervisor(Launch.of(settings), 1).run()
 """
 
 

@@ -14,17 +14,22 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from emailq.broker import State, Stats
-from emailq.deployment import Deployment
 from emailq.errors import EmailqError
 from emailq.lanes import LANE_ORDER, Lane
 from emailq.settings import Settings, described_fields, display, redact_url
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from emailq.broker import Stats
+    from emailq.deployment import Deployment
+
+# Heavy modules (the deployment, rich's tables, the API client) are imported by the
+# commands that use them: `emailq worker` starts a worker, and should start it soon.
 
 # Which setting each flag sets (flags of the same name mean the same setting everywhere).
 SETTING_OF = {
@@ -87,7 +92,13 @@ def load_settings(ctx: click.Context, flags: dict[str, Any]) -> Settings:
 
 
 def open_deployment(ctx: click.Context, flags: dict[str, Any]) -> Deployment:
-    return Deployment.from_settings(load_settings(ctx, flags))
+    return deployment_of(load_settings(ctx, flags))
+
+
+def deployment_of(settings: Settings) -> Deployment:
+    from emailq.deployment import Deployment
+
+    return Deployment.from_settings(settings)
 
 
 BROKER_URL = setting("--broker-url")
@@ -118,6 +129,9 @@ def show_config(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
         body = {name: {"value": value, "source": source} for name, value, source in rows}
         click.echo(json.dumps(body, indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title="emailq settings")
     for column in ("setting", "value", "source"):
         table.add_column(column, overflow="fold")
@@ -158,6 +172,8 @@ def status(ctx: click.Context, /, as_json: bool, watch: bool, **flags: Any) -> N
     if as_json:
         click.echo(json.dumps({"broker": where} | stats_to_dict(stats), indent=2))
     else:
+        from rich.console import Console
+
         Console().print(stats_table(stats, where))
 
 
@@ -173,6 +189,9 @@ def providers(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     if as_json:
         click.echo(json.dumps([asdict(row) for row in rows], indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("provider", "state", "last check", "failed checks", "last failure")
     for row in rows:
         checked = (
@@ -245,34 +264,33 @@ def worker_options(command: Callable[..., None]) -> Callable[..., None]:
 def start_workers(
     ctx: click.Context, default_processes: int, flags: dict[str, Any], monitor: bool = False
 ) -> None:
-    from emailq.monitor.runner import MonitorThread
-    from emailq.supervisor import Supervisor, worker_main
-
+    """One worker here, or a supervised pool. `emailq run` also watches its own queue: the
+    monitor runs in the first worker (the broker's lease keeps it to one writer)."""
     settings = load_settings(ctx, flags)
     processes = settings.worker.processes or default_processes
-    # `emailq run` watches its own queue (the broker's lease keeps it to one writer).
-    watching = None
-    if monitor and settings.monitor.enabled:
-        watching = MonitorThread(Deployment.from_settings(settings)).start()
-    try:
-        if settings.autoscale.enabled:
-            sys.exit(run_autoscaled(settings))
-        if processes == 1:
-            worker_main(settings)
-        else:
-            sys.exit(Supervisor(settings, processes).run())
-    finally:
-        if watching is not None:
-            watching.stop()
+    if settings.autoscale.enabled:
+        sys.exit(run_autoscaled(settings, monitor))
+    if processes == 1:
+        from emailq.worker_process import worker_main
+
+        worker_main(settings, monitor=monitor)
+        return
+    from emailq.supervisor import Launch, Supervisor, exec_supervisor
+
+    launch = Launch.of(settings, monitor)
+    exec_supervisor(launch, processes)  # returns only if the launch cannot be handed over
+    sys.exit(Supervisor(launch, processes).run())
 
 
-def run_autoscaled(settings: Settings) -> int:
-    """A pool that starts at the minimum and follows the autoscaler's decisions."""
+def run_autoscaled(settings: Settings, monitor: bool = False) -> int:
+    """A pool that starts at the minimum and follows the autoscaler's decisions (in this
+    process: the autoscaler reads the broker, so it is no lean supervisor)."""
     from prometheus_client import start_http_server
 
     from emailq.autoscale.controller import Autoscaler, config_from_settings
+    from emailq.deployment import Deployment
     from emailq.logs import configure_logging
-    from emailq.supervisor import Supervisor
+    from emailq.supervisor import Launch, Supervisor
 
     configure_logging(settings)
     section = settings.autoscale
@@ -282,7 +300,8 @@ def run_autoscaled(settings: Settings) -> int:
         )
         if section.metrics_port:
             start_http_server(section.metrics_port, "127.0.0.1", autoscaler.metrics.registry)
-        return Supervisor(settings, section.min_workers, autoscaler).run()
+        launch = Launch.of(settings, monitor)
+        return Supervisor(launch, section.min_workers, autoscaler).run()
 
 
 def parse_autoscale(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -341,7 +360,7 @@ def monitor(ctx: click.Context, /, **flags: Any) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with Deployment.from_settings(settings) as deployment:
+    with deployment_of(settings) as deployment:
         running = Monitor(deployment)
         every = settings.monitor.interval_s
         where = redact_url(settings.broker.url)
@@ -400,7 +419,7 @@ def alerts_silence(ctx: click.Context, /, rule: str, duration: str, **flags: Any
     settings = load_settings(ctx, flags)
     if rule not in {r.name for r in load_rules(settings.monitor.rules_file)}:
         raise click.ClickException(f"no alert rule {rule}")
-    with Deployment.from_settings(settings) as deployment:
+    with deployment_of(settings) as deployment:
         store = open_store(deployment.broker)
         at = deployment.clock()
         silence(store, rule, at + seconds, at)
@@ -521,7 +540,7 @@ def send(ctx: click.Context, /, path: str | None, **fields: Any) -> None:
         key = settings.api.key.get_secret_value()
         message_id, lane = send_via_api(settings.api.url, key, data)
     else:
-        with Deployment.from_settings(settings) as deployment:
+        with deployment_of(settings) as deployment:
             queued = deployment.send(data)
         message_id, lane = queued.id, queued.lane
     click.echo(f"{message_id} {lane}")
@@ -734,6 +753,10 @@ def stats_to_dict(stats: Stats) -> dict[str, object]:
 
 
 def stats_table(stats: Stats, where: str = "") -> Table:
+    from rich.table import Table
+
+    from emailq.broker import State
+
     table = Table(title=f"emailq queue {where}".strip())
     table.add_column("lane", no_wrap=True)
     for state in State:

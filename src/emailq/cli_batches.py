@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from emailq.cli import cli, load_settings, setting
-from emailq.client import ApiError, Client
+
+if TYPE_CHECKING:  # imported when used: the client brings httpx, `emailq worker` needs none
+    from emailq.client import Client
 
 
 @cli.group()
@@ -21,6 +23,8 @@ def _client(ctx: click.Context, flags: dict[str, Any]) -> Client:
     settings = load_settings(ctx, flags)
     if not settings.api.url or settings.api.key is None:
         raise click.UsageError("give --api-url and --api-key (or EMAILQ_API_URL, EMAILQ_API_KEY)")
+    from emailq.client import Client
+
     return Client(settings.api.url, settings.api.key.get_secret_value())
 
 
@@ -70,6 +74,8 @@ def retry(ctx: click.Context, /, batch_id: str, **flags: Any) -> None:
 
 
 def _or_fail(call: Any) -> dict[str, Any]:
+    from emailq.client import ApiError
+
     try:
         return dict(call())
     except ApiError as error:

@@ -20,17 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from emailq.batches.registry import BatchRegistry
 from emailq.broker import Broker, BrokerOptions, NewMessage, Stats, open_broker
 from emailq.broker.base import DEFAULT_PATIENCE_S
 from emailq.clock import Clock, now
 from emailq.errors import ConfigurationError, FieldError, InvalidEmail
 from emailq.failover import FailoverPolicy, HealthBoard, HealthStore
 from emailq.failover.state import ProviderStatus, statuses
-from emailq.intake import Queued, to_new_message
-from emailq.keys import KeyStore
 from emailq.lanes import Lane
 from emailq.message import Email, parse_email
 from emailq.policy import DEFAULT_POLICY, Policy
@@ -40,16 +37,20 @@ from emailq.privacy.erasure import (
     RecipientHasher,
     checked_address,
 )
-from emailq.privacy.sealing import Sealer
-from emailq.probes import provider_reachable
 from emailq.providers.base import Provider
 from emailq.providers.chain import ProviderChain
 from emailq.providers.factory import open_provider, provider_names
 from emailq.ratelimit import Limiter
 from emailq.ratelimit.rules import RateRules
 from emailq.settings import Settings
-from emailq.webhooks.store import WebhookStore
 from emailq.worker import WorkerSettings
+
+if TYPE_CHECKING:  # each imported where it is opened: a worker process needs none of them
+    from emailq.batches.registry import BatchRegistry
+    from emailq.intake import Queued
+    from emailq.keys import KeyStore
+    from emailq.privacy.sealing import Sealer
+    from emailq.webhooks.store import WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -283,10 +284,14 @@ class Deployment:
         at = datetime.fromtimestamp(self.clock(), UTC)
         messages = [self.to_message(email, at) for email in parsed]
         ids = self.broker.enqueue_many(messages)
+        from emailq.intake import Queued
+
         return [Queued(i, m.lane.value) for i, m in zip(ids, messages, strict=True)]
 
     def to_message(self, email: Email, at: datetime, key_id: str | None = None) -> NewMessage:
         """The queue message for a validated email: its lane, its addresses' hashes."""
+        from emailq.intake import to_new_message
+
         return to_new_message(email, at, self.policy, hasher=self.hasher, key_id=key_id)
 
     # -- data protection: erasure (art. 17) and access (art. 15) ---------------------------
@@ -328,6 +333,8 @@ class Deployment:
     def health(self, check_provider: bool = True) -> Health:
         """Whether the broker answers and the provider is reachable (``/health/ready``)."""
         problem = self.broker.check()  # reachable, not full; never raises
+        from emailq.probes import provider_reachable
+
         provider_ok = provider_reachable(self.settings.provider.url) if check_provider else True
         return Health(broker=problem is None, provider=provider_ok, broker_error=problem)
 
@@ -363,7 +370,11 @@ class Deployment:
 
 def _sealer(settings: Settings) -> Sealer | None:
     keys = settings.encryption_keys
-    return None if keys is None else Sealer.from_text(keys.get_secret_value())
+    if keys is None:
+        return None
+    from emailq.privacy.sealing import Sealer
+
+    return Sealer.from_text(keys.get_secret_value())
 
 
 def _parse(email: Email | Mapping[str, Any], index: int, key: str | None) -> Email:

@@ -15,9 +15,13 @@ import json
 import logging
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from emailq.settings import REDACTED, Settings
+if TYPE_CHECKING:
+    from emailq.settings import Settings
 
+# Standard library only: the supervisor logs with this and loads no settings (pydantic).
+REDACTED = "***"  # emailq.settings redacts URLs with the same mark
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # The local part of an address in free text (an SMTP reply, a provider's error message).
 _ADDRESS = re.compile(r"[^\s'\"<>()\[\],;:@]+@(?=[^\s'\"<>()\[\],;:@])")
@@ -84,10 +88,15 @@ class JsonLines(logging.Formatter):
 
 def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
     """The process's root handler: the format above, secrets redacted."""
+    configure_handler(settings.log_format, settings.secrets(), level)
+
+
+def configure_handler(log_format: str, secrets: Iterable[str], level: int = logging.INFO) -> None:
+    """:func:`configure_logging` from what it reads of the settings (for the supervisor)."""
     handler = logging.StreamHandler()
-    json_lines = settings.log_format == "json"
+    json_lines = log_format == "json"
     handler.setFormatter(JsonLines() if json_lines else logging.Formatter(FORMAT))
-    handler.addFilter(RedactSecrets(settings.secrets()))
+    handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -16,6 +16,7 @@ pydantic-settings reads the environment and the file; the layering is ours, so t
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -51,13 +52,13 @@ from emailq.autoscale.pattern import (
     zone,
 )
 from emailq.errors import ConfigurationError
+from emailq.logs import REDACTED
 
 ENV_PREFIX = "EMAILQ_"
 CONFIG_ENV = "EMAILQ_CONFIG"
 RESEND_KEY_ENV = "RESEND_API_KEY"  # the name Resend's own SDKs read
 DEFAULT_BROKER_URL = "sqlite:///emailq.db"
 PROVIDER_SCHEMES = ("smtp", "smtps", "resend", "resend+http", "file")
-REDACTED = "***"
 
 
 class _Section(BaseModel):
@@ -542,6 +543,19 @@ class Settings(BaseSettings):
             node = getattr(node, part)
         return node
 
+    def handoff(self) -> str:
+        """These settings as JSON, secrets included, for a process this one starts
+        (:meth:`from_handoff`): it gets the very values and origins, without reading the
+        file and the environment again. Never log it or put it on a command line."""
+        return json.dumps({"values": _plain(self.model_dump()), "origins": self._origins})
+
+    @classmethod
+    def from_handoff(cls, text: str) -> Settings:
+        body = json.loads(text)
+        settings = cls(**body["values"])
+        settings._origins = dict(body["origins"])
+        return settings
+
     def secrets(self) -> list[str]:
         """Every secret these settings hold (for scrubbing logs)."""
         found = [*map(url_password, self.provider.urls), url_password(self.broker.url)]
@@ -555,6 +569,21 @@ class Settings(BaseSettings):
             keys = self.encryption_keys.get_secret_value()
             found += [keys, *(part.partition(":")[2] for part in keys.split(","))]
         return [s for s in found if s]
+
+
+def _plain(value: Any) -> Any:
+    """A dumped setting as JSON takes it: secrets revealed, paths as text, sets as lists."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def described_fields() -> Iterator[tuple[str, FieldInfo]]:

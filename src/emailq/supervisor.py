@@ -1,84 +1,86 @@
-"""Run several worker processes and keep them running (``emailq run``, ``emailq worker -n``).
+"""Run several worker processes and keep them running (``emailq run``).
 
-Each worker is a separate process (the GIL makes threads no use for rendering). The
+Each worker is a process of its own (the GIL makes threads no use for rendering), started
+as ``python -m emailq.worker_process`` with the effective settings on its stdin. The
 supervisor restarts a worker that dies, forwards SIGTERM/SIGINT to all of them, and waits
 for them to finish their batches; a worker that outlives the grace period is killed, and
 its leased mail comes back when the lease expires.
+
+The supervisor holds no email stack: this module is standard library only, so that
+`emailq run`, once it has read the settings, replaces itself (exec, same pid) with
+``python -m emailq.supervisor`` (:func:`main`), a process the size of a bare interpreter.
+No worker is a fork of a large parent and no multiprocessing helper process runs. With
+``--autoscale`` the command's own process supervises, since the autoscaler reads the broker.
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import contextlib
+import json
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-import uvloop
-from prometheus_client import start_http_server
+from emailq.logs import configure_handler
 
-from emailq.autoscale.controller import Autoscaler
-from emailq.deployment import Deployment
-from emailq.logs import configure_logging
-from emailq.metrics import DeliveryMetrics
-from emailq.monitor.publishing import start_publishing, stop_publishing, worker_recorder
-from emailq.settings import Settings, redact_url
-from emailq.worker import Worker
+if TYPE_CHECKING:
+    from emailq.autoscale.controller import Autoscaler
+    from emailq.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("emailq.supervisor")  # not "__main__" under python -m
+
+WORKER_ENTRY = "emailq.worker_process"
 
 
-async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
-    """One worker process's life: open the deployment, deliver until ``stop``, close."""
-    with Deployment.from_settings(settings) as deployment:
-        provider = deployment.open_provider()
-        express = deployment.open_provider()
-        rules = deployment.rate_rules()
-        metrics = DeliveryMetrics()
-        recorder = worker_recorder(settings, provider.name)  # the monitor's samples
-        if len(settings.provider.urls) > 1:  # the chain's state changes, on the same port
-            metrics.registry.register(deployment.provider_board.metrics)
-        port = settings.worker.metrics_port
-        if port:
-            start_http_server(port, "127.0.0.1", registry=metrics.registry)
-        log.info("worker %d delivering from %s through %s", os.getpid(),
-                 redact_url(settings.broker.url), redact_url(settings.provider.url))  # fmt: skip
-        worker = Worker(
-            deployment.broker,
-            provider,
-            deployment.worker_settings(),
-            limiter=deployment.limiter if rules.active else None,
-            rules=rules,
-            express_provider=express,
-            metrics=metrics,
-            on_settled=recorder.record if recorder else None,
+@dataclass(frozen=True)
+class Launch:
+    """What starting workers takes, in plain data: the settings handoff (JSON, secrets
+    included: it goes to each worker's stdin, never on a command line), how long workers
+    get to stop, whether the first worker also runs the monitor, and how to log."""
+
+    settings: str
+    shutdown_timeout_s: float
+    monitor: bool = False
+    log_format: str = "text"
+    secrets: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, settings: Settings, monitor: bool = False) -> Launch:
+        return cls(
+            settings=settings.handoff(),
+            shutdown_timeout_s=settings.worker.shutdown_timeout_s,
+            monitor=monitor and settings.monitor.enabled,
+            log_format=settings.log_format,
+            secrets=settings.secrets(),
         )
-        publisher = start_publishing(deployment, recorder, worker.name, stop)
-        try:
-            await worker.run(stop)
-        finally:
-            await provider.close()
-            await express.close()
-            await stop_publishing(publisher)
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
 
-def worker_main(settings: Settings) -> None:
-    """Entry point of a worker process: SIGTERM and SIGINT stop it gracefully."""
+    @classmethod
+    def from_json(cls, text: str) -> Launch:
+        return cls(**json.loads(text))
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await serve_worker(settings, stop)
+    def command(self, index: int) -> list[str]:
+        """The command line of the worker at ``index`` (its settings go to its stdin)."""
+        command = [sys.executable, "-m", WORKER_ENTRY, "--index", str(index)]
+        return command + ["--monitor"] if self.monitor and index == 0 else command
 
-    configure_logging(settings)
-    # uvloop (already the API's loop): the same asyncio, about 10 % less CPU per email.
-    uvloop.run(main())
+    def start(self, index: int) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(self.command(index), stdin=subprocess.PIPE)
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once: restarted as any exit
+            process.stdin.write(self.settings.encode())
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+        return process
 
 
 STABLE_AFTER = 30.0  # seconds; a worker that ran this long before exiting did start fine
@@ -98,36 +100,29 @@ def restart_delay(exits_in_a_row: int) -> float:
 class _Slot:
     """One worker position: its process (None while waiting to restart) and its history."""
 
-    process: BaseProcess | None = None
+    process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     exits_in_a_row: int = 0
     restart_at: float = 0.0
 
 
+def _alive(process: subprocess.Popen[bytes]) -> bool:
+    return process.poll() is None
+
+
 class Supervisor:
     def __init__(
-        self, settings: Settings, processes: int, autoscaler: Autoscaler | None = None
+        self, launch: Launch, processes: int, autoscaler: Autoscaler | None = None
     ) -> None:
-        self.settings = settings
+        self.launch = launch
         self.processes = processes
-        self._context = multiprocessing.get_context("spawn")
         self._slots = [_Slot() for _ in range(processes)]
         self._stopping = False
         # The pool follows the autoscaler's decisions; workers it stops finish (SIGTERM:
         # finish or release what they hold) in ``_draining`` while the rest go on.
         self.autoscaler = autoscaler
-        self._draining: list[BaseProcess] = []
+        self._draining: list[subprocess.Popen[bytes]] = []
         self._next_decision = 0.0
-
-    def _spawn(self, index: int) -> BaseProcess:
-        settings = self.settings
-        port = settings.worker.metrics_port
-        if port:  # each worker its own Prometheus port: the first +0, the next +1...
-            worker = settings.worker.model_copy(update={"metrics_port": port + index})
-            settings = settings.model_copy(update={"worker": worker})
-        process = self._context.Process(target=worker_main, args=(settings,), daemon=False)
-        process.start()
-        return process
 
     def stop(self, *_: object) -> None:
         self._stopping = True
@@ -138,11 +133,11 @@ class Supervisor:
         while not self._stopping:
             now = time.monotonic()
             for index, slot in enumerate(self._slots):
-                if slot.process is not None and not slot.process.is_alive():
+                if slot.process is not None and not _alive(slot.process):
                     self._schedule_restart(slot, now)
                 if slot.process is None and now >= slot.restart_at:
-                    slot.process, slot.started = self._spawn(index), now
-            self._draining = [p for p in self._draining if p.is_alive()]
+                    slot.process, slot.started = self.launch.start(index), now
+            self._draining = [p for p in self._draining if _alive(p)]
             if self.autoscaler is not None and now >= self._next_decision:
                 self._next_decision = now + self.autoscaler.interval_s
                 self._autoscale()
@@ -166,7 +161,7 @@ class Supervisor:
             self._slots.append(_Slot())
         while len(self._slots) > processes:
             process = self._slots.pop().process
-            if process is not None and process.is_alive() and process.pid:
+            if process is not None and _alive(process):
                 signal_process(process.pid, signal.SIGTERM)
                 self._draining.append(process)
         self.processes = processes
@@ -178,7 +173,7 @@ class Supervisor:
         delay = restart_delay(slot.exits_in_a_row)
         log.warning(
             "worker %s exited with %s after %.1f s; restarting in %.0f s",
-            slot.process.pid, slot.process.exitcode, lived, delay,
+            slot.process.pid, slot.process.returncode, lived, delay,
         )  # fmt: skip
         slot.process, slot.restart_at = None, now + delay
 
@@ -189,16 +184,56 @@ class Supervisor:
         running = [slot.process for slot in self._slots if slot.process is not None]
         running += self._draining
         for process in running:
-            if process.is_alive() and process.pid:
+            if _alive(process):
                 signal_process(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.worker.shutdown_timeout_s + 5
+        deadline = time.monotonic() + self.launch.shutdown_timeout_s + 5
         for process in running:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
         return 0
 
 
 def signal_process(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
+
+
+# How `emailq run` hands its launch over across exec: a pipe it fills before exec. Larger
+# than this (a pipe's buffer on some systems), the command supervises in its own process.
+HANDOFF_LIMIT = 16_000
+
+
+def exec_supervisor(launch: Launch, processes: int) -> None:
+    """Replace this process (its pid stays: signals, systemd) with a lean supervisor.
+    Returns only when the launch is too large to hand over through a pipe."""
+    data = launch.to_json().encode()
+    if len(data) > HANDOFF_LIMIT:
+        return
+    read, write = os.pipe()
+    os.write(write, data)
+    os.close(write)
+    os.set_inheritable(read, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [sys.executable, "-m", "emailq.supervisor", "--processes", str(processes)]
+    os.execv(sys.executable, [*argv, "--launch-fd", str(read)])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m emailq.supervisor --processes N --launch-fd FD``: what `emailq run`
+    becomes; the :class:`Launch` as JSON is read from file descriptor FD."""
+    parser = argparse.ArgumentParser(prog="python -m emailq.supervisor")
+    parser.add_argument("--processes", type=int, required=True)
+    parser.add_argument("--launch-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    with os.fdopen(args.launch_fd, "rb") as handoff:
+        launch = Launch.from_json(handoff.read().decode())
+    configure_handler(launch.log_format, launch.secrets)
+    sys.exit(Supervisor(launch, args.processes).run())
+
+
+if __name__ == "__main__":
+    main()

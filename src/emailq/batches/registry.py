@@ -13,9 +13,10 @@ import hashlib
 import sqlite3
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
 from emailq.ids import new_id
 

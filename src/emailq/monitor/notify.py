@@ -21,10 +21,11 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import httpx
+if TYPE_CHECKING:  # imported by the HTTP channels: the monitor runs in a worker process
+    import httpx
 
 from emailq.monitor.alerts import Notice
 
@@ -87,7 +88,7 @@ class SlackChannel:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.client = httpx.Client(timeout=HTTP_TIMEOUT_S)
+        self.client = _http_client()
 
     def send(self, notice: Notice) -> None:
         self.client.post(self.url, json=slack_body(notice)).raise_for_status()
@@ -99,7 +100,7 @@ class WebhookChannel:
     def __init__(self, url: str, secret: str | None) -> None:
         self.url = url
         self.secret = secret.encode() if secret else None
-        self.client = httpx.Client(timeout=HTTP_TIMEOUT_S)
+        self.client = _http_client()
 
     def send(self, notice: Notice) -> None:
         body = json.dumps(notice.to_json(), separators=(",", ":")).encode()
@@ -171,7 +172,15 @@ class _Courier(threading.Thread):
                 delay = min(delay * 2, 300.0)
 
 
+def _http_client() -> httpx.Client:
+    import httpx
+
+    return httpx.Client(timeout=HTTP_TIMEOUT_S)
+
+
 def describe(error: Exception) -> str:
+    import httpx
+
     if isinstance(error, httpx.HTTPStatusError):
         return f"HTTP {error.response.status_code}"
     return type(error).__name__

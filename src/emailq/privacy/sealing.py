@@ -15,9 +15,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:  # imported by a Sealer (~6 MB): a queue without keys never loads it
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"EQS1"
 KEY_BYTES = 32  # AES-256
@@ -62,6 +63,8 @@ class Sealer:
     def __post_init__(self) -> None:
         if not self.keys:
             raise ValueError("a sealer needs at least one key")
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         # One cipher object per key, made once: building one costs more than sealing 1.5 KB.
         object.__setattr__(self, "_ciphers", {k: AESGCM(v) for k, v in self.keys.items()})
 
@@ -92,6 +95,8 @@ class Sealer:
             )
         start = len(MAGIC) + 1 + len(key_id)
         nonce, sealed = payload[start : start + NONCE_BYTES], payload[start + NONCE_BYTES :]
+        from cryptography.exceptions import InvalidTag
+
         try:
             return cipher.decrypt(nonce, sealed, None)
         except InvalidTag:
