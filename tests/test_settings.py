@@ -145,3 +145,21 @@ def test_the_readme_lists_every_setting_as_the_code_does() -> None:
     for line in table.splitlines()[2:]:
         dotted = line.split("`")[1]
         assert f"`{env_name(dotted)}`" in line
+
+
+def test_a_handoff_gives_a_worker_process_the_same_settings_secrets_included(
+    tmp_path: Path,
+) -> None:
+    path = write_config(tmp_path, '[monitor]\nslack_url = "https://hooks.example/s3cret"\n')
+    env = {"EMAILQ_API_KEY": "eq-key-secret", "EMAILQ_WORKER_LEASE_S": "9"}
+    flags = {"provider": {"url": "smtp://u:pw@relay.example:25,resend://"},
+             "api": {"from_domains": {"acme": ["a.example", "b.example"]}}}  # fmt: skip
+    settings = Settings.load(config_file=path, environ=env, flags=flags)
+    received = Settings.from_handoff(settings.handoff())
+    assert received == settings
+    assert received.api.key is not None and received.api.key.get_secret_value() == "eq-key-secret"
+    assert received.monitor.slack_url is not None
+    assert received.monitor.slack_url.get_secret_value() == "https://hooks.example/s3cret"
+    assert received.api.from_domains == {"acme": frozenset({"a.example", "b.example"})}
+    assert received.origin("worker.lease_s") == "env EMAILQ_WORKER_LEASE_S"
+    assert received.origin("monitor.slack_url") == f"file {path}"

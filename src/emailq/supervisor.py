@@ -71,7 +71,7 @@ class Launch:
     def command(self, index: int) -> list[str]:
         """The command line of the worker at ``index`` (its settings go to its stdin)."""
         command = [sys.executable, "-m", WORKER_ENTRY, "--index", str(index)]
-        return command + ["--monitor"] if self.monitor and index == 0 else command
+        return [*command, "--monitor"] if self.monitor and index == 0 else command
 
     def start(self, index: int) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(self.command(index), stdin=subprocess.PIPE)
