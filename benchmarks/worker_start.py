@@ -124,7 +124,7 @@ def first_delivery_s(start: Starter, url: str, sink: SmtpSink, tag: str) -> floa
         if not sink.wait_for(before + 1, timeout=60):
             stop(proc)
             error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            sys.exit(f"no delivery within 60 s from {proc.args}\n{error[-2000:]}")
+            sys.exit(f"no delivery within 60 s from {proc.args!r}\n{error[-2000:]}")
         arrived = sink.deliveries[before].received_at
     finally:
         stop(proc)
@@ -215,6 +215,9 @@ def main() -> None:
     global PYCACHE
     if args.no_pyc:
         PYCACHE = ""
+    else:  # and for the workers the supervisor's Launch starts with this environment
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        os.environ["PYTHONPYCACHEPREFIX"] = PYCACHE
     backends = args.backends.split(",")
     cache = "none (compiled on every start)" if args.no_pyc else "cached (as installed)"
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, bytecode {cache}")
