@@ -16,8 +16,10 @@ NOT_FOR_DELIVERY = {
     "emailq_loadtest", "aiosmtpd", "emailq.api", "emailq.cli", "emailq.demo",
     "emailq.sink", "emailq.client", "emailq.keys", "emailq.webhooks.service",
 }  # fmt: skip
-# Loaded by the queue that needs them: Redis by a Redis broker, AES by sealed payloads.
-ON_DEMAND = {"redis", "cryptography"}
+# Loaded when needed: Redis by a Redis broker, AES by sealed payloads, address checks by
+# intake (a worker reads trusted payloads), the settings sources by `Settings.load` (a
+# worker is handed its settings).
+ON_DEMAND = {"redis", "cryptography", "email_validator", "pydantic_settings"}
 EMAIL_STACK = {"pydantic", "emailq.settings", "emailq.broker", "emailq.worker", "aiosmtplib",
                "asyncio", "prometheus_client"}  # fmt: skip
 

@@ -17,7 +17,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Self
 from zoneinfo import ZoneInfo
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -228,6 +227,9 @@ def _checked_domain(domain: str) -> str:
 
 @functools.lru_cache(maxsize=65536)
 def _full_check(value: str) -> tuple[str, str]:
+    # Imported here: a worker reads trusted payloads and never checks (its start is faster).
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         # No DNS at intake; SMTPUTF8 (non-ASCII before the @) is not supported.
         checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)

@@ -45,8 +45,6 @@ from email.utils import format_datetime
 from functools import lru_cache
 from urllib.parse import quote
 
-from email_validator import validate_email
-
 from emailq import mediatypes
 from emailq.clock import now
 from emailq.message import Address, Attachment, Email
@@ -127,6 +125,8 @@ def _ascii_address(address: str, where: str) -> str:
 @lru_cache(maxsize=1024)
 def _punycode(address: str) -> str:
     # Why: the model keeps an IDN domain in Unicode (normalised); the wire needs punycode.
+    from email_validator import validate_email  # here: most mail never needs it
+
     ascii_email = validate_email(address, check_deliverability=False).ascii_email
     if ascii_email is None:
         raise ValueError("address needs SMTPUTF8, which emailq does not use")

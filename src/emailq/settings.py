@@ -20,7 +20,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -34,13 +34,6 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
 from emailq.autoscale.pattern import (
     DEFAULT_PATTERN,
@@ -53,6 +46,9 @@ from emailq.autoscale.pattern import (
 )
 from emailq.errors import ConfigurationError
 from emailq.logs import REDACTED
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
 
 ENV_PREFIX = "EMAILQ_"
 CONFIG_ENV = "EMAILQ_CONFIG"
@@ -437,18 +433,14 @@ class MonitorSection(_Section):
     )
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """The effective settings. Build with :meth:`load` (all sources) or directly (defaults
-    and the arguments given: nothing is read from the environment)."""
+    and the arguments given: nothing is read from the environment).
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="_",
-        env_nested_max_split=1,  # EMAILQ_WORKER_LEASE_S → worker.lease_s
-        env_ignore_empty=True,
-        extra="forbid",
-        frozen=True,
-    )
+    A plain model: pydantic-settings reads the file and the environment in :meth:`load`
+    only, so a worker process handed its settings (:meth:`from_handoff`) never imports it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     domain: str = Field(
         "emailq.local",
@@ -485,18 +477,6 @@ class Settings(BaseSettings):
     monitor: MonitorSection = MonitorSection()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Constructing Settings(...) reads nothing: load() does the layering, origins included.
-        return (init_settings,)
 
     @classmethod
     def load(
@@ -653,15 +633,18 @@ def display(value: Any) -> str:
 def _file_layer(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigurationError(f"the settings file {path} does not exist")
+    from pydantic_settings import TomlConfigSettingsSource
+
+    source_cls = cast("type[BaseSettings]", Settings)  # it reads the fields, not the class
     try:
-        return dict(TomlConfigSettingsSource(Settings, toml_file=path)())
+        return dict(TomlConfigSettingsSource(source_cls, toml_file=path)())
     except ValueError as error:  # tomllib.TOMLDecodeError is a ValueError
         raise ConfigurationError(f"{path} is not valid TOML: {error}") from None
 
 
 def _env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The environment's settings, and the origins that differ from ``EMAILQ_<NAME>``."""
-    layer = dict(_MappingEnvSource(Settings, env)())
+    layer = _read_env(env)
     key = env.get(RESEND_KEY_ENV)
     if key and "resend_api_key" not in layer.get("provider", {}):
         layer.setdefault("provider", {})["resend_api_key"] = key
@@ -669,15 +652,24 @@ def _env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     return layer, {}
 
 
-class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping (the process's by default)."""
+def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """pydantic-settings' environment source over a given mapping (the process's by
+    default): ``EMAILQ_WORKER_LEASE_S`` → ``{"worker": {"lease_s": "…"}}``."""
+    from pydantic_settings import EnvSettingsSource
 
-    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
-        self._mapping = env
-        super().__init__(settings_cls)
+    class MappingEnvSource(EnvSettingsSource):
+        def _load_env_vars(self) -> Mapping[str, str | None]:
+            return {name.lower(): value for name, value in env.items() if value != ""}
 
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {name.lower(): value for name, value in self._mapping.items() if value != ""}
+    source = MappingEnvSource(
+        cast("type[BaseSettings]", Settings),  # it reads the fields, not the class
+        case_sensitive=False,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,  # EMAILQ_WORKER_LEASE_S → worker.lease_s
+        env_ignore_empty=True,
+    )
+    return dict(source())
 
 
 def _origin_name(source: str, dotted: str) -> str:
