@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from emailq.broker import NewMessage, State, open_broker
 from emailq.message import parse_email
-from emailq.sink import SmtpSink
+from emailq.sink import SmtpSink, free_port
 from emailq.supervisor import MAX_RESTART_DELAY, restart_delay
 
 # A supervisor of one worker whose provider URL cannot be opened: every start fails.
@@ -84,8 +85,10 @@ def test_emailq_run_is_a_lean_supervisor_that_replaces_a_dead_worker(tmp_path: P
     ]  # fmt: skip
     with open_broker(url) as broker, SmtpSink() as sink:
         broker.enqueue_many([NewMessage(p) for p in payloads[:200]])
+        port = free_port()  # the workers' metrics: this port and the next
         command = [sys.executable, "-m", "emailq", "run", "-n", "2", "--broker-url", url,
-                   "--provider-url", f"smtp://127.0.0.1:{sink.port}"]  # fmt: skip
+                   "--provider-url", f"smtp://127.0.0.1:{sink.port}",
+                   "--metrics-port", str(port)]  # fmt: skip
         with subprocess.Popen(command, stderr=subprocess.DEVNULL) as run:
             try:
                 wait_until(lambda: sink.count >= 200, "delivery of the first 200")
@@ -96,6 +99,9 @@ def test_emailq_run_is_a_lean_supervisor_that_replaces_a_dead_worker(tmp_path: P
                 assert all("-m emailq.worker_process" in cmdline(pid) for pid in workers)
                 assert "-m emailq.supervisor" in cmdline(run.pid)
                 assert "pydantic_core" not in Path(f"/proc/{run.pid}/maps").read_text()
+                for each in (port, port + 1):  # each worker its own Prometheus port
+                    with urllib.request.urlopen(f"http://127.0.0.1:{each}/metrics") as page:
+                        assert b"emailq_" in page.read()
                 os.kill(workers[1], signal.SIGKILL)
                 wait_until(lambda: len(set(children(run.pid)) - set(workers)) == 1, "restart")
                 broker.enqueue_many([NewMessage(p) for p in payloads[200:]])
