@@ -9,22 +9,29 @@ and hold no more memory than delivering takes (a test keeps those imports out).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
-import os
-import signal
-import sys
-from collections.abc import Sequence
+import gc
 
-import uvloop
+# No garbage collection while the modules below load: they create ~65,000 tracked objects,
+# none of them garbage, and the collections that triggers cost ~7 % of a worker's start. The end
+# of this module freezes what they made (later collections skip it) and turns it back on.
+gc.disable()
 
-from emailq.deployment import Deployment
-from emailq.logs import configure_logging
-from emailq.metrics import DeliveryMetrics
-from emailq.monitor.publishing import start_publishing, stop_publishing, worker_recorder
-from emailq.settings import Settings, redact_url
-from emailq.worker import Worker
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+import uvloop  # noqa: E402
+
+from emailq.deployment import Deployment  # noqa: E402
+from emailq.logs import configure_logging  # noqa: E402
+from emailq.metrics import DeliveryMetrics  # noqa: E402
+from emailq.monitor.publishing import start_publishing, stop_publishing, worker_recorder  # noqa: E402
+from emailq.settings import Settings, redact_url  # noqa: E402
+from emailq.worker import Worker  # noqa: E402
 
 log = logging.getLogger("emailq.worker_process")  # not "__main__" under python -m
 
@@ -108,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = settings.model_copy(update={"worker": worker})
     worker_main(settings, monitor=args.monitor)
 
+
+gc.freeze()
+gc.enable()
 
 if __name__ == "__main__":
     main()
