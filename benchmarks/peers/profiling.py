@@ -27,6 +27,7 @@ TOP_OWN = 15
 SCAFFOLDING_FILES = {
     "<frozen runpy>", "<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
     "click/core.py", "emailq/__main__.py", "emailq/cli.py", "emailq/supervisor.py",
+    "emailq/worker_process.py",
     "asyncio/runners.py", "threading.py", "<string>", "cProfile.py",
 }  # fmt: skip
 SCAFFOLDING_FUNCTIONS = {
