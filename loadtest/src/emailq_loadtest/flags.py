@@ -39,6 +39,11 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
             "--target needs --api-key and --sink-port: delivery is measured at a sink this run "
             "opens, so the target's workers must deliver to smtp://<this host>:<sink-port>"
         )
+    if flags["webhooks"] and flags["target"]:
+        raise ValueError(
+            "--webhooks needs the embedded service (it registers the receiver in the queue's"
+            " store and runs `emailq webhooks` beside the workers)"
+        )
     scenario = resolve(
         flags["scenario"],
         duration_s=parse_duration(flags["duration"]) if flags["duration"] else None,
@@ -76,4 +81,5 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
         drain_s=parse_duration(flags["drain_timeout"]) if flags["drain_timeout"] else None,
         seed=flags["seed"],
         live=flags["live"],
+        webhooks=flags["webhooks"],
     )

@@ -77,6 +77,7 @@ def build(
     held_per_min: float | None = None,
     broke: bool = False,
     errors: Sequence[str] = (),
+    webhooks: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     duration = scenario.duration_s
     seconds = int(duration) + 1
@@ -142,6 +143,8 @@ def build(
         },
         "errors": list(errors),
     }  # fmt: skip
+    if webhooks is not None:
+        figures["webhooks"] = dict(webhooks)
     if scenario.is_ramp:
         figures["stress"] = {
             "highest_rate_held_per_min": held_per_min,
@@ -334,6 +337,23 @@ def _resources(figures: Mapping[str, Any]) -> str:
     ])  # fmt: skip
 
 
+def webhooks_line(hooks: Mapping[str, Any]) -> str:
+    lag = hooks["sent_lag_ms"]
+    return (
+        f"webhook events: {hooks['events']:,} received ({hooks['by_type'].get('email.sent', 0):,}"
+        f" email.sent of {hooks['expected_sent']:,} delivered), {hooks['duplicates']:,} "
+        f"duplicates, {hooks['bad_signatures']:,} bad signatures · event lag (sent → received)"
+        f" p50 {lag['p50']:,.0f} ms, p99 {lag['p99']:,.0f} ms, max {lag['max']:,.0f} ms"
+    )
+
+
+def _webhooks(figures: Mapping[str, Any]) -> str:
+    hooks = figures.get("webhooks")
+    if not hooks:
+        return ""
+    return f"<h2>Webhooks</h2><p class=meta>{escape(webhooks_line(hooks))}</p>"
+
+
 def memory_chart(figures: Mapping[str, Any]) -> str:
     """RSS over time per process; only worth drawing with a few samples."""
     samples = figures["memory"]["samples"]
@@ -361,6 +381,7 @@ def html(figures: Mapping[str, Any]) -> str:
         "<h2>Plots</h2>",
         throughput_chart(figures), latency_chart(figures), distribution_chart(figures),
         _stress(figures),
+        _webhooks(figures),
         _resources(figures),
         memory_chart(figures),
         f"<h2>Errors</h2><ul>{errors}</ul>" if errors else "",

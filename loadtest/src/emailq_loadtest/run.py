@@ -33,7 +33,7 @@ from emailq.deployment import Deployment
 from emailq.lanes import Lane
 from emailq.message import parse_email
 from emailq_loadtest import report
-from emailq_loadtest.generator import BrokerFeeder, HttpFeeder
+from emailq_loadtest.generator import TENANT, BrokerFeeder, HttpFeeder
 from emailq_loadtest.live import render
 from emailq_loadtest.measure import Ledger, ResourceLog
 from emailq_loadtest.scenarios import Scenario
@@ -47,11 +47,13 @@ from emailq_loadtest.slo import (
     step_verdicts,
     stress_verdicts,
 )
+from emailq_loadtest.webhooks import WebhookLoad
 
 SINK_CAPACITY_PER_MIN = 40_000  # what one aiosmtpd sink process is trusted to take
 CHECK_LIMIT = 20_000  # lost ids looked up one by one in the broker
 WARMUP_TIMEOUT_S = 60.0
 WARMUP_SETTLE_S = 1.0
+WEBHOOK_CATCH_UP_S = 60.0  # after the drain, for the last email.sent events to arrive
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class Options:
     drain_s: float | None = None
     seed: int = 0
     live: bool | None = None  # None: when the console is a terminal
+    webhooks: bool = False  # a local receiver for every event: event lag in the report
 
     @property
     def sink_kind(self) -> str:
@@ -112,6 +115,7 @@ class Service(Protocol):
     def classify(self, ids: Sequence[str]) -> Counter[str]: ...
     def stop_delivery(self) -> None: ...
     def close(self) -> None: ...
+    def webhook_figures(self) -> dict[str, Any] | None: ...
 
 
 def wait_until(done: Any, timeout: float, what: str) -> None:
@@ -165,6 +169,10 @@ class EmbeddedService:
             self.description["provider_rate_per_s"] = options.worker.provider_rate
         if options.sink_delay:
             self.description["sink_delay_s"] = options.sink_delay
+        self.hooks: WebhookLoad | None = None
+        if options.webhooks:
+            self.hooks = WebhookLoad(self.deployment, self.url, TENANT, logs / "webhooks.log")
+            self.description["webhooks"] = "1 endpoint, every event, local receiver"
 
     def warm_up(self) -> None:
         """Wait until the workers deliver: warm-up emails (not measured) go through until one
@@ -191,10 +199,12 @@ class EmbeddedService:
     def pids(self) -> dict[str, int]:
         pids = {f"worker-{i}": pid for i, pid in enumerate(self.workers.pids)}
         pids |= {f"sink-{i}": sink.pid for i, sink in enumerate(self.sinks.sinks)}
-        return pids
+        return pids | (self.hooks.pids if self.hooks else {})
 
     def check(self) -> None:
         self.workers.check()
+        if self.hooks:
+            self.hooks.check()
 
     def classify(self, ids: Sequence[str]) -> Counter[str]:
         found: Counter[str] = Counter()
@@ -212,11 +222,25 @@ class EmbeddedService:
 
     def stop_delivery(self) -> None:
         """Sinks first: what has not arrived by now will not, and a worker stuck sending to
-        a stalled sink gets a connection error (a retry) instead of holding the exit up."""
+        a stalled sink gets a connection error (a retry) instead of holding the exit up.
+        Webhooks before them: each delivered email's email.sent event is waited for."""
+        if self.hooks:
+            if not self.hooks.wait_for_sent(self.ledger.delivered, WEBHOOK_CATCH_UP_S):
+                self.errors.append(
+                    f"webhooks: not every email.sent event arrived within {WEBHOOK_CATCH_UP_S:.0f}"
+                    " s of the drain"
+                )
+            self.hooks.stop()
         self.sinks.stop()
         self.workers.stop()
 
+    def webhook_figures(self) -> dict[str, Any] | None:
+        return self.hooks.figures(self.ledger.delivered) if self.hooks else None
+
     def close(self) -> None:
+        if self.hooks:
+            with contextlib.suppress(Exception):
+                self.hooks.stop()
         with contextlib.suppress(Exception):
             self.sinks.stop()
         with contextlib.suppress(Exception):
@@ -278,6 +302,9 @@ class TargetService:
 
     def stop_delivery(self) -> None:
         self.sinks.stop()
+
+    def webhook_figures(self) -> dict[str, Any] | None:
+        return None  # --webhooks needs the embedded service
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -457,7 +484,7 @@ class Runner:
             accounting=accounting, lost=lost, unexpected=ledger.unexpected(), slo=slo,
             verdicts=verdicts, memory=self.memory, steps=ramp.steps if ramp else (),
             held_per_min=ramp.held if ramp else None, broke=bool(ramp and ramp.broken),
-            errors=service.errors,
+            errors=service.errors, webhooks=service.webhook_figures(),
         )  # fmt: skip
         json_path, html_path = report.write(figures, self.options.report_dir)
         return RunResult(figures, json_path, html_path)
@@ -478,6 +505,8 @@ def main(options: Options, console: Console | None = None) -> int:
         return 2
     console.print(report.lanes_table(result.figures))
     console.print(report.console_table(result.figures))
+    if hooks := result.figures.get("webhooks"):
+        console.print(report.webhooks_line(hooks), highlight=False)
     stress = result.figures.get("stress")
     if stress:
         console.print(f"highest rate held: {stress['highest_rate_held_per_min'] or 0:,.0f}/min")
