@@ -208,13 +208,19 @@ def webhooks_env() -> dict[str, str]:
 class WebhookLoad:
     """A run's webhook side: endpoint, receiver and ``emailq webhooks``, until ``stop``."""
 
-    def __init__(self, deployment: Deployment, broker_url: str, tenant: str, log: Path) -> None:
+    def __init__(
+        self, deployment: Deployment, broker_url: str, tenant: str, log: Path, nice: int = 0
+    ) -> None:
+        """``nice``: run ``emailq webhooks`` at that CPU niceness (mail workers first)."""
         secret = new_secret()
         self.receiver = EventReceiver(secret)
         register(deployment, tenant, self.receiver.url, secret)
         self.log: IO[bytes] = log.open("wb")
+        command = webhooks_command(broker_url)
+        if nice:
+            command = ["nice", "-n", str(nice), *command]  # nice execs it: the same pid
         self.process = subprocess.Popen(
-            webhooks_command(broker_url), stdout=self.log, stderr=subprocess.STDOUT,
+            command, stdout=self.log, stderr=subprocess.STDOUT,
             env=webhooks_env(), start_new_session=True,
         )  # fmt: skip
 
