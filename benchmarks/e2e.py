@@ -55,6 +55,7 @@ from peers.harness import (
 )
 from peers.profiling import Profiler, profiler_for
 from peers.workload import ceremony_change, invitation
+from webhook_receiver import WebhookRun, compare
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -178,15 +179,19 @@ def run_emailq(
     tmp: Path,
     env: dict[str, str] | None = None,
     extra: Sequence[str] = (),
+    webhooks: WebhookRun | None = None,
 ) -> Result:
     """``env``: the workers' environment (default ours); ``extra``: one more emailq command
-    started beside them on the same queue (benchmarks/monitor.py: ``monitor``)."""
+    started beside them on the same queue (benchmarks/monitor.py: ``monitor``); ``webhooks``:
+    an endpoint for every event and its receiver (benchmarks/webhook_receiver.py)."""
     name, url = f"emailq-{backend}", emailq_url(backend, tmp)
     how = f"{args.workers} × `emailq worker --batch 100 --concurrency 2`, SMTP pool {SMTP_POOL}"
     result = Result(name, how=how)
     profiler = profiler_for(name, tmp) if args.profile else None
     with open_broker(url) as broker:
         try:
+            if webhooks:
+                webhooks.start(url)
             result.enqueue_per_s = timed_emailq_enqueue(broker, args.n)
             commands = emailq_commands(url, port, args.workers, profiler)
             if extra:
@@ -195,7 +200,11 @@ def run_emailq(
             deliver_emailq(Workers(name, tmp), commands, probe, result, profiler, env)
             result.critical_ms, result.critical_missing = probe.latencies_ms()
             result.critical_after = probe.sent_then / args.n
+            if webhooks:
+                webhooks.finish()  # waits for every email.sent event to arrive
         finally:
+            if webhooks:
+                webhooks.close()
             broker.purge()
     if profiler:
         profiler.report(name)
@@ -459,6 +468,13 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="print where emailq's first worker spends its CPU time",
     )
+    parser.add_argument(
+        "--webhooks",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="emailq with and without a webhook endpoint for every event, interleaved",
+    )
     args = parser.parse_args()
     if min(args.n, args.peer_n, args.workers) < 1:
         parser.error("--n, --peer-n and --workers must be at least 1")
@@ -467,6 +483,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if args.webhooks:  # benchmarks/webhook_receiver.py
+        return compare(args, run_emailq, CRITICAL_N)
     systems = [f"emailq-{b}" for b in args.backends.split(",") if b]
     systems += [p for p in args.peers.split(",") if p]
     if unknown := set(systems) - {"emailq-redis", "emailq-sqlite", "arq", "celery"}:

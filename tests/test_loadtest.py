@@ -406,10 +406,32 @@ def test_a_run_on_the_redis_broker(tmp_path: Path) -> None:
     assert_consistent(figures, tmp_path)
 
 
+@pytest.mark.slow
+def test_a_run_with_webhooks_reports_each_sent_email_s_event_and_its_lag(tmp_path: Path) -> None:
+    code, figures, output = loadtest(
+        tmp_path, "--scenario", "standard", "--duration", "3s", "--rate", "1200", "--webhooks"
+    )
+    assert code == 0, output
+    hooks, delivered = figures["webhooks"], figures["accounting"]["delivered"]
+    assert delivered > 0 and hooks["by_type"] == {"email.sent": delivered}
+    assert hooks["expected_sent"] == delivered
+    assert (hooks["duplicates"], hooks["bad_signatures"]) == (0, 0)
+    lag = hooks["sent_lag_ms"]
+    assert 0 < lag["p50"] <= lag["p99"] <= lag["max"]
+    assert {"webhooks", "receiver"} <= set(figures["memory"]["processes"])
+    assert (
+        "webhook events: " in output
+        and "Webhooks</h2>" in (tmp_path / "report" / "report.html").read_text()
+    )
+    assert_consistent(figures, tmp_path)
+
+
 def test_bad_flags_are_usage_errors(tmp_path: Path) -> None:
     runner = CliRunner()
+    target = ["--target", "http://x", "--api-key", "k", "--sink-port", "9"]
     for args in (["--duration", "soon"], ["--slo-p99", "vip=1"], ["--target", "http://x",
-                 "--embedded"], ["--target", "http://127.0.0.1:9", "--api-key", "k"]):  # fmt: skip
+                 "--embedded"], ["--target", "http://127.0.0.1:9", "--api-key", "k"],
+                 [*target, "--webhooks"]):  # fmt: skip
         result = runner.invoke(cli, ["loadtest", "--report-dir", str(tmp_path), *args])
         assert result.exit_code == 2, (args, result.output)
 

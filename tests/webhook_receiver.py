@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -35,10 +36,15 @@ def verify(secret: str, headers: dict[str, str], body: bytes, tolerance_s: float
 @dataclass
 class Receiver:
     port: int
+    host: str = "127.0.0.1"  # the name in its URL (tests resolve it to 127.0.0.1 themselves)
+    scheme: str = "http"
+    server_names: list[str | None] = field(default_factory=list)  # TLS SNI, per handshake
     secret: str = ""
     status: int = 200  # what it answers; 503: "down"
     redirect_to: str | None = None
-    requests: int = 0
+    requests: int = 0  # POSTs
+    probes: int = 0  # GETs (registration's redirect check)
+    hosts: set[str] = field(default_factory=set)  # the Host headers posted to it
     bad_signatures: int = 0
     events: dict[str, dict[str, Any]] = field(default_factory=dict)  # deduplicated by id
     received_at: dict[str, float] = field(default_factory=dict)
@@ -46,7 +52,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        return f"{self.scheme}://{self.host}:{self.port}/hooks"
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -64,15 +70,29 @@ class Receiver:
 
 
 @contextmanager
-def running_receiver() -> Iterator[Receiver]:
-    receiver = Receiver(free_port())
+def running_receiver(
+    host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+) -> Iterator[Receiver]:
+    """``tls``: a server context (its certificate names ``host``); the receiver records
+    the server name each client asks for."""
+    receiver = Receiver(free_port(), host, "https" if tls else "http")
 
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with receiver.lock:
+                receiver.probes += 1
+                self.send_response(307 if receiver.redirect_to else 405)
+                if receiver.redirect_to:
+                    self.send_header("Location", receiver.redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
             headers = {k.lower(): v for k, v in self.headers.items()}
             with receiver.lock:
                 receiver.requests += 1
+                receiver.hosts.add(headers.get("host", ""))
                 if receiver.redirect_to:
                     self.send_response(307)
                     self.send_header("Location", receiver.redirect_to)
@@ -99,6 +119,9 @@ def running_receiver() -> Iterator[Receiver]:
         request_queue_size = 128  # the default 5 drops concurrent connects for a 1 s SYN retry
 
     server = Server(("127.0.0.1", receiver.port), Handler)
+    if tls is not None:
+        tls.sni_callback = lambda _socket, name, _context: receiver.server_names.append(name)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -627,6 +627,12 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
 @click.option("--report-dir", default="loadtest-report", show_default=True)
 @click.option("--seed", default=0, show_default=True, help="the schedule's random seed")
 @click.option("--live/--no-live", default=None, help="rich live view (default: on a terminal)")
+@click.option(
+    "--webhooks",
+    is_flag=True,
+    help="embedded: a local webhook receiver for every event, and event lag (sent → received)"
+    " in the report",
+)
 def loadtest(**flags: Any) -> None:
     """Open-loop load with SLO verdicts and an HTML + JSON report; exit 0 only if all hold."""
     try:  # the emailq-loadtest distribution: an extra, so production images need not carry it

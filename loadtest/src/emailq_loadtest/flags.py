@@ -43,6 +43,11 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
         raise ValueError("--autoscale sizes the workers this run starts; a --target's are its own")
     if flags.get("fault") and flags["target"]:
         raise ValueError("--fault needs the embedded service: it stops sinks this run starts")
+    if flags["webhooks"] and flags["target"]:
+        raise ValueError(
+            "--webhooks needs the embedded service (it registers the receiver in the queue's"
+            " store and runs `emailq webhooks` beside the workers)"
+        )
     scenario = resolve(
         flags["scenario"],
         duration_s=parse_duration(flags["duration"]) if flags["duration"] else None,
@@ -84,4 +89,5 @@ def options_from_flags(flags: dict[str, Any]) -> Options:
         fault=flags.get("fault"),
         fault_at_s=parse_duration(flags["fault_at"]) if flags.get("fault_at") else None,
         fault_for_s=parse_duration(flags.get("fault_for") or "30s"),
+        webhooks=flags["webhooks"],
     )

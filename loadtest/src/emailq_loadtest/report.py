@@ -78,6 +78,7 @@ def build(
     broke: bool = False,
     errors: Sequence[str] = (),
     pool: Mapping[str, Any] | None = None,
+    webhooks: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     duration = scenario.duration_s
     seconds = int(duration) + 1
@@ -145,6 +146,8 @@ def build(
     }  # fmt: skip
     if pool is not None:
         figures["workers"] = dict(pool)
+    if webhooks is not None:
+        figures["webhooks"] = dict(webhooks)
     if scenario.is_ramp:
         figures["stress"] = {
             "highest_rate_held_per_min": held_per_min,
@@ -400,6 +403,23 @@ def _resources(figures: Mapping[str, Any]) -> str:
     ])  # fmt: skip
 
 
+def webhooks_line(hooks: Mapping[str, Any]) -> str:
+    lag = hooks["sent_lag_ms"]
+    return (
+        f"webhook events: {hooks['events']:,} received ({hooks['by_type'].get('email.sent', 0):,}"
+        f" email.sent of {hooks['expected_sent']:,} delivered), {hooks['duplicates']:,} "
+        f"duplicates, {hooks['bad_signatures']:,} bad signatures · event lag (sent → received)"
+        f" p50 {lag['p50']:,.0f} ms, p99 {lag['p99']:,.0f} ms, max {lag['max']:,.0f} ms"
+    )
+
+
+def _webhooks(figures: Mapping[str, Any]) -> str:
+    hooks = figures.get("webhooks")
+    if not hooks:
+        return ""
+    return f"<h2>Webhooks</h2><p class=meta>{escape(webhooks_line(hooks))}</p>"
+
+
 def memory_chart(figures: Mapping[str, Any]) -> str:
     """RSS over time per process; only worth drawing with a few samples."""
     samples = figures["memory"]["samples"]
@@ -429,6 +449,7 @@ def html(figures: Mapping[str, Any]) -> str:
         throughput_chart(figures), latency_chart(figures), distribution_chart(figures),
         _pool(figures),
         _stress(figures),
+        _webhooks(figures),
         _resources(figures),
         memory_chart(figures),
         f"<h2>Errors</h2><ul>{errors}</ul>" if errors else "",

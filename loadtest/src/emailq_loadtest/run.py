@@ -34,7 +34,7 @@ from emailq.lanes import Lane
 from emailq.message import parse_email
 from emailq_loadtest import report
 from emailq_loadtest.autoscaled import PoolWatch
-from emailq_loadtest.generator import BrokerFeeder, HttpFeeder
+from emailq_loadtest.generator import TENANT, BrokerFeeder, HttpFeeder
 from emailq_loadtest.live import render
 from emailq_loadtest.measure import Ledger, ResourceLog
 from emailq_loadtest.outage import FAILOVER_ENV, ProviderOutage
@@ -49,11 +49,13 @@ from emailq_loadtest.slo import (
     step_verdicts,
     stress_verdicts,
 )
+from emailq_loadtest.webhooks import WebhookLoad
 
 SINK_CAPACITY_PER_MIN = 40_000  # what one aiosmtpd sink process is trusted to take
 CHECK_LIMIT = 20_000  # lost ids looked up one by one in the broker
 WARMUP_TIMEOUT_S = 60.0
 WARMUP_SETTLE_S = 1.0
+WEBHOOK_CATCH_UP_S = 60.0  # after the drain, for the last email.sent events to arrive
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class Options:
     fault: str | None = None  # "provider-outage" (embedded only)
     fault_at_s: float | None = None  # None: a third of the way into the load
     fault_for_s: float = 30.0
+    webhooks: bool = False  # a local receiver for every event: event lag in the report
 
     @property
     def sink_kind(self) -> str:
@@ -120,6 +123,7 @@ class Service(Protocol):
     def classify(self, ids: Sequence[str]) -> Counter[str]: ...
     def stop_delivery(self) -> None: ...
     def close(self) -> None: ...
+    def webhook_figures(self) -> dict[str, Any] | None: ...
 
 
 def wait_until(done: Any, timeout: float, what: str) -> None:
@@ -184,6 +188,10 @@ class EmbeddedService:
             self.description["sink_delay_s"] = options.sink_delay
         if self.outage:
             self.description["fault"] = self.outage.describe()
+        self.hooks: WebhookLoad | None = None
+        if options.webhooks:
+            self.hooks = WebhookLoad(self.deployment, self.url, TENANT, logs / "webhooks.log")
+            self.description["webhooks"] = "1 endpoint, every event, local receiver"
 
     def _outage(self, ports: list[int]) -> ProviderOutage:
         options = self.options
@@ -231,10 +239,12 @@ class EmbeddedService:
         pids |= {f"sink-{i}": sink.pid for i, sink in enumerate(self.sinks.sinks)}
         if self.outage:
             pids |= {f"backup-sink-{i}": s.pid for i, s in enumerate(self.outage.secondary.sinks)}
-        return pids
+        return pids | (self.hooks.pids if self.hooks else {})
 
     def check(self) -> None:
         self.workers.check()
+        if self.hooks:
+            self.hooks.check()
 
     def classify(self, ids: Sequence[str]) -> Counter[str]:
         found: Counter[str] = Counter()
@@ -252,15 +262,29 @@ class EmbeddedService:
 
     def stop_delivery(self) -> None:
         """Sinks first: what has not arrived by now will not, and a worker stuck sending to
-        a stalled sink gets a connection error (a retry) instead of holding the exit up."""
+        a stalled sink gets a connection error (a retry) instead of holding the exit up.
+        Webhooks before them: each delivered email's email.sent event is waited for."""
         self.watch.finish()
         self.errors += self.watch.errors
+        if self.hooks:
+            if not self.hooks.wait_for_sent(self.ledger.delivered, WEBHOOK_CATCH_UP_S):
+                self.errors.append(
+                    f"webhooks: not every email.sent event arrived within {WEBHOOK_CATCH_UP_S:.0f}"
+                    " s of the drain"
+                )
+            self.hooks.stop()
         self.sinks.stop()
         if self.outage:
             self.outage.stop()
         self.workers.stop()
 
+    def webhook_figures(self) -> dict[str, Any] | None:
+        return self.hooks.figures(self.ledger.delivered) if self.hooks else None
+
     def close(self) -> None:
+        if self.hooks:
+            with contextlib.suppress(Exception):
+                self.hooks.stop()
         with contextlib.suppress(Exception):
             self.watch.finish()
         with contextlib.suppress(Exception):
@@ -332,6 +356,9 @@ class TargetService:
 
     def stop_delivery(self) -> None:
         self.sinks.stop()
+
+    def webhook_figures(self) -> dict[str, Any] | None:
+        return None  # --webhooks needs the embedded service
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -512,6 +539,7 @@ class Runner:
             verdicts=verdicts, memory=self.memory, steps=ramp.steps if ramp else (),
             held_per_min=ramp.held if ramp else None, broke=bool(ramp and ramp.broken),
             errors=service.errors, pool=service.pool(),
+            webhooks=service.webhook_figures(),
         )  # fmt: skip
         if service.outage:
             figures["fault"] = service.outage.figures(ledger.start)
@@ -536,6 +564,8 @@ def main(options: Options, console: Console | None = None) -> int:
     console.print(report.console_table(result.figures))
     if pool := report.pool_summary(result.figures):
         console.print(pool, highlight=False)
+    if hooks := result.figures.get("webhooks"):
+        console.print(report.webhooks_line(hooks), highlight=False)
     stress = result.figures.get("stress")
     if stress:
         console.print(f"highest rate held: {stress['highest_rate_held_per_min'] or 0:,.0f}/min")

@@ -17,8 +17,9 @@ from emailq.api.routes import problems_of
 from emailq.errors import FieldError, InvalidEmail
 from emailq.ids import new_id
 from emailq.keys import ApiKey
+from emailq.webhooks.probe import check_receiver
 from emailq.webhooks.signing import new_secret
-from emailq.webhooks.ssrf import UrlRefused, check_url
+from emailq.webhooks.ssrf import UrlRefused
 from emailq.webhooks.store import EVENT_TYPES, DeliveryState, Endpoint
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
         url, events = _parse(await request.body())
         allow = ctx.deployment.settings.webhooks.allow_private_urls
         try:
-            await run_in_threadpool(check_url, url, allow)
+            await check_receiver(url, allow)
         except UrlRefused as error:
             raise InvalidEmail([FieldError("url", str(error))]) from None
         endpoint = Endpoint(id=f"wh_{new_id()}", tenant=key.tenant, url=url, events=events,

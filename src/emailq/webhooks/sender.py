@@ -1,5 +1,6 @@
-"""Posting deliveries: signed, never following a redirect, the URL checked again before
-each attempt; a failure is retried with backoff until the delivery is a day old
+"""Posting deliveries: signed, never following a redirect, over a client that checks the
+receiver's addresses on every connection it opens and connects to those (webhooks/pinned.py);
+a failure is retried with backoff until the delivery is a day old
 (``webhooks.max_age_s``), then it is ``failed``. Its own HTTP client, its own concurrency
 limit, its own process: nothing here waits on, or holds up, mail delivery."""
 
@@ -7,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 import httpx
 
 from emailq.webhooks.pauses import EndpointPauses
+from emailq.webhooks.pinned import pinned_client
 from emailq.webhooks.signing import signed_headers
-from emailq.webhooks.ssrf import UrlRefused, check_url
+from emailq.webhooks.ssrf import Resolver, UrlRefused
 from emailq.webhooks.store import Delivery, DeliveryState, Endpoint, WebhookStore
 
 log = logging.getLogger(__name__)
@@ -32,14 +35,17 @@ class Sender:
         max_age_s: float = 86400.0,
         allow_private: bool = False,
         retry_base_s: float = 5.0,
+        resolve: Resolver | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
-        """Retries wait ``retry_base_s``, then twice as long each time, up to an hour."""
+        """Retries wait ``retry_base_s``, then twice as long each time, up to an hour.
+        ``resolve`` and ``verify``: a resolver and a TLS trust of the tests' own."""
         self.store = store
         self.concurrency = concurrency
         self.max_age_s = max_age_s
         self.allow_private = allow_private
         self.retry_base_s = retry_base_s
-        self._http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+        self._http = pinned_client(allow_private, timeout_s, resolve, verify)
         self._endpoints: dict[str, Endpoint | None] = {}
         self.pauses = EndpointPauses(base_s=min(retry_base_s, 1.0))
 
@@ -80,11 +86,10 @@ class Sender:
             await self._settle(delivery, DeliveryState.FAILED, "the endpoint was removed")
             return
         try:
-            await asyncio.to_thread(check_url, endpoint.url, self.allow_private)
-        except UrlRefused as error:
+            refusal = await self._post(endpoint, delivery)
+        except UrlRefused as error:  # its host now resolves inward: never sent there
             await self._settle(delivery, DeliveryState.FAILED, f"refused: {error}")
             return
-        refusal = await self._post(endpoint, delivery)
         if refusal is None:
             self.pauses.succeeded(endpoint.id)
             await self._settle(delivery, DeliveryState.DELIVERED, None)

@@ -2,24 +2,30 @@
 never an address inside the network it runs in (SSRF: loopback, private, link-local such
 as a cloud's metadata service at 169.254.169.254, and other reserved ranges).
 
-A host name is resolved and every address it resolves to must be public; the check runs
-at registration and again before every delivery (a name may be pointed elsewhere later).
-Redirects are never followed (the sender's HTTP client does not), so a public URL cannot
-bounce a request inward.
+A host name is resolved and every address it resolves to must be public. The check runs
+at registration, and again on every connection the sender opens, on the very addresses it
+then connects to (webhooks/pinned.py): a name pointed inward after registration, or
+answering differently from one lookup to the next (DNS rebinding), is refused. Redirects
+are never followed, and a URL that answers with one is refused at registration
+(webhooks/probe.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from urllib.parse import urlsplit
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[Address]]  # (host, port) → its addresses; tests pass one
 
 
 class UrlRefused(ValueError):
     """The URL may not be called; the message says why."""
 
 
-def check_url(url: str, allow_private: bool = False) -> None:
+def check_url(url: str, allow_private: bool = False, resolve: Resolver | None = None) -> None:
     """Raise :class:`UrlRefused` unless ``url`` is an http(s) URL emailq may call."""
     try:
         parts = urlsplit(url)
@@ -33,17 +39,27 @@ def check_url(url: str, allow_private: bool = False) -> None:
         raise UrlRefused("must name a host")
     if parts.username or parts.password:
         raise UrlRefused("must not hold credentials")
-    if allow_private:
-        return
-    for address in resolve(host, port or (443 if parts.scheme == "https" else 80)):
-        if not _public(address):
+    if not allow_private:
+        checked_addresses(host, port or (443 if parts.scheme == "https" else 80), resolve)
+
+
+def checked_addresses(host: str, port: int, resolve: Resolver | None = None) -> list[Address]:
+    """``host``'s addresses, once all of them are public; else :class:`UrlRefused`. One
+    internal address among public ones is refused too: the connection could pick it."""
+    addresses = (resolve or resolve_host)(host, port)
+    if not addresses:
+        raise UrlRefused(f"{host} does not resolve")
+    for address in addresses:
+        if not is_public(address):
             raise UrlRefused(
                 f"{host} is {address}, an internal address (loopback, private, link-local or"
                 " reserved); webhooks.allow_private_urls allows it"
             )
+    return addresses
 
 
-def resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def resolve_host(host: str, port: int) -> list[Address]:
+    """The system's resolver (an address literal is itself)."""
     try:
         return [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
@@ -52,10 +68,11 @@ def resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as error:
         raise UrlRefused(f"{host} does not resolve: {error}") from None
-    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    found = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    return list(dict.fromkeys(found))  # one per address, in the resolver's order
 
 
-def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def is_public(address: Address) -> bool:
     mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
     if mapped is not None:
         address = mapped
