@@ -14,6 +14,14 @@ Configured by the environment benchmarks/e2e.py sets: ``BENCH_REDIS_URL`` (broke
 completion counter), ``BENCH_SMTP`` (host:port of the sink), ``BENCH_COUNTER`` (key).
 What a typical application does: no result backend (fire and forget), JSON arguments, one
 SMTP connection per pool process reused across tasks and reopened after an error.
+
+Resilience, as emailq has its own: a task whose send or count meets a transient error
+(SMTP, socket, Redis) is retried with backoff (Celery's ``autoretry_for``) instead of being
+dropped; with early acks a dropped task is gone for good, and the benchmark, waiting for
+every email, would see a drain that stops short ("stuck at 1,885/3,000"). Every Redis socket
+has a timeout, the broker's too: without one a read that never returns hangs a process
+silently (Celery issues #2464 and #2906: workers stuck in ``recvfrom`` after a fast batch of
+a few thousand small tasks; their workaround is ``socket_timeout``).
 """
 
 from __future__ import annotations
@@ -34,12 +42,17 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 SMTP_HOST, _, SMTP_PORT = os.environ.get("BENCH_SMTP", "127.0.0.1:2525").rpartition(":")
 COUNTER = os.environ.get("BENCH_COUNTER", "bench:done")
 CRITICAL_QUEUE = "critical"
+REDIS_TIMEOUTS = {"socket_timeout": 10, "socket_connect_timeout": 5}  # > BRPOP's 1 s
+TRANSIENT = (smtplib.SMTPException, OSError, redis.RedisError)
 
 app = Celery("peers", broker=REDIS_URL)
 app.conf.update(
     task_ignore_result=True,  # nobody reads an email task's return value
     broker_connection_retry_on_startup=True,  # the default; said so, Celery 5 does not warn
-    broker_transport_options={"queue_order_strategy": "priority"},  # -Q order: critical first
+    broker_transport_options={
+        "queue_order_strategy": "priority",  # -Q order: the critical queue first
+        **REDIS_TIMEOUTS,
+    },
 )
 
 
@@ -68,10 +81,16 @@ class Mailer:
 
 
 mailer = Mailer()
-counter = redis.Redis.from_url(REDIS_URL)  # redis-py reconnects in each forked process
+counter = redis.Redis.from_url(REDIS_URL, **REDIS_TIMEOUTS)  # reconnects after the fork
 
 
-@app.task(name="send_invitation")
+@app.task(
+    name="send_invitation",
+    autoretry_for=TRANSIENT,
+    retry_backoff=1,  # 1 s, 2 s, 4 s, ... (jittered), up to 10 retries
+    retry_backoff_max=30,
+    max_retries=10,
+)
 def send_invitation(fields: dict[str, str]) -> None:
     mailer.send(build_message(fields))
     counter.incr(COUNTER)  # how the benchmark sees completion
