@@ -1,23 +1,26 @@
-"""End-to-end delivery: emailq's workers against Celery and arq, into Postfix's smtp-sink.
+"""End-to-end delivery: emailq's workers against Celery and arq, into one SMTP sink.
 
     .venv/bin/python benchmarks/e2e.py [--n 100000] [--backends redis,sqlite]
-        [--peers arq,celery] [--peer-n 100000] [--workers 2] [--profile]
+        [--peers arq,celery] [--peer-n 100000] [--workers 2] [--repeat 1]
+        [--relay-ms 0] [--pool 8[,16,...]] [--profile]
 
 Every system gets the same ~1.5 KB invitations (text + HTML, one distinct recipient each,
 benchmarks/peers/workload.py), the same number of worker processes and the same receiving
-end: Postfix's ``smtp-sink`` (C), not emailq's aiosmtpd sink, which tops out far lower.
-All mail is queued first (timed: enqueue/s), then the workers start and the drain is timed
-from their start to the last delivery (start-up is also shown apart). CPU and peak RSS are the
-worker processes' own (CPU: ``wait4`` after SIGTERM; RSS: VmHWM of each process), start-up
-included.
+end: benchmarks/sinkclock.c, a C responder as cheap as Postfix's smtp-sink that also notes
+when each Message-ID arrives. All mail is queued first (timed: enqueue/s), then the workers
+start and the drain is timed from their start to the last delivery (start-up is also shown
+apart). CPU and peak RSS are the worker processes' own (CPU: ``wait4`` after SIGTERM; RSS:
+VmHWM of each process), start-up included.
 
-emailq also shows critical isolation in the same run: when ~20% of the bulk is sent, 200
-critical emails are queued at once; each one's latency is its settle time (``updated_at``
-once SENT) minus the start of the enqueue call, an upper bound on its arrival at the sink.
+Critical isolation in the same run (benchmarks/critical.py): when ~20% of the bulk is sent,
+200 critical emails are queued at once (emailq: the critical lane; each peer: its dedicated
+queue); each one's latency is its arrival at the sink minus the time it was queued.
 
-``--profile`` also prints where emailq's first worker spends its CPU time (py-spy when it
-is installed, else cProfile; benchmarks/peers/profiling.py). No figure is asserted: the
-targets are printed as met or BELOW.
+``--repeat R`` runs every system R times, interleaved (a, b, c, a, b, c, ...), and prints
+medians and ranges. ``--relay-ms 5`` makes the sink wait before every reply, as a relay in
+the same region would; ``--pool 4,8,16`` measures emailq at each SMTP pool size (default:
+emailq's own default). ``--profile`` also prints where emailq's first worker spends its CPU
+time (benchmarks/peers/profiling.py). No figure is asserted: targets print as met or BELOW.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,27 +36,33 @@ import time
 import traceback
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from emailq.broker import Broker, NewMessage, State, open_broker
+from critical import CRITICAL_N, EmailqProbe, PeerProbe, Probe, enqueue_emails
+from e2e_report import (
+    Result,
+    print_notes,
+    print_relay,
+    print_runs,
+    print_summary,
+    print_targets,
+)
+from emailq.broker import Broker, State, open_broker
 from emailq.lanes import Lane
-from emailq.message import parse_email
+from emailq.providers.smtp import DEFAULT_POOL
 from peers.harness import (
     BenchmarkFailed,
-    Drain,
-    Usage,
     Workers,
     deadline,
     drain,
     enqueue_timeout,
-    smtp_sink,
 )
 from peers.profiling import Profiler, profiler_for
-from peers.workload import ceremony_change, invitation
+from peers.workload import invitation
+from sinkclock import SinkClock, sink_clock
 from webhook_receiver import WebhookRun, compare
 
 HERE = Path(__file__).resolve().parent
@@ -65,33 +73,9 @@ REDIS_URL = os.environ.get("EMAILQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"
 PEER_DB = 13  # Celery's and arq's queues; flushed before and after each peer
 COUNTER = "bench:done"  # the peers INCR it after each email the sink accepted
 
-ENQUEUE_BATCH = 1_000
-CRITICAL_N = 200
-CRITICAL_AT = 0.2  # share of the bulk sent when the critical emails arrive
-SMTP_POOL = 8
 CELERY_PREFETCH = 16  # many short tasks: Celery's docs advise a multiplier above the default 4
 ARQ_MAX_JOBS = 8  # benchmarks/peers/arq_app.py: one SMTP connection per job slot
-
-DRAIN_TARGETS = {"emailq-redis": 100_000, "emailq-sqlite": 60_000}  # emails/min
-RSS_TARGET_MB = 150
-CRITICAL_P99_TARGET_MS = 250
-
-
-@dataclass
-class Result:
-    name: str
-    how: str = ""  # how the system ran, for the notes
-    enqueue_per_s: float = 0.0
-    drain: Drain | None = None
-    usage: Usage = field(default_factory=Usage)
-    critical_ms: list[float] = field(default_factory=list)
-    critical_missing: int = 0
-    critical_after: float = 0.0  # share of the bulk sent when the critical mail was queued
-    error: str | None = None
-
-    @property
-    def cpu_per_1k(self) -> float:
-        return self.usage.cpu_s / self.drain.total * 1000 if self.drain else 0.0
+SYSTEMS = ("emailq-redis", "emailq-sqlite", "arq", "celery")
 
 
 # -- emailq ---------------------------------------------------------------------------------
@@ -101,18 +85,6 @@ def emailq_url(backend: str, tmp: Path) -> str:
     if backend == "redis":
         return f"{REDIS_URL}?prefix=emailq-bench-{uuid.uuid4().hex}"
     return f"sqlite:///{tmp / 'queue.db'}"  # default settings: synchronous=full
-
-
-def enqueue_emails(broker: Broker, work: Sequence[dict[str, str]], lane: Lane) -> list[str]:
-    """The intake path an application takes: validate, serialise, enqueue in batches."""
-    ids: list[str] = []
-    for start in range(0, len(work), ENQUEUE_BATCH):
-        messages = [
-            NewMessage(parse_email(fields).to_payload(), lane=lane)
-            for fields in work[start : start + ENQUEUE_BATCH]
-        ]
-        ids += broker.enqueue_many(messages)
-    return ids
 
 
 def timed_emailq_enqueue(broker: Broker, n: int) -> float:
@@ -125,44 +97,16 @@ def timed_emailq_enqueue(broker: Broker, n: int) -> float:
 
 
 def emailq_commands(
-    url: str, port: int, workers: int, profiler: Profiler | None
+    url: str, port: int, workers: int, profiler: Profiler | None, pool: int = DEFAULT_POOL
 ) -> list[list[str]]:
     args = [
-        "worker", "--broker-url", url, "--provider-url", f"smtp://127.0.0.1:{port}?pool={SMTP_POOL}",
+        "worker", "--broker-url", url, "--provider-url", f"smtp://127.0.0.1:{port}?pool={pool}",
         "--batch", "100", "--concurrency", "2",
     ]  # fmt: skip
     commands = [[sys.executable, "-m", "emailq", *args] for _ in range(workers)]
     if profiler:
         commands[0] = profiler.command(args)
     return commands
-
-
-class CriticalProbe:
-    """Queues the critical emails once ~20% of the bulk is sent, and remembers when."""
-
-    def __init__(self, broker: Broker, bulk: int) -> None:
-        self.broker, self.bulk = broker, bulk
-        self.threshold = max(1, int(bulk * CRITICAL_AT))
-        self.work = [ceremony_change(i) for i in range(CRITICAL_N)]
-        self.ids: list[str] = []
-        self.enqueued_at = 0.0
-        self.sent_then = 0  # bulk emails already sent when the critical ones were queued
-
-    def __call__(self, sent: int) -> None:
-        if not self.ids and sent >= self.threshold:
-            self.enqueued_at, self.sent_then = time.time(), sent  # the broker's clock: time()
-            self.ids = enqueue_emails(self.broker, self.work, Lane.CRITICAL)
-
-    def latencies_ms(self) -> tuple[list[float], int]:
-        """Settle time − enqueue time of each critical email, and how many were not sent."""
-        latencies, missing = [], 0
-        for message_id in self.ids:
-            info = self.broker.get(message_id)
-            if info is None or info.state is not State.SENT:
-                missing += 1
-            else:
-                latencies.append((info.updated_at - self.enqueued_at) * 1000)
-        return latencies, missing + CRITICAL_N - len(self.ids)
 
 
 def sent_or_fail(broker: Broker) -> int:
@@ -172,6 +116,19 @@ def sent_or_fail(broker: Broker) -> int:
     return stats.count(State.SENT)
 
 
+class Watch:
+    """Called on every poll of a drain: the critical probe, and the sink's connection count."""
+
+    def __init__(self, probe: Probe, sink: SinkClock | None) -> None:
+        self.probe, self.sink = probe, sink
+        self.peak_connections = 0
+
+    def __call__(self, sent: int) -> None:
+        self.probe(sent)
+        if self.sink:
+            self.peak_connections = max(self.peak_connections, self.sink.connections())
+
+
 def run_emailq(
     backend: str,
     args: argparse.Namespace,
@@ -179,27 +136,32 @@ def run_emailq(
     tmp: Path,
     env: dict[str, str] | None = None,
     extra: Sequence[str] = (),
+    sink: SinkClock | None = None,
+    pool: int = DEFAULT_POOL,
     webhooks: WebhookRun | None = None,
 ) -> Result:
     """``env``: the workers' environment (default ours); ``extra``: one more emailq command
-    started beside them on the same queue (benchmarks/monitor.py: ``monitor``); ``webhooks``:
-    an endpoint for every event and its receiver (benchmarks/webhook_receiver.py)."""
+    started beside them on the same queue (benchmarks/monitor.py: ``monitor``); ``sink``: the
+    responder on ``port`` when it clocks arrivals (then the critical latencies are measured);
+    ``webhooks``: an endpoint for every event and its receiver (benchmarks/webhook_receiver.py)."""
     name, url = f"emailq-{backend}", emailq_url(backend, tmp)
-    how = f"{args.workers} × `emailq worker --batch 100 --concurrency 2`, SMTP pool {SMTP_POOL}"
-    result = Result(name, how=how)
+    how = f"{args.workers} × `emailq worker --batch 100 --concurrency 2`, SMTP pool {pool}"
+    result = Result(name, backend=backend, pool=pool, how=how)
     profiler = profiler_for(name, tmp) if args.profile else None
     with open_broker(url) as broker:
         try:
             if webhooks:
                 webhooks.start(url)
             result.enqueue_per_s = timed_emailq_enqueue(broker, args.n)
-            commands = emailq_commands(url, port, args.workers, profiler)
+            commands = emailq_commands(url, port, args.workers, profiler, pool)
             if extra:
                 commands.append([sys.executable, "-m", "emailq", *extra, "--broker-url", url])
-            probe = CriticalProbe(broker, args.n)
-            deliver_emailq(Workers(name, tmp), commands, probe, result, profiler, env)
-            result.critical_ms, result.critical_missing = probe.latencies_ms()
-            result.critical_after = probe.sent_then / args.n
+            probe = EmailqProbe(broker, args.n)
+            watch = Watch(probe, sink)
+            deliver_emailq(Workers(name, tmp), commands, watch, result, profiler, env)
+            result.peak_connections = watch.peak_connections
+            if sink:
+                result.critical = probe.result(sink)
             if webhooks:
                 webhooks.finish()  # waits for every email.sent event to arrive
         finally:
@@ -214,19 +176,20 @@ def run_emailq(
 def deliver_emailq(
     workers: Workers,
     commands: list[list[str]],
-    probe: CriticalProbe,
+    watch: Watch,
     result: Result,
     profiler: Profiler | None,
     env: dict[str, str] | None = None,
 ) -> None:
     """Start the workers, let the probe inject the critical mail, time the drain, stop."""
-    broker = probe.broker
+    assert isinstance(watch.probe, EmailqProbe)
+    broker = watch.probe.broker
     try:
         workers.start(commands, ROOT, env if env is not None else dict(os.environ))
         if profiler:
             profiler.attach(workers.procs[0].pid)
-        total = probe.bulk + CRITICAL_N
-        result.drain = drain(workers, lambda: sent_or_fail(broker), total, probe)
+        total = watch.probe.bulk + CRITICAL_N
+        result.drain = drain(workers, lambda: sent_or_fail(broker), total, watch)
         if profiler:
             profiler.detach()  # before the worker stops: py-spy must see it alive
         result.usage = workers.stop()
@@ -275,21 +238,25 @@ def peer_commands(peer: str, workers: int) -> tuple[list[list[str]], str]:
     python = peer_python(peer)
     if peer == "celery":
         command = [
-            python, "-m", "celery", "-A", "peers.celery_app", "worker", "--pool", "prefork",
-            "-c", str(workers), "--prefetch-multiplier", str(CELERY_PREFETCH), "-l", "WARNING",
+            python, "-m", "celery", "-A", "peers.celery_app", "worker", "-Q", "critical,celery",
+            "--pool", "prefork", "-c", str(workers), "--prefetch-multiplier",
+            str(CELERY_PREFETCH), "-l", "WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
         how = (
             f"one `celery worker --pool prefork -c {workers}` (a consumer + {workers} pool "
-            f"processes), prefetch ×{CELERY_PREFETCH}, smtplib, one connection per process"
+            f"processes), prefetch ×{CELERY_PREFETCH}, smtplib, one connection per process; "
+            "critical: a dedicated queue the worker polls first"
         )
         return [command], how
-    command = [python, "-m", "arq", "peers.arq_app.WorkerSettings"]
+    bulk = [python, "-m", "arq", "peers.arq_app.WorkerSettings"]
+    critical = [python, "-m", "arq", "peers.arq_app.CriticalWorkerSettings"]
     how = (
         f"{workers} × `arq` worker processes, max_jobs {ARQ_MAX_JOBS}, aiosmtplib, one "
-        "connection per job slot"
+        "connection per job slot; critical: a dedicated queue with a worker of its own "
+        "(one process more)"
     )
-    return [command] * workers, how
+    return [bulk] * workers + [critical], how
 
 
 def timed_peer_enqueue(peer: str, n: int, env: dict[str, str]) -> float:
@@ -308,12 +275,12 @@ def timed_peer_enqueue(peer: str, n: int, env: dict[str, str]) -> float:
     return n / float(json.loads(done.stdout.splitlines()[-1])["seconds"])
 
 
-def run_peer(peer: str, args: argparse.Namespace, port: int, tmp: Path) -> Result:
+def run_peer(peer: str, args: argparse.Namespace, sink: SinkClock, tmp: Path) -> Result:
     url = peer_redis_url()
     env = {
         **os.environ,
         "BENCH_REDIS_URL": url,
-        "BENCH_SMTP": f"127.0.0.1:{port}",
+        "BENCH_SMTP": f"127.0.0.1:{sink.port}",
         "BENCH_COUNTER": COUNTER,
         "PYTHONPATH": str(HERE),
     }
@@ -323,106 +290,24 @@ def run_peer(peer: str, args: argparse.Namespace, port: int, tmp: Path) -> Resul
         commands, how = peer_commands(peer, args.workers)
         result = Result(peer, how=how)
         result.enqueue_per_s = timed_peer_enqueue(peer, args.peer_n, env)
+        probe = PeerProbe(peer, peer_python(peer), HERE, env, args.peer_n)
+        watch = Watch(probe, sink)
         workers = Workers(peer, tmp)
         try:
             workers.start(commands, HERE, env)
-            result.drain = drain(workers, lambda: int(client.get(COUNTER) or 0), args.peer_n)
+            total = args.peer_n + CRITICAL_N
+            result.drain = drain(workers, lambda: int(client.get(COUNTER) or 0), total, watch)
             result.usage = workers.stop()
         finally:
             workers.kill()
+            if probe.proc and probe.proc.poll() is None:
+                probe.proc.kill()
+        result.peak_connections = watch.peak_connections
+        result.critical = probe.result(sink)
         return result
     finally:
         client.flushdb()
         client.close()
-
-
-# -- report ---------------------------------------------------------------------------------
-
-
-def print_table(results: Sequence[Result]) -> None:
-    print(
-        f"\n{'system':<14} {'enqueue/s':>10} {'drain emails/min':>17} {'CPU s/1k':>9} "
-        f"{'peak RSS MB':>12} {'all procs MB':>13} {'start-up s':>11}"
-    )
-    for r in results:
-        if r.error or not r.drain:
-            print(f"{r.name:<14} FAILED: {(r.error or 'no result').splitlines()[0]}")
-            continue
-        print(
-            f"{r.name:<14} {r.enqueue_per_s:>10,.0f} {r.drain.per_minute:>17,.0f} "
-            f"{r.cpu_per_1k:>9.2f} {r.usage.largest_rss_mb:>12.0f} "
-            f"{r.usage.total_rss_mb:>9.0f} ({r.usage.processes}) {r.drain.startup_s:>11.1f}"
-        )
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest rank: with 200 values, p99 is the second largest."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def ours(results: Sequence[Result]) -> list[Result]:
-    return [r for r in results if r.name.startswith("emailq-") and r.drain and not r.error]
-
-
-def print_critical(results: Sequence[Result]) -> None:
-    print(
-        f"\nCritical isolation: {CRITICAL_N} critical emails queued at once when "
-        f"~{CRITICAL_AT:.0%} of the bulk was sent.\nLatency: settled (updated_at once SENT) "
-        "minus the start of the enqueue call, an upper bound on arrival at the sink."
-    )
-    for r in ours(results):
-        ms = r.critical_ms
-        if not ms:
-            print(f"  {r.name:<14} no critical email was sent ({r.critical_missing} missing)")
-            continue
-        print(
-            f"  {r.name:<14} p50 {statistics.median(ms):.0f} ms, p99 {percentile(ms, 0.99):.0f}"
-            f" ms, max {max(ms):.0f} ms ({len(ms)}/{CRITICAL_N} sent; queued when "
-            f"{r.critical_after:.0%} of the bulk was sent)"
-        )
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "BELOW"
-
-
-def print_targets(results: Sequence[Result]) -> None:
-    print("\nTargets:")
-    for r in ours(results):
-        rate = r.drain.per_minute if r.drain else 0.0
-        target = DRAIN_TARGETS[r.name]
-        print(f"  {r.name} drain >= {target:,}/min: {verdict(rate >= target)} ({rate:,.0f})")
-        rss = r.usage.largest_rss_mb
-        print(
-            f"  {r.name} worker peak RSS < {RSS_TARGET_MB} MB: "
-            f"{verdict(rss < RSS_TARGET_MB)} ({rss:.0f} MB)"
-        )
-        p99 = percentile(r.critical_ms, 0.99) if r.critical_ms else float("inf")
-        ok = p99 <= CRITICAL_P99_TARGET_MS and not r.critical_missing
-        print(
-            f"  {r.name} critical p99 <= {CRITICAL_P99_TARGET_MS} ms: {verdict(ok)} ({p99:.0f} ms)"
-        )
-
-
-def print_notes(results: Sequence[Result], args: argparse.Namespace) -> None:
-    print("\nHow each system ran:")
-    for r in results:
-        print(f"  {r.name:<14} {r.how or 'did not run'}")
-    if ours(results):
-        print(f"emailq delivers {args.n:,} bulk + {CRITICAL_N} critical emails per backend.")
-    if any(not r.name.startswith("emailq-") for r in results):
-        print(f"Each peer delivers {args.peer_n:,} emails.")
-    print(
-        "Drain, CPU s/1k and RSS include start-up (drain: workers' start to last delivery)."
-        "\nPeak RSS: the largest worker process; all procs: every process of the workers at "
-        "its own peak\n(how many processes)."
-    )
-    if args.profile:
-        print("This run was profiled: worker 0's figures include the profiler's overhead.")
-    for r in results:
-        if r.error:
-            print(f"\n{r.name} FAILED:\n{r.error}")
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -440,20 +325,45 @@ def unavailable(system: str) -> str | None:
     return None
 
 
-def run_system(system: str, args: argparse.Namespace, port: int) -> Result:
-    print(f"running {system} ...", flush=True)
+def run_system(
+    system: str, pool: int, label: str, args: argparse.Namespace, sink: SinkClock
+) -> Result:
+    print(f"running {label} ...", flush=True)
     if reason := unavailable(system):
-        return Result(system, error=reason)
+        return Result(system, label=label, error=reason)
+    sink.start_run()
     with tempfile.TemporaryDirectory(prefix=f"e2e-{system}-") as tmp:
         try:
             if system.startswith("emailq-"):
-                return run_emailq(system.removeprefix("emailq-"), args, port, Path(tmp))
-            return run_peer(system, args, port, Path(tmp))
+                backend = system.removeprefix("emailq-")
+                result = run_emailq(backend, args, sink.port, Path(tmp), sink=sink, pool=pool)
+            else:
+                result = run_peer(system, args, sink, Path(tmp))
         except BenchmarkFailed as error:
-            return Result(system, error=str(error))
+            result = Result(system, error=str(error))
         except Exception as error:  # a bug in one system must not lose the others' figures
             where = "".join(traceback.format_exception(error, limit=-4))
-            return Result(system, error=f"{type(error).__name__}: {error}\n{where}")
+            result = Result(system, error=f"{type(error).__name__}: {error}\n{where}")
+    result.label = label
+    return result
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, int, str]]:
+    """One round: (system, pool, label) for each run, emailq at each pool size."""
+    runs = []
+    for backend in filter(None, args.backends.split(",")):
+        for pool in args.pool:
+            label = f"emailq-{backend}" + (f" pool {pool}" if len(args.pool) > 1 else "")
+            runs.append((f"emailq-{backend}", pool, label))
+    runs += [(peer, 0, peer) for peer in filter(None, args.peers.split(","))]
+    return runs
+
+
+def pool_sizes(text: str) -> list[int]:
+    sizes = [int(size) for size in text.split(",") if size]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("pool sizes are positive integers, comma-separated")
+    return sizes
 
 
 def parse_args() -> argparse.Namespace:
@@ -461,8 +371,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=100_000, help="bulk emails for emailq")
     parser.add_argument("--backends", default="redis,sqlite", help="emailq brokers to measure")
     parser.add_argument("--peers", default="arq,celery", help="peers to measure ('' for none)")
-    parser.add_argument("--peer-n", type=int, default=100_000, help="emails for each peer")
+    parser.add_argument("--peer-n", type=int, default=100_000, help="bulk emails for each peer")
     parser.add_argument("--workers", type=int, default=2, help="worker processes per system")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds of all runs")
+    parser.add_argument(
+        "--relay-ms", type=float, default=0.0, help="the sink waits this long before each reply"
+    )
+    parser.add_argument(
+        "--pool",
+        type=pool_sizes,
+        default=[DEFAULT_POOL],
+        help=f"emailq's SMTP pool sizes to measure, e.g. 8,16,32 (default {DEFAULT_POOL})",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -476,8 +396,13 @@ def parse_args() -> argparse.Namespace:
         help="emailq with and without a webhook endpoint for every event, interleaved",
     )
     args = parser.parse_args()
-    if min(args.n, args.peer_n, args.workers) < 1:
-        parser.error("--n, --peer-n and --workers must be at least 1")
+    if min(args.n, args.peer_n, args.workers, args.repeat) < 1:
+        parser.error("--n, --peer-n, --workers and --repeat must be at least 1")
+    if args.relay_ms < 0:
+        parser.error("--relay-ms cannot be negative")
+    systems = {system for system, _, _ in plan(args)}
+    if unknown := systems - set(SYSTEMS):
+        parser.error(f"unknown backend or peer: {', '.join(sorted(unknown))}")
     return args
 
 
@@ -485,21 +410,25 @@ def main() -> int:
     args = parse_args()
     if args.webhooks:  # benchmarks/webhook_receiver.py
         return compare(args, run_emailq, CRITICAL_N)
-    systems = [f"emailq-{b}" for b in args.backends.split(",") if b]
-    systems += [p for p in args.peers.split(",") if p]
-    if unknown := set(systems) - {"emailq-redis", "emailq-sqlite", "arq", "celery"}:
-        sys.exit(f"unknown backend or peer: {', '.join(sorted(unknown))}")
-    with smtp_sink() as port:
+    runs = plan(args)
+    with sink_clock(args.relay_ms) as sink:
+        relay = f", {args.relay_ms:g} ms before each reply" if args.relay_ms else ""
         print(
             f"~1.5 KB invitations (text + HTML, one recipient each), {args.workers} worker "
-            f"processes per system, into Postfix smtp-sink on 127.0.0.1:{port}"
+            f"processes per system, into sinkclock on 127.0.0.1:{sink.port}{relay}; "
+            f"{args.repeat} round(s)"
         )
-        results = [run_system(system, args, port) for system in systems]
-    print_table(results)
-    if ours(results):
-        print_critical(results)
-        print_targets(results)
-    print_notes(results, args)
+        results = []
+        for round_ in range(args.repeat):
+            if args.repeat > 1:
+                print(f"round {round_ + 1}/{args.repeat}", flush=True)
+            results += [run_system(system, pool, label, args, sink) for system, pool, label in runs]
+    print_runs(results)
+    print_summary(results, args.repeat)
+    print_targets(results, args.relay_ms)
+    if args.relay_ms:
+        print_relay(results, args.relay_ms, DEFAULT_POOL)
+    print_notes(results, args.n, args.peer_n, args.profile)
     return 1 if any(r.error for r in results) else 0
 
 

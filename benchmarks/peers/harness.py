@@ -197,6 +197,17 @@ class Workers:
             with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
                 proc.wait(5)
 
+    def states(self) -> str:
+        """Each process's state and where the kernel has it waiting: what a hang is stuck on."""
+        rows = []
+        for proc in self.procs:
+            for pid in descendants(proc.pid):
+                with contextlib.suppress(OSError):
+                    state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+                    wchan = Path(f"/proc/{pid}/wchan").read_text() or "-"
+                    rows.append(f"  pid {pid}: state {state}, waiting in {wchan}")
+        return "processes:\n" + "\n".join(rows)
+
     def log_tail(self, lines: int = 15) -> str:
         tails = []
         for path in sorted(self.logs.glob(f"{self.name}-*.log")):
@@ -271,7 +282,7 @@ def drain(
             elif now - last_change > STALL_S:
                 raise BenchmarkFailed(
                     f"{workers.name}: stuck at {count:,}/{total:,} emails "
-                    f"for {STALL_S:.0f} s\n" + workers.log_tail()
+                    f"for {STALL_S:.0f} s\n{workers.states()}\n{workers.log_tail()}"
                 )
             workers.check()
             on_poll(count)
