@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from emailq.monitor.recorder import Tally
-from emailq.monitor.snapshot import LANE_NAMES, Snapshot, figures
+from emailq.monitor.snapshot import LANE_NAMES, QUANTILES, Snapshot, figures
 from emailq.monitor.store import MonitorStore
 
 MAX_POINTS = 2000
@@ -72,6 +72,11 @@ def _point(group: Sequence[Snapshot], tenant: str | None) -> dict[str, Any]:
     if tenant is None:
         point["total"]["backlog"] = last.backlog()
         point["firing"] = sum(1 for a in last.alerts if a.get("state") == "firing")
+        sends: dict[str, Tally] = {}
+        for snapshot in group:
+            for name, tries in snapshot.sends.items():
+                sends.setdefault(name, Tally()).merge(tries)
+        point["providers"] = {name: send_figures(tries) for name, tries in sends.items()}
     return point
 
 
@@ -134,4 +139,20 @@ def current(snapshots: Sequence[Snapshot], stale_s: float) -> dict[str, Any]:
     for name, entry in providers.items():
         tally = last.providers.get(name, Tally())
         entry["error_rate"] = round(1 - tally.sent / tally.attempts, 5) if tally.attempts else None
+    for name, tries in last.sends.items():
+        entry = providers.setdefault(name, {"healthy": None} | _counts(Tally()) |
+                                     {"error_rate": None})  # fmt: skip
+        entry["send"] = send_figures(tries)
     return {"at": last.at, "workers": workers, "providers": providers, "alerts": last.alerts}
+
+
+def send_figures(tries: Tally) -> dict[str, Any]:
+    """One provider's tries in an interval: how many, how many failed, and how long the
+    accepted ones took from going out to the provider's answer (seconds)."""
+    figures: dict[str, Any] = {"tries": tries.attempts, "accepted": tries.sent,
+                               "error_rate": round(1 - tries.sent / tries.attempts, 5)
+                               if tries.attempts else None}  # fmt: skip
+    values = tries.latency.quantiles(tuple(QUANTILES.values()))
+    for name, value in zip(QUANTILES, values, strict=True):
+        figures[name] = None if value is None else round(value, 6)
+    return figures

@@ -22,6 +22,7 @@ from emailq.providers.base import (
     Provider,
     Rendered,
     SendGate,
+    SendObserver,
     SendResult,
     Transient,
 )
@@ -30,6 +31,10 @@ from emailq.providers.base import (
 def movable(result: SendResult) -> bool:
     """May this outcome be tried through the next provider at once?"""
     return isinstance(result, Transient) and not result.unsure and not result.unexpected
+
+
+def _renamed(observer: SendObserver, name: str) -> SendObserver:
+    return lambda _, seconds, result: observer(name, seconds, result)
 
 
 class _Hold:
@@ -69,6 +74,11 @@ class ProviderChain(Provider):
         # still bound what is on the wire.
         self.concurrency = None
         self._started = False
+
+    def observe_sends(self, observer: SendObserver | None) -> None:
+        """Each member reports under its name in the chain; the chain itself reports nothing."""
+        for member, name in zip(self.members, self.names, strict=True):
+            member.observe_sends(None if observer is None else _renamed(observer, name))
 
     async def start(self) -> None:
         if not self._started:
