@@ -222,8 +222,8 @@ def measure_reads(url: str, key: str, args: argparse.Namespace, tmp: str) -> Non
                         "EMAILQ_MONITOR_INTERVAL_S": str(args.interval)}  # fmt: skip
     command = [sys.executable, str(HERE / "peers" / "serve_probe.py"), str(gc_log), "--",
                "serve", "--port", str(port)]  # fmt: skip
-    server = subprocess.Popen(command, env=env, cwd=ROOT)
     redis_pid = redis_server_pid(url) if url.startswith("redis") else None
+    server = subprocess.Popen(command, env=env, cwd=ROOT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             wait_for_api(client)

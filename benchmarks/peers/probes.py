@@ -70,13 +70,17 @@ def private_redis(maxmemory_mb: int = 8000) -> Iterator[str]:
                 proc.wait()
 
 
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url.partition("?")[0])  # without emailq's ?prefix=
+
+
 def redis_server_pid(url: str) -> int:
-    return int(redis.Redis.from_url(url).info("server")["process_id"])
+    return int(_client(url).info("server")["process_id"])
 
 
 def redis_calls(url: str) -> dict[str, int]:
     """Commands the server has run so far, by name (INFO commandstats)."""
-    stats = redis.Redis.from_url(url).info("commandstats")
+    stats = _client(url).info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
