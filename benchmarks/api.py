@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/api.py [--broker-url URL] [--rates 250,500,1000,1500,2000]
                                        [--seconds 10] [--batches 40]
     .venv/bin/python benchmarks/api.py --scenario flood [--flood-limit 50] [--seconds 10]
+                                       [--rounds 5]
 
 1. Single-email POSTs at fixed arrival rates. Open loop: each request has a scheduled
    send time and its latency is measured from that time, so a stalled server shows up as
@@ -225,6 +226,7 @@ def main() -> int:
     parser.add_argument("--peer", choices=["celery", "none"], default="celery")
     parser.add_argument("--scenario", choices=["throughput", "flood"], default="throughput")
     parser.add_argument("--flood-limit", type=float, default=50, help="the flooder's emails/s")
+    parser.add_argument("--rounds", type=int, default=5, help="flood: rounds of three phases")
     args = parser.parse_args()
     if args.scenario == "flood":
         from flood import run_flood

@@ -107,3 +107,25 @@ async def test_a_flooding_tenant_is_refused_before_its_body_is_read_and_others_a
     assert codes == [202, 202, 429]
     assert garbage.status_code == 429 and int(garbage.headers["retry-after"]) >= 1
     assert others == [202] * 10  # a tenant without a rate of its own has none
+
+
+async def test_a_refused_tenant_is_answered_in_front_of_the_app_with_the_same_problem(
+    broker_url: str,
+) -> None:
+    api = {"tenant_rates": {"flood": 1}, "tenant_burst": 1, "max_body_bytes": 1024}
+    with deployment_for(broker_url, api=api) as opened:
+        flood, steady = bearer(opened, "flood"), bearer(opened, "steady")
+        transport = httpx.ASGITransport(app=create_app(opened))
+        async with httpx.AsyncClient(transport=transport, base_url="http://emailq") as client:
+            first = await client.post("/v1/emails", json=EMAIL, headers=flood)
+            by_route = await client.post("/v1/emails", json=EMAIL, headers=flood)
+            # Refused from memory before any other middleware: the size limit (413) is
+            # never reached, and the answer is the route's own problem document.
+            too_big = await client.post("/v1/emails/batch", content=b"x" * 2000, headers=flood)
+            steady_big = await client.post("/v1/emails", content=b"x" * 2000, headers=steady)
+    assert (first.status_code, by_route.status_code, too_big.status_code) == (202, 429, 429)
+    assert too_big.json()["detail"] == by_route.json()["detail"]
+    assert "'flood'" in too_big.json()["detail"]
+    assert too_big.headers["content-type"] == by_route.headers["content-type"]
+    assert int(too_big.headers["retry-after"]) >= 1
+    assert steady_big.status_code == 413  # everyone else goes through the whole app

@@ -125,3 +125,31 @@ def test_a_longer_step_merges_sketches_and_a_tenant_sees_its_own(
     [mine] = series(snapshots, 3600, tenant="acme")
     assert mine["lanes"]["bulk"]["retried"] == 0 and "depth" not in mine["lanes"]["bulk"]
     json.dumps(mine)
+
+
+def test_the_reader_asks_the_store_once_per_interval_and_sees_each_new_snapshot(
+    broker_url: str, clock: ManualClock
+) -> None:
+    clock.value = 1_800_000_000.0  # on a slot boundary: the monitor writes at 0, 15, 30 …
+    with monitored(broker_url, clock, interval_s=15) as deployment:
+        monitor = Monitor(deployment, channels=[])
+        store = open_store(deployment.broker, clock)
+        cache = HistoryCache(store, interval_s=15)
+        try:
+            first = monitor.tick()
+            assert first is not None
+            assert [s.at for s in cache.range(clock() - 60, clock(), clock())] == [first.at]
+            reads = cache.reads
+            for _ in range(14):  # within the slot: no newer snapshot can exist yet
+                clock.advance(1)
+                assert [s.at for s in cache.range(clock() - 60, clock(), clock())] == [first.at]
+            assert cache.reads == reads
+            clock.advance(1)
+            second = monitor.tick()
+            assert second is not None and second.at == first.at + 15
+            seen = [s.at for s in cache.range(clock() - 60, clock(), clock())]
+            assert seen == [first.at, second.at]
+            assert cache.reads == reads + 1
+        finally:
+            store.close()
+            monitor.close()

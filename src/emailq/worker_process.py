@@ -43,7 +43,7 @@ async def serve_worker(settings: Settings, stop: asyncio.Event) -> None:
         express = deployment.open_provider()
         rules = deployment.rate_rules()
         metrics = DeliveryMetrics()
-        recorder = worker_recorder(settings, provider.name)  # the monitor's samples
+        recorder = worker_recorder(settings, provider, express)  # the monitor's samples
         if len(settings.provider.urls) > 1:  # the chain's state changes, on the same port
             metrics.registry.register(deployment.provider_board.metrics)
         port = settings.worker.metrics_port

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emailq.api import batch_routes, monitoring, problems, routes, webhook_routes
 from emailq.api.auth import TenantBudget
+from emailq.api.flood_gate import FloodGate
 from emailq.api.grouping import EnqueueGroup
 from emailq.api.readiness import BoundedCheck
 from emailq.autoscale.controller import config_from_settings
@@ -101,6 +102,8 @@ def create_app(deployment: Deployment | Settings) -> FastAPI:
     webhook_routes.install(app, context)
     monitor_reader = monitoring.install(app, context)
     app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)
+    # Added last, so outermost: a flooding tenant's 429 skips everything else.
+    app.add_middleware(FloodGate, keys=lambda: context.deployment.keys, budget=context.budget)
     return app
 
 

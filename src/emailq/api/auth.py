@@ -47,6 +47,11 @@ class TenantBudget:
     def rate_of(self, tenant: str) -> float | None:
         return self.api.tenant_rates.get(tenant, self.api.tenant_rate)
 
+    @property
+    def refusing(self) -> bool:
+        """Whether any tenant is being refused from memory now (or was, until asked)."""
+        return bool(self._refused_until)
+
     def refuse_if_flooding(self, tenant: str) -> None:
         until = self._refused_until.get(tenant)
         if until is None:

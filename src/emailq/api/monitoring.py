@@ -84,7 +84,8 @@ class MonitorReader:
     @property
     def cache(self) -> HistoryCache:
         if self._cache is None:
-            self._cache = HistoryCache(self.store)
+            interval = self.ctx.deployment.settings.monitor.interval_s
+            self._cache = HistoryCache(self.store, interval_s=interval)
         return self._cache
 
     def close(self) -> None:
@@ -114,7 +115,7 @@ class MonitorReader:
         if (until - since) / step > MAX_POINTS:
             raise Problem(400, f"at most {MAX_POINTS} points: give a longer step")
         since = math.floor(since / step) * step
-        snapshots = self.cache.range(since, until)
+        snapshots = self.cache.range(since, until, now)
         tenant = None if self.is_operator(key) else key.tenant
         last = snapshots[-1].at if snapshots else None
         cache_key = (tenant, step, since, None if until_text is None else until, last)
@@ -137,7 +138,7 @@ class MonitorReader:
     def alerts(self) -> dict[str, Any]:
         settings = self.ctx.deployment.settings.monitor
         now = self.ctx.deployment.clock()
-        latest = self.cache.range(now - 4 * settings.interval_s - 60, now)
+        latest = self.cache.range(now - 4 * settings.interval_s - 60, now, now)
         rules = load_rules(settings.rules_file)
         return {
             "alerts": latest[-1].alerts if latest else [],

@@ -9,14 +9,21 @@ import logging
 from emailq.deployment import Deployment
 from emailq.monitor.recorder import Recorder, publish_forever
 from emailq.monitor.store import MonitorStore, open_store
+from emailq.providers.base import Provider
 from emailq.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def worker_recorder(settings: Settings, provider: str) -> Recorder | None:
-    """None when ``monitor.publish_s`` is 0: the worker records nothing."""
-    return Recorder("", provider) if settings.monitor.publish_s > 0 else None
+def worker_recorder(settings: Settings, *providers: Provider) -> Recorder | None:
+    """The recorder of a worker sending through ``providers`` (the first names it), which
+    report their send times to it; None when ``monitor.publish_s`` is 0: nothing recorded."""
+    if settings.monitor.publish_s <= 0:
+        return None
+    recorder = Recorder("", providers[0].name if providers else "")
+    for provider in providers:
+        provider.observe_sends(recorder.record_send)
+    return recorder
 
 
 class Publishing:

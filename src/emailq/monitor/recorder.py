@@ -21,6 +21,7 @@ from emailq.broker import Action, Outcome
 from emailq.clock import Clock, now
 from emailq.monitor import facts
 from emailq.monitor.sketch import LatencySketch
+from emailq.providers.base import Accepted, Permanent, SendResult, Transient
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Window:
     since: float
     cells: dict[tuple[str, str], Tally] = field(default_factory=dict)  # (lane, tenant)
     weddings: dict[str, Tally] = field(default_factory=dict)
+    # provider → its tries: latency from the message going out to the provider's answer
+    sends: dict[str, Tally] = field(default_factory=dict)
 
     def merge(self, other: Window) -> None:
         self.since = min(self.since, other.since)
@@ -76,6 +79,8 @@ class Window:
             self.cells.setdefault(cell, Tally()).merge(tally)
         for wedding, tally in other.weddings.items():
             self.weddings.setdefault(wedding, Tally()).merge(tally)
+        for provider, tally in other.sends.items():
+            self.sends.setdefault(provider, Tally()).merge(tally)
 
 
 def sample_body(window: Window, worker: str, provider: str, at: float) -> bytes:
@@ -85,6 +90,7 @@ def sample_body(window: Window, worker: str, provider: str, at: float) -> bytes:
     body = {
         "worker": worker, "provider": provider, "since": window.since, "at": at,
         "cells": cells, "weddings": {k: t.to_json() for k, t in window.weddings.items()},
+        "sends": {k: t.to_json() for k, t in window.sends.items()},
     }  # fmt: skip
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -120,6 +126,22 @@ class Recorder:
                 self._wedding(job.payload, None, "retried")
             elif action is Action.DEFER and outcome.error not in PACING_ERRORS:
                 tally.deferred += 1
+
+    def record_send(self, provider: str, seconds: float, result: SendResult) -> None:
+        """The providers' send observer (``Provider.observe_sends``): one message's try."""
+        tally = self.window.sends.get(provider)
+        if tally is None:
+            tally = self.window.sends[provider] = Tally()
+        if isinstance(result, Accepted):
+            tally.sent += 1
+            tally.latency.add(seconds)
+        elif isinstance(result, Permanent):
+            tally.failed += 1
+        elif isinstance(result, Transient):
+            if result.provider_down:
+                tally.deferred += 1
+            else:
+                tally.retried += 1
 
     def _wedding(self, payload: bytes, latency: float | None, what: str) -> None:
         wedding = facts.wedding_id(payload)

@@ -8,12 +8,13 @@ depth, workers, providers and alerts are the operator's.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from emailq.monitor.recorder import Tally
-from emailq.monitor.snapshot import LANE_NAMES, Snapshot, figures
+from emailq.monitor.snapshot import LANE_NAMES, QUANTILES, Snapshot, figures
 from emailq.monitor.store import MonitorStore
 
 MAX_POINTS = 2000
@@ -21,20 +22,40 @@ MAX_POINTS = 2000
 
 class HistoryCache:
     """Snapshots of the last ``keep_s`` parsed once per process: a snapshot never changes
-    once written, so each request fetches only the ones written since the last."""
+    once written, so each request fetches only the ones written since the last.
 
-    def __init__(self, store: MonitorStore, keep_s: float = 7200.0) -> None:
+    And none at all while no newer one can exist yet: the monitor writes one snapshot per
+    interval slot, each at or after its slot's time, so after the one at ``at`` nothing
+    new comes before ``at`` plus the interval (the writer's, read from the snapshot's own
+    ``elapsed_s`` when that is shorter than ours). A dashboard polling every second, or
+    a thousand of them, then costs the broker one read per interval, not one per request.
+    """
+
+    def __init__(self, store: MonitorStore, keep_s: float = 7200.0,
+                 interval_s: float | None = None) -> None:  # fmt: skip
         self.store = store
         self.keep_s = keep_s
+        self.interval_s = interval_s  # None: read the store on every request
         self._lock = threading.Lock()
         self._points: list[Snapshot] = []
+        self.reads = 0  # store reads for new snapshots (benchmarks/monitor.py prints it)
 
-    def range(self, since: float, until: float) -> list[Snapshot]:
+    def _nothing_new_before(self) -> float:
+        if self.interval_s is None or not self._points:
+            return -math.inf
+        last = self._points[-1]
+        return last.at + min(self.interval_s, max(last.elapsed_s, 1e-3))
+
+    def range(self, since: float, until: float, now: float | None = None) -> list[Snapshot]:
+        """Snapshots with ``since < at <= until``; ``now`` (the clock) lets the store read
+        be skipped while no newer snapshot can exist."""
         with self._lock:
             floor = until - self.keep_s
             last = self._points[-1].at if self._points else floor
-            fresh = [Snapshot.from_json(body) for _, body in self.store.history(last, until)]
-            self._points = [p for p in self._points if p.at > floor] + fresh
+            if until > last and (now is None or now >= self._nothing_new_before()):
+                self.reads += 1
+                fresh = [Snapshot.from_json(body) for _, body in self.store.history(last, until)]
+                self._points = [p for p in self._points if p.at > floor] + fresh
             cached = [p for p in self._points if since < p.at <= until]
             cached_from = self._points[0].at if self._points else until
         if since >= floor:
@@ -72,6 +93,11 @@ def _point(group: Sequence[Snapshot], tenant: str | None) -> dict[str, Any]:
     if tenant is None:
         point["total"]["backlog"] = last.backlog()
         point["firing"] = sum(1 for a in last.alerts if a.get("state") == "firing")
+        sends: dict[str, Tally] = {}
+        for snapshot in group:
+            for name, tries in snapshot.sends.items():
+                sends.setdefault(name, Tally()).merge(tries)
+        point["providers"] = {name: send_figures(tries) for name, tries in sends.items()}
     return point
 
 
@@ -134,4 +160,20 @@ def current(snapshots: Sequence[Snapshot], stale_s: float) -> dict[str, Any]:
     for name, entry in providers.items():
         tally = last.providers.get(name, Tally())
         entry["error_rate"] = round(1 - tally.sent / tally.attempts, 5) if tally.attempts else None
+    for name, tries in last.sends.items():
+        entry = providers.setdefault(name, {"healthy": None} | _counts(Tally()) |
+                                     {"error_rate": None})  # fmt: skip
+        entry["send"] = send_figures(tries)
     return {"at": last.at, "workers": workers, "providers": providers, "alerts": last.alerts}
+
+
+def send_figures(tries: Tally) -> dict[str, Any]:
+    """One provider's tries in an interval: how many, how many failed, and how long the
+    accepted ones took from going out to the provider's answer (seconds)."""
+    figures: dict[str, Any] = {"tries": tries.attempts, "accepted": tries.sent,
+                               "error_rate": round(1 - tries.sent / tries.attempts, 5)
+                               if tries.attempts else None}  # fmt: skip
+    values = tries.latency.quantiles(tuple(QUANTILES.values()))
+    for name, value in zip(QUANTILES, values, strict=True):
+        figures[name] = None if value is None else round(value, 6)
+    return figures

@@ -62,6 +62,7 @@ class Snapshot:
     weddings: dict[str, Tally] = field(default_factory=dict)
     providers: dict[str, Tally] = field(default_factory=dict)
     provider_health: dict[str, bool] = field(default_factory=dict)
+    sends: dict[str, Tally] = field(default_factory=dict)  # provider → tries, send latency
     workers: dict[str, WorkerSeen] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)  # pending and firing
     events: list[dict[str, Any]] = field(default_factory=list)  # fired / resolved now
@@ -96,6 +97,7 @@ class Snapshot:
             "weddings": {name: t.to_json() for name, t in self.weddings.items()},
             "providers": {name: t.to_json() for name, t in self.providers.items()},
             "provider_health": self.provider_health,
+            "sends": {name: t.to_json() for name, t in self.sends.items()},
             "workers": {name: {"last_seen": w.last_seen, "provider": w.provider}
                         for name, w in self.workers.items()},
             "alerts": self.alerts, "events": self.events,
@@ -115,6 +117,7 @@ class Snapshot:
             weddings=_tallies(data.get("weddings", {})),
             providers=_tallies(data.get("providers", {})),
             provider_health={k: bool(v) for k, v in data.get("provider_health", {}).items()},
+            sends=_tallies(data.get("sends", {})),
             workers={name: WorkerSeen(float(w["last_seen"]), str(w.get("provider", "")))
                      for name, w in data.get("workers", {}).items()},
             alerts=list(data.get("alerts", [])),
@@ -173,3 +176,5 @@ def _take_in(snapshot: Snapshot, sample: Mapping[str, Any]) -> None:
                 _add(snapshot.providers, provider, Tally.from_json(raw))
     for wedding, raw in sample.get("weddings", {}).items():
         _add(snapshot.weddings, wedding, Tally.from_json(raw))
+    for name, raw in sample.get("sends", {}).items():
+        _add(snapshot.sends, name, Tally.from_json(raw))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,20 +107,37 @@ class OpenGate:
 
 OPEN_GATE = OpenGate()
 
+# (provider name, seconds from the gate's yes to the outcome, the outcome): the monitor's
+# per-provider send latency. Called on the event loop for every message sent: cheap only.
+SendObserver = Callable[[str, float, SendResult], None]
+
 
 class _Reporting:
-    """Passes outcomes on once each, so the batch's end can report what a provider did not."""
+    """Passes outcomes on once each, so the batch's end can report what a provider did not;
+    with an observer, times each message from the gate's yes to its outcome."""
 
-    def __init__(self, gate: SendGate) -> None:
+    def __init__(self, gate: SendGate, batch: Sequence[Rendered] = (), name: str = "",
+                 observer: SendObserver | None = None) -> None:  # fmt: skip
         self.gate = gate
         self.reported: set[int] = set()
+        self.batch = batch
+        self.name = name
+        self.observer = observer
+        self.started: dict[str, float] = {}  # message id → monotonic time it went out
 
     async def may_send(self, message_id: str) -> bool:
-        return await self.gate.may_send(message_id)
+        allowed = await self.gate.may_send(message_id)
+        if allowed and self.observer is not None:
+            self.started[message_id] = time.monotonic()
+        return allowed
 
     def done(self, index: int, result: SendResult) -> None:
         if index not in self.reported:
             self.reported.add(index)
+            if self.observer is not None and 0 <= index < len(self.batch):
+                started = self.started.pop(self.batch[index].message_id, None)
+                if started is not None:
+                    self.observer(self.name, time.monotonic() - started, result)
             self.gate.done(index, result)
 
 
@@ -131,6 +149,11 @@ class Provider(abc.ABC):
     # Sends an unsure call again itself, with the same idempotency key (Resend): a chain
     # need not ask it again before the message may move on.
     retries_unsure: bool = False
+    _observer: SendObserver | None = None
+
+    def observe_sends(self, observer: SendObserver | None) -> None:
+        """Report each message's send time and outcome to ``observer`` (the monitor)."""
+        self._observer = observer
 
     async def send_batch(
         self, batch: Sequence[Rendered], gate: SendGate = OPEN_GATE
@@ -141,7 +164,7 @@ class Provider(abc.ABC):
         (a bug) becomes an ``unexpected`` transient result for the messages it left without
         an outcome, instead of failing the batch (whose other mail may be out already).
         """
-        reporting = _Reporting(gate)
+        reporting = _Reporting(gate, batch, self.name, self._observer)
         try:
             results = await self._send(batch, reporting)
         except Exception as error:

@@ -28,6 +28,7 @@ from emailq.providers.base import (
     Provider,
     Rendered,
     SendGate,
+    SendObserver,
     SendResult,
     Transient,
 )
@@ -43,6 +44,10 @@ def movable(result: SendResult) -> bool:
 def unsure(result: SendResult) -> bool:
     """May the provider have carried this send out (so only it may be asked again)?"""
     return isinstance(result, Transient) and result.unsure and not result.unexpected
+
+
+def _renamed(observer: SendObserver, name: str) -> SendObserver:
+    return lambda _, seconds, result: observer(name, seconds, result)
 
 
 class _Hold:
@@ -88,6 +93,11 @@ class ProviderChain(Provider):
         # still bound what is on the wire.
         self.concurrency = None
         self._started = False
+
+    def observe_sends(self, observer: SendObserver | None) -> None:
+        """Each member reports under its name in the chain; the chain itself reports nothing."""
+        for member, name in zip(self.members, self.names, strict=True):
+            member.observe_sends(None if observer is None else _renamed(observer, name))
 
     async def start(self) -> None:
         if not self._started:
