@@ -28,10 +28,11 @@ from emailq.providers.base import (
 )
 
 log = logging.getLogger(__name__)
-# SMTP connections per provider and worker process (the express provider opens its own
-# only as critical mail needs them). A relay 5 ms away (4 round trips an email) carries
-# about 40,000/min on 2 workers × 8, 73,000 × 16, 123,000 × 32 (benchmarks/e2e.py
-# --relay-ms 5); 16 keeps 2 workers under Postfix's 50 connections per client.
+# SMTP connections per provider and worker process; a worker's express provider opens its
+# own as critical mail needs them (up to as many again). A relay 5 ms away (4 round trips
+# an email) carries about 40,000/min on 2 workers × 8, 73,000 × 16, 123,000 × 32
+# (benchmarks/e2e.py --relay-ms 5): a relay that far needs ?pool=32. 16 keeps 2 workers'
+# bulk connections under Postfix's default of 50 per client.
 DEFAULT_POOL = 16
 
 
