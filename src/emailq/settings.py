@@ -330,7 +330,7 @@ class AutoscaleSection(_Section):
         0.5, ge=0, description="workers above the need, as a share (0.5: ±20 % load fits)"
     )
     worker_rate: float = Field(
-        50.0, gt=0, description="emails/s one worker delivers, until the autoscaler measures it"
+        400.0, gt=0, description="emails/s one worker delivers, until the autoscaler measures it"
     )
     lookahead_s: float = Field(
         900.0, ge=0, description="scheduled mail due within this counts as already queued"

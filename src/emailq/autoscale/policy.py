@@ -84,7 +84,7 @@ class AutoscaleConfig:
     down_cooldown_s: float = 600.0
     down_step: int = 1
     headroom: float = 0.5
-    worker_rate: float = 50.0  # emails/s per worker until one is measured
+    worker_rate: float = 400.0  # emails/s per worker until one is measured (here ~500)
     lookahead_s: float = 900.0
     pattern: TrafficPattern = field(default_factory=TrafficPattern)
     ceremony_margin_s: float = 600.0  # wedding mail should be out this long before its ceremony
