@@ -100,8 +100,9 @@ def test_emailq_run_is_a_lean_supervisor_that_replaces_a_dead_worker(tmp_path: P
                 assert "-m emailq.supervisor" in cmdline(run.pid)
                 assert "pydantic_core" not in Path(f"/proc/{run.pid}/maps").read_text()
                 for each in (port, port + 1):  # each worker its own Prometheus port
-                    with urllib.request.urlopen(f"http://127.0.0.1:{each}/metrics") as page:
-                        assert b"emailq_" in page.read()
+                    # (a worker may have delivered none of the first 200 and be starting yet)
+                    wait_until(lambda at=each: metrics_page(at) is not None, f"metrics on {each}")
+                    assert b"emailq_" in (metrics_page(each) or b"")
                 os.kill(workers[1], signal.SIGKILL)
                 wait_until(lambda: len(set(children(run.pid)) - set(workers)) == 1, "restart")
                 broker.enqueue_many([NewMessage(p) for p in payloads[200:]])
@@ -112,3 +113,12 @@ def test_emailq_run_is_a_lean_supervisor_that_replaces_a_dead_worker(tmp_path: P
         assert code == 0
         assert broker.stats().count(State.SENT) == 400
     assert not Path(f"/proc/{workers[0]}").exists()  # stopped with it and reaped by it
+
+
+def metrics_page(port: int) -> bytes | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            body: bytes = page.read()
+            return body
+    except OSError:  # not listening yet
+        return None
