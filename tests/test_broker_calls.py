@@ -4,12 +4,15 @@ answers as the broker's own methods, on both backends; Redis's on an asyncio cli
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
-from emailq.broker import Action, Broker, Job, NewMessage, Outcome, State
+from emailq.broker import Action, Broker, Job, NewMessage, Outcome, State, open_broker
 from emailq.broker.calls import BrokerCalls
 from emailq.broker.redis import RedisBroker, RedisCalls
 from emailq.broker.redis_client import connect_async
+from emailq.broker.sqlite import SQLiteBroker, SQLiteCalls
 from emailq.lanes import Lane
 
 
@@ -61,6 +64,35 @@ def test_calls_lease_critical_first_and_a_repeated_request_gets_the_same_jobs(
     assert leased == {critical, *bulk}
 
 
+def test_sqlite_settles_on_the_loop_and_waits_for_another_writer_on_a_thread(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "queue.db"
+    with open_broker(f"sqlite:///{path}") as broker:
+        assert isinstance(broker, SQLiteBroker)
+        broker.enqueue_many([NewMessage(b"one"), NewMessage(b"two")])
+        first, second = broker.lease("w", 2, 30)
+        assert broker.try_settle([Outcome(first, Action.COMPLETE)]) == [first.id]
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's write under way
+        try:
+            assert broker.try_settle([Outcome(second, Action.COMPLETE)]) is None  # no wait
+
+            async def settle() -> list[str]:
+                calls = broker.calls()
+                asyncio.get_running_loop().call_later(0.2, other.execute, "COMMIT")
+                try:
+                    return await calls.settle([Outcome(second, Action.COMPLETE)])
+                finally:
+                    await calls.aclose()
+
+            assert asyncio.run(settle()) == [second.id]  # waited for it on a thread
+        finally:
+            other.close()
+        info = broker.get(second.id)
+        assert info is not None and info.state is State.SENT
+
+
 def test_redis_from_a_url_settles_on_an_asyncio_client_and_sentinel_on_threads(
     broker: Broker,
 ) -> None:
@@ -69,7 +101,7 @@ def test_redis_from_a_url_settles_on_an_asyncio_client_and_sentinel_on_threads(
         await calls.aclose()
         return type(calls)
 
-    expected = RedisCalls if isinstance(broker, RedisBroker) else BrokerCalls
+    expected = RedisCalls if isinstance(broker, RedisBroker) else SQLiteCalls
     assert asyncio.run(kind()) is expected
     # Sentinel's master lookup is the sync client's (proven through failovers): no twin.
     assert connect_async("redis+sentinel://127.0.0.1:26379/mymaster") is None

@@ -53,6 +53,9 @@ class Settler:
 
     async def _run(self) -> None:
         while self._pending:
+            # One turn of the loop first: outcomes that arrive in the same turn (replies
+            # read together) join this group instead of waiting for the next call.
+            await asyncio.sleep(0)
             group, self._pending = self._pending, []
             try:
                 await self._settle(group)

@@ -3,8 +3,8 @@
 A worker runs ``concurrency`` batch loops in one event loop, so one batch is being sent
 while the next is leased and rendered, plus an express loop for critical mail with its own
 provider connections. Its lease, settle and heartbeat go through ``Broker.calls()``: on
-Redis's asyncio client, or on threads for a blocking backend (SQLite). The rules it keeps
-(docs/architecture.md §5):
+Redis's asyncio client; SQLite settles on the loop while its write lock is free and on a
+thread otherwise. The rules it keeps (docs/architecture.md §5):
 
 - **The fence reaches the wire** (:mod:`emailq.fence`): right before each message goes out
   the provider asks whether this process still holds its lease, by a deadline that

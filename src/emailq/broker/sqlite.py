@@ -36,6 +36,7 @@ from emailq.broker.base import (
     Outcome,
     State,
 )
+from emailq.broker.calls import BrokerCalls
 from emailq.broker.expiry import Tried, after_deferral, after_lapse, after_retry, expired
 from emailq.broker.sqlite_privacy import EventRow
 from emailq.clock import Clock, now
@@ -87,7 +88,9 @@ class SQLiteBroker(Broker):
             raise ConfigurationError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
         self.path = str(path)
         self._synchronous = self._synchronous_now = synchronous
-        self._lock = threading.Lock()  # one connection, shared by the threads of a process
+        # One connection, shared by the threads of a process; reentrant for try_settle.
+        self._lock = threading.RLock()
+        self._wait_for_writers = True  # False inside try_settle: busy is an answer, not a wait
         self._refused: str | None = None  # why the last write failed for want of room
         with self._backend_errors():
             self._db = sqlite3.connect(
@@ -172,6 +175,8 @@ class SQLiteBroker(Broker):
                 except sqlite3.OperationalError as error:
                     if error.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                         raise
+                    if not self._wait_for_writers:
+                        raise _Busy from error
                     if time.monotonic() > give_up_at:
                         raise
                 time.sleep(nap)
@@ -351,6 +356,24 @@ class SQLiteBroker(Broker):
                 (at + lease_s, at),
                 [(job.id, job.token) for job in jobs],
             )
+
+    def calls(self) -> BrokerCalls:
+        return SQLiteCalls(self)
+
+    def try_settle(self, outcomes: Sequence[Outcome]) -> list[str] | None:
+        """settle() if it can be done at once; None when another thread of this process or
+        another process holds the write lock (the caller then settles on a thread, where
+        waiting for it does not stall an event loop)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self._wait_for_writers = False
+            return self.settle(outcomes)
+        except _Busy:
+            return None
+        finally:
+            self._wait_for_writers = True
+            self._lock.release()
 
     def _settle(self, outcomes: Sequence[Outcome], when: float | None) -> list[str]:
         at = _local(when)
@@ -931,3 +954,20 @@ def _info(row: Sequence[Any]) -> MessageInfo:
 def _local(at: float | None) -> float:
     """The injected clock's time, or this machine's: one file has one machine's clock."""
     return now() if at is None else at
+
+
+class _Busy(Exception):
+    """Another writer holds the lock, and try_settle does not wait for it."""
+
+
+class SQLiteCalls(BrokerCalls):
+    """Settle on the event loop when the write lock is free, else on a thread (where the
+    wait for it stalls no event loop)."""
+
+    def __init__(self, broker: SQLiteBroker) -> None:
+        super().__init__(broker)
+        self.sqlite = broker
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[str]:
+        settled = self.sqlite.try_settle(outcomes)
+        return await super().settle(outcomes) if settled is None else settled
