@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from peers.harness import free_port, wait_for_port
+from peers.harness import free_port, stop, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "sinkclock.c"
@@ -105,9 +104,4 @@ def sink_clock(delay_ms: float = 0.0) -> Iterator[SinkClock]:
             wait_for_port(port, proc)
             yield SinkClock(port, delay_ms, out)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 5)

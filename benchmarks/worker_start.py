@@ -21,7 +21,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 from emailq.broker import NewMessage, open_broker
 from emailq.message import parse_email
 from emailq.sink import SmtpSink
-from peers.harness import descendants
+from peers.harness import descendants, stop
 
 REDIS = os.environ.get("EMAILQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 WORKER_ENTRY = "emailq.worker_process"  # the supervisor's worker entry (where it exists)
@@ -103,15 +102,6 @@ def worker_starters(url: str, provider: str) -> dict[str, Starter]:
     return starters
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def first_delivery_s(start: Starter, url: str, sink: SmtpSink, tag: str) -> float:
     """Seconds from ``start()`` to the first email's arrival at the sink."""
     with open_broker(url) as broker:
@@ -122,12 +112,12 @@ def first_delivery_s(start: Starter, url: str, sink: SmtpSink, tag: str) -> floa
     proc = start()
     try:
         if not sink.wait_for(before + 1, timeout=60):
-            stop(proc)
+            stop(proc, 30)
             error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             sys.exit(f"no delivery within 60 s from {proc.args!r}\n{error[-2000:]}")
         arrived = sink.deliveries[before].received_at
     finally:
-        stop(proc)
+        stop(proc, 30)
     return arrived - started
 
 
@@ -191,7 +181,7 @@ def group_memory(backend: str, messages: int, seconds: float) -> None:
                 time.sleep(0.25)
             rate = (sink.count - first_count) / (time.monotonic() - first_at) * 60
         finally:
-            stop(proc)
+            stop(proc, 30)
     print(f"  {backend}: `emailq run -n 2` draining {messages:,} emails at {rate:,.0f}/min "
           f"(RSS, median of {max(map(len, samples.values()))} samples)")  # fmt: skip
     total = 0.0
