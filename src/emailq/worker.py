@@ -280,26 +280,25 @@ class Worker:
         s, route = self.settings, self.express_route
         in_flight: set[asyncio.Task[float]] = set()
         while not stop.is_set():
-            pause = route.pause.remaining or s.express_idle_sleep
             if len(in_flight) >= s.express_concurrency:
                 await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            if not route.pause.remaining:
-                try:
-                    asked_at = time.monotonic()
-                    jobs = await self._lease(route, s.express_batch, s.express_lanes)
-                    if jobs:
-                        task = asyncio.create_task(self.process(jobs, route, asked_at))
-                        in_flight.add(task)
-                        task.add_done_callback(in_flight.discard)
-                        continue  # more may be waiting: lease again at once
-                except Exception:
-                    log.exception("express loop failed; trying again in %.0f s", s.error_backoff)
-                    pause = s.error_backoff
-            if not route.pause.remaining and pause == s.express_idle_sleep:
-                await self.calls.wait_for_critical(pause)  # or woken by a critical enqueue
-            else:
-                await self._pause(stop, pause)
+            if route.pause.remaining:
+                await self._pause(stop, route.pause.remaining)
+                continue
+            try:
+                asked_at = time.monotonic()
+                jobs = await self._lease(route, s.express_batch, s.express_lanes)
+            except Exception:
+                log.exception("express loop failed; trying again in %.0f s", s.error_backoff)
+                await self._pause(stop, s.error_backoff)
+                continue
+            if jobs:
+                task = asyncio.create_task(self.process(jobs, route, asked_at))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                continue  # more may be waiting: lease again at once
+            await self.calls.wait_for_critical(s.express_idle_sleep)  # or a critical enqueue
         await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _lease(

@@ -60,6 +60,7 @@ enqueue is refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import uuid
 from collections.abc import Callable, Collection, Sequence
@@ -748,10 +749,17 @@ class RedisCalls(BrokerCalls):
             # Any message (or the subscription's own confirmation) ends the wait early.
             await self._wake.get_message(timeout=timeout)
         except redis.RedisError:  # no notice to be had: the poll carries on alone
-            self._wake = None
+            await self._close_wake()
             await asyncio.sleep(timeout)
 
+    async def _close_wake(self) -> None:
+        """Give the subscription's connection back (a broken one is subscribed again on the
+        next wait)."""
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await wake.aclose()  # type: ignore[no-untyped-call]
+
     async def aclose(self) -> None:
-        if self._wake is not None:
-            await self._wake.aclose()  # type: ignore[no-untyped-call]
+        await self._close_wake()
         await self.client.aclose()
