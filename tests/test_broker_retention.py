@@ -16,7 +16,7 @@ BODY = b"To: guest@example.org\r\n\r\nThe ceremony moved to 16:30."
 def stored_payload(broker: Broker, message_id: str) -> bytes | None:
     if isinstance(broker, SQLiteBroker):
         with sqlite3.connect(broker.path) as db:
-            row = db.execute("SELECT payload FROM messages WHERE id = ?", (message_id,)).fetchone()
+            row = db.execute("SELECT payload FROM bodies WHERE id = ?", (message_id,)).fetchone()
         return bytes(row[0]) if row and row[0] else None
     assert isinstance(broker, RedisBroker)
     value: bytes | None = broker.client.get(broker.keys.payload + message_id)  # type: ignore[assignment]

@@ -25,7 +25,7 @@ CREATE TABLE messages (
 """
 
 
-def test_a_file_from_before_expiry_gains_the_column_and_keeps_its_mail(
+def test_a_file_from_before_expiry_gains_the_columns_and_keeps_its_mail(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     path = tmp_path / "old.db"
@@ -44,6 +44,7 @@ def test_a_file_from_before_expiry_gains_the_column_and_keeps_its_mail(
         clock.advance(30 * 86400)  # no age limit: it never expires, its count still holds
         [job] = broker.lease("w", 1, 30)
         assert (job.id, job.expires_at) == ("old", math.inf)
+        assert job.payload == b"\x00"  # the body moved to a table of its own
         assert broker.settle([Outcome(job, Action.RETRY, delay=86400, error="451")]) == ["old"]
         assert broker.get("old").state == State.RETRYING  # type: ignore[union-attr]
     with SQLiteBroker(path, clock=clock) as again:  # opening it twice changes nothing more

@@ -51,10 +51,12 @@ _SYNC_MODES = ("off", "normal", "full", "extra")
 BUSY_TIMEOUT_S = 60.0  # how long a write waits for another process's to finish
 MIN_FREE_BYTES = 1024 * 1024  # less free space than this where the file lives: "disk full"
 _CHUNK = 400  # rows per multi-row statement; stays far below SQLite's variable limit
-_JOB_COLUMNS = (
-    "id, token, lane, payload, attempts, max_attempts, enqueued_at, tenant, available_at,"
-    " expires_at, state, recipients"
+_JOB_COLUMNS = (  # what _take returns of each row; the body comes from bodies
+    "id, token, lane, attempts, max_attempts, enqueued_at, tenant, available_at, expires_at,"
+    " state, recipients"
 )
+# As in sqlite_schema.sql, for files from before it (_migrate_columns).
+_BODIES_TABLE = "CREATE TABLE IF NOT EXISTS bodies (id TEXT PRIMARY KEY, payload BLOB NOT NULL)"
 _INFO_COLUMNS = (
     "id, state, lane, tenant, attempts, max_attempts, enqueued_at, updated_at,"
     " available_at, last_error, idempotency_key, expires_at, batch_id"
@@ -125,6 +127,13 @@ class SQLiteBroker(Broker):
                 self._db.execute("ALTER TABLE messages ADD COLUMN batch_id TEXT")
             if columns and "ceremony_at" not in columns:  # before the autoscaler read them
                 self._db.execute("ALTER TABLE messages ADD COLUMN ceremony_at REAL")
+            if "payload" in columns:  # before bodies had a table of their own
+                self._db.execute(_BODIES_TABLE)
+                self._db.execute(
+                    "INSERT INTO bodies (id, payload)"
+                    " SELECT id, payload FROM messages WHERE length(payload) > 0"
+                )
+                self._db.execute("ALTER TABLE messages DROP COLUMN payload")
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
@@ -208,6 +217,7 @@ class SQLiteBroker(Broker):
         rows: list[tuple[Any, ...]] = []
         events: list[EventRow] = []
         hashes: list[tuple[str, str]] = []
+        bodies: list[tuple[str, bytes]] = []
         with self._write() as db:
             db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (at,))
             for message in messages:
@@ -222,21 +232,23 @@ class SQLiteBroker(Broker):
                 if expires is None:
                     expires = due + self.options.max_age[message.lane]
                 rows.append((
-                    message_id, message.lane.value, state.value, message.tenant, message.payload,
+                    message_id, message.lane.value, state.value, message.tenant,
                     message.max_attempts or 0, at, at, due, message.idempotency_key, expires,
                     message.batch_id, message.ceremony_at,
                 ))  # fmt: skip
+                bodies.append((message_id, message.payload))
                 hashes += [(h, message_id) for h in message.recipient_hashes]
                 events += _accepted(message_id, message, at, due if due > at else None)
             privacy.index_recipients(db, hashes)
             if self.options.audit:
                 privacy.write_events(db, events)
             db.executemany(
-                "INSERT INTO messages (id, lane, state, tenant, payload, max_attempts,"
-                " enqueued_at, updated_at, available_at, idempotency_key, expires_at, batch_id,"
-                " ceremony_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (id, lane, state, tenant, max_attempts, enqueued_at,"
+                " updated_at, available_at, idempotency_key, expires_at, batch_id, ceremony_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            db.executemany("INSERT INTO bodies (id, payload) VALUES (?, ?)", bodies)
         return ids
 
     def _claim_key(
@@ -293,25 +305,27 @@ class SQLiteBroker(Broker):
                     jobs.extend(self._take(db, lane, count, worker, at + lease_s, at))
             if self.options.audit:
                 privacy.write_events(db, [_lease_event(row, worker, at) for row in jobs])
-            self._drop_dead_payloads(db, [row[0] for row in jobs if row[10] == State.DEAD])
+            self._drop_dead_payloads(db, [row[0] for row in jobs if row[9] == State.DEAD])
+            leased = [row for row in jobs if row[9] == State.LEASED]
+            bodies = _bodies(db, [row[0] for row in leased])
         rank = {lane.value: i for i, lane in enumerate(LANE_ORDER)}
-        jobs.sort(key=lambda row: (rank[row[2]], row[8], row[0]))
+        leased.sort(key=lambda row: (rank[row[2]], row[7], row[0]))
         return [
             Job(
-                id=row[0],
-                token=row[1],
-                lane=Lane(row[2]),
-                payload=row[3],
-                attempts=row[4],
-                max_attempts=row[5] or None,
-                enqueued_at=float(row[6]),
-                tenant=row[7],
-                expires_at=math.inf if row[9] is None else float(row[9]),
-                recipients=tuple(row[11].split()) if row[11] else None,
+                id=message_id,
+                token=token,
+                lane=Lane(lane),
+                payload=bodies.get(message_id, b""),
+                attempts=attempts,
+                max_attempts=max_attempts or None,
+                enqueued_at=float(enqueued_at),
+                tenant=tenant,
+                expires_at=math.inf if expires_at is None else float(expires_at),
+                recipients=tuple(recipients.split()) if recipients else None,
             )
-            for row in jobs
-            if row[10] == State.LEASED
-        ]
+            for (message_id, token, lane, attempts, max_attempts, enqueued_at, tenant, _,
+                 expires_at, _, recipients) in leased
+        ]  # fmt: skip
 
     def _work_waits(self, at: float, lanes: frozenset[Lane]) -> bool:
         """Whether a lease could find anything: mail queued in these lanes, or any due to be
@@ -381,25 +395,26 @@ class SQLiteBroker(Broker):
         for outcome in outcomes:
             by_action[outcome.action].append(outcome)
         settled: list[str] = []
-        # A sent email's body and recipients are not kept (unless asked): the record says
-        # what happened to it, and a leaked file then holds no mail that went out.
-        drop = "" if self.options.retain_sent_payloads else ", payload = X''"
         with self._write(replayable=True) as db:
             settled += self._update_leased(
                 db,
                 "state = 'sent', recipients = NULL, owner = NULL, lease_expires = NULL,"
-                f" updated_at = ?{drop}",
+                " updated_at = ?",
                 (at,),
                 [(o.job.id, o.job.token) for o in by_action[Action.COMPLETE] if not o.error],
             )
             settled += self._update_leased(  # with a note: recipients refused for good
                 db,
                 "state = 'sent', last_error = v.error, recipients = NULL, owner = NULL,"
-                f" lease_expires = NULL, updated_at = ?{drop}",
+                " lease_expires = NULL, updated_at = ?",
                 (at,),
                 [(o.job.id, o.job.token, at, o.error) for o in by_action[Action.COMPLETE]
                  if o.error],
             )  # fmt: skip
+            # A sent email's body is not kept (unless asked): the record says what happened
+            # to it, and a leaked file then holds no mail that went out.
+            if not self.options.retain_sent_payloads:
+                _delete_bodies(db, settled)
             fates: dict[str, tuple[State, float, str | None]] = {}
             settled += self._reschedule(db, by_action[Action.RETRY], at, fates)
             settled += self._reschedule(db, by_action[Action.DEFER], at, fates)
@@ -433,13 +448,15 @@ class SQLiteBroker(Broker):
         """A dead message's body goes with its death when no requeue window keeps it."""
         if self.options.dead_payload_retention != 0 or not ids:
             return
+        dead: list[str] = []
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
-            db.execute(
-                "UPDATE messages SET payload = X'', recipients = NULL"
-                f" WHERE id IN ({', '.join('?' * len(chunk))}) AND state = 'dead'",
+            dead += [row[0] for row in db.execute(
+                "UPDATE messages SET recipients = NULL"
+                f" WHERE id IN ({', '.join('?' * len(chunk))}) AND state = 'dead' RETURNING id",
                 chunk,
-            )
+            )]  # fmt: skip
+        _delete_bodies(db, dead)
 
     def _reschedule(
         self,
@@ -658,6 +675,7 @@ class SQLiteBroker(Broker):
                 f" WHERE state IN ({final}) AND updated_at < ? LIMIT ?) RETURNING id",
                 (before, limit),
             )]  # fmt: skip
+            _delete_bodies(db, gone)
             privacy.forget_purged(db, gone)
             return len(gone)
 
@@ -665,12 +683,15 @@ class SQLiteBroker(Broker):
         keep = self.options.dead_payload_retention
         if keep is None:
             return
-        db.execute(
-            "UPDATE messages SET payload = X'', recipients = NULL WHERE id IN (SELECT id"
-            " FROM messages WHERE state = 'dead' AND updated_at < ? AND length(payload) > 0"
-            " LIMIT ?)",
+        gone = [row[0] for row in db.execute(
+            "DELETE FROM bodies WHERE id IN (SELECT m.id FROM messages m JOIN bodies b"
+            " ON b.id = m.id WHERE m.state = 'dead' AND m.updated_at < ? LIMIT ?) RETURNING id",
             (at - keep, limit),
-        )
+        )]  # fmt: skip
+        for start in range(0, len(gone), _CHUNK):
+            chunk = gone[start : start + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            db.execute(f"UPDATE messages SET recipients = NULL WHERE id IN ({marks})", chunk)
 
     def _purge_audit(self, when: float | None, limit: int) -> int:
         with self._write() as db:
@@ -689,16 +710,15 @@ class SQLiteBroker(Broker):
         bodies = 0
         if self.options.dead_payload_retention is not None:
             [(bodies,)] = self._read(
-                "SELECT COUNT(*) FROM messages WHERE state = 'dead' AND updated_at < ?"
-                " AND length(payload) > 0",
+                "SELECT COUNT(*) FROM messages m JOIN bodies b ON b.id = m.id"
+                " WHERE m.state = 'dead' AND m.updated_at < ?",
                 (at - self.options.dead_payload_retention,),
             )
         return {"records": records, "audit_events": events, "dead_bodies": bodies}
 
     def _stored_payloads(self, cursor: str, count: int) -> tuple[str, list[tuple[str, bytes]]]:
         rows = self._read(
-            "SELECT id, payload FROM messages WHERE id > ? AND length(payload) > 0"
-            " ORDER BY id LIMIT ?",
+            "SELECT id, payload FROM bodies WHERE id > ? ORDER BY id LIMIT ?",
             (cursor, count),
         )
         return (rows[-1][0] if len(rows) == count else ""), [(i, p) for i, p in rows]
@@ -707,7 +727,7 @@ class SQLiteBroker(Broker):
         with self._write() as db:
             return (
                 db.execute(
-                    "UPDATE messages SET payload = ? WHERE id = ? AND payload = ?",
+                    "UPDATE bodies SET payload = ? WHERE id = ? AND payload = ?",
                     (new, message_id, old),
                 ).rowcount
                 == 1
@@ -766,7 +786,8 @@ class SQLiteBroker(Broker):
 
     def _batch_members(self, batch_id: str) -> list[BatchMember]:
         rows = self._read(
-            f"SELECT {_INFO_COLUMNS}, payload FROM messages WHERE batch_id = ? ORDER BY id",
+            f"SELECT {_INFO_COLUMNS}, b.payload FROM messages m LEFT JOIN bodies b USING (id)"
+            " WHERE batch_id = ? ORDER BY id",
             (batch_id,),
         )
         # A sent or erased message keeps an empty payload: nothing to read.
@@ -866,7 +887,7 @@ class SQLiteBroker(Broker):
 
     def purge(self) -> None:
         with self._write() as db:
-            for table in ("messages", "idempotency", "lane_credit", "audit_events",
+            for table in ("messages", "bodies", "idempotency", "lane_credit", "audit_events",
                           "recipient_index", "named_lease"):  # fmt: skip
                 db.execute(f"DELETE FROM {table}")
 
@@ -890,7 +911,7 @@ def _accepted(
 
 def _lease_event(row: tuple[Any, ...], worker: str, at: float) -> EventRow:
     """A row _take returned: leased, or buried for its age on the way."""
-    message_id, tenant, attempts, state = row[0], row[7], row[4], row[10]
+    message_id, attempts, tenant, state = row[0], row[3], row[6], row[9]
     if state == State.DEAD:
         return (message_id, tenant, at, Kind.DEAD.value, detail_text(error=expired(None)))
     return (message_id, tenant, at, Kind.LEASED.value, detail_text(worker=worker, attempt=attempts))
@@ -919,6 +940,22 @@ def _settle_events(
         assert fate is not None
         events.append((job.id, job.tenant, at, Kind.RETRIED.value, detail_text(due=fate[1])))
     return events
+
+
+def _bodies(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        found.update(db.execute(
+            f"SELECT id, payload FROM bodies WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+        ).fetchall())  # fmt: skip
+    return found
+
+
+def _delete_bodies(db: sqlite3.Connection, ids: Sequence[str]) -> None:
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        db.execute(f"DELETE FROM bodies WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
 
 
 def _tenants(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:

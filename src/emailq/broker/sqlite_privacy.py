@@ -68,7 +68,8 @@ def erase(
 ) -> ErasureCounts:
     sql = (
         "SELECT m.id, m.state, m.tenant, m.lane, m.idempotency_key,"
-        " length(m.payload) > 0 OR m.recipients IS NOT NULL OR m.idempotency_key IS NOT NULL"
+        " EXISTS (SELECT 1 FROM bodies b WHERE b.id = m.id) OR m.recipients IS NOT NULL"
+        " OR m.idempotency_key IS NOT NULL"
         " FROM recipient_index r JOIN messages m ON m.id = r.message_id WHERE r.hash = ?"
     )
     params: tuple[str, ...] = (recipient_hash,)
@@ -95,9 +96,10 @@ def erase(
             ).rowcount
             counts += ErasureCounts(idempotency_keys=gone)
         if holds_data:
+            db.execute("DELETE FROM bodies WHERE id = ?", (message_id,))
             db.execute(
-                "UPDATE messages SET payload = X'', recipients = NULL, idempotency_key = NULL,"
-                " updated_at = ? WHERE id = ?",
+                "UPDATE messages SET recipients = NULL, idempotency_key = NULL, updated_at = ?"
+                " WHERE id = ?",
                 (at, message_id),
             )
             events.append(
