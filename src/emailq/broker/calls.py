@@ -48,7 +48,8 @@ class BrokerCalls:
 
     async def wait_for_critical(self, timeout: float) -> None:
         """Return when critical mail may be ready: after ``timeout`` (a poll), or sooner
-        where the backend can say so (Redis publishes each critical enqueue)."""
+        where the backend can say so (Redis publishes each critical enqueue) or look for
+        next to nothing (SQLite: a read on the loop every few milliseconds)."""
         await asyncio.sleep(timeout)
 
     async def aclose(self) -> None:
