@@ -954,30 +954,28 @@ def _settle_events(
     return events
 
 
-def _bodies(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
+def _by_id(db: sqlite3.Connection, select: str, ids: Sequence[str]) -> dict[str, Any]:
+    """``select`` (of id and one value) for these ids, in chunks: id → value."""
+    found: dict[str, Any] = {}
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
-        found.update(db.execute(
-            f"SELECT id, payload FROM bodies WHERE id IN ({', '.join('?' * len(chunk))})", chunk
-        ).fetchall())  # fmt: skip
+        marks = ", ".join("?" * len(chunk))
+        found.update(db.execute(f"{select} WHERE id IN ({marks})", chunk).fetchall())
     return found
+
+
+def _bodies(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, bytes]:
+    return _by_id(db, "SELECT id, payload FROM bodies", ids)
+
+
+def _tenants(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
+    return _by_id(db, "SELECT id, tenant FROM messages", ids)
 
 
 def _delete_bodies(db: sqlite3.Connection, ids: Sequence[str]) -> None:
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         db.execute(f"DELETE FROM bodies WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
-
-
-def _tenants(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        found.update(db.execute(
-            f"SELECT id, tenant FROM messages WHERE id IN ({', '.join('?' * len(chunk))})", chunk
-        ).fetchall())  # fmt: skip
-    return found
 
 
 def _info(row: Sequence[Any]) -> MessageInfo:
