@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,6 +75,21 @@ def test_sqlite_limits_are_shared_between_connections(clock: ManualClock, tmp_pa
     two = SQLiteLimiter(str(tmp_path / "shared.db"), clock)
     assert one.try_acquire([LimitRequest((DOMAIN,))]).granted == (True,)
     assert two.try_acquire([LimitRequest((DOMAIN,))]).granted == (False,)
+
+
+def test_a_sqlite_refusal_writes_nothing(clock: ManualClock, tmp_path: Path) -> None:
+    """A flooding tenant's refusals take no write lock from the queue's intake (issue 11)."""
+    limiter = SQLiteLimiter(str(tmp_path / "limits.db"), clock)
+    assert limiter.try_acquire([LimitRequest((DOMAIN,))]).granted == (True,)
+    watcher = sqlite3.connect(tmp_path / "limits.db")
+    version = watcher.execute("PRAGMA data_version").fetchone()
+    refused = limiter.try_acquire([LimitRequest((DOMAIN,))] * 3)
+    assert refused.granted == (False,) * 3
+    assert refused.wait == pytest.approx(0.5, abs=1e-5)
+    assert watcher.execute("PRAGMA data_version").fetchone() == version
+    clock.advance(0.5)
+    assert limiter.try_acquire([LimitRequest((DOMAIN,))] * 2).granted == (True, False)
+    assert watcher.execute("PRAGMA data_version").fetchone() != version
 
 
 def test_limits_reject_nonsense() -> None:
