@@ -77,19 +77,23 @@ def test_sqlite_limits_are_shared_between_connections(clock: ManualClock, tmp_pa
     assert two.try_acquire([LimitRequest((DOMAIN,))]).granted == (False,)
 
 
-def test_a_sqlite_refusal_writes_nothing(clock: ManualClock, tmp_path: Path) -> None:
-    """A flooding tenant's refusals take no write lock from the queue's intake (issue 11)."""
+def test_a_sqlite_refusal_takes_no_write_lock(clock: ManualClock, tmp_path: Path) -> None:
+    """A flooding tenant's refusals take no write lock from the queue's intake (issue 11):
+    they are answered while another connection holds it."""
     limiter = SQLiteLimiter(str(tmp_path / "limits.db"), clock)
     assert limiter.try_acquire([LimitRequest((DOMAIN,))]).granted == (True,)
-    watcher = sqlite3.connect(tmp_path / "limits.db")
-    version = watcher.execute("PRAGMA data_version").fetchone()
+    writer = sqlite3.connect(tmp_path / "limits.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # an intake commit in progress
+    statements: list[str] = []
+    limiter._db.set_trace_callback(statements.append)
     refused = limiter.try_acquire([LimitRequest((DOMAIN,))] * 3)
     assert refused.granted == (False,) * 3
     assert refused.wait == pytest.approx(0.5, abs=1e-5)
-    assert watcher.execute("PRAGMA data_version").fetchone() == version
+    assert not [s for s in statements if s.startswith("BEGIN")]
+    writer.execute("COMMIT")
     clock.advance(0.5)
     assert limiter.try_acquire([LimitRequest((DOMAIN,))] * 2).granted == (True, False)
-    assert watcher.execute("PRAGMA data_version").fetchone() != version
+    assert [s for s in statements if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
 
 
 def test_limits_reject_nonsense() -> None:
