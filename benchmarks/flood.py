@@ -15,6 +15,11 @@ server's CPU per request, steadier than any latency on a loaded machine); at the
 median and range over the rounds of p99(flood) / p99(alone) and p99(flood) / p99(at
 limit) (the goal: at most 1.10), the CPU one 429 costs against one 202, and how long
 after each flood began its first 429 came (the goal: within 1 s).
+
+Where the time goes, per phase: CPU seconds and run-queue wait (schedstat) of each process
+involved, the machine's CPU pressure (PSI) and the API's GC pauses. ``--flood-server own``
+sends the flood to an API process of its own (same broker, same shared limit): the bound
+of any split of the intake across processes; ``--workers N`` runs each API as N processes.
 """
 
 from __future__ import annotations
