@@ -227,6 +227,19 @@ def main() -> int:
     parser.add_argument("--scenario", choices=["throughput", "flood"], default="throughput")
     parser.add_argument("--flood-limit", type=float, default=50, help="the flooder's emails/s")
     parser.add_argument("--rounds", type=int, default=5, help="flood: rounds of three phases")
+    parser.add_argument(
+        "--flood-server",
+        choices=["shared", "own"],
+        default="shared",
+        help="flood: the flooder sends to the steady tenant's API, or to an"
+        " API process of its own (the bound of process isolation)",
+    )
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=0,
+        help="flood: the API's sys.setswitchinterval (0: Python's 5 ms)",
+    )
     args = parser.parse_args()
     if args.scenario == "flood":
         from flood import run_flood

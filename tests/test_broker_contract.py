@@ -478,6 +478,29 @@ def test_stats_count_each_lane_and_state_and_the_oldest_age(
     assert set(stats.lanes) == set(LANE_ORDER)
 
 
+def test_the_oldest_age_a_tenant_sees_is_of_its_own_mail(
+    broker: Broker, clock: ManualClock
+) -> None:
+    [acme_old] = enqueue(broker, Lane.BULK, tenant="acme")
+    clock.advance(30)
+    enqueue(broker, Lane.BULK, 2, tenant="zeta")
+    enqueue(broker, Lane.STANDARD, tenant="zeta")
+    clock.advance(10)
+
+    def ages(tenant: str | None) -> tuple[float, float]:
+        lanes = broker.stats(tenant).lanes
+        return lanes[Lane.BULK].oldest_age, lanes[Lane.STANDARD].oldest_age
+
+    assert (ages(None), ages("acme"), ages("zeta")) == ((40, 10), (40, 0), (10, 10))
+    [job] = broker.lease("w", 1, 30, lanes=[Lane.BULK])  # the lane's oldest: acme's
+    assert job.id == acme_old
+    assert (ages(None), ages("acme"), ages("zeta")) == ((10, 10), (0, 0), (10, 10))
+    broker.settle([Outcome(job, Action.RELEASE)])  # back at its place in the lane
+    assert (ages(None), ages("acme"), ages("zeta")) == ((40, 10), (40, 0), (10, 10))
+    broker.cancel(acme_old)
+    assert ages("acme") == (0, 0)
+
+
 def test_purge_expired_drops_final_records_after_retention(
     broker_url: str, clock: ManualClock
 ) -> None:
@@ -561,6 +584,17 @@ def test_stats_of_one_tenant_count_its_messages_only_through_every_change(
         for state in State:
             assert sum(s.count(state) for s in per_tenant.values()) == broker.stats().count(state)
         assert broker.stats("nobody").backlog == 0
+        for tenant, stats in per_tenant.items():  # each lane's oldest ready age: its own mail's
+            infos = [info for info in map(broker.get, ids[tenant]) if info is not None]
+            for lane in LANE_ORDER:
+                ready = [
+                    i.available_at for i in infos if i.lane == lane and i.state == State.QUEUED
+                ]
+                oldest = stats.taken_at - min(ready) if ready else 0.0
+                assert stats.lanes[lane].oldest_age == pytest.approx(oldest, abs=0.001), (
+                    tenant,
+                    lane,
+                )
 
     assert_tenants_agree()
     assert expected_totals.backlog > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,6 +75,25 @@ def test_sqlite_limits_are_shared_between_connections(clock: ManualClock, tmp_pa
     two = SQLiteLimiter(str(tmp_path / "shared.db"), clock)
     assert one.try_acquire([LimitRequest((DOMAIN,))]).granted == (True,)
     assert two.try_acquire([LimitRequest((DOMAIN,))]).granted == (False,)
+
+
+def test_a_sqlite_refusal_takes_no_write_lock(clock: ManualClock, tmp_path: Path) -> None:
+    """A flooding tenant's refusals take no write lock from the queue's intake (issue 11):
+    they are answered while another connection holds it."""
+    limiter = SQLiteLimiter(str(tmp_path / "limits.db"), clock)
+    assert limiter.try_acquire([LimitRequest((DOMAIN,))]).granted == (True,)
+    writer = sqlite3.connect(tmp_path / "limits.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # an intake commit in progress
+    statements: list[str] = []
+    limiter._db.set_trace_callback(statements.append)
+    refused = limiter.try_acquire([LimitRequest((DOMAIN,))] * 3)
+    assert refused.granted == (False,) * 3
+    assert refused.wait == pytest.approx(0.5, abs=1e-5)
+    assert not [s for s in statements if s.startswith("BEGIN")]
+    writer.execute("COMMIT")
+    clock.advance(0.5)
+    assert limiter.try_acquire([LimitRequest((DOMAIN,))] * 2).granted == (True, False)
+    assert [s for s in statements if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
 
 
 def test_limits_reject_nonsense() -> None:

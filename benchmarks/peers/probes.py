@@ -36,6 +36,18 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def runqueue_wait_s(pid: int, descendants_too: bool = True) -> float:
+    """Seconds the live threads of a process (and its descendants) have spent runnable but
+    waiting for a core (/proc/PID/task/TID/schedstat, second field)."""
+    total = 0
+    for each in descendants(pid) if descendants_too else [pid]:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{each}/task").iterdir():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 @contextlib.contextmanager
 def private_redis(maxmemory_mb: int = 8000) -> Iterator[str]:
     """A ``redis-server`` of our own on a free port, without persistence; its URL (db 0)."""

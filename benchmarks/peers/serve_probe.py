@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import runpy
 import sys
 import time
@@ -27,6 +28,9 @@ def main() -> None:
                 log.write(json.dumps([time.time(), info["generation"], round(ms, 2)]) + "\n")
 
     gc.callbacks.append(hook)
+    if switch_ms := os.environ.get("EMAILQ_PROBE_SWITCH_INTERVAL_MS"):
+        # How long a thread waiting for the GIL lets the running one go on (default 5 ms).
+        sys.setswitchinterval(float(switch_ms) / 1000)
     sys.argv = ["emailq", *args]
     runpy.run_module("emailq", run_name="__main__", alter_sys=True)
 

@@ -238,8 +238,8 @@ def install(app: FastAPI, ctx: ApiContext) -> None:  # noqa: C901 - one closure 
 
     @app.get("/v1/queues", responses=problems_of(*V1_PROBLEMS))
     async def queues(request: Request) -> JSONResponse:
-        """The caller's tenant's depth per lane and state (an operator key's: every tenant's),
-        and the age of each lane's oldest ready message."""
+        """The caller's tenant's depth per lane and state, and the age of its oldest ready
+        message in each lane (an operator key's: every tenant's)."""
         key = await caller(request)
         tenant = None if key.operator else key.tenant
         stats = await run_in_threadpool(ctx.deployment.broker.stats, tenant)

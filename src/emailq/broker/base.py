@@ -549,9 +549,9 @@ class Broker(abc.ABC):
             return self._get(message_id)
 
     def stats(self, tenant: str | None = None) -> Stats:
-        """Counts per lane and state: every tenant's, or ``tenant``'s alone (read from
-        counters, not by counting its messages). The oldest age is the lane's, whoever's
-        message it is: how long that lane's mail waits."""
+        """Counts per lane and state, and how long each lane's oldest ready message has
+        waited: every tenant's, or ``tenant``'s alone (read from counters and per-tenant
+        ready indexes, not by counting its messages)."""
         with self._backend_errors():
             counts, oldest, taken_at = self._stats(self._at(), tenant)
         lanes = {

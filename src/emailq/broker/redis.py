@@ -19,6 +19,10 @@ whole queue on one slot, and the scripts may build per-message keys from a prefi
     {p}:counts                   hash: "lane:state" → messages in that state
     {p}:tcounts                  hash: "tenant\\x1flane:state" → that tenant's messages in it
                                  (every script that moves messages gets it as its last key)
+    {p}:tready:<tenant>\\x1f<lane> zset: ready since → id, that tenant's part of the lane's
+                                 ready zset (its head: the tenant's oldest waiting age); kept
+                                 by the scripts' prelude beside {p}:tcounts. Mail made ready
+                                 before it existed is in no tenant's zset until it moves.
     {p}:credit                   hash: lane → smooth weighted round robin credit
     {p}:idem:<tenant>\\x1f<key>   string: "id|expires_at", with a Redis TTL of the window
     {p}:lreq:<request id>        string: "id:token,…" a lease handed out, kept as long as the
@@ -472,7 +476,9 @@ class RedisBroker(Broker):
             pipe.hgetall(self.keys.counts)
         else:  # the tenant's lanes × states, one HMGET: no scan of its messages
             pipe.hmget(self.keys.tenant_counts, [f"{tenant}\x1f{field}" for field in _COUNTS])
-        for key in self.keys.ready:
+        for key, lane in zip(self.keys.ready, LANE_ORDER, strict=True):
+            if tenant is not None:  # the head of the tenant's own part of the lane
+                key = f"{self.keys.tenant_ready}{tenant}\x1f{lane.value}"
             pipe.zrange(key, 0, 0, withscores=True)
         if at is None:
             pipe.time()

@@ -146,6 +146,7 @@ class Keys:
     final: str
     counts: str
     tenant_counts: str  # "tenant\x1flane:state" → n: a tenant's counts without a scan
+    tenant_ready: str  # + tenant, US, lane: that tenant's ready mail in the lane (prelude.lua)
     credit: str
     ready: tuple[str, ...]  # one per lane, in LANE_ORDER
     named_lease: str  # + name: "holder|expires at" (one autoscaler per queue)
@@ -173,6 +174,7 @@ class Keys:
             final=f"{tag}:final",
             counts=f"{tag}:counts",
             tenant_counts=f"{tag}:tcounts",
+            tenant_ready=f"{tag}:tready:",
             credit=f"{tag}:credit",
             ready=tuple(f"{tag}:ready:{lane.value}" for lane in LANE_ORDER),
             named_lease=f"{tag}:nlease:",

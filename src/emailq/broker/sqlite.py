@@ -811,16 +811,15 @@ class SQLiteBroker(Broker):
         at = _local(when)
         sql = "SELECT lane, state, COUNT(*) FROM messages GROUP BY state, lane"
         params: tuple[str, ...] = ()
-        if tenant is not None:  # counted on the messages_tenant index: the tenant's rows only
+        oldest_sql = "SELECT MIN(available_at) FROM messages WHERE state = 'queued' AND lane = ?"
+        if tenant is not None:  # on the messages_tenant_age index: the tenant's rows only
             sql = "SELECT lane, state, COUNT(*) FROM messages WHERE tenant = ? GROUP BY state, lane"
             params = (tenant,)
+            oldest_sql += " AND tenant = ?"
         counts = {(Lane(lane), State(state)): n for lane, state, n in self._read(sql, params)}
         oldest: dict[Lane, float] = {}
         for lane in LANE_ORDER:
-            row = self._read(
-                "SELECT MIN(available_at) FROM messages WHERE state = 'queued' AND lane = ?",
-                (lane.value,),
-            )
+            row = self._read(oldest_sql, (lane.value, *params))
             if row and row[0][0] is not None:
                 oldest[lane] = row[0][0]
         return counts, oldest, at

@@ -33,7 +33,10 @@ CREATE INDEX IF NOT EXISTS messages_delayed ON messages (available_at)
 CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_expires)
     WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS messages_state ON messages (state, lane, updated_at);
-CREATE INDEX IF NOT EXISTS messages_tenant ON messages (tenant, state, lane);
+-- A tenant's counts, and its oldest ready message per lane (MIN(available_at): one seek).
+-- It replaced messages_tenant (tenant, state, lane), which files made before still hold.
+DROP INDEX IF EXISTS messages_tenant;
+CREATE INDEX IF NOT EXISTS messages_tenant_age ON messages (tenant, state, lane, available_at);
 -- Live wedding mail by ceremony: rows leave it as they are sent, so it stays small.
 CREATE INDEX IF NOT EXISTS messages_ceremony ON messages (ceremony_at)
     WHERE ceremony_at IS NOT NULL AND state IN ('queued', 'scheduled', 'leased', 'retrying');

@@ -24,6 +24,7 @@ local f = redis.call('HMGET', msg, 'state', 'lane', 'tenant')
 local state, lane = f[1], f[2]
 if state == 'queued' then
   redis.call('ZREM', ready[lane], id)
+  tenant_ready_leave(f[3], lane, id)
 elseif state == 'scheduled' or state == 'retrying' then
   redis.call('ZREM', KEYS[3], id)
 else

@@ -88,6 +88,7 @@ local function store(i, msg)
   if ceremony ~= '' then line_up(KEYS[13], score_of(tonumber(ceremony)), id) end
   if state == 'queued' then
     line_up(ready[lane], score_of(due), id)
+    if ARGV[i + 2] ~= '' then line_up(tenant_ready_key(ARGV[i + 2], lane), score_of(due), id) end
   else
     line_up(KEYS[4], score_of(due), id)
   end

@@ -32,8 +32,12 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[12])) do
   elseif ARGV[3] == '' or tenant == ARGV[3] then
     counts[1] = counts[1] + 1
     if state == 'queued' or state == 'scheduled' or state == 'retrying' then
-      if state == 'queued' then redis.call('ZREM', ready[lane], id)
-      else redis.call('ZREM', KEYS[4], id) end
+      if state == 'queued' then
+        redis.call('ZREM', ready[lane], id)
+        tenant_ready_leave(tenant, lane, id)
+      else
+        redis.call('ZREM', KEYS[4], id)
+      end
       redis.call('HSET', msg, 'state', 'cancelled', 'updated_at', now)
       redis.call('ZADD', KEYS[6], ms(now), final_member(lane, 'cancelled', id, tenant))
       redis.call('PEXPIRE', msg, ARGV[4])

@@ -77,6 +77,7 @@ for j = 1, #due, 2 do
   if f[1] == 'scheduled' or f[1] == 'retrying' then
     redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
     redis.call('ZADD', ready_key[f[2]], due[j + 1], id)
+    tenant_ready_join(f[3], f[2], due[j + 1], id)
     count(f[2] .. ':' .. f[1], -1)
     count(f[2] .. ':queued', 1)
     tenant_count(f[3], f[2], f[1], -1)
@@ -148,6 +149,7 @@ for i = 1, 5 do
     local msg = KEYS[1] .. id
     local f = redis.call('HMGET', msg, 'state', 'attempts', 'max_attempts', 'token', 'enqueued_at',
       'tenant', 'expires_at', 'last_error', 'rcpt')
+    if f[1] == 'queued' then tenant_ready_leave(f[6], lanes[i], id) end
     if f[1] == 'queued' and f[7] and tonumber(f[7]) <= now_n then
       bury_expired(msg, id, lanes[i], f[6], f[8])
     elseif f[1] == 'queued' then

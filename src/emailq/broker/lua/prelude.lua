@@ -1,5 +1,6 @@
 -- Shared by every script: loaded in front of each one's body (broker/redis.py), so the
--- helpers below are defined once. Only apply_tenant_counts touches a key: the last one given.
+-- helpers below are defined once. Only the tenant helpers touch keys: the last one given and
+-- the tenant ready zsets beside it.
 local function ms(t) return math.floor(tonumber(t) * 1000 + 0.5) end  -- zset scores: ms
 -- Time is the broker's: ARGV[1] is an injected clock's (tests), or "" for Redis's own TIME,
 -- the one clock every worker on every machine shares.
@@ -32,9 +33,31 @@ local function tenant_count(tenant, lane, state, n)
   local field = tenant .. '\31' .. lane .. ':' .. state
   tenant_delta[field] = (tenant_delta[field] or 0) + n
 end
+-- Each tenant's ready mail per lane, "{p}:tready:<tenant>\31<lane>" (beside that last key):
+-- ready since (ms) → id, in step with the lane's ready zset, so a tenant's oldest waiting
+-- age is its head (Broker.stats(tenant)), never a scan of the lane. Entries join at once;
+-- those leaving are gathered and removed by apply_tenant_counts.
+local tenant_ready_gone = {}
+local function tenant_ready_key(tenant, lane)
+  return string.sub(KEYS[#KEYS], 1, -8) .. 'tready:' .. tenant .. '\31' .. lane  -- -"tcounts"
+end
+local function tenant_ready_join(tenant, lane, score, id)
+  if not tenant or tenant == '' then return end
+  redis.call('ZADD', tenant_ready_key(tenant, lane), score, id)
+end
+local function tenant_ready_leave(tenant, lane, id)
+  if not tenant or tenant == '' then return end
+  local key = tenant_ready_key(tenant, lane)
+  local ids = tenant_ready_gone[key]
+  if not ids then ids = {}; tenant_ready_gone[key] = ids end
+  ids[#ids + 1] = id
+end
 local function apply_tenant_counts()
   for field, d in pairs(tenant_delta) do
     if d ~= 0 then redis.call('HINCRBY', KEYS[#KEYS], field, d) end
+  end
+  for key, ids in pairs(tenant_ready_gone) do
+    for j = 1, #ids, 1000 do redis.call('ZREM', key, unpack(ids, j, math.min(j + 999, #ids))) end
   end
 end
 -- A final zset member: "lane:state:id:tenant" (ids hold no ":"; members written before tenant

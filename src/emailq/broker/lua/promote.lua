@@ -29,6 +29,7 @@ for j = 1, #due, 2 do
   if f[1] == 'scheduled' or f[1] == 'retrying' then
     redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
     redis.call('ZADD', ready[f[2]], due[j + 1], id)
+    tenant_ready_join(f[3], f[2], due[j + 1], id)
     count(f[2] .. ':' .. f[1], -1)
     count(f[2] .. ':queued', 1)
     tenant_count(f[3], f[2], f[1], -1)

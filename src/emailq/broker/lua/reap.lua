@@ -54,6 +54,7 @@ for _, id in ipairs(expired) do
     else
       redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
       redis.call('ZADD', ready[lane], ms(f[5]), id)
+      tenant_ready_join(f[8], lane, ms(f[5]), id)
       move(lane, 'queued', f[8])
       audit(id, event(now, 'requeued', ',"why":"lease expired"'))
     end

@@ -49,6 +49,7 @@ local function requeue(id)
   redis.call('PERSIST', msg)
   redis.call('PERSIST', KEYS[2] .. id)
   redis.call('ZADD', ready[lane], ms(now), id)
+  tenant_ready_join(f[3], lane, ms(now), id)
   redis.call('ZREM', KEYS[5], final_member(lane, 'dead', id, f[3]), lane .. ':dead:' .. id)
   delta[lane] = (delta[lane] or 0) + 1
   tenant_count(f[3], lane, 'dead', -1)

@@ -114,7 +114,9 @@ local function release(i)
   if not msg then return end
   redis.call('HINCRBY', msg, 'attempts', -1)
   redis.call('HSET', msg, 'state', 'queued', 'updated_at', now)
-  redis.call('ZADD', ready[lane], ms(redis.call('HGET', msg, 'available_at')), id)
+  local since = ms(redis.call('HGET', msg, 'available_at'))
+  redis.call('ZADD', ready[lane], since, id)
+  tenant_ready_join(tenant, lane, since, id)
   move(lane, 'queued', tenant)
   audit(id, event(now, 'released'))
 end
