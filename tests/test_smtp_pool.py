@@ -14,7 +14,13 @@ from emailq.message import parse_email
 from emailq.providers import Accepted, Rendered, Transient
 from emailq.providers.factory import open_provider
 from emailq.providers.smtp import SmtpProvider, SmtpSettings
-from emailq.providers.smtp_pool import AUTO_MAX, AUTO_START, HOLD_S, MIN_SAMPLES, PoolSizer
+from emailq.providers.smtp_pool import (
+    AUTO_MAX,
+    AUTO_START,
+    HOLD_MIN_S,
+    MIN_SAMPLES,
+    PoolSizer,
+)
 from emailq.sink import SmtpSink
 from emailq.worker import Worker, WorkerSettings
 
@@ -47,7 +53,7 @@ class Clock:
 
 def feed(sizer: PoolSizer, reply_s: float) -> bool:
     """Reply times until the sizer decides (or a generous number pass without)."""
-    for _ in range(max(MIN_SAMPLES, 2 * AUTO_MAX) + 1):
+    for _ in range(max(MIN_SAMPLES, 4 * AUTO_MAX) + 1):
         if sizer.measured(sizer.epoch, reply_s):
             return True
     return False
@@ -69,14 +75,35 @@ def test_the_pool_steps_back_when_more_connections_only_wait_longer() -> None:
     assert feed(sizer, 0.001 * sizer.limit)  # the first measure: one step up
     grown = sizer.limit
     assert grown > AUTO_START
-    # Reply time grows with the connections and a little more: N / L fell, so back down.
-    assert feed(sizer, 0.0011 * sizer.limit)
+    # Reply time grows as fast as the connections: N / L did not grow, so back down.
+    assert feed(sizer, 0.001 * sizer.limit)
     assert sizer.limit == AUTO_START
-    # And it stays there a while: no step is tried before the hold ends.
+    # And it stays there a while: no step is tried before the hold ends...
     assert not feed(sizer, 0.0001)
-    clock.now += HOLD_S
+    clock.now += HOLD_MIN_S
     assert feed(sizer, 0.001 * sizer.limit)
     assert sizer.limit == grown
+    # ... twice as long after each step that did not pay.
+    assert feed(sizer, 0.001 * sizer.limit)
+    assert sizer.limit == AUTO_START
+    clock.now += HOLD_MIN_S
+    assert not feed(sizer, 0.0001)
+    clock.now += HOLD_MIN_S
+    assert feed(sizer, 0.001 * sizer.limit)
+    assert sizer.limit == grown
+
+
+def test_a_relay_turning_connections_away_caps_the_pool_for_good() -> None:
+    clock = Clock()
+    sizer = PoolSizer(clock=clock)
+    while sizer.limit < 20:
+        assert feed(sizer, 0.020)
+    assert sizer.shrink_to(12)
+    assert sizer.limit == sizer.ceiling == 12
+    clock.now += 3600
+    while feed(sizer, 0.020):
+        pass
+    assert sizer.limit == 12
 
 
 def test_a_fixed_pool_never_changes_with_reply_times() -> None:

@@ -33,9 +33,12 @@ AUTO_START = 4  # connections an automatic pool starts with
 AUTO_MAX = 64
 GROWTH = 1.5  # each step opens this many times the connections (at least one more)
 MIN_GAIN = 1.2  # a step is kept if N / L grew by this much; else the pool steps back
-HOLD_S = 30.0  # a size settled on is kept this long before the next step is tried
-# Reply times a decision rests on: at least this many, and two per connection.
-MIN_SAMPLES = 32
+# A size settled on is kept this long before the next step up is tried: twice as long
+# after each step that did not pay (a busy machine can make one look so), up to the most.
+HOLD_MIN_S = 2.0
+HOLD_MAX_S = 60.0
+# Reply times a decision rests on: at least this many, and four per connection.
+MIN_SAMPLES = 64
 
 
 class PoolSizer:
@@ -58,6 +61,7 @@ class PoolSizer:
         self._samples = 0
         self._below: tuple[int, float] | None = None  # (limit, N / L) of the step below
         self._hold_until = -math.inf
+        self._hold_s = HOLD_MIN_S
 
     @classmethod
     def of_size(cls, size: int) -> PoolSizer:
@@ -71,19 +75,24 @@ class PoolSizer:
             return False
         self._busy_s += reply_s
         self._samples += 1
-        if self._samples < max(MIN_SAMPLES, 2 * self.limit):
+        if self._samples < max(MIN_SAMPLES, 4 * self.limit):
             return False
         rate = self.limit * self._samples / max(self._busy_s, 1e-9)  # Little's law: N / L
         below, self._below = self._below, None
+        log.debug("pool of %d: %.1f ms a reply, %.0f/s; the step below: %s", self.limit,
+                  self._busy_s / self._samples * 1000, rate, below)  # fmt: skip
         if below is None or rate >= below[1] * MIN_GAIN:  # the last step paid: try the next
+            if below is not None:
+                self._hold_s = HOLD_MIN_S
             if self.limit < self.ceiling:
                 self._below = (self.limit, rate)
                 return self._set(min(self.ceiling, max(self.limit + 1, round(self.limit * GROWTH))))
             return self._hold()
-        # The last step did not pay: keep the better of the two sizes, for a while.
-        changed = rate < below[1] and self._set(below[0])
+        # The last step did not pay: back to the size below, for a while.
+        self._set(below[0])
         self._hold()
-        return changed
+        self._hold_s = min(HOLD_MAX_S, self._hold_s * 2)
+        return True
 
     def shrink_to(self, working: int) -> bool:
         """The relay turned a connection away while ``working`` others worked: that is as
@@ -102,7 +111,7 @@ class PoolSizer:
         return changed
 
     def _hold(self) -> bool:
-        self._hold_until = self._clock() + HOLD_S
+        self._hold_until = self._clock() + self._hold_s
         self.epoch += 1
         self._busy_s, self._samples = 0.0, 0
         return False
