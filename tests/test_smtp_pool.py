@@ -175,3 +175,15 @@ def test_the_worker_charges_nothing_and_pauses_nothing_when_the_pool_was_too_big
     assert worker.route.pause.remaining == 0
     infos = [broker.get(i) for i in ids]
     assert {(info.state, info.attempts) for info in infos if info} == {(State.SENT, 1)}
+
+
+def test_an_express_pool_opens_as_many_connections_as_the_bulk_pool_found_to_help() -> None:
+    bulk = open_provider("smtp://127.0.0.1:2525")
+    express = open_provider("smtp://127.0.0.1:2525")
+    express.size_like(bulk)
+    assert isinstance(bulk, SmtpProvider) and isinstance(express, SmtpProvider)
+    assert feed(bulk.pool.sizer, 0.020)  # the bulk pool's sends measure the relay
+    assert express.pool.sizer.limit == bulk.pool.sizer.limit > AUTO_START
+    fixed = open_provider("smtp://127.0.0.1:2525?pool=8")
+    fixed.size_like(bulk)
+    assert isinstance(fixed, SmtpProvider) and fixed.pool.sizer.limit == 8

@@ -67,6 +67,14 @@ class SmtpProvider(Provider):
         self.concurrency = self.pool.sizer.ceiling  # the unsettled window: at most this many
         self._queued = 0  # messages of the batches in hand that no connection has taken yet
 
+    def size_like(self, other: Provider) -> None:
+        """Share ``other``'s sizer: this pool opens up to the size ``other`` has measured
+        to help, and its own reply times count too (both pools without ?pool= only)."""
+        if isinstance(other, SmtpProvider) and not (
+            self.pool.sizer.fixed or other.pool.sizer.fixed
+        ):
+            self.pool.sizer = other.pool.sizer
+
     async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
         """One task per connection the pool may open, each taking the batch's next message
         when it has a connection (not one task per message waiting for a connection)."""
