@@ -32,7 +32,7 @@ AUTO_START = 4  # connections an automatic pool starts with
 # 123,000/min on 2 workers × 32 connections, 179,000 × 64 (benchmarks/e2e.py --relay-ms 5).
 AUTO_MAX = 64
 GROWTH = 1.5  # each step opens this many times the connections (at least one more)
-MIN_GAIN = 1.2  # a step is kept if N / L grew by this much; else the pool steps back
+MIN_GAIN = 1.1  # a step is kept if N / L grew by this much; else the pool steps back
 # A size settled on is kept this long before the next step up is tried: twice as long
 # after each step that did not pay (a busy machine can make one look so), up to the most.
 HOLD_MIN_S = 2.0
