@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/e2e.py [--n 100000] [--backends redis,sqlite]
         [--peers arq,celery] [--peer-n 100000] [--workers 2] [--repeat 1]
-        [--relay-ms 0] [--pool 8[,16,...]] [--profile]
+        [--relay-ms 0] [--pool auto[,16,...]] [--profile]
 
 Every system gets the same ~1.5 KB invitations (text + HTML, one distinct recipient each,
 benchmarks/peers/workload.py), the same number of worker processes and the same receiving
@@ -18,9 +18,10 @@ queue); each one's latency is its arrival at the sink minus the time it was queu
 
 ``--repeat R`` runs every system R times, interleaved (a, b, c, a, b, c, ...), and prints
 medians and ranges. ``--relay-ms 5`` makes the sink wait before every reply, as a relay in
-the same region would; ``--pool 4,8,16`` measures emailq at each SMTP pool size (default:
-emailq's own default). ``--profile`` also prints where emailq's first worker spends its CPU
-time (benchmarks/peers/profiling.py). No figure is asserted: targets print as met or BELOW.
+the same region would; ``--pool auto,16,32`` measures emailq at each SMTP pool size
+(``auto``, the default: no ``?pool=``, the pool sizes itself). ``--profile`` also prints
+where emailq's first worker spends its CPU time (benchmarks/peers/profiling.py). No figure
+is asserted: targets print as met or BELOW.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ import redis
 
 from critical import CRITICAL_N, EmailqProbe, PeerProbe, Probe, enqueue_emails
 from e2e_report import (
+    AUTO,
     Result,
+    pool_name,
     print_notes,
     print_relay,
     print_runs,
@@ -52,7 +55,6 @@ from e2e_report import (
 )
 from emailq.broker import Broker, State, open_broker
 from emailq.lanes import Lane
-from emailq.providers.smtp import DEFAULT_POOL
 from peers.harness import (
     BenchmarkFailed,
     Workers,
@@ -97,10 +99,11 @@ def timed_emailq_enqueue(broker: Broker, n: int) -> float:
 
 
 def emailq_commands(
-    url: str, port: int, workers: int, profiler: Profiler | None, pool: int = DEFAULT_POOL
+    url: str, port: int, workers: int, profiler: Profiler | None, pool: int = AUTO
 ) -> list[list[str]]:
+    provider = f"smtp://127.0.0.1:{port}" + (f"?pool={pool}" if pool != AUTO else "")
     args = [
-        "worker", "--broker-url", url, "--provider-url", f"smtp://127.0.0.1:{port}?pool={pool}",
+        "worker", "--broker-url", url, "--provider-url", provider,
         "--batch", "100", "--concurrency", "2",
     ]  # fmt: skip
     commands = [[sys.executable, "-m", "emailq", *args] for _ in range(workers)]
@@ -137,7 +140,7 @@ def run_emailq(
     env: dict[str, str] | None = None,
     extra: Sequence[str] = (),
     sink: SinkClock | None = None,
-    pool: int = DEFAULT_POOL,
+    pool: int = AUTO,
     webhooks: WebhookRun | None = None,
 ) -> Result:
     """``env``: the workers' environment (default ours); ``extra``: one more emailq command
@@ -145,7 +148,8 @@ def run_emailq(
     responder on ``port`` when it clocks arrivals (then the critical latencies are measured);
     ``webhooks``: an endpoint for every event and its receiver (benchmarks/webhook_receiver.py)."""
     name, url = f"emailq-{backend}", emailq_url(backend, tmp)
-    how = f"{args.workers} × `emailq worker --batch 100 --concurrency 2`, SMTP pool {pool}"
+    how = (f"{args.workers} × `emailq worker --batch 100 --concurrency 2`, "
+           f"SMTP pool {pool_name(pool)}")  # fmt: skip
     result = Result(name, backend=backend, pool=pool, how=how)
     profiler = profiler_for(name, tmp) if args.profile else None
     with open_broker(url) as broker:
@@ -353,16 +357,20 @@ def plan(args: argparse.Namespace) -> list[tuple[str, int, str]]:
     runs = []
     for backend in filter(None, args.backends.split(",")):
         for pool in args.pool:
-            label = f"emailq-{backend}" + (f" pool {pool}" if len(args.pool) > 1 else "")
+            label = f"emailq-{backend}" + (f" pool {pool_name(pool)}" if len(args.pool) > 1 else "")
             runs.append((f"emailq-{backend}", pool, label))
     runs += [(peer, 0, peer) for peer in filter(None, args.peers.split(","))]
     return runs
 
 
 def pool_sizes(text: str) -> list[int]:
-    sizes = [int(size) for size in text.split(",") if size]
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError("pool sizes are positive integers, comma-separated")
+    """``auto,16,32`` → [AUTO, 16, 32]."""
+    try:
+        sizes = [AUTO if size == "auto" else int(size) for size in text.split(",") if size]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < AUTO:
+        raise argparse.ArgumentTypeError("pool sizes: auto or positive integers, comma-separated")
     return sizes
 
 
@@ -380,8 +388,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--pool",
         type=pool_sizes,
-        default=[DEFAULT_POOL],
-        help=f"emailq's SMTP pool sizes to measure, e.g. 8,16,32 (default {DEFAULT_POOL})",
+        default=[AUTO],
+        help="emailq's SMTP pool sizes to measure, e.g. auto,16,32 (default auto: no ?pool=)",
     )
     parser.add_argument(
         "--profile",
@@ -427,7 +435,7 @@ def main() -> int:
     print_summary(results, args.repeat)
     print_targets(results, args.relay_ms)
     if args.relay_ms:
-        print_relay(results, args.relay_ms, DEFAULT_POOL)
+        print_relay(results, args.relay_ms, AUTO)
     print_notes(results, args.n, args.peer_n, args.profile)
     return 1 if any(r.error for r in results) else 0
 

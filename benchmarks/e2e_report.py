@@ -12,6 +12,7 @@ from peers.harness import Drain, Usage
 DRAIN_TARGETS = {"redis": 100_000, "sqlite": 60_000}  # emailq's, emails/min
 RSS_TARGET_MB = 150
 CRITICAL_P99_TARGET_MS = 100  # issue 17: at the sink, while 100,000 bulk drain
+AUTO = 0  # an SMTP pool without ?pool=: it sizes itself
 RELAY_TARGET = 100_000  # emails/min the default pool should keep through a 5 ms relay
 
 
@@ -20,7 +21,7 @@ class Result:
     name: str  # the system: emailq-redis, emailq-sqlite, arq, celery
     label: str = ""  # the system and its pool when several pools are measured
     backend: str = ""  # emailq's broker ("" for a peer)
-    pool: int = 0  # emailq's SMTP connections per provider
+    pool: int = 0  # emailq's SMTP connections per provider (AUTO: no ?pool=, sized by itself)
     how: str = ""  # how the system ran, for the notes
     enqueue_per_s: float = 0.0
     drain: Drain | None = None
@@ -146,10 +147,14 @@ def print_targets(results: Sequence[Result], relay_ms: float) -> None:
             )
 
 
+def pool_name(pool: int) -> str:
+    return "auto" if pool == AUTO else str(pool)
+
+
 def print_relay(results: Sequence[Result], relay_ms: float, default_pool: int) -> None:
     """Through a slow relay: the smallest pool that keeps RELAY_TARGET, per broker."""
-    print(f"\nRelay mode: the sink waits {relay_ms:g} ms before every reply "
-          f"(~4 round trips per email). emailq's default pool: {default_pool}.")  # fmt: skip
+    print(f"\nRelay mode: the sink waits {relay_ms:g} ms before every reply (~4 round trips "
+          f"per email). emailq's default pool: {pool_name(default_pool)}.")  # fmt: skip
     backends: dict[str, list[tuple[int, float]]] = {}
     for runs in by_label(results).values():
         good = [r for r in runs if r.ok and r.backend]
@@ -159,8 +164,8 @@ def print_relay(results: Sequence[Result], relay_ms: float, default_pool: int) -
     for backend, rates in backends.items():
         for pool, rate in sorted(rates):
             mark = " (default)" if pool == default_pool else ""
-            print(f"  emailq-{backend} pool {pool:>3}{mark}: {rate:>9,.0f} emails/min")
-        enough = [pool for pool, rate in sorted(rates) if rate >= RELAY_TARGET]
+            print(f"  emailq-{backend} pool {pool_name(pool):>4}{mark}: {rate:>9,.0f} emails/min")
+        enough = [pool_name(pool) for pool, rate in sorted(rates) if rate >= RELAY_TARGET]
         print(
             f"  emailq-{backend}: smallest measured pool keeping {RELAY_TARGET:,}/min: "
             f"{enough[0] if enough else 'none of those measured'}"

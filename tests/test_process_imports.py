@@ -56,3 +56,18 @@ def test_the_emailq_package_loads_its_parts_when_asked() -> None:
     code = "import emailq\nprint(emailq.Deployment.__module__, emailq.Lane.CRITICAL.value)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
     assert out.stdout.split() == ["emailq.deployment", "critical"]
+
+
+def test_a_worker_loads_its_own_broker_backend_only(broker_url: str) -> None:
+    """What a worker opens before its first delivery (the broker, the monitor's store)
+    loads the backend it uses, not the other one."""
+    code = (
+        "import json, sys\nimport emailq.worker_process\n"
+        "from emailq.broker import open_broker\nfrom emailq.monitor.store import open_store\n"
+        f"with open_broker({broker_url!r}) as broker:\n    open_store(broker).close()\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    loaded = set(json.loads(out.stdout))
+    other = "emailq.broker.redis" if broker_url.startswith("sqlite") else "emailq.broker.sqlite"
+    assert other not in loaded

@@ -102,9 +102,14 @@ HeaderText = Annotated[str, AfterValidator(lambda value: _header_safe(value))]
 class _Model(BaseModel):
     # hide_input_in_errors: a ValidationError's text (in a traceback, a log line, the
     # worker's bury reason) would otherwise repeat the input, addresses included.
+    # cache_strings="keys": the JSON parser keeps the field names it meets, not every short
+    # value (addresses, subjects: rarely repeated). Its cache of 16,384 values, renewed as
+    # mail goes by, kept small long-lived strings among each batch's short-lived objects,
+    # and the worker's memory grew by their scattered arenas.
     model_config = ConfigDict(
-        extra="forbid", frozen=True, validate_by_name=True, hide_input_in_errors=True
-    )
+        extra="forbid", frozen=True, validate_by_name=True, hide_input_in_errors=True,
+        cache_strings="keys",
+    )  # fmt: skip
 
 
 class MessageKind(StrEnum):

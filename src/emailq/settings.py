@@ -141,7 +141,7 @@ class WebhookSection(_Section):
 class ProviderSettings(_Section):
     url: str = Field(
         "smtp://127.0.0.1:25",
-        description="where mail goes: smtp://[user:pw@]host[:port][?pool=16&starttls=auto],"
+        description="where mail goes: smtp://[user:pw@]host[:port][?pool=N&starttls=auto],"
         " smtps://…, resend://, file:///dir; several, comma-separated, make a failover chain"
         " (primary first)",
     )

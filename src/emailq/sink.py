@@ -2,11 +2,14 @@
 
 For demos, tests and load tests (aiosmtpd tops out near 40,000 messages/min on this kind
 of machine; throughput benchmarks send to Postfix's ``smtp-sink`` instead). Messages are
-matched to the queue by their ``X-Emailq-Id`` header.
+matched to the queue by their ``X-Emailq-Id`` header. ``max_connections`` makes it a relay
+with a per-client connection limit (Postfix's ``smtpd_client_connection_count_limit``): a
+connection beyond it is greeted with 421 and closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import threading
@@ -66,6 +69,67 @@ class SinkHandler:
         return "250 OK"
 
 
+class ConnectionLimit:
+    """Connections open at once, at most ``limit`` (None: no limit); what was turned away."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.open = 0
+        self.most_open = 0  # the most connections open at once
+        self.turned_away = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self.limit is not None and self.open >= self.limit:
+                self.turned_away += 1
+                return False
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+class _LimitedSMTP(SMTP):
+    """aiosmtpd's server, greeting a connection beyond the limit with 421 (and closing it)."""
+
+    def __init__(self, handler: SinkHandler, limit: ConnectionLimit, **kwargs: object) -> None:
+        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        self._limit = limit
+        self._admitted: bool | None = None  # decided at the first connection_made (not STARTTLS's)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._admitted is None:
+            self._admitted = self._limit.enter()
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._limit.leave()
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._admitted is False:
+            await self.push("421 4.7.0 Error: too many connections from this client")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+
+class _Controller(Controller):
+    def __init__(self, handler: SinkHandler, limit: ConnectionLimit, **kwargs: object) -> None:
+        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        self.connection_limit = limit
+
+    def factory(self) -> SMTP:
+        return _LimitedSMTP(self.handler, self.connection_limit, **self.SMTP_kwargs)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
@@ -82,14 +146,17 @@ class SmtpSink:
         keep_data: bool = False,
         handler: SinkHandler | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_connections: int | None = None,
     ) -> None:
-        """``ssl_context``: speak TLS from the first byte (smtps://, port 465 style)."""
+        """``ssl_context``: speak TLS from the first byte (smtps://, port 465 style);
+        ``max_connections``: greet any connection beyond that many open with 421."""
         self.host = host
         self.port = port or free_port(host)
         self.handler = handler or SinkHandler(keep_data=keep_data)
-        self._controller = Controller(
-            self.handler, hostname=host, port=self.port, decode_data=False, data_size_limit=None,
-            ssl_context=ssl_context,
+        self.connections = ConnectionLimit(max_connections)
+        self._controller = _Controller(
+            self.handler, self.connections, hostname=host, port=self.port, decode_data=False,
+            data_size_limit=None, ssl_context=ssl_context,
         )  # fmt: skip
 
     @property

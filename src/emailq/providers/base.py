@@ -185,6 +185,10 @@ class Provider(abc.ABC):
         call ``gate.done`` as outcomes become known (those not reported are reported from
         the returned list)."""
 
+    def size_like(self, other: Provider) -> None:  # noqa: B027 - most have no pool to size
+        """Keep as many connections open as ``other`` finds useful (a worker's express
+        provider follows its bulk one, which sends enough to measure the relay by)."""
+
     async def start(self) -> None:  # noqa: B027 - most providers have nothing to start
         """Begin background work (a chain's health checks), in the worker's event loop;
         sending starts it too, for callers that never call this."""

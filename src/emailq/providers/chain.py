@@ -99,6 +99,11 @@ class ProviderChain(Provider):
         for member, name in zip(self.members, self.names, strict=True):
             member.observe_sends(None if observer is None else _renamed(observer, name))
 
+    def size_like(self, other: Provider) -> None:
+        if isinstance(other, ProviderChain):
+            for mine, theirs in zip(self.members, other.members, strict=False):
+                mine.size_like(theirs)
+
     async def start(self) -> None:
         if not self._started:
             self._started = True

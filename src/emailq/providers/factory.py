@@ -1,6 +1,7 @@
 """Open a provider from a URL, the way brokers are opened.
 
-``smtp://[user:password@]host[:port][?pool=16&starttls=auto|yes|no&timeout=30]``
+``smtp://[user:password@]host[:port][?pool=N&starttls=auto|yes|no&timeout=30]`` (without
+``pool``, as many connections as the relay's reply time says help)
 (``&auth=plaintext`` allows a password over a connection without TLS),
 ``smtps://…`` (implicit TLS, port 465); certificates are verified, against
 ``&ca_file=/path/ca.pem`` when given, and ``&cert_file=…&key_file=…`` present a client
@@ -23,7 +24,7 @@ def open_provider(url: str, resend_api_key: str | None = None) -> Provider:
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     if parts.scheme in ("smtp", "smtps"):
-        from emailq.providers.smtp import DEFAULT_POOL, SmtpProvider, SmtpSettings
+        from emailq.providers.smtp import SmtpProvider, SmtpSettings
 
         implicit = parts.scheme == "smtps"
         starttls = query.get("starttls", "auto")
@@ -33,7 +34,7 @@ def open_provider(url: str, resend_api_key: str | None = None) -> Provider:
             SmtpSettings(
                 host=parts.hostname or "127.0.0.1",
                 port=parts.port or (465 if implicit else 25),
-                pool_size=_positive_int(query.get("pool", str(DEFAULT_POOL)), "pool"),
+                pool_size=_positive_int(query["pool"], "pool") if "pool" in query else None,
                 timeout=float(query.get("timeout", "30")),
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,

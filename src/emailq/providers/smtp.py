@@ -1,14 +1,16 @@
-"""SMTP delivery over a small pool of persistent aiosmtplib connections.
+"""SMTP delivery over a pool of persistent aiosmtplib connections.
 
-Each pooled connection sends one message at a time; a batch is spread over the pool. A
-dropped connection is reopened on its next message. SMTP replies map to results by their
-code: 4xx and connection errors are transient, 5xx permanent.
+Each pooled connection sends one message at a time; a batch is spread over the pool, whose
+size is fixed by ``?pool=N`` or else follows the relay's measured reply time
+(providers.smtp_pool). A dropped connection is reopened on its next message. SMTP replies
+map to results by their code: 4xx and connection errors are transient, 5xx permanent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,21 +28,19 @@ from emailq.providers.base import (
     Transient,
     Withheld,
 )
+from emailq.providers.smtp_pool import Connections, PoolSizer
 
 log = logging.getLogger(__name__)
-# SMTP connections per provider and worker process; a worker's express provider opens its
-# own as critical mail needs them (up to as many again). A relay 5 ms away (4 round trips
-# an email) carries about 40,000/min on 2 workers × 8, 73,000 × 16, 123,000 × 32
-# (benchmarks/e2e.py --relay-ms 5): a relay that far needs ?pool=32. 16 keeps 2 workers'
-# bulk connections under Postfix's default of 50 per client.
-DEFAULT_POOL = 16
 
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
     host: str = "127.0.0.1"
     port: int = 25
-    pool_size: int = DEFAULT_POOL  # connections; a URL's ?pool= sets it
+    # Connections per provider and worker process (a URL's ?pool=N); None: as many as the
+    # relay's reply time says help (providers.smtp_pool). A worker's express provider
+    # has a pool of its own.
+    pool_size: int | None = None
     timeout: float = 30.0
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never in a repr or a log
@@ -61,45 +61,69 @@ class SmtpProvider(Provider):
 
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
-        self.concurrency = settings.pool_size
-        self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
-        self._created = 0
+        size = settings.pool_size
+        sizer = PoolSizer() if size is None else PoolSizer.of_size(size)
+        self.pool = Connections(self._client, sizer)
+        self.concurrency = self.pool.sizer.ceiling  # the unsettled window: at most this many
+        self._queued = 0  # messages of the batches in hand that no connection has taken yet
+
+    def size_like(self, other: Provider) -> None:
+        """Share ``other``'s sizer: this pool opens up to the size ``other`` has measured
+        to help, and its own reply times count too (both pools without ?pool= only)."""
+        if isinstance(other, SmtpProvider) and not (
+            self.pool.sizer.fixed or other.pool.sizer.fixed
+        ):
+            self.pool.sizer = other.pool.sizer
 
     async def _send(self, batch: Sequence[Rendered], gate: SendGate) -> list[SendResult]:
-        """One task per pooled connection, each taking the batch's next message when it is
-        free (not one task per message waiting for a connection)."""
+        """One task per connection the pool may open, each taking the batch's next message
+        when it has a connection (not one task per message waiting for a connection)."""
         results: list[SendResult] = [Withheld("not reached")] * len(batch)
         waiting = deque(enumerate(batch))
         down: list[Transient] = []  # the server is down: the rest of the batch waits for it
+        self._queued += len(batch)
 
         async def connection() -> None:
-            client = await self._checkout()
+            client: aiosmtplib.SMTP | None = await self.pool.checkout()
             try:
-                while waiting:
+                while waiting and client is not None:
                     index, message = waiting.popleft()
+                    self._queued -= 1
                     result = down[0] if down else await self._send_one(client, message, gate)
+                    if isinstance(result, _TurnedAway):  # the pool was too big, not this message
+                        waiting.appendleft((index, message))
+                        self._queued += 1
+                        self.pool.retire(client)
+                        client = None
+                        client = await self.pool.checkout()
+                        continue
                     if isinstance(result, Transient) and result.provider_down and not down:
                         down.append(result)
                     results[index] = result
                     gate.done(index, result)  # settled as it completes, not when the batch does
             finally:
-                self._idle.put_nowait(client)
+                if client is not None:
+                    self.pool.give_back(client)
 
-        await asyncio.gather(
-            *(connection() for _ in range(min(len(batch), self.settings.pool_size)))
-        )
+        try:
+            await asyncio.gather(
+                *(connection() for _ in range(min(len(batch), self.pool.sizer.ceiling)))
+            )
+        finally:
+            self._queued -= len(waiting)
         return results
 
     async def _send_one(
         self, client: aiosmtplib.SMTP, message: Rendered, gate: SendGate
-    ) -> SendResult:
+    ) -> SendResult | _TurnedAway:
         try:
             if not client.is_connected:
-                try:
-                    await self._open(client)
-                except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+                error = await self._connect(client)
+                if error is not None:
+                    if _turned_away(error) and (working := await self.pool.others_work(client)):
+                        self._too_big(error, working)
+                        return _TURNED_AWAY
                     # A dead server or a refused login says nothing about this message.
-                    client.close()
                     return Transient(
                         f"connect/login: {_describe(error)}",
                         provider_down=True,
@@ -108,11 +132,42 @@ class SmtpProvider(Provider):
             # The fence reaches the wire: the last moment before MAIL FROM.
             if not await gate.may_send(message.message_id):
                 return Withheld("the lease may have lapsed before MAIL FROM")
-            return await self._transaction(client, message)
+            if not self._queued:
+                return await self._transaction(client, message)
+            # Others wait for a connection: this reply time tells the pool's sizer whether
+            # more connections would carry more.
+            epoch, started = self.pool.sizer.epoch, time.perf_counter()
+            result = await self._transaction(client, message)
+            reply_s = time.perf_counter() - started
+            if isinstance(result, Accepted) and self.pool.sizer.measured(epoch, reply_s):
+                self.pool.grown()
+            return result
         except Exception as error:  # a bug strikes this message, not its siblings
             log.exception("sending message %s failed", message.message_id)
             client.close()  # whatever state the connection is in, start the next one afresh
             return Transient(f"unexpected {_describe(error)}", unexpected=True)
+
+    async def _connect(self, client: aiosmtplib.SMTP) -> Exception | None:
+        """Open ``client`` (what went wrong, or None), telling the pool how it went."""
+        self.pool.opening(client)
+        try:
+            await self._open(client)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            client.close()
+            return error
+        finally:
+            self.pool.opened(client, ok=client.is_connected)
+        return None
+
+    def _too_big(self, error: BaseException, working: int) -> None:
+        before = self.pool.sizer.limit
+        self.pool.sizer.shrink_to(working)
+        if self.pool.sizer.limit < before:
+            log.warning(
+                "%s:%d turned a connection away (%s) while %d worked: this pool keeps at most %d",
+                self.settings.host, self.settings.port, _describe(error), working,
+                self.pool.sizer.limit,
+            )  # fmt: skip
 
     async def _transaction(self, client: aiosmtplib.SMTP, message: Rendered) -> SendResult:
         """MAIL, RCPT for each recipient, DATA; the result says what became of each recipient.
@@ -194,12 +249,6 @@ class SmtpProvider(Provider):
                 except (aiosmtplib.SMTPException, OSError, TimeoutError):
                     client.close()
 
-    async def _checkout(self) -> aiosmtplib.SMTP:
-        if self._idle.empty() and self._created < self.settings.pool_size:
-            self._created += 1
-            return self._client()
-        return await self._idle.get()
-
     def _client(self) -> aiosmtplib.SMTP:
         settings = self.settings
         return aiosmtplib.SMTP(
@@ -214,14 +263,32 @@ class SmtpProvider(Provider):
         )
 
     async def close(self) -> None:
-        while not self._idle.empty():
-            client = self._idle.get_nowait()
+        for client in self.pool.drain_idle():
             if client.is_connected:
                 try:
                     await client.quit()
                 except (aiosmtplib.SMTPException, OSError):
                     client.close()
-        self._created = 0
+
+
+class _TurnedAway:
+    """The relay refused a new connection while others of the pool work (_send_one)."""
+
+
+_TURNED_AWAY = _TurnedAway()
+
+
+def _turned_away(error: BaseException) -> bool:
+    """A 421 greeting ("too many connections") or a refused connect: what a relay says to a
+    client holding more connections than it allows."""
+    if isinstance(error, aiosmtplib.SMTPConnectResponseError):
+        return error.code == 421
+    if isinstance(error, aiosmtplib.SMTPTimeoutError):  # slow, not refusing
+        return False
+    # Refused, reset, or closed before the greeting (aiosmtplib wraps each in SMTPConnectError).
+    return isinstance(error, aiosmtplib.SMTPConnectError) and isinstance(
+        error.__cause__, ConnectionError
+    )
 
 
 class PlaintextAuthRefused(aiosmtplib.SMTPException):
