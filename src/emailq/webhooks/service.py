@@ -26,7 +26,7 @@ async def run(
     sender = sender or Sender(
         store, concurrency=settings.concurrency, timeout_s=settings.timeout_s,
         max_age_s=settings.max_age_s, allow_private=settings.allow_private_urls,
-        retry_base_s=settings.retry_base_s,
+        retry_base_s=settings.retry_base_s, poll_s=settings.poll_s,
     )  # fmt: skip
     try:
         await asyncio.gather(

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 
 import redis
 
-from emailq.webhooks.store import CLAIM_S, Delivery, DeliveryState, Endpoint, WebhookStore
+from emailq.webhooks.store import (
+    CLAIM_S,
+    Delivery,
+    DeliveryState,
+    Endpoint,
+    Settlement,
+    WebhookStore,
+)
 
 KEEP_S = 8 * 86400  # a delivery's record: its day of retries, then a week to look at it
 MAX_LISTED = 10_000
@@ -82,6 +89,7 @@ class RedisWebhookStore(WebhookStore):
             check.exists(f"{self.base}:d:{delivery.id}")
         fresh = [d for d, held in zip(deliveries, check.execute(), strict=True) if not held]
         pipe = self.client.pipeline(transaction=True)
+        listed: dict[str, dict[str, float]] = {}
         for d in fresh:
             key = f"{self.base}:d:{d.id}"
             pipe.hset(key, mapping={
@@ -90,10 +98,12 @@ class RedisWebhookStore(WebhookStore):
                 "created_at": d.created_at, "next_at": d.next_at,
             })  # fmt: skip
             pipe.expire(key, KEEP_S)
-            pipe.zadd(f"{self.base}:due", {d.id: d.next_at})
-            listed = f"{self.base}:ep:{d.endpoint_id}"
-            pipe.zadd(listed, {d.id: d.created_at})
-            pipe.zremrangebyrank(listed, 0, -MAX_LISTED - 1)
+            listed.setdefault(d.endpoint_id, {})[d.id] = d.created_at
+        if fresh:  # one ZADD per key for the group, one trim per endpoint
+            pipe.zadd(f"{self.base}:due", {d.id: d.next_at for d in fresh})
+            for endpoint_id, members in listed.items():
+                pipe.zadd(f"{self.base}:ep:{endpoint_id}", members)
+                pipe.zremrangebyrank(f"{self.base}:ep:{endpoint_id}", 0, -MAX_LISTED - 1)
         pipe.execute()
         return len(fresh)
 
@@ -122,21 +132,28 @@ class RedisWebhookStore(WebhookStore):
         if delivery_ids:
             self.client.zadd(f"{self.base}:due", dict.fromkeys(delivery_ids, next_at), xx=True)
 
-    def settle(
-        self, delivery: Delivery, state: DeliveryState, now: float, next_at: float,
-        error: str | None,
-    ) -> None:  # fmt: skip
-        key = f"{self.base}:d:{delivery.id}"
+    def settle_many(self, settlements: Sequence[Settlement]) -> None:
+        if not settlements:
+            return
+        due = f"{self.base}:due"
         pipe = self.client.pipeline(transaction=True)
-        fields: dict[str, str | float] = {"state": state.value, "next_at": next_at}
-        if error is not None:
-            fields["last_error"] = error
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        pipe.hincrby(key, "attempts", 1)
-        if state is DeliveryState.PENDING:
-            pipe.zadd(f"{self.base}:due", {delivery.id: next_at})
-        else:
-            pipe.zrem(f"{self.base}:due", delivery.id)
+        again: dict[str, float] = {}
+        done: list[str] = []
+        for s in settlements:
+            key = f"{self.base}:d:{s.delivery_id}"
+            fields: dict[str, str | float] = {"state": s.state.value, "next_at": s.next_at}
+            if s.error is not None:
+                fields["last_error"] = s.error
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.hincrby(key, "attempts", 1)
+            if s.state is DeliveryState.PENDING:
+                again[s.delivery_id] = s.next_at
+            else:
+                done.append(s.delivery_id)
+        if again:
+            pipe.zadd(due, again)
+        if done:
+            pipe.zrem(due, *done)
         pipe.execute()
 
     def deliveries(
