@@ -67,17 +67,8 @@ def one_run(backend: str, n: int, src: str | None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-whcost-") as tmp:
         url = broker_url(backend, Path(tmp))
         deployment = Deployment.from_url(url)
-        env_before = os.environ.get("PYTHONPATH")
-        if src:
-            os.environ["PYTHONPATH"] = src  # the webhook process's emailq only
-        try:
-            load = WebhookLoad(deployment, url, "default", Path(tmp) / "hooks.log")
-        finally:
-            if src:
-                if env_before is None:
-                    del os.environ["PYTHONPATH"]
-                else:
-                    os.environ["PYTHONPATH"] = env_before
+        env = {"PYTHONPATH": src} if src else None  # the webhook process's emailq only
+        load = WebhookLoad(deployment, url, "default", Path(tmp) / "hooks.log", env=env)
         try:
             time.sleep(3)  # started, imported, idle
             load.check()

@@ -209,9 +209,11 @@ class WebhookLoad:
     """A run's webhook side: endpoint, receiver and ``emailq webhooks``, until ``stop``."""
 
     def __init__(
-        self, deployment: Deployment, broker_url: str, tenant: str, log: Path, nice: int = 0
-    ) -> None:
-        """``nice``: run ``emailq webhooks`` at that CPU niceness (mail workers first)."""
+        self, deployment: Deployment, broker_url: str, tenant: str, log: Path, nice: int = 0,
+        env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """``nice``: run ``emailq webhooks`` at that CPU niceness (mail workers first);
+        ``env``: more of its environment (a benchmark's ``PYTHONPATH`` to another tree)."""
         secret = new_secret()
         self.receiver = EventReceiver(secret)
         register(deployment, tenant, self.receiver.url, secret)
@@ -221,7 +223,7 @@ class WebhookLoad:
             command = ["nice", "-n", str(nice), *command]  # nice execs it: the same pid
         self.process = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT,
-            env=webhooks_env(), start_new_session=True,
+            env={**webhooks_env(), **(env or {})}, start_new_session=True,
         )  # fmt: skip
 
     @property
