@@ -16,6 +16,7 @@ redirect is an answer like any other (the sender never follows it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -162,10 +163,13 @@ class Poster:
         return status
 
     async def aclose(self) -> None:
-        for idle in self._idle.values():
-            for connection in idle:
-                connection.close()
+        idle = [connection for kept in self._idle.values() for connection in kept]
         self._idle.clear()
+        for connection in idle:
+            connection.close()
+        for connection in idle:
+            with contextlib.suppress(OSError):
+                await connection.writer.wait_closed()
 
 
 def _request(target: Target, body: bytes, headers: dict[str, str]) -> bytes:
