@@ -46,14 +46,14 @@ def broker_url(backend: str, tmp: Path) -> str:
     return f"sqlite:///{tmp / 'queue.db'}"
 
 
-def settle_as_sent(broker: Broker, n: int) -> None:
+def settle_as_sent(broker: Broker, n: int, batch_id: str | None = None) -> None:
     """``n`` messages queued, leased and settled as sent: ``n`` email.sent events."""
     email = {"from": "planner@weddings.example", "to": "guest@example.org",
              "subject": "You are invited", "text": "x" * 400}  # fmt: skip
     payload = parse_email(email).to_payload()
     for start in range(0, n, CHUNK):
         count = min(CHUNK, n - start)
-        broker.enqueue_many([NewMessage(payload, batch_id="b_cost")] * count)
+        broker.enqueue_many([NewMessage(payload, batch_id=batch_id)] * count)
         jobs = broker.lease("cost", count, 60)
         broker.settle([Outcome(job, Action.COMPLETE) for job in jobs])
 
