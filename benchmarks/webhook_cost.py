@@ -1,7 +1,7 @@
 """What one webhook event costs ``emailq webhooks``: CPU seconds per 1,000 events, events/s.
 
     .venv/bin/python benchmarks/webhook_cost.py [--n 20000] [--backend redis] [--rounds 3]
-        [--base-src /tmp/emailq-base/src]   # interleave with another tree's emailq
+        [--tree base=/tmp/emailq-base/src]  # interleave with another tree's emailq
         [--profile]                         # in-process, cProfile of the dispatcher+sender
 
 No mail is sent: the broker's own calls settle ``--n`` messages as sent (as workers do),
@@ -10,8 +10,8 @@ already running and idle beside a receiver process (emailq_loadtest/webhooks.py:
 every signature verified) subscribed to every event. Printed per run: the webhook
 process's CPU from the first event to the last arrival, per 1,000 events, the Redis
 server's CPU over the same span (its share of the cost, on the same cores as the mail), and
-events/s (first settle → last arrival). With ``--base-src`` the runs alternate between the
-tree's emailq (``PYTHONPATH``) and this one, so before/after share the machine's drift.
+events/s (first settle → last arrival). With ``--tree NAME=SRC`` the runs rotate between
+this tree's emailq and those (``PYTHONPATH``), so before/after share the machine's drift.
 """
 
 from __future__ import annotations
@@ -143,21 +143,26 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20_000, help="email.sent events per run")
     parser.add_argument("--backend", default="redis", choices=("redis", "sqlite"))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--base-src", help="another emailq src tree, run interleaved as 'base'")
+    parser.add_argument(
+        "--tree", action="append", default=[], metavar="NAME=SRC",
+        help="another emailq src tree, run interleaved under NAME (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile, in-process")
     args = parser.parse_args()
     if args.profile:
         profile(args.backend, args.n)
         return 0
-    modes = {"this": None} if not args.base_src else {"base": args.base_src, "this": None}
+    modes: dict[str, str | None] = {"this": None}
+    modes |= dict(tree.split("=", 1) for tree in args.tree)
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     print(f"{args.n:,} email.sent events per run, {args.backend} broker", flush=True)
     for round_ in range(args.rounds):
-        order = list(modes) if round_ % 2 == 0 else list(reversed(modes))
+        shift = round_ % len(modes)
+        order = list(modes)[shift:] + list(modes)[:shift]
         for mode in order:
             run = one_run(args.backend, args.n, modes[mode])
             runs[mode].append(run)
-            print(f"{mode:<4} webhooks CPU {run['cpu_per_1k']:.2f} s/1k events, redis "
+            print(f"{mode:<5} webhooks CPU {run['cpu_per_1k']:.2f} s/1k events, redis "
                   f"{run['redis_per_1k']:.2f} s/1k, {run['events_per_s']:,.0f} events/s "
                   f"(settled in {run['settle_s']:.1f} s), lag p50 {run['lag_p50_ms']:,.0f} ms "
                   f"p99 {run['lag_p99_ms']:,.0f} ms, {run['dup']} dup, {run['bad']} bad sig",
