@@ -75,6 +75,8 @@ class WebhookRun:
         log = self.log_dir / "hooks.log"
         env = {"PYTHONPATH": self.src} if self.src else None
         self.load = WebhookLoad(self.deployment, broker_url, TENANT, log, NICE, env)
+        if NICE:  # the receiver is the application's, on its own machine in production
+            os.setpriority(os.PRIO_PROCESS, self.load.receiver.pid, NICE)
         deadline = time.monotonic() + 30  # its imports are not the cost of an event
         while b"delivering webhooks" not in log.read_bytes() and time.monotonic() < deadline:
             self.load.check()
