@@ -91,6 +91,7 @@ class Poster:
         self._tls = verify if isinstance(verify, ssl.SSLContext) else _tls(verify)
         self._targets: dict[str, Target] = {}
         self._idle: dict[Target, list[Connection]] = {}
+        self._swept_at = time.monotonic()
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         """The receiver's status code; raises :class:`PostFailed`, or ``UrlRefused`` when
@@ -117,14 +118,29 @@ class Poster:
             raise PostFailed(f"{type(e).__name__}: {e}") from None
 
     def _take(self, target: Target) -> Connection | None:
-        idle = self._idle.get(target)
         now = time.monotonic()
+        if now - self._swept_at > KEEPALIVE_S:
+            self._sweep(now)
+        idle = self._idle.get(target)
         while idle:
             connection = idle.pop()
             if connection.usable(now):
                 return connection
             connection.close()
         return None
+
+    def _sweep(self, now: float) -> None:
+        """Close idle connections past their time, for receivers no longer posted to too."""
+        self._swept_at = now
+        for target, idle in list(self._idle.items()):
+            kept = [connection for connection in idle if connection.usable(now)]
+            for connection in idle:
+                if connection not in kept:
+                    connection.close()
+            if kept:
+                self._idle[target] = kept
+            else:
+                del self._idle[target]
 
     async def _open(self, target: Target) -> Connection:
         addresses = await asyncio.to_thread(self._addresses, target.host, target.port)
