@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from emailq.deployment import Deployment
 from emailq.percentiles import percentile
 from emailq_loadtest.webhooks import WebhookLoad
@@ -44,6 +46,7 @@ from peers.harness import smtp_sink
 
 TENANT = "default"  # the tenant e2e.py's mail is queued for
 TARGET_COST = 0.10  # the issue: mail throughput within 10 % of no webhooks
+REDIS_URL = os.environ.get("EMAILQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")  # e2e's
 NICE = int(os.environ.get("EMAILQ_BENCH_WEBHOOKS_NICE", "0"))
 
 
@@ -121,6 +124,7 @@ class Mode:
     src: str | None = None
     drains: list[float] = field(default_factory=list)  # emails/min
     worker_cpu: list[float] = field(default_factory=list)  # the workers' CPU s per 1k emails
+    redis_cpu: list[float] = field(default_factory=list)  # redis-server's, per 1k emails
     runs: list[WebhookRun] = field(default_factory=list)
 
     def hooks_cpu(self) -> list[float]:
@@ -148,18 +152,29 @@ def compare(args: argparse.Namespace, run_emailq: RunEmailq, critical_n: int) ->
             with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp:
                 total = args.n + critical_n
                 hooks = WebhookRun(total, Path(tmp), mode.src) if mode.hooks else None
+                redis_before = redis_cpu_s(args)
                 result = run_emailq(backend, args, port, Path(tmp), webhooks=hooks)
+                mode.redis_cpu.append((redis_cpu_s(args) - redis_before) / total * 1000)
             if result.error or result.drain is None:
                 sys.exit(f"webhooks {mode.name}: {result.error}")
             mode.drains.append(result.drain.per_minute)
             mode.worker_cpu.append(result.cpu_per_1k)
             line = (f"webhooks {mode.name:<4}: {result.drain.per_minute:>9,.0f} emails/min, "
-                    f"workers {result.cpu_per_1k:.2f} CPU s/1k emails")  # fmt: skip
+                    f"workers {result.cpu_per_1k:.2f} CPU s/1k emails, "
+                    f"redis-server {mode.redis_cpu[-1]:.3f}")  # fmt: skip
             if hooks:
                 mode.runs.append(hooks)
                 line += "  " + describe(hooks)
             print(line, flush=True)
     return summarize(modes)
+
+
+def redis_cpu_s(args: argparse.Namespace) -> float:
+    """The Redis server's CPU seconds so far (shared: other clients' work counts too)."""
+    if "redis" not in args.backends:
+        return 0.0
+    info = redis.Redis.from_url(REDIS_URL).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def spread(values: list[float], digits: int = 0) -> str:
@@ -174,7 +189,8 @@ def summarize(modes: list[Mode]) -> int:
     print(f"\nmedian [range] over {len(off.drains)} runs per mode:")
     for mode in modes:
         line = (f"  {mode.name:<4}: {spread(mode.drains)} emails/min, workers "
-                f"{spread(mode.worker_cpu, 2)} CPU s/1k emails")  # fmt: skip
+                f"{spread(mode.worker_cpu, 2)} CPU s/1k emails, redis-server "
+                f"{spread(mode.redis_cpu, 3)}")  # fmt: skip
         if mode.hooks and (lags := mode.lags()):
             line += (f"; emailq webhooks {spread(mode.hooks_cpu(), 3)} CPU s/1k events; "
                      f"email.sent lag p50 {percentile(lags, 50) * 1000:,.0f} ms, "
