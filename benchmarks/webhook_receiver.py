@@ -27,6 +27,7 @@ production the receiver is the application's, elsewhere). No figure is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -80,7 +81,8 @@ class WebhookRun:
         env = {"PYTHONPATH": self.src} if self.src else None
         self.load = WebhookLoad(self.deployment, broker_url, TENANT, log, NICE, env)
         if NICE:  # the receiver is the application's, on its own machine in production
-            os.setpriority(os.PRIO_PROCESS, self.load.receiver.pid, NICE)
+            for pid in self.load.pids.values():
+                renice(pid, NICE)
         deadline = time.monotonic() + 30  # its imports are not the cost of an event
         while b"delivering webhooks" not in log.read_bytes() and time.monotonic() < deadline:
             self.load.check()
@@ -167,6 +169,15 @@ def compare(args: argparse.Namespace, run_emailq: RunEmailq, critical_n: int) ->
                 line += "  " + describe(hooks)
             print(line, flush=True)
     return summarize(modes)
+
+
+def renice(pid: int, nice: int) -> None:
+    """``nice`` for the process and, with Linux's autogroup scheduling on, for its session's
+    group: there a niceness only ranks a process within its own session, and the webhook
+    process and the receiver each lead one, so the mail workers would not be put first."""
+    os.setpriority(os.PRIO_PROCESS, pid, nice)
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
 
 
 def redis_cpu_s(args: argparse.Namespace) -> float:
