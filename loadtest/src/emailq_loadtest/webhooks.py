@@ -48,7 +48,8 @@ Receipt = tuple[str, str, float, bool]  # event id, type, lag (s), signature val
 
 def receiver_main(port: int, secret: str, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    os.setsid()  # a scheduling group of its own (Linux autogroup): a benchmark can renice it
+    with contextlib.suppress(OSError):  # a session, so a scheduling group (Linux autogroup)
+        os.setsid()  # of its own: a benchmark can renice it apart from the load test
     asyncio.run(_serve(port, Webhook(secret), conn))
 
 
