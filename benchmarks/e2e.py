@@ -403,6 +403,11 @@ def parse_args() -> argparse.Namespace:
         metavar="ROUNDS",
         help="emailq with and without a webhook endpoint for every event, interleaved",
     )
+    parser.add_argument(
+        "--webhooks-base",
+        metavar="SRC",
+        help="with --webhooks: also emailq webhooks from another tree's src (before/after)",
+    )
     args = parser.parse_args()
     if min(args.n, args.peer_n, args.workers, args.repeat) < 1:
         parser.error("--n, --peer-n, --workers and --repeat must be at least 1")

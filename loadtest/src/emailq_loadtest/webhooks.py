@@ -48,6 +48,8 @@ Receipt = tuple[str, str, float, bool]  # event id, type, lag (s), signature val
 
 def receiver_main(port: int, secret: str, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    with contextlib.suppress(OSError):  # a session, so a scheduling group (Linux autogroup)
+        os.setsid()  # of its own: a benchmark can renice it apart from the load test
     asyncio.run(_serve(port, Webhook(secret), conn))
 
 
@@ -209,9 +211,11 @@ class WebhookLoad:
     """A run's webhook side: endpoint, receiver and ``emailq webhooks``, until ``stop``."""
 
     def __init__(
-        self, deployment: Deployment, broker_url: str, tenant: str, log: Path, nice: int = 0
-    ) -> None:
-        """``nice``: run ``emailq webhooks`` at that CPU niceness (mail workers first)."""
+        self, deployment: Deployment, broker_url: str, tenant: str, log: Path, nice: int = 0,
+        env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """``nice``: run ``emailq webhooks`` at that CPU niceness (mail workers first);
+        ``env``: more of its environment (a benchmark's ``PYTHONPATH`` to another tree)."""
         secret = new_secret()
         self.receiver = EventReceiver(secret)
         register(deployment, tenant, self.receiver.url, secret)
@@ -221,7 +225,7 @@ class WebhookLoad:
             command = ["nice", "-n", str(nice), *command]  # nice execs it: the same pid
         self.process = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT,
-            env=webhooks_env(), start_new_session=True,
+            env={**webhooks_env(), **(env or {})}, start_new_session=True,
         )  # fmt: skip
 
     @property

@@ -1,4 +1,5 @@
-"""An HTTP client for receivers that connects only to addresses it has checked.
+"""An httpx client for receivers that connects only to addresses it has checked: the
+registration probe's (webhooks/probe.py; deliveries go through webhooks/poster.py).
 
 Checking a URL's host and then letting the HTTP client resolve it again leaves a window: a
 name can answer a public address to the check and 127.0.0.1 to the connection (DNS

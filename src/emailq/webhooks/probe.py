@@ -3,8 +3,9 @@
 redirect, so a URL that redirects would never be told anything; and where it points
 inward, registering it is the SSRF attempt the rules are there to stop.
 
-The probe is one GET through the sender's pinned client (no body read, nothing signed). A
-receiver that cannot be reached now is still registered: its deliveries wait for it.
+The probe is one GET through a pinned httpx client (webhooks/pinned.py: the sender's
+checks, on httpx; no body read, nothing signed). A receiver that cannot be reached now is
+still registered: its deliveries wait for it.
 """
 
 from __future__ import annotations

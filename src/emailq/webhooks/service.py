@@ -4,7 +4,6 @@ their own (never a mail worker's)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -26,26 +25,44 @@ async def run(
     sender = sender or Sender(
         store, concurrency=settings.concurrency, timeout_s=settings.timeout_s,
         max_age_s=settings.max_age_s, allow_private=settings.allow_private_urls,
-        retry_base_s=settings.retry_base_s,
+        retry_base_s=settings.retry_base_s, poll_s=settings.poll_s,
     )  # fmt: skip
+    queued = asyncio.Event()  # the dispatcher queued deliveries: the sender need not wait
+
+    async def dispatch() -> int:
+        busy = await asyncio.to_thread(dispatcher.step)
+        if busy:
+            queued.set()
+        return busy
+
     try:
         await asyncio.gather(
-            _loop(lambda: asyncio.to_thread(dispatcher.step), settings.poll_s, stop, "dispatch"),
-            _loop(sender.step, settings.poll_s, stop, "send"),
+            _loop(dispatch, settings.poll_s, stop, "dispatch"),
+            _loop(sender.step, settings.poll_s, stop, "send", queued),
         )
     finally:
         await sender.aclose()
 
 
 async def _loop(
-    step: Callable[[], Awaitable[int]], pause_s: float, stop: asyncio.Event, name: str
-) -> None:
+    step: Callable[[], Awaitable[int]], pause_s: float, stop: asyncio.Event, name: str,
+    wake: asyncio.Event | None = None,
+) -> None:  # fmt: skip
+    """``step`` until ``stop``; after an idle step, a pause that ``wake`` (if any) cuts short."""
     while not stop.is_set():
+        if wake is not None:
+            wake.clear()
         try:
             busy = await step()
         except Exception:  # the queue down for a moment: log it and try again
             log.exception("webhook %s step failed", name)
             busy = 0
         if not busy:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause_s)
+            waits = [asyncio.ensure_future(stop.wait())]
+            if wake is not None:
+                waits.append(asyncio.ensure_future(wake.wait()))
+            _, pending = await asyncio.wait(
+                waits, timeout=pause_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiting in pending:
+                waiting.cancel()

@@ -4,10 +4,10 @@ as a cloud's metadata service at 169.254.169.254, and other reserved ranges).
 
 A host name is resolved and every address it resolves to must be public. The check runs
 at registration, and again on every connection the sender opens, on the very addresses it
-then connects to (webhooks/pinned.py): a name pointed inward after registration, or
-answering differently from one lookup to the next (DNS rebinding), is refused. Redirects
-are never followed, and a URL that answers with one is refused at registration
-(webhooks/probe.py).
+then connects to (webhooks/poster.py; the probe's: webhooks/pinned.py): a name pointed
+inward after registration, or answering differently from one lookup to the next (DNS
+rebinding), is refused. Redirects are never followed, and a URL that answers with one is
+refused at registration (webhooks/probe.py).
 """
 
 from __future__ import annotations

@@ -59,6 +59,16 @@ class Delivery:
                 "last_error": self.last_error}  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """An attempt's outcome, to be written: delivered, failed, or pending from ``next_at``."""
+
+    delivery_id: str
+    state: DeliveryState
+    next_at: float
+    error: str | None = None
+
+
 class WebhookStore(abc.ABC):
     # -- endpoints --------------------------------------------------------------------
     @abc.abstractmethod
@@ -88,12 +98,17 @@ class WebhookStore(abc.ABC):
     def postpone(self, delivery_ids: Sequence[str], next_at: float) -> None:
         """Pending again from ``next_at``, no attempt spent (its receiver is paused)."""
 
-    @abc.abstractmethod
     def settle(
         self, delivery: Delivery, state: DeliveryState, now: float, next_at: float,
         error: str | None,
     ) -> None:  # fmt: skip
         """After an attempt: delivered, failed, or pending again from ``next_at``."""
+        self.settle_many([Settlement(delivery.id, state, next_at, error)])
+
+    @abc.abstractmethod
+    def settle_many(self, settlements: Sequence[Settlement]) -> None:
+        """Several attempts' outcomes in one write (the sender's requests in flight finish
+        together; one write per attempt cost more than the attempt)."""
 
     @abc.abstractmethod
     def deliveries(

@@ -7,7 +7,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from emailq.webhooks.store import CLAIM_S, Delivery, DeliveryState, Endpoint, WebhookStore
+from emailq.webhooks.store import (
+    CLAIM_S,
+    Delivery,
+    DeliveryState,
+    Endpoint,
+    Settlement,
+    WebhookStore,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
@@ -100,15 +107,20 @@ class SQLiteWebhookStore(WebhookStore):
                 [(next_at, delivery_id) for delivery_id in delivery_ids],
             )
 
-    def settle(
-        self, delivery: Delivery, state: DeliveryState, now: float, next_at: float,
-        error: str | None,
-    ) -> None:  # fmt: skip
-        self._rows(
-            "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, next_at = ?,"
-            " last_error = ? WHERE id = ?",
-            (state.value, next_at, error, delivery.id),
-        )
+    def settle_many(self, settlements: Sequence[Settlement]) -> None:
+        rows = [(s.state.value, s.next_at, s.error, s.delivery_id) for s in settlements]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # one commit for the group
+            try:
+                self._db.executemany(
+                    "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1,"
+                    " next_at = ?, last_error = ? WHERE id = ?",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def deliveries(
         self, endpoint_id: str, state: DeliveryState | None = None, limit: int = 100
