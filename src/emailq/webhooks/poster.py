@@ -5,7 +5,9 @@ Why not httpx here: profiled, httpx and httpcore were ~80 % of the sender's CPU 
 (its pool checks every connection's socket on every request), and a webhook process that
 costs 2 ms of CPU per event competes with the mail workers for the same cores. What a
 webhook needs is small: POST a body, read the status, drop the reply's body, reuse the
-connection. (The registration probe, one GET, still uses httpx: webhooks/pinned.py.)
+connection. The HTTP itself (framing, chunked bodies, 1xx, keep-alive or not) is h11's,
+the protocol engine under httpcore; this module only keeps the connections. (The
+registration probe, one GET, still uses httpx: webhooks/pinned.py.)
 
 SSRF, as webhooks/pinned.py does it: every connection this opens resolves the host itself,
 checks every address (unless private ones are allowed) and connects to those by number;
@@ -21,6 +23,8 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+import h11
 
 from emailq.webhooks.ssrf import Address, Resolver, UrlRefused, checked_addresses, resolve_host
 
@@ -40,7 +44,8 @@ class Target:
     scheme: str
     host: str
     port: int
-    head: bytes  # "POST <path> HTTP/1.1\r\nHost: …\r\n…", without the per-event headers
+    path: bytes
+    headers: tuple[tuple[bytes, bytes], ...]  # Host, User-Agent, Content-Type
 
     @classmethod
     def of(cls, url: str) -> Target:
@@ -51,17 +56,16 @@ class Target:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         named = f"[{host}]" if ":" in host else host
         authority = named if port == (443 if https else 80) else f"{named}:{port}"
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
-            "Content-Type: application/json\r\n"
-        ).encode("ascii")
-        return cls(parts.scheme, host, port, head)
+        headers = ((b"Host", authority.encode("ascii")), (b"User-Agent", USER_AGENT.encode()),
+                   (b"Content-Type", b"application/json"))  # fmt: skip
+        return cls(parts.scheme, host, port, path.encode("ascii"), headers)
 
 
 @dataclass(slots=True)
 class Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    http: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
     idle_since: float = field(default_factory=time.monotonic)
 
     def usable(self, now: float) -> bool:
@@ -99,22 +103,21 @@ class Poster:
         target = self._targets.get(url)
         if target is None:
             target = self._targets[url] = Target.of(url)
-        request = _request(target, body, headers)
         try:
             async with asyncio.timeout(self.timeout_s):
                 connection = self._take(target)
                 if connection is not None:
                     try:
-                        return await self._exchange(target, connection, request)
+                        return await self._exchange(target, connection, body, headers)
                     except (ConnectionError, asyncio.IncompleteReadError):
                         pass  # closed by the receiver as we reused it: once more, on a new one
                 connection = await self._open(target)
-                return await self._exchange(target, connection, request)
+                return await self._exchange(target, connection, body, headers)
         except UrlRefused:
             raise
         except TimeoutError:
             raise PostFailed(f"TimeoutError: no answer within {self.timeout_s:g} s") from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+        except (OSError, asyncio.IncompleteReadError, h11.ProtocolError) as e:
             raise PostFailed(f"{type(e).__name__}: {e}") from None
 
     def _take(self, target: Target) -> Connection | None:
@@ -163,11 +166,13 @@ class Poster:
             return self.resolve(host, port)
         return checked_addresses(host, port, self.resolve)
 
-    async def _exchange(self, target: Target, connection: Connection, request: bytes) -> int:
+    async def _exchange(
+        self, target: Target, connection: Connection, body: bytes, headers: dict[str, str]
+    ) -> int:
         """Send, read the reply; the connection goes back to the idle ones if it can."""
         try:
-            connection.writer.write(request)
-            status, keep = await _reply(connection.reader)
+            connection.writer.write(_request(connection.http, target, body, headers))
+            status, keep = await _reply(connection)
         except BaseException:
             connection.close()
             raise
@@ -188,55 +193,58 @@ class Poster:
                 await connection.writer.wait_closed()
 
 
-def _request(target: Target, body: bytes, headers: dict[str, str]) -> bytes:
-    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    return b"".join(
-        (target.head, lines.encode("ascii"), b"Content-Length: %d\r\n\r\n" % len(body), body)
-    )
+def _request(http: h11.Connection, target: Target, body: bytes, headers: dict[str, str]) -> bytes:
+    fields: list[tuple[bytes, bytes]] = [*target.headers]
+    fields += [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+    fields.append((b"Content-Length", b"%d" % len(body)))
+    return b"".join((
+        http.send(h11.Request(method=b"POST", target=target.path, headers=fields)) or b"",
+        http.send(h11.Data(data=body)) or b"",
+        http.send(h11.EndOfMessage()) or b"",
+    ))  # fmt: skip
 
 
-async def _reply(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """``(status, keep the connection)``, the reply's body read and dropped (unless large)."""
+async def _reply(connection: Connection) -> tuple[int, bool]:
+    """``(status, keep the connection)``, the reply's body read and dropped (unless large, or
+    unframed: it would run until the receiver closes, not worth waiting for)."""
+    status, drained = 0, 0
     while True:
-        head = await reader.readuntil(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        version, _, rest = status_line.partition(" ")
-        status = int(rest[:3])
-        if not 100 <= status < 200:
-            break  # 1xx: an interim answer, the real one follows
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        if name:
-            headers[name.strip().lower()] = value.strip().lower()
-    keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "")
-    if status in (204, 304):
-        return status, keep
-    if "chunked" in headers.get("transfer-encoding", ""):
-        return status, keep and await _drain_chunks(reader)
-    length = headers.get("content-length")
-    if length is None:
-        return status, False  # the body runs until the receiver closes: not worth waiting
-    size = int(length)
-    if size > MAX_DRAINED:
-        return status, False
-    await reader.readexactly(size)
-    return status, keep
+        event = await _next_event(connection)
+        if isinstance(event, h11.Response):
+            status = event.status_code
+            if not _framed(event):
+                return status, False
+        elif isinstance(event, h11.Data):
+            drained += len(event.data)
+            if drained > MAX_DRAINED:
+                return status, False
+        elif isinstance(event, h11.EndOfMessage):
+            break
+        # h11.InformationalResponse (1xx): an interim answer, the real one follows
+    http = connection.http
+    if http.our_state is h11.DONE and http.their_state is h11.DONE:
+        http.start_next_cycle()
+        return status, True
+    return status, False  # Connection: close, or HTTP/1.0
 
 
-async def _drain_chunks(reader: asyncio.StreamReader) -> bool:
-    """Read a chunked body to its end; False (close the connection) if it is too large."""
-    total = 0
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":
-                pass  # trailers
-            return True
-        total += size
-        if total > MAX_DRAINED:
-            return False
-        await reader.readexactly(size + 2)
+async def _next_event(connection: Connection) -> h11.Event:
+    """The reply's next piece, reading from the socket as h11 needs."""
+    while (event := connection.http.next_event()) is h11.NEED_DATA:
+        data = await connection.reader.read(65536)
+        if not data:
+            raise ConnectionError("the receiver closed the connection before its answer ended")
+        connection.http.receive_data(data)
+    assert event is not h11.PAUSED  # one request per cycle: h11 pauses only after a reply
+    return event  # type: ignore[return-value]
+
+
+def _framed(response: h11.Response) -> bool:
+    """Whether the reply says where its body ends (a length, chunks, or no body at all)."""
+    if response.status_code in (204, 304):
+        return True
+    names = {name for name, _ in response.headers}
+    return b"content-length" in names or b"transfer-encoding" in names
 
 
 def _tls(verify: bool) -> ssl.SSLContext:
