@@ -129,13 +129,16 @@ class _Route:
         # While rate limits turn mail away, lease about as much as they let through: the
         # rest would only be leased to be put back.
         self.lease_cap: int | None = None
-        self.window = _Window(provider.concurrency)
+        # Twice the connections: one group on the wire while the one before is settled.
+        # At the connections alone, a free connection waited for the settle in flight
+        # (Redis: 0.92 of the old batch-settling code's throughput, 1.03 with twice).
+        self.window = _Window(2 * provider.concurrency if provider.concurrency else None)
 
 
 class _Window:
-    """Mail sent or on the wire but not yet settled, at most ``limit`` messages (the
-    provider's connections): a killed worker then re-sends at most that many. A send
-    waits for room (first come, first served); settling makes room for one each."""
+    """Mail sent or on the wire but not yet settled, at most ``limit`` messages: a killed
+    worker then re-sends at most that many. A send waits for room (first come, first
+    served); settling makes room for one each."""
 
     def __init__(self, limit: int | None) -> None:
         self._room = asyncio.Semaphore(limit) if limit else None
