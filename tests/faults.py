@@ -121,6 +121,20 @@ class SlowSink(SinkHandler):
         return await super().handle_DATA(server, session, envelope)
 
 
+class LaggingRelay(SinkHandler):
+    """Answers each message after ``delay`` seconds without holding up the others, as a
+    relay a few milliseconds away does: a run then lasts as long as the round trips make
+    it, not as long as this machine's speed does."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(self.delay)
+        return await super().handle_DATA(server, session, envelope)
+
+
 class StallingRelay:
     """A TCP relay in front of a real SMTP server that accepts connections but passes no
     byte either way until :meth:`release` (a server that hangs before its greeting)."""

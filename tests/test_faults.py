@@ -17,7 +17,15 @@ import pytest
 
 from emailq.broker import Broker, State, open_broker
 from emailq.sink import SmtpSink
-from faults import SlowSink, StallingRelay, copies, fill, pause_between_writes, wait_until
+from faults import (
+    LaggingRelay,
+    SlowSink,
+    StallingRelay,
+    copies,
+    fill,
+    pause_between_writes,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 EMAILQ = [sys.executable, "-m", "emailq"]
@@ -83,7 +91,9 @@ def test_killing_a_worker_every_two_seconds_loses_nothing_and_duplicates_little(
 ) -> None:
     ids = fill(queue, 20_000)
     kills = 0
-    with SmtpSink() as sink:
+    # 4 ms a message over 4 connections: at most 1,000 a second, so the run lasts long
+    # enough for its kills however fast the worker is.
+    with SmtpSink(handler=LaggingRelay(0.004)) as sink:
         worker = start_worker(broker_url, sink.port, "--lease", "2")
         try:
             deadline = time.monotonic() + 300
