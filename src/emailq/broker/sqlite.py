@@ -34,6 +34,7 @@ from emailq.broker.sqlite_rows import (
     delete_bodies,
     lease_event,
     local,
+    per_chunk,
     settle_events,
 )
 from emailq.errors import BrokerError
@@ -348,18 +349,13 @@ class SQLiteBroker(SQLiteRecords):
     def _held(db: sqlite3.Connection, outcomes: Sequence[Outcome]) -> dict[str, tuple[Any, ...]]:
         """id → (token, attempts, max_attempts, enqueued_at, expires_at, last_error) of the
         leased ones among ``outcomes``."""
-        ids = [o.job.id for o in outcomes]
-        held: dict[str, tuple[Any, ...]] = {}
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            for row in db.execute(
-                "SELECT id, token, attempts, max_attempts, enqueued_at, expires_at, last_error"
-                " FROM messages"
-                f" WHERE state = 'leased' AND id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            ):
-                held[row[0]] = row[1:]
-        return held
+        rows = per_chunk(
+            db,
+            "SELECT id, token, attempts, max_attempts, enqueued_at, expires_at, last_error"
+            " FROM messages WHERE state = 'leased' AND id IN ({marks})",
+            [o.job.id for o in outcomes],
+        )
+        return {row[0]: row[1:] for row in rows}
 
     @staticmethod
     def _update_leased(

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from emailq.broker.sqlite_rows import per_chunk
 from emailq.privacy.audit import AuditEvent, Kind, detail_text
 from emailq.privacy.erasure import ErasureCounts
 
@@ -55,12 +56,7 @@ def purge_audit(db: sqlite3.Connection, cutoff: float, limit: int) -> int:
 
 def forget_purged(db: sqlite3.Connection, ids: Sequence[str]) -> None:
     """Index rows of messages no longer on record."""
-    for start in range(0, len(ids), 400):
-        chunk = ids[start : start + 400]
-        db.execute(
-            f"DELETE FROM recipient_index WHERE message_id IN ({', '.join('?' * len(chunk))})",
-            chunk,
-        )
+    per_chunk(db, "DELETE FROM recipient_index WHERE message_id IN ({marks})", ids)
 
 
 def erase(

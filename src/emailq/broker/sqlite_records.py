@@ -21,11 +21,11 @@ from emailq.broker.base import (
 from emailq.broker.expiry import Tried, after_lapse
 from emailq.broker.sqlite_file import SQLiteFile
 from emailq.broker.sqlite_rows import (
-    CHUNK,
     INFO_COLUMNS,
     delete_bodies,
     local,
     message_info,
+    per_chunk,
     tenants_of,
 )
 from emailq.lanes import LANE_ORDER, Lane
@@ -38,15 +38,13 @@ class SQLiteRecords(SQLiteFile):
         """A dead message's body goes with its death when no requeue window keeps it."""
         if self.options.dead_payload_retention != 0 or not ids:
             return
-        dead: list[str] = []
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            dead += [row[0] for row in db.execute(
-                "UPDATE messages SET recipients = NULL"
-                f" WHERE id IN ({', '.join('?' * len(chunk))}) AND state = 'dead' RETURNING id",
-                chunk,
-            )]  # fmt: skip
-        delete_bodies(db, dead)
+        dead = per_chunk(
+            db,
+            "UPDATE messages SET recipients = NULL"
+            " WHERE id IN ({marks}) AND state = 'dead' RETURNING id",
+            ids,
+        )
+        delete_bodies(db, [message_id for (message_id,) in dead])
 
     # -- housekeeping -------------------------------------------------------------------
     def _reap_expired(self, when: float | None, limit: int) -> int:
@@ -154,16 +152,15 @@ class SQLiteRecords(SQLiteFile):
     def _cancel_many(self, ids: Sequence[str], when: float | None) -> list[str]:
         """One transaction for a whole batch: one commit (one fsync), not one per guest."""
         at = local(when)
-        cancelled: list[tuple[str, str]] = []
         with self._write() as db:
-            for start in range(0, len(ids), CHUNK):
-                chunk = list(ids[start : start + CHUNK])
-                cancelled += db.execute(
-                    "UPDATE messages SET state = 'cancelled', updated_at = ?"
-                    f" WHERE id IN ({', '.join('?' * len(chunk))})"
-                    " AND state IN ('queued', 'scheduled', 'retrying') RETURNING id, tenant",
-                    (at, *chunk),
-                ).fetchall()
+            cancelled = per_chunk(
+                db,
+                "UPDATE messages SET state = 'cancelled', updated_at = ?"
+                " WHERE id IN ({marks})"
+                " AND state IN ('queued', 'scheduled', 'retrying') RETURNING id, tenant",
+                ids,
+                at,
+            )
             if self.options.audit:
                 privacy.write_events(
                     db, [(i, t, at, Kind.CANCELLED.value, "{}") for i, t in cancelled]
@@ -193,10 +190,7 @@ class SQLiteRecords(SQLiteFile):
             " ON b.id = m.id WHERE m.state = 'dead' AND m.updated_at < ? LIMIT ?) RETURNING id",
             (at - keep, limit),
         )]  # fmt: skip
-        for start in range(0, len(gone), CHUNK):
-            chunk = gone[start : start + CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            db.execute(f"UPDATE messages SET recipients = NULL WHERE id IN ({marks})", chunk)
+        per_chunk(db, "UPDATE messages SET recipients = NULL WHERE id IN ({marks})", gone)
 
     def _purge_audit(self, when: float | None, limit: int) -> int:
         with self._write() as db:

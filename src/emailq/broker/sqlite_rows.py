@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emailq.broker.base import (
     Action,
@@ -16,10 +16,12 @@ from emailq.broker.base import (
     State,
 )
 from emailq.broker.expiry import expired
-from emailq.broker.sqlite_privacy import EventRow
 from emailq.clock import now
 from emailq.lanes import Lane
 from emailq.privacy.audit import Kind, attempt_detail, detail_text
+
+if TYPE_CHECKING:  # sqlite_privacy runs its statements through per_chunk
+    from emailq.broker.sqlite_privacy import EventRow
 
 CHUNK = 400  # rows per multi-row statement; stays far below SQLite's variable limit
 INFO_COLUMNS = (
@@ -74,14 +76,23 @@ def settle_events(
     return events
 
 
-def by_id(db: sqlite3.Connection, select: str, ids: Sequence[str]) -> dict[str, Any]:
-    """``select`` (of id and one value) for these ids, in chunks: id → value."""
-    found: dict[str, Any] = {}
+def per_chunk(
+    db: sqlite3.Connection, sql: str, ids: Sequence[str], *before: Any
+) -> list[tuple[Any, ...]]:
+    """Run ``sql`` for ``ids`` in chunks of CHUNK, each chunk's placeholders where ``sql``
+    says ``{marks}`` and the ``before`` parameters ahead of them; the rows every chunk
+    returned."""
+    rows: list[tuple[Any, ...]] = []
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         marks = ", ".join("?" * len(chunk))
-        found.update(db.execute(f"{select} WHERE id IN ({marks})", chunk).fetchall())
-    return found
+        rows += db.execute(sql.format(marks=marks), (*before, *chunk)).fetchall()
+    return rows
+
+
+def by_id(db: sqlite3.Connection, select: str, ids: Sequence[str]) -> dict[str, Any]:
+    """``select`` (of id and one value) for these ids, in chunks: id → value."""
+    return dict(per_chunk(db, select + " WHERE id IN ({marks})", ids))
 
 
 def bodies_of(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, bytes]:
@@ -93,9 +104,7 @@ def tenants_of(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
 
 
 def delete_bodies(db: sqlite3.Connection, ids: Sequence[str]) -> None:
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        db.execute(f"DELETE FROM bodies WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+    per_chunk(db, "DELETE FROM bodies WHERE id IN ({marks})", ids)
 
 
 def message_info(row: Sequence[Any]) -> MessageInfo:
